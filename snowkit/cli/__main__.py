@@ -1,0 +1,5 @@
+import sys
+
+from snowkit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,16 @@
+"""Fixtures shared by every test: an isolated state directory, never the user's .snowkit/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def snowkit_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point SNOWKIT_HOME (logs, audit, outbox, cache, sandbox CA) at a per-test temp dir."""
+    home = tmp_path / "snowkit-home"
+    monkeypatch.setenv("SNOWKIT_HOME", str(home))
+    monkeypatch.setenv("SNOWKIT_REPORTS", str(tmp_path / "reports"))
+    return home
