@@ -1,9 +1,117 @@
-"""`snowkit audit` commands (not yet wired)."""
+"""`snowkit audit verify` and `snowkit audit show`: check and read the tamper-evident trail.
+
+Exit codes of ``verify`` (stable, for cron and CI):
+0 intact; 1 tampered (edited, deleted, reordered, truncated, bad checkpoint signature or a
+checkpoint that does not match the chain); 3 half-written last line (a crash during a write,
+not tampering); 4 cannot verify (no trail, no key).
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+
+import orjson
+
+from snowkit import paths
+from snowkit.ops.audit import AuditError, load_audit_key, read_audit, verify_audit
+
+EXIT_OK = 0
+EXIT_TAMPERED = 1
+EXIT_INCOMPLETE = 3
+EXIT_CANNOT_VERIFY = 4
+
+_SHOW_COLUMNS = ("seq", "timestamp", "action", "table", "sys_id", "source_id", "outcome", "run_id")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Nothing registered yet; the owning part of the library fills this in."""
+    parser = subparsers.add_parser("audit", help="verify or show the audit trail")
+    commands = parser.add_subparsers(dest="audit_command", metavar="SUBCOMMAND")
+    parser.set_defaults(func=lambda _args: _usage(parser))
+
+    verify = commands.add_parser(
+        "verify",
+        help="check the hash chain and signed checkpoints; name the first bad entry",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    verify.add_argument(
+        "path", nargs="?", type=Path, help="audit file (default: .snowkit/audit/audit.jsonl)"
+    )
+    verify.add_argument(
+        "--key-file",
+        type=Path,
+        help="HMAC key file used when SNOWKIT_AUDIT_KEY is not set "
+        "(default: .snowkit/audit/audit.key)",
+    )
+    verify.add_argument(
+        "--allow-unsealed",
+        action="store_true",
+        help="treat entries after the last checkpoint as a warning (the writer crashed)",
+    )
+    verify.add_argument("--json", action="store_true", help="print the result as JSON")
+    verify.set_defaults(func=run_verify)
+
+    show = commands.add_parser("show", help="list audit entries")
+    show.add_argument("path", nargs="?", type=Path, help="audit file (default: the state dir's)")
+    show.add_argument("--run", dest="run_id", help="only entries of this run id")
+    show.add_argument("--json", action="store_true", help="one JSON object per line")
+    show.add_argument("--limit", type=int, default=None, help="only the last N entries")
+    show.set_defaults(func=run_show)
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    path = args.path or paths.audit_path()
+    try:
+        key = load_audit_key(args.key_file, create=False)
+    except AuditError as exc:
+        print(f"cannot verify: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_VERIFY
+    result = verify_audit(path, key, allow_unsealed_tail=args.allow_unsealed)
+    if args.json:
+        print(orjson.dumps(result.__dict__).decode())
+    if result.ok:
+        if not args.json:
+            print(f"{path}: {result.message}")
+            for warning in result.warnings:
+                print(f"warning: {warning}", file=sys.stderr)
+        return EXIT_OK
+    if not args.json:
+        print(f"{path}: {result.message}", file=sys.stderr)
+    if result.problem == "missing":
+        return EXIT_CANNOT_VERIFY
+    if result.problem == "incomplete_last_line":
+        return EXIT_INCOMPLETE
+    return EXIT_TAMPERED
+
+
+def run_show(args: argparse.Namespace) -> int:
+    path = args.path or paths.audit_path()
+    entries = list(read_audit(path, run_id=args.run_id))
+    if args.limit is not None:
+        entries = entries[-args.limit :] if args.limit > 0 else []
+    if args.json:
+        out = sys.stdout
+        for entry in entries:
+            out.write(orjson.dumps(entry, option=orjson.OPT_SORT_KEYS).decode() + "\n")
+        return 0
+    if not entries:
+        print(f"no audit entries in {path}" + (f" for run {args.run_id}" if args.run_id else ""))
+        return 0
+    rows = [[_cell(entry.get(col)) for col in _SHOW_COLUMNS] for entry in entries]
+    widths = [max(len(col), *(len(row[i]) for row in rows)) for i, col in enumerate(_SHOW_COLUMNS)]
+    print("  ".join(col.ljust(w) for col, w in zip(_SHOW_COLUMNS, widths, strict=True)))
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+    print(f"{len(entries)} entries")
+    return 0
+
+
+def _cell(value: object) -> str:
+    return "" if value is None else str(value)

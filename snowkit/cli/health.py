@@ -1,9 +1,154 @@
-"""`snowkit health` commands (not yet wired)."""
+"""`snowkit health [--instance URL|embedded] [--json]`: can we reach the instance and log in?
+
+Runs the HealthMonitor checks (ServiceNow connectivity through ``client.ping()``, credential
+availability, system resources) and prints a table, or the ``application/health+json``
+document with ``--json``. Exit code: 0 pass, 1 warn, 2 fail, so cron and CI can act on it.
+``embedded`` starts the embedded instance in memory for the duration of the check.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+EXIT_CODES = {"pass": 0, "warn": 1, "fail": 2}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Nothing registered yet; the owning part of the library fills this in."""
+    parser = subparsers.add_parser(
+        "health",
+        help="check the ServiceNow instance, the credentials and this machine",
+        description="Run the health checks and print a table (or application/health+json with "
+        "--json). Exit 0 when all pass, 1 when one warns, 2 when one fails.",
+    )
+    parser.add_argument(
+        "--instance",
+        metavar="URL|embedded",
+        help="instance URL, or 'embedded' for the built-in instance "
+        "(default: servicenow.instance from the configuration, else SERVICENOW_INSTANCE)",
+    )
+    parser.add_argument("--json", action="store_true", help="print application/health+json")
+    parser.add_argument("--config", dest="config_file", metavar="FILE", help="config file")
+    parser.add_argument("--environment", metavar="ENV", help="default: $BEAST_ENVIRONMENT")
+    parser.add_argument(
+        "--timeout", type=float, default=15.0, help="seconds each check may take (default 15)"
+    )
+    parser.set_defaults(func=run_health)
+
+
+def run_health(args: argparse.Namespace) -> int:
+    from snowkit.ops.health import HealthCheck, HealthMonitor, HealthStatus, to_health_json
+    from snowkit.ops.metrics import MetricsCollector
+
+    _quiet_console_logging()
+    try:
+        config = _load_config(args)
+    except Exception as exc:  # a ConfigurationError: report it as a failed check
+        checks = {"configuration": _failed("configuration", str(exc), HealthCheck, HealthStatus)}
+        return _report(checks, args.json, to_health_json)
+    instance = args.instance or getattr(config.servicenow, "instance", None) or "embedded"
+    metrics = MetricsCollector()
+    with _connect(instance, config, metrics) as (client, credentials, problem):
+        if problem is not None:
+            checks = {"servicenow": _failed("servicenow", problem, HealthCheck, HealthStatus)}
+            monitor = HealthMonitor(credentials=credentials, metrics=metrics)
+            checks.update(monitor.run_all_checks_sync(timeout_seconds=args.timeout))
+        else:
+            monitor = HealthMonitor(client=client, credentials=credentials, metrics=metrics)
+            checks = monitor.run_all_checks_sync(timeout_seconds=args.timeout)
+    return _report(checks, args.json, to_health_json)
+
+
+def _quiet_console_logging() -> None:
+    """Keep the table readable: log lines go to the log file only."""
+    from snowkit import paths
+    from snowkit.ops.logging import configure_logging
+
+    configure_logging(level="INFO", file_path=paths.logs_dir() / "snowkit.jsonl", console=False)
+
+
+def _load_config(args: argparse.Namespace) -> Any:
+    from snowkit.config import ConfigurationManager, OperationalConfig
+    from snowkit.ops.errors import ConfigurationError
+
+    try:
+        return ConfigurationManager().load_configuration(
+            config_file=args.config_file, environment=args.environment
+        )
+    except ConfigurationError:
+        # The embedded instance needs no configuration; anything else must be explicit.
+        if args.instance == "embedded" and not args.config_file:
+            return OperationalConfig()
+        raise
+
+
+@contextlib.contextmanager
+def _connect(instance: str, config: Any, metrics: Any) -> Iterator[tuple[Any, Any, str | None]]:
+    """(client, credentials, problem): problem is a message when no client could be built."""
+    from snowkit.credentials import CredentialManager
+    from snowkit.servicenow import ServiceNowAPIClient
+
+    if instance == "embedded":
+        from snowkit.sandbox import Sandbox
+
+        with Sandbox.start(https=True) as sandbox:
+            credentials = CredentialManager.static(
+                basic=("admin", sandbox.users["admin"]), instance_url=sandbox.url
+            )
+            with ServiceNowAPIClient(
+                sandbox.url, credentials, config, metrics=metrics, verify=str(sandbox.ca_path)
+            ) as client:
+                yield client, credentials, None
+        return
+    credentials = CredentialManager(config)
+    try:
+        client = ServiceNowAPIClient(
+            instance, credentials, config, metrics=metrics, verify=credentials.verify_setting()
+        )
+    except Exception as exc:  # bad URL, missing CA bundle, unusable credentials
+        yield None, credentials, f"cannot connect to {instance}: {exc}"
+        return
+    with client:
+        yield client, credentials, None
+
+
+def _failed(name: str, message: str, check_cls: Any, status_cls: Any) -> Any:
+    return check_cls(name=name, status=status_cls.UNHEALTHY, message=message)
+
+
+def _report(checks: dict[str, Any], as_json: bool, to_health_json: Any) -> int:
+    document = to_health_json(checks)
+    if as_json:
+        print(json.dumps(document, indent=2, default=str))
+    else:
+        print(render_table(checks, document["status"]))
+    return EXIT_CODES.get(document["status"], 2)
+
+
+def render_table(checks: dict[str, Any], overall: str) -> str:
+    """A fixed-width table: check, status, response time, message (wrapped at 100 columns)."""
+    from snowkit.ops.redaction import redact_text
+
+    rows = [("CHECK", "STATUS", "TIME", "MESSAGE")]
+    for name, check in checks.items():
+        took = f"{check.response_time_ms:.0f} ms" if check.response_time_ms is not None else ""
+        rows.append((name, check.status.health_json, took, redact_text(check.message)))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = []
+    indent = " " * (sum(widths) + 6)
+    for row in rows:
+        head = "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3]))
+        first, *rest = row[3].splitlines() or [""]
+        lines.append(f"{head}  {first}".rstrip())
+        lines.extend(f"{indent}{more.strip()}" for more in rest if more.strip())
+    lines.append("")
+    lines.append(f"overall: {overall}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run_health(argparse.Namespace()))

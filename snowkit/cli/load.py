@@ -1,9 +1,299 @@
-"""`snowkit load` commands (not yet wired)."""
+"""`snowkit load`, `snowkit setup`, `snowkit outbox replay|show`, `snowkit rollback RUN_ID`.
+
+Thin commands over ``snowkit.cmdb``: every step lives in the library (``run_load``, ``ensure_schema``,
+``Outbox``, ``rollback``) so notebooks and the CLI behave the same.
+
+Exit codes of ``load``: 0 done (or dry run), 1 failed, 3 partial (some items failed; see the
+report), 4 queued (the instance was unreachable; writes wait in the outbox).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_PARTIAL = 3
+EXIT_QUEUED = 4
+_STATUS_EXIT = {
+    "success": EXIT_OK,
+    "dry_run": EXIT_OK,
+    "partial": EXIT_PARTIAL,
+    "queued": EXIT_QUEUED,
+    "failed": EXIT_FAILED,
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Nothing registered yet; the owning part of the library fills this in."""
+    load = subparsers.add_parser(
+        "load",
+        help="load UniFi inventory into the CMDB",
+        description="Collect, transform, plan, apply, verify; writes .snowkit/runs/<run_id>/. "
+        "Exit 0 done, 1 failed, 3 partial, 4 queued in the outbox.",
+    )
+    _instance_arg(load)
+    load.add_argument(
+        "--source",
+        default="lab",
+        choices=("lab", "sitemanager", "network", "integration"),
+        help="where the inventory comes from (lab: the bundled generated lab; the others read "
+        "UNIFI_URL / UNIFI_API_KEY / UNIFI_USERNAME / UNIFI_PASSWORD)",
+    )
+    load.add_argument("--dry-run", action="store_true", help="plan only; write nothing")
+    load.add_argument("--batch-size", type=_positive, default=100, help="records per batch")
+    load.add_argument("--workers", type=_positive, default=4, help="concurrent batches")
+    load.add_argument(
+        "--ire", action="store_true", help="load CIs through the IRE API (identifyreconcile)"
+    )
+    load.add_argument(
+        "--retire-after-days",
+        type=float,
+        default=None,
+        help="retire CIs no longer seen for this many days (default: only report them)",
+    )
+    load.add_argument("--json", action="store_true", help="print the run report as JSON")
+    load.add_argument("--no-progress", action="store_true", help="no progress bars")
+    load.add_argument("--lab-sites", type=_positive, default=3, help="lab: number of sites")
+    load.add_argument(
+        "--lab-devices", type=_positive, default=8, help="lab: network devices per site"
+    )
+    load.add_argument("--lab-clients", type=_non_negative, default=40, help="lab: clients per site")
+    load.add_argument("--lab-seed", type=int, default=7, help="lab: generator seed")
+    load.set_defaults(func=_load)
+
+    setup = subparsers.add_parser(
+        "setup",
+        help="create the fields the sync needs (u_unifi_source_id) on the instance",
+        description="Checks sys_dictionary and creates u_unifi_source_id on cmdb_ci and "
+        "cmn_location where your account may; otherwise lists what an admin must add.",
+    )
+    _instance_arg(setup)
+    setup.add_argument("--check", action="store_true", help="only check; create nothing")
+    setup.add_argument("--json", action="store_true", help="print the result as JSON")
+    setup.set_defaults(func=_setup)
+
+    outbox = subparsers.add_parser("outbox", help="writes queued while the instance was down")
+    commands = outbox.add_subparsers(dest="outbox_command", metavar="SUBCOMMAND")
+    show = commands.add_parser("show", help="list queued writes")
+    show.add_argument("--all", action="store_true", help="also sent and failed entries")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(func=_outbox_show)
+    replay = commands.add_parser("replay", help="send queued writes now, in order")
+    _instance_arg(replay)
+    replay.add_argument("--json", action="store_true", help="print JSON")
+    replay.set_defaults(func=_outbox_replay)
+    outbox.set_defaults(func=lambda _args: outbox.print_help() or 2)
+
+    rollback = subparsers.add_parser(
+        "rollback",
+        help="undo a load run from the audit trail",
+        description="Deletes what the run created, restores what it changed, recreates what it "
+        "deleted (from the audit trail's before-images). Safe to run twice.",
+    )
+    rollback.add_argument("run_id", help="the run id (see .snowkit/runs/ or `snowkit load`)")
+    _instance_arg(rollback)
+    rollback.add_argument("--json", action="store_true", help="print JSON")
+    rollback.set_defaults(func=_rollback)
+
+
+def _instance_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--instance",
+        default="embedded",
+        help="'embedded' (start the local instance) or the instance URL "
+        "(credentials from the credential manager: SERVICENOW_* or 1Password)",
+    )
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def _err(message: str) -> None:
+    print(f"snowkit: {message}", file=sys.stderr)
+
+
+# -- load ------------------------------------------------------------------------------------
+
+
+def _load(args: argparse.Namespace) -> int:
+    from snowkit.cmdb.job import run_load
+    from snowkit.unifi import LabConfig
+
+    lab = None
+    if args.source == "lab":
+        try:
+            lab = LabConfig(
+                sites=args.lab_sites,
+                devices_per_site=args.lab_devices,
+                clients_per_site=args.lab_clients,
+                seed=args.lab_seed,
+            )
+        except ValueError as exc:
+            _err(f"invalid lab size: {exc}")
+            return 2
+    report = run_load(
+        instance=args.instance,
+        source=args.source,
+        lab=lab,
+        dry_run=args.dry_run,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        ire=args.ire,
+        progress=False if (args.no_progress or args.json) else None,
+        retire_after_days=args.retire_after_days,
+    )
+    if args.json:
+        print(report.to_json())
+    else:
+        _print_report(report)
+    code = _STATUS_EXIT.get(report.status, EXIT_FAILED)
+    if code and report.message:
+        _err(f"load {report.status}: {report.message}")
+    return code
+
+
+def _print_report(report: Any) -> None:
+    print(report.summary_line())
+    for table, per_action in sorted(report.counts.items()):
+        parts = ", ".join(f"{a} {n}" for a, n in per_action.items() if n)
+        print(f"  {table}: {parts}")
+    for failure in report.failures[:20]:
+        print(f"  failed {failure.action} {failure.table} {failure.source_id}: {failure.error}")
+    if len(report.failures) > 20:
+        print(f"  ... and {len(report.failures) - 20} more failures (see the report)")
+    for warning in report.warnings:
+        print(f"  warning: {warning}")
+    for tip in report.suggestions:
+        print(f"  suggestion: {tip}")
+    for name in ("report", "log", "audit", "plan"):
+        if name in report.paths:
+            print(f"  {name}: {report.paths[name]}")
+
+
+# -- connections for the maintenance commands -------------------------------------------------
+
+
+@contextmanager
+def _client(instance: str) -> Iterator[Any]:
+    from snowkit.cmdb.job import connect
+
+    connection = connect(instance)
+    try:
+        yield connection.client
+    finally:
+        connection.close()
+
+
+def _setup(args: argparse.Namespace) -> int:
+    from snowkit.cmdb.schema import SchemaNotReadyError, check_schema, ensure_schema
+
+    try:
+        with _client(args.instance) as client:
+            status = check_schema(client) if args.check else ensure_schema(client)
+    except SchemaNotReadyError as exc:
+        _err(str(exc))
+        return EXIT_FAILED
+    except Exception as exc:
+        _err(f"setup failed: {type(exc).__name__}: {exc}")
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps(status.to_dict(), indent=2))
+    else:
+        for table, element in status.created:
+            print(f"created {table}.{element}")
+        for table, element in status.present:
+            print(f"present {table}.{element}")
+        if status.missing:
+            print(status.admin_instructions())
+    return EXIT_OK if status.ok else EXIT_FAILED
+
+
+def _outbox_show(args: argparse.Namespace) -> int:
+    from snowkit.cmdb.outbox import Outbox
+
+    with Outbox() as outbox:
+        entries = outbox.entries() if args.all else outbox.pending()
+        summary = outbox.summary()
+    if args.json:
+        print(json.dumps({"summary": summary, "entries": [e.to_dict() for e in entries]}))
+        return EXIT_OK
+    print(
+        f"outbox {outbox.path}: " + (", ".join(f"{k} {v}" for k, v in summary.items()) or "empty")
+    )
+    for e in entries:
+        key = e.source_id or e.payload.get("parent_source_id", "")
+        print(f"  {e.seq:>6} {e.status:<8} {e.op:<7} {e.table:<22} {key}  run {e.run_id}")
+    return EXIT_OK
+
+
+def _outbox_replay(args: argparse.Namespace) -> int:
+    from snowkit.cmdb.outbox import Outbox
+    from snowkit.ops.audit import AuditTrail
+
+    with Outbox() as outbox:
+        if not outbox.count():
+            print("the outbox is empty")
+            return EXIT_OK
+        try:
+            with _client(args.instance) as client, AuditTrail() as audit:
+                result = outbox.replay(client, audit=audit)
+        except Exception as exc:
+            _err(f"replay failed: {type(exc).__name__}: {exc}")
+            return EXIT_FAILED
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(
+            f"sent {result.sent} (created {result.created}, updated {result.updated}, "
+            f"already there {result.resolved_existing}, links {result.related}); "
+            f"failed {len(result.failed)}; still queued {result.remaining}"
+        )
+        for failure in result.failed:
+            print(f"  failed #{failure['seq']} {failure['op']} {failure['table']}: "
+                  f"{failure['error']}")  # fmt: skip
+    if result.stopped:
+        _err(f"{result.stopped}; run `snowkit outbox replay` again when it is back")
+        return EXIT_QUEUED
+    return EXIT_PARTIAL if result.failed else EXIT_OK
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from snowkit.cmdb.rollback import NothingToRollBackError, rollback
+    from snowkit.ops.audit import AuditTrail
+
+    try:
+        with _client(args.instance) as client, AuditTrail() as audit:
+            result = rollback(client, args.run_id, audit=audit)
+    except NothingToRollBackError as exc:
+        _err(str(exc))
+        return EXIT_FAILED
+    except Exception as exc:
+        _err(f"rollback failed: {type(exc).__name__}: {exc}; it is safe to run it again")
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(
+            f"rolled back run {result.run_id}: deleted {result.deleted}, restored "
+            f"{result.restored}, recreated {result.recreated}, already undone {result.skipped}"
+        )
+        for failure in result.failed:
+            print(f"  failed {failure['action']} {failure['table']}/{failure['sys_id']}: "
+                  f"{failure['error']}")  # fmt: skip
+    return EXIT_OK if result.ok else EXIT_PARTIAL

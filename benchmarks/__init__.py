@@ -1,0 +1,1 @@
+"""snowkit benchmarks: each module here is a standalone script with a ``--quick`` mode."""

@@ -1,0 +1,349 @@
+"""Chart functions for notebooks and reports: a frame in, a matplotlib ``Figure`` out.
+
+Conventions (notebook-kit notes §5): every function takes ``ax=None``, draws on it when given
+(so a notebook can compose a grid) and otherwise creates a ``matplotlib.figure.Figure`` outside
+pyplot's global registry (no figure leaks in loops, no double display in Jupyter: a returned
+figure is shown once as the cell's value). The backend is never forced here. An empty or
+missing input draws a titled "no data" panel instead of raising, so a report on a quiet day
+still renders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+FIGSIZE = (9.0, 3.6)
+WRITE_ACTIONS = frozenset({"create", "update", "retire"})
+FAILURE_ACTIONS = frozenset({"failed", "failure", "error", "quarantined"})
+BREAKER_LEVELS = {"closed": 0, "half_open": 1, "open": 2}
+HEALTH_LEVELS = {"pass": 0, "healthy": 0, "warn": 1, "degraded": 1, "fail": 2, "unhealthy": 2}
+STATUS_COLORS = {0: "tab:green", 1: "tab:orange", 2: "tab:red"}
+
+
+def _axes(ax: Axes | None, figsize: tuple[float, float] = FIGSIZE) -> tuple[Figure, Axes]:
+    if ax is not None:
+        return ax.figure, ax  # type: ignore[return-value]
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def _no_data(fig: Figure, ax: Axes, title: str) -> Figure:
+    ax.set_title(title)
+    ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="grey")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return fig
+
+
+def _has(frame: pd.DataFrame | None, *columns: str) -> bool:
+    return frame is not None and not frame.empty and all(c in frame.columns for c in columns)
+
+
+def _events(logs: pd.DataFrame | None, *names: str) -> pd.DataFrame:
+    if not _has(logs, "event", "timestamp"):
+        return pd.DataFrame()
+    assert logs is not None
+    return logs.loc[logs["event"].isin(names) & logs["timestamp"].notna()]
+
+
+def _auto_freq(times: pd.Series) -> str:
+    """A bin width giving roughly 20-200 bins over the span of ``times``."""
+    span = times.max() - times.min()
+    for freq, width in (("1s", "1s"), ("10s", "10s"), ("1min", "1min"), ("10min", "10min")):
+        if span <= pd.Timedelta(width) * 200:
+            return freq
+    return "1h" if span <= pd.Timedelta("8D") else "1D"
+
+
+def _per_bin(frame: pd.DataFrame, freq: str | None, by: str | None = None) -> pd.DataFrame:
+    freq = freq or _auto_freq(frame["timestamp"])
+    grouper = pd.Grouper(key="timestamp", freq=freq)
+    if by is None:
+        return frame.groupby(grouper).size().to_frame("count")
+    keys = frame[by].fillna("unknown").astype(str)
+    return frame.assign(**{by: keys}).groupby([grouper, by]).size().unstack(by, fill_value=0)
+
+
+def throughput_chart(
+    frame: pd.DataFrame, *, freq: str | None = None, ax: Axes | None = None
+) -> Figure:
+    """Requests per time bin, split into ok and failed.
+
+    Takes ``samples_frame()`` (``ok`` column) or ``logs_frame()`` (its ``request`` events,
+    failures by ``status_code >= 400``).
+    """
+    fig, ax = _axes(ax)
+    title = "Throughput (requests per interval)"
+    data = frame
+    if _has(frame, "event"):
+        data = _events(frame, "request")
+    if not _has(data, "timestamp"):
+        return _no_data(fig, ax, title)
+    data = data.loc[data["timestamp"].notna()]
+    if data.empty:
+        return _no_data(fig, ax, title)
+    if "ok" in data.columns:
+        ok = data["ok"].fillna(False).astype(bool)
+    elif "status_code" in data.columns:
+        ok = pd.to_numeric(data["status_code"], errors="coerce").fillna(0).lt(400)
+    else:
+        ok = pd.Series(True, index=data.index)
+    outcome = ok.map({True: "ok", False: "failed"})
+    binned = _per_bin(data.assign(outcome=outcome), freq, by="outcome")
+    colors = {"ok": "tab:blue", "failed": "tab:red"}
+    for column in ("ok", "failed"):
+        if column in binned.columns:
+            ax.plot(binned.index, binned[column], label=column, color=colors[column])
+    ax.set_title(title)
+    ax.set_xlabel("time (UTC)")
+    ax.set_ylabel("requests")
+    ax.legend(loc="upper left")
+    return fig
+
+
+def latency_percentiles_chart(samples: pd.DataFrame, *, ax: Axes | None = None) -> Figure:
+    """p50 / p95 / p99 request latency per operation, exact from the stored samples."""
+    fig, ax = _axes(ax)
+    title = "Latency percentiles by operation"
+    if not _has(samples, "operation", "duration_ms"):
+        return _no_data(fig, ax, title)
+    durations = samples.dropna(subset=["duration_ms"])
+    if durations.empty:
+        return _no_data(fig, ax, title)
+    grouped = durations.groupby(durations["operation"].fillna("unknown").astype(str))["duration_ms"]
+    table = pd.DataFrame({f"p{q}": grouped.quantile(q / 100) for q in (50, 95, 99)})
+    table.plot.bar(ax=ax, color=["tab:green", "tab:orange", "tab:red"], rot=0)
+    ax.set_title(title)
+    ax.set_xlabel("operation")
+    ax.set_ylabel("latency (ms)")
+    return fig
+
+
+def errors_over_time_chart(
+    errors: pd.DataFrame,
+    *,
+    by: str = "category",
+    freq: str | None = None,
+    ax: Axes | None = None,
+) -> Figure:
+    """Error contexts per time bin, stacked by ``category`` (or ``severity``)."""
+    fig, ax = _axes(ax)
+    title = f"Errors by {by} over time"
+    if not _has(errors, "timestamp", by):
+        return _no_data(fig, ax, title)
+    data = errors.loc[errors["timestamp"].notna()]
+    if data.empty:
+        return _no_data(fig, ax, title)
+    binned = _per_bin(data, freq, by=by)
+    binned.index = binned.index.strftime("%Y-%m-%d %H:%M")
+    binned.plot.bar(ax=ax, stacked=True, rot=30, width=0.9)
+    ax.set_title(title)
+    ax.set_xlabel("interval start (UTC)")
+    ax.set_ylabel("errors")
+    ax.legend(title=by, fontsize="small")
+    return fig
+
+
+def errors_by_category_severity_chart(errors: pd.DataFrame, *, ax: Axes | None = None) -> Figure:
+    """Error counts per category, stacked by severity (a summary without the time axis)."""
+    fig, ax = _axes(ax)
+    title = "Errors by category and severity"
+    if not _has(errors, "category", "severity"):
+        return _no_data(fig, ax, title)
+    table = pd.crosstab(
+        errors["category"].fillna("unknown").astype(str),
+        errors["severity"].fillna("unknown").astype(str),
+    )
+    order = [s for s in ("low", "medium", "high", "critical") if s in table.columns]
+    table = table[order + [c for c in table.columns if c not in order]]
+    table.plot.barh(ax=ax, stacked=True)
+    ax.set_title(title)
+    ax.set_xlabel("errors")
+    ax.set_ylabel("category")
+    ax.legend(title="severity", fontsize="small")
+    return fig
+
+
+def success_rate_chart(report: pd.DataFrame, *, ax: Axes | None = None) -> Figure:
+    """Share of attempted writes that landed, per CMDB class, from ``run_report(s)_frame``.
+
+    Attempted = create + update + retire rows; failed = ``failed`` (and ``quarantined``) rows.
+    A class with nothing to write shows 100 %.
+    """
+    fig, ax = _axes(ax)
+    title = "Success rate by class"
+    if not _has(report, "table", "action", "count"):
+        return _no_data(fig, ax, title)
+    action = report["action"].astype(str).str.lower()
+    by_table = report.groupby("table")["count"]
+    attempted = report.loc[action.isin(WRITE_ACTIONS)].groupby("table")["count"].sum()
+    failed = report.loc[action.isin(FAILURE_ACTIONS)].groupby("table")["count"].sum()
+    tables = by_table.sum().index
+    attempted = attempted.reindex(tables, fill_value=0)
+    failed = failed.reindex(tables, fill_value=0)
+    denominator = attempted.where(attempted > 0)
+    rate = (1 - failed / denominator).clip(lower=0).mul(100).fillna(100.0).sort_values()
+    colors = ["tab:green" if r >= 99 else "tab:orange" if r >= 90 else "tab:red" for r in rate]
+    ax.barh(rate.index.astype(str), rate.to_numpy(), color=colors)
+    ax.set_xlim(0, 100)
+    ax.set_title(title)
+    ax.set_xlabel("attempted writes that succeeded (%)")
+    ax.set_ylabel("class")
+    return fig
+
+
+def retries_chart(logs: pd.DataFrame, *, freq: str | None = None, ax: Axes | None = None) -> Figure:
+    """Retries scheduled and HTTP 429 (rate limited) responses per time bin, from the log."""
+    fig, ax = _axes(ax)
+    title = "Retries and 429s over time"
+    retries = _events(logs, "retry_scheduled").assign(kind="retries")
+    limited = _events(logs, "rate_limited").assign(kind="429 rate limited")
+    data = pd.concat([retries, limited], ignore_index=True)
+    if data.empty:
+        return _no_data(fig, ax, title)
+    binned = _per_bin(data, freq, by="kind")
+    for column, color in (("retries", "tab:orange"), ("429 rate limited", "tab:red")):
+        if column in binned.columns:
+            ax.step(binned.index, binned[column], where="post", label=column, color=color)
+    ax.set_title(title)
+    ax.set_xlabel("time (UTC)")
+    ax.set_ylabel("events")
+    ax.legend(loc="upper left")
+    return fig
+
+
+def breaker_timeline_chart(logs: pd.DataFrame, *, ax: Axes | None = None) -> Figure:
+    """Circuit-breaker state (closed / half-open / open) over time, one line per breaker."""
+    fig, ax = _axes(ax)
+    title = "Circuit breaker state"
+    changes = _events(logs, "breaker_state_change")
+    if changes.empty or "new" not in changes.columns:
+        return _no_data(fig, ax, title)
+    names = (
+        changes["breaker"] if "breaker" in changes.columns else pd.Series("breaker", changes.index)
+    )
+    for name, group in changes.assign(breaker=names.fillna("breaker")).groupby("breaker"):
+        group = group.sort_values("timestamp")
+        levels = group["new"].astype(str).str.lower().map(BREAKER_LEVELS)
+        first_old = str(group["old"].iloc[0]).lower() if "old" in group.columns else "closed"
+        times = [group["timestamp"].iloc[0], *group["timestamp"]]
+        values = [BREAKER_LEVELS.get(first_old, 0), *levels.fillna(0)]
+        ax.step(times, values, where="post", label=str(name))
+    ax.set_yticks(list(BREAKER_LEVELS.values()), ["closed", "half-open", "open"])
+    ax.set_ylim(-0.3, 2.3)
+    ax.set_title(title)
+    ax.set_xlabel("time (UTC)")
+    ax.legend(loc="upper left")
+    return fig
+
+
+def health_history_chart(health: pd.DataFrame, *, ax: Axes | None = None) -> Figure:
+    """Each health check's status (pass / warn / fail) over time, from ``health_frame``."""
+    fig, ax = _axes(ax)
+    title = "Health history"
+    if not _has(health, "checked_at", "check", "status"):
+        return _no_data(fig, ax, title)
+    data = health.loc[health["checked_at"].notna()]
+    if data.empty:
+        return _no_data(fig, ax, title)
+    levels = data["status"].astype(str).str.lower().map(HEALTH_LEVELS).fillna(2).astype(int)
+    checks = sorted(data["check"].astype(str).unique())
+    rows = data["check"].astype(str).map({c: i for i, c in enumerate(checks)})
+    ax.scatter(data["checked_at"], rows, c=[STATUS_COLORS[v] for v in levels], s=60, marker="s")
+    ax.set_yticks(range(len(checks)), checks)
+    ax.set_ylim(-0.5, len(checks) - 0.5)
+    ax.set_title(f"{title} (green pass · orange warn · red fail)")
+    ax.set_xlabel("time (UTC)")
+    return fig
+
+
+def data_quality_chart(issues: pd.DataFrame, *, ax: Axes | None = None) -> Figure:
+    """Data-quality issues per validation rule (weighted by ``affected_records`` if present).
+
+    Takes a frame with a ``rule`` (or ``issue_type``) column: the sync engine's quality frame,
+    or the ``data_quality_issue`` events of a log.
+    """
+    fig, ax = _axes(ax)
+    title = "Data-quality issues by rule"
+    data = issues
+    if _has(issues, "event"):
+        data = issues.loc[issues["event"] == "data_quality_issue"]
+    column = next((c for c in ("rule", "issue_type") if _has(data, c)), None)
+    if column is None:
+        return _no_data(fig, ax, title)
+    weights = (
+        pd.to_numeric(data["affected_records"], errors="coerce").fillna(1)
+        if "affected_records" in data.columns
+        else pd.Series(1, index=data.index)
+    )
+    counts = weights.groupby(data[column].fillna("unknown").astype(str)).sum().sort_values()
+    ax.barh(counts.index, counts.to_numpy(), color="tab:purple")
+    ax.set_title(title)
+    ax.set_xlabel("records affected")
+    ax.set_ylabel("rule")
+    return fig
+
+
+def _linking_counts(stats: Mapping[str, Any]) -> dict[str, float]:
+    """Counts from a report's ``relationships`` (``created``/``existing`` are both linked)."""
+    numbers = {
+        str(k): v
+        for k, v in stats.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and k not in ("wanted", "rate")
+    }
+    if "created" in numbers or "existing" in numbers:
+        numbers["linked"] = numbers.pop("created", 0) + numbers.pop("existing", 0)
+    return {k: v for k, v in numbers.items() if v or k in ("linked", "orphans", "failed")}
+
+
+def relationship_chart(
+    linking: Mapping[str, Any] | pd.DataFrame, *, ax: Axes | None = None
+) -> Figure:
+    """Relationship linking outcome: linked / orphans / failed.
+
+    Takes counts (a run report's ``relationships`` section: ``created`` + ``existing`` count as
+    linked, plus ``orphans``, ``failed``, ``queued``; or ``{"linked": .., "orphans": ..}``),
+    or a frame with one row per relationship and a ``status`` column.
+    """
+    fig, ax = _axes(ax)
+    title = "Relationship linking"
+    if isinstance(linking, pd.DataFrame):
+        column = next((c for c in ("status", "outcome") if c in linking.columns), None)
+        counts = (
+            linking[column].astype(str).value_counts().to_dict()
+            if column and not linking.empty
+            else {}
+        )
+    else:
+        counts = _linking_counts(linking or {})
+    if not counts or not any(counts.values()):
+        return _no_data(fig, ax, title)
+    order = ["linked", "orphans", "failed"]
+    labels = [k for k in order if k in counts] + sorted(k for k in counts if k not in order)
+    colors = {"linked": "tab:green", "orphans": "tab:orange", "failed": "tab:red"}
+    bars = ax.bar(
+        labels, [counts[k] for k in labels], color=[colors.get(k, "grey") for k in labels]
+    )
+    ax.bar_label(bars)
+    ax.set_title(title)
+    ax.set_ylabel("relationships")
+    return fig
+
+
+__all__ = [
+    "breaker_timeline_chart",
+    "data_quality_chart",
+    "errors_by_category_severity_chart",
+    "errors_over_time_chart",
+    "health_history_chart",
+    "latency_percentiles_chart",
+    "relationship_chart",
+    "retries_chart",
+    "success_rate_chart",
+    "throughput_chart",
+]

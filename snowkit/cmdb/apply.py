@@ -1,0 +1,960 @@
+"""SyncEngine: apply a plan to the CMDB exactly once, whatever the network and the instance do.
+
+Writes go in dependency order (locations, network gear, clients, then relationships) so every
+reference can be resolved to a sys_id before it is sent. Each phase is cut into Batch API
+requests of ``batch_size`` items, sent by ``workers`` threads under the adaptive limiter.
+
+Exactly once:
+- every create carries ``u_unifi_source_id``; before any retry of a create whose outcome is
+  unknown (an ambiguous write, a failed batch item) the record is looked up by source id and
+  adopted if it landed;
+- state lives in the CMDB (keyed by source id) and in the outbox, so a crashed run is simply
+  rerun: the new plan finds what landed (no-change / update) and creates only the rest;
+- when the instance is unreachable (network down, breaker open, hibernating) the remaining
+  writes go to the durable outbox and the run ends ``queued``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from snowkit.cmdb import ire as ire_mode
+from snowkit.cmdb import plan as planning
+from snowkit.cmdb.outbox import (
+    OP_CREATE,
+    OP_RELATE,
+    OP_UPDATE,
+    Outbox,
+    is_unreachable_error,
+)
+from snowkit.cmdb.plan import (
+    CI_TABLE,
+    CREATE,
+    LOCATION_TABLE,
+    RETIRE,
+    SOURCE_ID_FIELD,
+    UPDATE,
+    Plan,
+    PlanItem,
+)
+from snowkit.cmdb.progress import bar
+from snowkit.cmdb.relationships import (
+    REL_TABLE,
+    RelTypeCache,
+    existing_links,
+    find_link,
+    plan_links,
+)
+from snowkit.cmdb.report import ItemFailure, RunReport, suggestions_from
+from snowkit.servicenow.batch import BatchRequest
+from snowkit.servicenow.query import Query
+
+#: Kinds the transform gives client devices; everything else non-location is network gear.
+CLIENT_KINDS = frozenset({"client", "wired_client", "wireless_client"})
+#: Per-item statuses worth another attempt (after a lookup, for creates).
+RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+_RETURN_FIELDS = f"sysparm_fields=sys_id,{SOURCE_ID_FIELD}&sysparm_exclude_reference_link=true"
+
+
+def write_rank(item: PlanItem) -> int:
+    """Base phase of a record: locations 0, network gear 1, clients 2."""
+    if item.table == LOCATION_TABLE:
+        return 0
+    kind = (item.kind or "").lower()
+    if kind in CLIENT_KINDS or "client" in kind:
+        return 2
+    return 1
+
+
+def dependency_phases(items: Sequence[PlanItem]) -> list[list[PlanItem]]:
+    """Group writes into phases so each record comes after every record it references.
+
+    A record's level is the larger of its base rank and one more than the level of each record
+    it references that is itself written in this run (reference cycles are cut).
+    """
+    by_sid = {i.source_id: i for i in items}
+    levels: dict[str, int] = {}
+
+    def level(item: PlanItem, stack: frozenset[str]) -> int:
+        if item.source_id in levels:
+            return levels[item.source_id]
+        value = write_rank(item)
+        for target in item.references.values():
+            dep = by_sid.get(target)
+            if dep is not None and target not in stack and dep is not item:
+                value = max(value, level(dep, stack | {item.source_id}) + 1)
+        levels[item.source_id] = value
+        return value
+
+    grouped: dict[int, list[PlanItem]] = {}
+    for item in items:
+        grouped.setdefault(level(item, frozenset()), []).append(item)
+    return [grouped[k] for k in sorted(grouped)]
+
+
+@dataclass(slots=True)
+class WriteOp:
+    """One write on its way: a create/update of a plan item, or a relationship create."""
+
+    key: str
+    action: str  # create | update | retire | relate
+    table: str  # the table written (after any fallback)
+    body: dict[str, str]
+    source_id: str | None = None
+    sys_id: str | None = None
+    item: PlanItem | None = None
+    before: dict[str, str] | None = None
+    pending_refs: dict[str, str] = field(default_factory=dict)
+    spec: Any = None
+    class_name: str | None = None  # the intended class when written through a fallback
+
+    @property
+    def method(self) -> str:
+        return "POST" if self.action in (CREATE, "relate") else "PATCH"
+
+    @property
+    def url(self) -> str:
+        path = f"/api/now/table/{self.table}"
+        if self.method == "PATCH":
+            path += f"/{self.sys_id}"
+        return f"{path}?{_RETURN_FIELDS}"
+
+
+class CrashSimulation(RuntimeError):
+    """Raised by test hooks to stop a run half-way, as a crash would."""
+
+
+@dataclass
+class _Stats:
+    created: int = 0
+    updated: int = 0
+    retired: int = 0
+    failed: int = 0
+    queued: int = 0
+    adopted_after_ambiguity: int = 0
+    ambiguous: int = 0
+    retried: int = 0
+    batches: int = 0
+    rel_created: int = 0
+    rel_failed: int = 0
+    rel_queued: int = 0
+
+
+class SyncEngine:
+    """Plans and applies a load; see the module docstring for the guarantees.
+
+    ``on_batch(n)`` is called after each finished batch with the number finished so far (tests
+    raise from it to simulate a crash). ``audit`` is an ``AuditTrail``: every write the engine
+    makes is recorded with its before-image, which is what ``rollback`` replays.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        audit: Any = None,
+        outbox: Outbox | None = None,
+        run_id: str | None = None,
+        batch_size: int = 100,
+        workers: int = 4,
+        limiter: Any = None,
+        logger: Any = None,
+        metrics: Any = None,
+        retire_after_days: float | None = None,
+        max_attempts: int = 3,
+        on_batch: Callable[[int], None] | None = None,
+        ire: bool = False,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        if batch_size < 1 or workers < 1:
+            raise ValueError("batch_size and workers must be at least 1")
+        self.client = client
+        self.audit = audit
+        self.outbox = outbox
+        self.run_id = run_id or _new_run_id()
+        self.batch_size = batch_size
+        self.workers = workers
+        self.limiter = limiter
+        self.logger = logger
+        self.metrics = metrics
+        self.retire_after_days = retire_after_days
+        self.max_attempts = max(1, max_attempts)
+        self.on_batch = on_batch
+        self.ire = ire
+        self._ire_ops: dict[str, int] = {}
+        self._ire_specs: list[Any] = []
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._audit_lock = threading.Lock()
+        self._unreachable = threading.Event()
+        self._unreachable_reason = ""
+        self._keys = itertools.count(1)
+        self._sys_ids: dict[str, str] = {}
+        self._fallbacks: dict[str, str] = {}
+        self._failures: list[ItemFailure] = []
+        self._written: list[WriteOp] = []
+        self._stats = _Stats()
+        self._batches_done = 0
+        self.rel_types = RelTypeCache(client)
+
+    # ------------------------------------------------------------------------------------
+    # schema, plan
+    # ------------------------------------------------------------------------------------
+    def ensure_schema(self, create: bool = True) -> Any:
+        """Check (and where allowed create) the source-id fields; see ``snowkit.cmdb.schema``."""
+        from snowkit.cmdb.schema import ensure_schema
+
+        return ensure_schema(self.client, create=create)
+
+    def missing_tables(self, tables: Iterable[str]) -> set[str]:
+        """Class tables the instance does not have (plugin not installed)."""
+        missing: set[str] = set()
+        for table in sorted(set(tables) - {CI_TABLE, LOCATION_TABLE}):
+            try:
+                for _ in self.client.query(table, "", fields=["sys_id"], page_size=1):
+                    break
+            except Exception as exc:
+                if type(exc).__name__ == "InvalidTableError":
+                    missing.add(table)
+                else:
+                    raise
+        return missing
+
+    def plan(
+        self,
+        result: Any,
+        *,
+        not_seen_since: dict[str, str] | None = None,
+    ) -> Plan:
+        """Read what the CMDB holds for these records and diff (nothing is written)."""
+        records = list(getattr(result, "records", result))
+        relationships = list(getattr(result, "relationships", ()) or ())
+        missing = self.missing_tables(r.table for r in records)
+        for table in missing:
+            self._fallbacks[table] = CI_TABLE
+        snapshot = planning.read_snapshot(self.client, records, missing_tables=missing)
+        plan = planning.build_plan(
+            records,
+            snapshot,
+            relationships=relationships,
+            retire_after_days=self.retire_after_days,
+            not_seen_since=not_seen_since,
+        )
+        for table in sorted(missing):
+            plan.notes.append(
+                f"class table {table} is missing on the instance: its records go to cmdb_ci "
+                f"with sys_class_name={table}"
+            )
+        plan.fallbacks = dict(self._fallbacks)
+        return plan
+
+    # ------------------------------------------------------------------------------------
+    # apply
+    # ------------------------------------------------------------------------------------
+    def apply(
+        self, plan: Plan, *, progress: bool | None = True, report: RunReport | None = None
+    ) -> RunReport:
+        """Write the plan; returns the run report (status success / partial / queued)."""
+        report = report or RunReport(run_id=self.run_id)
+        started = self._clock()
+        self._fallbacks.update(plan.fallbacks)
+        self._sys_ids.update(plan.sys_ids)
+        report.counts = plan.counts_by_table()
+        report.notes.extend(plan.notes)
+
+        writes = plan.writes
+        self._ire_specs = list(plan.relationships) if self.ire else []
+        t0 = self._clock()
+        for index, phase in enumerate(dependency_phases(writes)):
+            desc = f"phase {index + 1}"
+            if self.ire:
+                locations = [i for i in phase if i.table == LOCATION_TABLE]
+                cis = [i for i in phase if i.table != LOCATION_TABLE]
+                self._run_ops([self._op_for(i) for i in locations], desc, progress)
+                ire_ops = [self._ire_op_for(i, plan) for i in cis]
+                self._run_ops(ire_ops, desc + " (IRE)", progress, runner=self._run_ire_chunk)
+            else:
+                self._run_ops([self._op_for(i) for i in phase], desc, progress)
+        report.timings["apply_records"] = round(self._clock() - t0, 3)
+
+        t0 = self._clock()
+        self._link(plan.relationships, report, progress)
+        report.timings["relationships"] = round(self._clock() - t0, 3)
+        report.timings["apply_total"] = round(self._clock() - started, 3)
+        self._fill_report(report)
+        return report
+
+    def _op_for(self, item: PlanItem) -> WriteOp:
+        body = dict(item.values)
+        pending: dict[str, str] = {}
+        for fld, target in item.references.items():
+            sys_id = self._sys_ids.get(target)
+            if sys_id:
+                body[fld] = sys_id
+            else:
+                pending[fld] = target
+        table = item.table
+        class_name = None
+        if table in self._fallbacks:
+            table, class_name = self._fallbacks[table], item.table
+            body["sys_class_name"] = item.table
+        if item.action == CREATE:
+            body[SOURCE_ID_FIELD] = item.source_id
+        elif item.sys_id and item.action in (UPDATE, RETIRE):
+            if table != LOCATION_TABLE and class_name is None:
+                # the CI may be held under another class: address it through cmdb_ci
+                table = CI_TABLE if item.class_change else table
+            body.pop("sys_class_name", None)
+        return WriteOp(
+            key=str(next(self._keys)),
+            action=item.action,
+            table=table,
+            body=body,
+            source_id=item.source_id,
+            sys_id=item.sys_id,
+            item=item,
+            before=item.before,
+            pending_refs=pending,
+            class_name=class_name,
+        )
+
+    # -- running ops ---------------------------------------------------------------------
+    def _run_ops(
+        self,
+        ops: list[WriteOp],
+        desc: str,
+        progress: bool | None,
+        runner: Callable[[list[WriteOp]], None] | None = None,
+    ) -> None:
+        if not ops:
+            return
+        run = runner or self._run_chunk
+        # references to targets that failed or are queued: drop (queued: keep for the outbox)
+        for op in ops:
+            for fld, target in list(op.pending_refs.items()):
+                sys_id = self._sys_ids.get(target)
+                if sys_id:
+                    op.body[fld] = sys_id
+                    del op.pending_refs[fld]
+        chunks = [ops[i : i + self.batch_size] for i in range(0, len(ops), self.batch_size)]
+        with bar(len(ops), desc, enabled=progress) as pbar:
+            if self.workers == 1 or len(chunks) == 1:
+                for chunk in chunks:
+                    run(chunk)
+                    self._after_batch(pbar, len(chunk))
+                return
+            pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="snowkit-sync")
+            try:
+                futures = {pool.submit(run, c): len(c) for c in chunks}
+                remaining = set(futures)
+                while remaining:
+                    done, remaining = wait(remaining, return_when=FIRST_EXCEPTION)
+                    for fut in done:
+                        fut.result()
+                        self._after_batch(pbar, futures[fut])
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+            pool.shutdown(wait=True)
+
+    def _after_batch(self, pbar: Any, n: int) -> None:
+        pbar.update(n)
+        with self._lock:
+            self._batches_done += 1
+            done = self._batches_done
+        if self.on_batch is not None:
+            self.on_batch(done)
+
+    def _run_chunk(self, chunk: list[WriteOp]) -> None:
+        if self.audit is None:
+            self._write_chunk(chunk)
+            return
+        with self.audit.batch():  # one fsync per batch, not per record
+            self._write_chunk(chunk)
+
+    def _write_chunk(self, chunk: list[WriteOp]) -> None:
+        pending = list(chunk)
+        last_error: dict[str, str] = {}
+        for attempt in range(self.max_attempts):
+            if self._unreachable.is_set():
+                self._queue(pending)
+                return
+            if attempt:
+                with self._lock:
+                    self._stats.retried += len(pending)
+            try:
+                results = self._send(pending)
+            except Exception as exc:
+                if is_unreachable_error(exc):
+                    self._mark_unreachable(exc)
+                    self._queue(pending)
+                    return
+                if type(exc).__name__ == "AmbiguousWriteError":
+                    with self._lock:
+                        self._stats.ambiguous += len(pending)
+                message = _describe(exc)
+                for op in pending:
+                    last_error[op.key] = message
+                pending = self._settle(pending)
+                continue
+            retry: list[WriteOp] = []
+            for op in pending:
+                res = results.get(op.key)
+                if res is not None and res.ok:
+                    self._succeed(op, _sys_id_of(res))
+                    continue
+                status = None if res is None else res.status_code
+                message = _result_error(res)
+                if _is_invalid_table(status, message) and op.table != CI_TABLE:
+                    self._fall_back(op)
+                    retry.append(op)
+                    continue
+                if res is None or not res.serviced or status in RETRYABLE_STATUSES:
+                    last_error[op.key] = message
+                    retry.append(op)
+                    continue
+                self._fail(op, message, status)
+            if not retry:
+                return
+            pending = self._settle(retry)
+            if not pending:
+                return
+        for op in pending:
+            self._fail(op, last_error.get(op.key, "no outcome after retries"), None)
+
+    def _send(self, ops: list[WriteOp]) -> dict[str, Any]:
+        requests = [
+            BatchRequest(
+                method=op.method,
+                url=op.url,
+                body=op.body,
+                id=op.key,
+                table=op.table,
+                source_id=op.source_id,
+            )
+            for op in ops
+        ]
+        throttled = False
+        if self.limiter is not None:
+            self.limiter.acquire()
+        started = self._clock()
+        try:
+            results = self.client.batch(requests)
+        except Exception as exc:
+            throttled = type(exc).__name__ == "RateLimitError"
+            raise
+        finally:
+            if self.limiter is not None:
+                self.limiter.release(self._clock() - started, throttled)
+            with self._lock:
+                self._stats.batches += 1
+        return {str(r.id): r for r in results}
+
+    def _settle(self, ops: list[WriteOp]) -> list[WriteOp]:
+        """Before retrying: creates that landed anyway are adopted; returns what still needs
+        sending. Updates are idempotent and simply go again."""
+        creates = [op for op in ops if op.action == CREATE]
+        relates = [op for op in ops if op.action == "relate"]
+        others = [op for op in ops if op.action not in (CREATE, "relate")]
+        still: list[WriteOp] = list(others)
+        if creates:
+            try:
+                found = self._lookup_by_source_id(creates)
+            except Exception as exc:
+                if is_unreachable_error(exc):
+                    self._mark_unreachable(exc)
+                    return ops
+                raise
+            for op in creates:
+                sys_id = found.get(op.source_id or "")
+                if sys_id:
+                    with self._lock:
+                        self._stats.adopted_after_ambiguity += 1
+                    self._succeed(op, sys_id)
+                else:
+                    still.append(op)
+        for op in relates:
+            try:
+                sys_id = find_link(self.client, op.body)
+            except Exception as exc:
+                if is_unreachable_error(exc):
+                    self._mark_unreachable(exc)
+                    return ops
+                raise
+            if sys_id:
+                with self._lock:
+                    self._stats.adopted_after_ambiguity += 1
+                self._succeed(op, sys_id)
+            else:
+                still.append(op)
+        order = {op.key: n for n, op in enumerate(ops)}
+        still.sort(key=lambda op: order[op.key])
+        return still
+
+    def _lookup_by_source_id(self, ops: list[WriteOp]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        by_table: dict[str, list[str]] = {}
+        for op in ops:
+            table = LOCATION_TABLE if op.table == LOCATION_TABLE else CI_TABLE
+            if op.source_id:
+                by_table.setdefault(table, []).append(op.source_id)
+        for table, sids in by_table.items():
+            for start in range(0, len(sids), 100):
+                chunk = [s for s in sids[start : start + 100] if "," not in s and "^" not in s]
+                if not chunk:
+                    continue
+                query = Query().in_(SOURCE_ID_FIELD, chunk)
+                for row in self.client.query(table, query, fields=["sys_id", SOURCE_ID_FIELD]):
+                    found[_str(row.get(SOURCE_ID_FIELD))] = _str(row.get("sys_id"))
+        return found
+
+    def _fall_back(self, op: WriteOp) -> None:
+        intended = op.class_name or op.table
+        with self._lock:
+            self._fallbacks[intended] = CI_TABLE
+        op.class_name = intended
+        op.table = CI_TABLE
+        if op.action == CREATE:
+            op.body["sys_class_name"] = intended
+
+    def _mark_unreachable(self, exc: BaseException) -> None:
+        with self._lock:
+            if not self._unreachable.is_set():
+                self._unreachable_reason = _describe(exc)
+                self._unreachable.set()
+
+    # -- outcomes ------------------------------------------------------------------------
+    def _succeed(self, op: WriteOp, sys_id: str | None) -> None:
+        sys_id = sys_id or op.sys_id
+        with self._lock:
+            if op.action == CREATE:
+                self._stats.created += 1
+            elif op.action == UPDATE:
+                self._stats.updated += 1
+            elif op.action == RETIRE:
+                self._stats.retired += 1
+            elif op.action == "relate":
+                self._stats.rel_created += 1
+            if op.source_id and sys_id and op.action != "relate":
+                self._sys_ids[op.source_id] = sys_id
+            op.sys_id = sys_id
+            self._written.append(op)
+        action = "create" if op.action in (CREATE, "relate") else "update"
+        self._audit(action, op.table, sys_id, op.source_id, op.before, op.body, "success")
+
+    def _fail(self, op: WriteOp, message: str, status: int | None) -> None:
+        with self._lock:
+            if op.action == "relate":
+                self._stats.rel_failed += 1
+            else:
+                self._stats.failed += 1
+            self._failures.append(
+                ItemFailure(
+                    source_id=op.source_id,
+                    table=op.table,
+                    action=op.action,
+                    error=message,
+                    status_code=status,
+                    sys_id=op.sys_id,
+                )
+            )
+
+    def _queue(self, ops: list[WriteOp]) -> None:
+        if not ops:
+            return
+        if self.outbox is None:
+            for op in ops:
+                self._fail(op, f"instance unreachable: {self._unreachable_reason}", None)
+            return
+        entries = []
+        for op in ops:
+            if op.action == "relate":
+                entries.append(
+                    {
+                        "run_id": self.run_id,
+                        "op": OP_RELATE,
+                        "table": REL_TABLE,
+                        "extra": {
+                            "parent_source_id": op.spec.parent_source_id,
+                            "child_source_id": op.spec.child_source_id,
+                            "type_sys_id": op.body.get("type") or None,
+                            "type_name": op.spec.type_name,
+                        },
+                    }
+                )
+                continue
+            values = {k: v for k, v in op.body.items() if k != SOURCE_ID_FIELD}
+            entries.append(
+                {
+                    "run_id": self.run_id,
+                    "op": OP_CREATE if op.action == CREATE else OP_UPDATE,
+                    "table": op.table,
+                    "source_id": op.source_id,
+                    "sys_id": op.sys_id,
+                    "values": values,
+                    "references": op.pending_refs,
+                    "extra": {"before": op.before} if op.before else None,
+                }
+            )
+        self.outbox.enqueue_many(entries)
+        with self._lock:
+            for op in ops:
+                if op.action == "relate":
+                    self._stats.rel_queued += 1
+                else:
+                    self._stats.queued += 1
+
+    def _audit(
+        self,
+        action: str,
+        table: str,
+        sys_id: str | None,
+        source_id: str | None,
+        before: dict | None,
+        after: dict | None,
+        outcome: str,
+    ) -> None:
+        if self.audit is None:
+            return
+        with self._audit_lock:
+            self.audit.record(
+                action,
+                table,
+                sys_id,
+                source_id=source_id,
+                before=before,
+                after=after,
+                outcome=outcome,
+                run_id=self.run_id,
+            )
+
+    # -- IRE mode ------------------------------------------------------------------------
+    def _ire_op_for(self, item: PlanItem, plan: Plan) -> WriteOp:
+        op = self._op_for(item)
+        record = plan.records.get(item.source_id)
+        if record is not None:  # IRE needs the identifying attributes, not only the diff
+            full = dict(record.values)
+            full.update(op.body)
+            op.body = full
+        op.body.pop(SOURCE_ID_FIELD, None)
+        op.class_name = item.table
+        return op
+
+    def _run_ire_chunk(self, chunk: list[WriteOp]) -> None:
+        if self.audit is None:
+            self._write_ire_chunk(chunk)
+            return
+        with self.audit.batch():
+            self._write_ire_chunk(chunk)
+
+    def _write_ire_chunk(self, chunk: list[WriteOp]) -> None:
+        if self._unreachable.is_set():
+            self._queue(chunk)
+            return
+        entries = [(op.class_name or op.table, op.source_id or "", op.body) for op in chunk]
+        payload = ire_mode.build_payload(entries, self._ire_specs)
+        try:
+            result = self.client.identify_reconcile(payload)
+        except Exception as exc:
+            if is_unreachable_error(exc):
+                self._mark_unreachable(exc)
+                self._queue(chunk)
+                return
+            for op in chunk:
+                self._fail(op, _describe(exc), getattr(exc, "context", None) and None)
+            return
+        with self._lock:
+            self._stats.batches += 1
+        for op, outcome in zip(chunk, ire_mode.parse_result(result, len(chunk)), strict=True):
+            with self._lock:
+                self._ire_ops[outcome.operation] = self._ire_ops.get(outcome.operation, 0) + 1
+            if not outcome.ok:
+                self._fail(op, "; ".join(outcome.errors) or outcome.operation, None)
+                continue
+            if outcome.operation == "NO_CHANGE":
+                with self._lock:
+                    if op.source_id and outcome.sys_id:
+                        self._sys_ids[op.source_id] = outcome.sys_id
+                continue
+            op.action = CREATE if outcome.operation.startswith("INSERT") else UPDATE
+            op.body[SOURCE_ID_FIELD] = op.source_id or ""
+            self._succeed(op, outcome.sys_id)
+        for name, n in ire_mode.relation_operations(result).items():
+            with self._lock:
+                key = f"relation_{name}"
+                self._ire_ops[key] = self._ire_ops.get(key, 0) + n
+
+    # -- relationships -------------------------------------------------------------------
+    def _link(self, specs: Sequence[Any], report: RunReport, progress: bool | None) -> None:
+        stats = report.relationships
+        stats.wanted = len(specs)
+        if not specs:
+            return
+        if self._unreachable.is_set():
+            self._queue_relationships(specs)
+            stats.queued = self._stats.rel_queued
+            return
+        try:
+            parents = {
+                self._sys_ids[s.parent_source_id]
+                for s in specs
+                if s.parent_source_id in self._sys_ids
+            }
+            existing = existing_links(self.client, parents)
+            link_plan = plan_links(specs, self._sys_ids, self.rel_types, existing)
+        except Exception as exc:
+            if not is_unreachable_error(exc):
+                raise
+            self._mark_unreachable(exc)
+            self._queue_relationships(specs)
+            stats.queued = self._stats.rel_queued
+            return
+        stats.existing = link_plan.existing
+        stats.orphans = len(link_plan.orphans)
+        stats.orphan_examples = [
+            f"{s.parent_source_id} -> {s.child_source_id} ({s.type_name})"
+            for s in link_plan.orphans[:10]
+        ]
+        for name, n in link_plan.unknown_types.items():
+            report.warnings.append(f"relationship type {name!r} not found: {n} link(s) skipped")
+            stats.failed += n
+        ops = [
+            WriteOp(
+                key=str(next(self._keys)),
+                action="relate",
+                table=REL_TABLE,
+                body=body,
+                spec=spec,
+            )
+            for spec, body in link_plan.to_create
+        ]
+        self._run_ops(ops, "relationships", progress)
+        stats.created = self._stats.rel_created
+        stats.failed += self._stats.rel_failed
+        stats.queued = self._stats.rel_queued
+
+    def _queue_relationships(self, specs: Sequence[Any]) -> None:
+        ops = []
+        for spec in specs:
+            type_id = None
+            try:
+                type_id = self.rel_types.get(spec.type_name)
+            except Exception as exc:
+                if not is_unreachable_error(exc):
+                    raise
+            ops.append(
+                WriteOp(
+                    key=str(next(self._keys)),
+                    action="relate",
+                    table=REL_TABLE,
+                    body={"type": type_id or ""},
+                    spec=spec,
+                )
+            )
+        self._queue(ops)
+
+    # -- report --------------------------------------------------------------------------
+    def _fill_report(self, report: RunReport) -> None:
+        s = self._stats
+        report.applied = {
+            "created": s.created,
+            "updated": s.updated,
+            "retired": s.retired,
+            "failed": s.failed,
+            "queued": s.queued,
+            "ambiguous": s.ambiguous,
+            "resolved_by_lookup": s.adopted_after_ambiguity,
+            "retried": s.retried,
+            "batches": s.batches,
+        }
+        report.failures.extend(self._failures)
+        report.ire = self.ire
+        report.ire_operations = dict(self._ire_ops)
+        report.fallbacks.update(self._fallbacks)
+        for table, used in self._fallbacks.items():
+            warning = (
+                f"class table {table} is missing: its records were written to {used} "
+                f"with sys_class_name={table}"
+            )
+            if warning not in report.warnings:
+                report.warnings.append(warning)
+        if self._unreachable.is_set():
+            report.status = "queued"
+            report.message = (
+                f"the instance could not be reached ({self._unreachable_reason}); "
+                f"{s.queued + s.rel_queued} write(s) are queued in the outbox "
+                f"({self.outbox.path if self.outbox else 'no outbox'}); they are sent by "
+                "`snowkit outbox replay` or at the start of the next load"
+            )
+        elif s.failed or s.rel_failed or report.relationships.failed:
+            report.status = "partial"
+            report.message = (
+                f"{s.failed} record write(s) and {report.relationships.failed} relationship(s) "
+                "failed; see failures"
+            )
+        else:
+            report.status = "success"
+        report.suggestions.extend(
+            suggestions_from(
+                ambiguous=s.ambiguous,
+                fallbacks=self._fallbacks,
+                workers=self.workers,
+                batch_size=self.batch_size,
+            )
+        )
+
+    # -- the whole sync --------------------------------------------------------------------
+    def sync(
+        self,
+        result: Any,
+        *,
+        dry_run: bool = False,
+        progress: bool | None = True,
+        verify: bool = True,
+        replay_outbox: bool = True,
+        not_seen_since: dict[str, str] | None = None,
+    ) -> tuple[Plan | None, RunReport]:
+        """Replay the outbox, plan, apply, verify; returns the plan and the run report."""
+        report = RunReport(run_id=self.run_id, dry_run=dry_run, ire=self.ire)
+        started = self._clock()
+        if replay_outbox and self.outbox is not None and not dry_run:
+            t0 = self._clock()
+            if self.outbox.count():
+                replay = self.outbox.replay(self.client, audit=self.audit)
+                report.outbox = {"replayed": replay.to_dict()}
+                for failure in replay.failed:
+                    report.warnings.append(
+                        f"outbox entry {failure['seq']} ({failure['op']} {failure['table']} "
+                        f"{failure['source_id']}) was rejected: {failure['error']}"
+                    )
+                if replay.stopped:
+                    self._mark_unreachable(RuntimeError(replay.stopped))
+            report.timings["outbox_replay"] = round(self._clock() - t0, 3)
+        t0 = self._clock()
+        try:
+            plan = self.plan(result, not_seen_since=not_seen_since)
+        except Exception as exc:
+            if not is_unreachable_error(exc) or dry_run:
+                raise
+            # cannot read the CMDB: every record becomes an upsert-by-source-id in the outbox
+            self._mark_unreachable(exc)
+            plan = planning.build_plan(
+                list(getattr(result, "records", result)),
+                planning.CMDBSnapshot(),
+                relationships=list(getattr(result, "relationships", ()) or ()),
+            )
+            plan.notes.append(
+                "the CMDB could not be read; every record is queued as an upsert by source id"
+            )
+        report.timings["plan"] = round(self._clock() - t0, 3)
+        if dry_run:
+            report.counts = plan.counts_by_table()
+            report.notes.extend(plan.notes)
+            report.relationships.wanted = len(plan.relationships)
+            report.fallbacks.update(plan.fallbacks)
+            report.finish("dry_run", clock_s=self._clock() - started)
+            return plan, report
+        self.apply(plan, progress=progress, report=report)
+        if verify and not self.unreachable:
+            t0 = self._clock()
+            outcome = self.verify()
+            report.verification = outcome.to_dict()
+            report.mismatches = outcome.mismatches
+            if outcome.mismatches or outcome.missing:
+                report.warnings.append(
+                    f"verification: {len(outcome.mismatches)} field mismatch(es), "
+                    f"{len(outcome.missing)} record(s) not found after writing"
+                )
+                if report.status == "success":
+                    report.status = "partial"
+            report.timings["verify"] = round(self._clock() - t0, 3)
+        report.finish(clock_s=self._clock() - started)
+        return plan, report
+
+    def verify(self) -> Any:
+        """Read back every record this engine wrote and compare field by field."""
+        from snowkit.cmdb.verify import Expectation, verify
+
+        expectations = [
+            Expectation(
+                op.table,
+                op.source_id,
+                {k: v for k, v in op.body.items() if k not in ("sys_class_name", SOURCE_ID_FIELD)},
+            )
+            for op in self._written
+            if op.action != "relate" and op.source_id
+        ]
+        return verify(self.client, expectations)
+
+    def rollback(self, run_id: str, *, audit_path: Any = None) -> Any:
+        """Undo ``run_id`` from the audit trail (see ``snowkit.cmdb.rollback``)."""
+        from snowkit.cmdb.rollback import rollback
+
+        path = audit_path or getattr(self.audit, "path", None)
+        return rollback(self.client, run_id, audit=self.audit, audit_path=path)
+
+    # -- results for verification --------------------------------------------------------
+    @property
+    def written(self) -> list[WriteOp]:
+        """Every write that landed this run (for verification)."""
+        return list(self._written)
+
+    @property
+    def sys_ids(self) -> dict[str, str]:
+        return dict(self._sys_ids)
+
+    @property
+    def fallbacks(self) -> dict[str, str]:
+        return dict(self._fallbacks)
+
+    @property
+    def unreachable(self) -> bool:
+        return self._unreachable.is_set()
+
+
+def _new_run_id() -> str:
+    try:
+        from snowkit.ops.logging import new_run_id
+
+        return new_run_id()
+    except ImportError:  # the logging module is not there yet
+        import secrets
+        from datetime import UTC, datetime
+
+        return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:500]
+
+
+def _result_error(res: Any) -> str:
+    if res is None:
+        return "no answer for this item in the batch response"
+    if not getattr(res, "serviced", True):
+        return res.error_message or "not serviced by the instance"
+    parts = [p for p in (res.error_message, res.error_detail) if p]
+    return f"HTTP {res.status_code}: " + (" — ".join(parts) if parts else "failed")
+
+
+def _is_invalid_table(status: int | None, message: str) -> bool:
+    return status in (400, 404) and "invalid table" in message.lower()
+
+
+def _sys_id_of(res: Any) -> str | None:
+    result = res.result
+    if isinstance(result, dict):
+        return _str(result.get("sys_id")) or None
+    return None
+
+
+def _str(value: Any) -> str:
+    if isinstance(value, dict):
+        value = value.get("value", "")
+    return "" if value is None else str(value)

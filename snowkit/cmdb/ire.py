@@ -1,0 +1,117 @@
+"""IRE mode: load CIs through the Identification and Reconciliation API.
+
+Instances that enforce IRE (or reconcile several discovery sources) want CIs inserted through
+``/api/now/identifyreconcile`` so their identification rules, not ours, decide insert vs update.
+This module turns plan items into IRE payloads (``className`` + ``values``, relations by item
+index when both ends are in the same payload) and reads the per-item answers back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+SOURCE_ID_FIELD = "u_unifi_source_id"
+#: Attributes the Hardware identification rule matches on; always sent so IRE can identify.
+IDENTIFYING = ("serial_number", "name", "mac_address")
+UNKNOWN = "Unknown"
+SUCCESS_OPERATIONS = frozenset(
+    {
+        "INSERT",
+        "UPDATE",
+        "NO_CHANGE",
+        "UPDATE_WITH_UPGRADE",
+        "UPDATE_WITH_DOWNGRADE",
+        "UPDATE_WITH_SWITCH",
+        "INSERT_AS_PARTIAL",
+        "INSERT_AS_INCOMPLETE",
+    }
+)
+
+
+@dataclass
+class IREItemOutcome:
+    """The IRE answer for one input item."""
+
+    index: int
+    operation: str
+    sys_id: str | None
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.operation in SUCCESS_OPERATIONS and bool(self.sys_id) and not self.errors
+
+
+def build_payload(
+    entries: Sequence[tuple[str, str, dict[str, str]]],
+    relationships: Sequence[Any] = (),
+    rel_type_names: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """``entries`` are ``(class_name, source_id, values)``; relations whose two ends are both
+    in ``entries`` are sent by index (the others are linked later through the Table API)."""
+    index = {sid: n for n, (_, sid, _) in enumerate(entries)}
+    items = []
+    for class_name, source_id, values in entries:
+        body = {k: v for k, v in values.items() if v is not None}
+        body[SOURCE_ID_FIELD] = source_id
+        body["sys_class_name"] = class_name
+        items.append(
+            {
+                "className": class_name,
+                "values": body,
+                "internal_id": source_id,
+                "sys_object_source_info": {
+                    "source_name": "snowkit",
+                    "source_native_key": source_id,
+                },
+            }
+        )
+    relations = []
+    for spec in relationships:
+        parent = index.get(spec.parent_source_id)
+        child = index.get(spec.child_source_id)
+        if parent is None or child is None:
+            continue
+        type_name = (rel_type_names or {}).get(spec.type_name, spec.type_name)
+        relations.append({"parent": parent, "child": child, "type": type_name})
+    payload: dict[str, Any] = {"items": items}
+    if relations:
+        payload["relations"] = relations
+    return payload
+
+
+def parse_result(result: Mapping[str, Any], count: int) -> list[IREItemOutcome]:
+    """One outcome per input item (an item IRE did not answer for is an error)."""
+    outcomes: dict[int, IREItemOutcome] = {}
+    for entry in result.get("items") or []:
+        indices = entry.get("inputIndices") or []
+        sys_id = entry.get("sysId")
+        errors = [
+            f"{e.get('error', 'ERROR')}: {e.get('message', '')}".strip()
+            for e in entry.get("errors") or []
+            if isinstance(e, Mapping)
+        ]
+        for n in indices:
+            outcomes[int(n)] = IREItemOutcome(
+                index=int(n),
+                operation=str(entry.get("operation") or "ERROR"),
+                sys_id=None if sys_id in (None, "", UNKNOWN) else str(sys_id),
+                errors=errors,
+            )
+    return [
+        outcomes.get(n, IREItemOutcome(n, "ERROR", None, ["no answer for this item"]))
+        for n in range(count)
+    ]
+
+
+def relation_operations(result: Mapping[str, Any]) -> dict[str, int]:
+    """Counts of the operations IRE reports for the relations it was given."""
+    counts: dict[str, int] = {}
+    for entry in result.get("relations") or []:
+        op = str(entry.get("operation") or "ERROR")
+        if entry.get("errorCount"):
+            op = "ERROR"
+        counts[op] = counts.get(op, 0) + 1
+    return counts

@@ -1,0 +1,443 @@
+"""The whole load job: collect → transform → plan → apply → verify → report.
+
+One function (``run_load``) used by ``snowkit load`` and by the notebooks, so both run exactly
+the same steps and leave the same files behind in ``.snowkit/runs/<run_id>/``: ``report.json``
+(the RunReport), ``metrics.json`` / ``metrics.prom`` and ``log.jsonl``. For the embedded instance
+it starts the sandbox (its database persists in ``.snowkit/sandbox/`` so reruns see earlier
+loads), mounts the UniFi lab at ``/unifi`` and creates the source-id fields itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+from pydantic import SecretStr
+
+from snowkit import paths
+from snowkit.cmdb.apply import SyncEngine
+from snowkit.cmdb.outbox import Outbox
+from snowkit.cmdb.report import RunReport, suggestions_from
+from snowkit.cmdb.schema import ensure_schema
+from snowkit.ops import logging as sklog
+from snowkit.ops.audit import AuditTrail
+from snowkit.ops.errors import ConfigurationError
+from snowkit.ops.metrics import MetricsCollector
+
+EMBEDDED = "embedded"
+SOURCES = ("lab", "sitemanager", "network", "integration")
+LAB_PREFIX = "/unifi"
+#: Environment variables for real UniFi sources (secrets are read, registered, never printed).
+UNIFI_ENV = {
+    "url": "UNIFI_URL",
+    "api_key": "UNIFI_API_KEY",
+    "username": "UNIFI_USERNAME",
+    "password": "UNIFI_PASSWORD",
+}
+
+
+@dataclass
+class Connection:
+    """A ServiceNow client plus what was started to provide it (stopped by ``close``)."""
+
+    client: Any
+    sandbox: Any = None
+    verify: bool | str = True
+    owns_sandbox: bool = False
+    lab_server: Any = None
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.close()
+        if self.lab_server is not None:
+            with contextlib.suppress(Exception):
+                self.lab_server.shutdown()
+        if self.owns_sandbox and self.sandbox is not None:
+            self.sandbox.stop()
+
+
+def embedded_db_path() -> Path:
+    """Where the embedded instance keeps its data between runs."""
+    return paths.sandbox_dir() / "sandbox.sqlite3"  # the file `snowkit sandbox serve` uses
+
+
+def start_embedded(faults: Any = None) -> Any:
+    """Start the embedded instance on a free loopback port (persistent database)."""
+    from snowkit.sandbox import Sandbox
+
+    return Sandbox.start(db=embedded_db_path(), faults=faults)
+
+
+def connect(
+    instance: str = EMBEDDED,
+    *,
+    credentials: Any = None,
+    metrics: MetricsCollector | None = None,
+    sandbox: Any = None,
+    faults: Any = None,
+    verify: bool | str | None = None,
+    client_options: dict[str, Any] | None = None,
+) -> Connection:
+    """A client for ``instance`` ("embedded" starts the sandbox unless one is passed)."""
+    from snowkit.credentials import CredentialManager
+    from snowkit.servicenow import ServiceNowAPIClient
+
+    options = dict(client_options or {})
+    if metrics is not None:
+        options.setdefault("metrics", metrics)
+    if instance == EMBEDDED or sandbox is not None:
+        owns = sandbox is None
+        sb = sandbox or start_embedded(faults)
+        creds = credentials or CredentialManager.static(basic=("admin", sb.users["admin"]))
+        chosen = verify if verify is not None else (str(sb.ca_path) if sb.ca_path else True)
+        try:
+            client = ServiceNowAPIClient(sb.url, creds, verify=chosen, **options)
+        except Exception:
+            if owns:
+                sb.stop()
+            raise
+        return Connection(client, sb, chosen, owns_sandbox=owns)
+    creds = credentials or CredentialManager()
+    chosen = verify if verify is not None else creds.verify_setting()
+    client = ServiceNowAPIClient(instance, creds, verify=chosen, **options)
+    return Connection(client, None, chosen)
+
+
+def collect_inventory(
+    source: str,
+    *,
+    lab: Any = None,
+    connection: Connection | None = None,
+    env: dict[str, str] | None = None,
+) -> Any:
+    """The UniFi inventory from ``source``; "lab" serves a generated lab on loopback."""
+    from snowkit.unifi import (
+        IntegrationCollector,
+        LabConfig,
+        NetworkAppCollector,
+        SiteManagerCollector,
+        generate_lab,
+        lab_app,
+    )
+
+    if source not in SOURCES:
+        raise ConfigurationError(
+            f"unknown source {source!r}; choose one of {', '.join(SOURCES)}",
+            guidance="use --source lab for the bundled lab",
+        )
+    if source == "lab":
+        app = lab_app(generate_lab(lab or LabConfig()))
+        if connection is not None and connection.sandbox is not None:
+            connection.sandbox.mount(LAB_PREFIX, app)
+            base, verify = connection.sandbox.url + LAB_PREFIX, connection.verify
+        else:
+            server = _serve_locally(app)
+            if connection is not None:
+                connection.lab_server = server
+            base, verify = f"http://127.0.0.1:{server.server_port}", True
+        # A session that ignores REQUESTS_CA_BUNDLE: requests lets that variable override
+        # session.verify, and the lab is served with the sandbox's own CA (loopback only).
+        session = requests.Session()
+        session.trust_env = False
+        collector = NetworkAppCollector(
+            base + "/network", app.username, app.password, unifi_os=True, verify=verify,
+            use_cache=False, session=session,
+        )  # fmt: skip
+        return collector.collect()
+    environ = os.environ if env is None else env
+    url = environ.get(UNIFI_ENV["url"])
+    if source == "sitemanager":
+        key = _secret_from(environ, "api_key")
+        collector = SiteManagerCollector(url, key) if url else SiteManagerCollector(api_key=key)
+        return collector.collect()
+    if not url:
+        raise ConfigurationError(
+            f"source {source!r} needs the console URL",
+            guidance=f"set {UNIFI_ENV['url']}=https://<console> (and the credentials)",
+        )
+    if source == "network":
+        user = environ.get(UNIFI_ENV["username"]) or ""
+        return NetworkAppCollector(url, user, _secret_from(environ, "password")).collect()
+    return IntegrationCollector(url, _secret_from(environ, "api_key")).collect()
+
+
+def _secret_from(environ: Any, name: str) -> SecretStr:
+    from snowkit.ops.redaction import secrets
+
+    value = environ.get(UNIFI_ENV[name])
+    if not value:
+        raise ConfigurationError(
+            f"missing UniFi credential {UNIFI_ENV[name]}",
+            guidance=f"set {UNIFI_ENV[name]} in the environment (it is never printed or logged)",
+        )
+    secret = SecretStr(value)
+    secrets.register(secret)
+    return secret
+
+
+def _serve_locally(app: Any) -> Any:
+    import threading
+
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, name="snowkit-lab", daemon=True).start()
+    return server
+
+
+@contextlib.contextmanager
+def _run_logging(run_dir: Path, run_id: str) -> Iterator[None]:
+    """Send the log of this run to ``runs/<run_id>/log.jsonl`` (console quiet), then back to
+    ``logs/snowkit.jsonl``."""
+    sklog.configure_logging(file_path=run_dir / "log.jsonl", console=False)
+    sklog.bind_run_id(run_id)
+    try:
+        yield
+    finally:
+        sklog.configure_logging(file_path=paths.logs_dir() / "snowkit.jsonl", console=False)
+
+
+def run_load(
+    instance: str = EMBEDDED,
+    source: str = "lab",
+    lab: Any = None,
+    dry_run: bool = False,
+    batch_size: int = 100,
+    workers: int = 4,
+    ire: bool = False,
+    progress: bool | None = True,
+    *,
+    retire_after_days: float | None = None,
+    credentials: Any = None,
+    sandbox: Any = None,
+    faults: Any = None,
+    verify_tls: bool | str | None = None,
+    client_options: dict[str, Any] | None = None,
+    setup_schema: bool | None = None,
+    verify: bool = True,
+    on_batch: Callable[[int], None] | None = None,
+    inventory: Any = None,
+    run_id: str | None = None,
+) -> RunReport:
+    """Run one load and return its report (also written to ``runs/<run_id>/report.json``).
+
+    ``instance`` is "embedded" (start the sandbox; or pass a running ``sandbox``) or an instance
+    URL (credentials from the credential manager). ``setup_schema`` creates the source-id fields
+    when missing (default: only on the embedded instance; elsewhere a missing field stops the
+    run with what an admin must add). ``on_batch`` is a hook after every batch (tests).
+    """
+    run_id = run_id or sklog.new_run_id()
+    run_dir = paths.ensure_dir(paths.runs_dir() / run_id)
+    metrics = MetricsCollector()
+    report = RunReport(run_id=run_id, dry_run=dry_run, ire=ire, source=source)
+    report.instance = instance if instance != EMBEDDED or sandbox is None else sandbox.url
+    report.paths = {
+        "report": str(run_dir / "report.json"),
+        "log": str(run_dir / "log.jsonl"),
+        "metrics": str(run_dir / "metrics.json"),
+        "audit": str(paths.audit_path()),
+        "outbox": str(paths.outbox_path()),
+    }
+    clock = time.perf_counter
+    started = clock()
+    with _run_logging(run_dir, run_id):
+        log = sklog.get_logger("snowkit.cmdb.job")
+        log.info("load_start", instance=report.instance, source=source, dry_run=dry_run)
+        connection: Connection | None = None
+        audit: AuditTrail | None = None
+        outbox: Outbox | None = None
+        try:
+            connection = connect(
+                instance,
+                credentials=credentials,
+                metrics=metrics,
+                sandbox=sandbox,
+                faults=faults,
+                verify=verify_tls,
+                client_options=client_options,
+            )
+            if connection.sandbox is not None:
+                report.instance = connection.sandbox.url
+            t0 = clock()
+            if inventory is None:
+                inventory = collect_inventory(source, lab=lab, connection=connection)
+            report.timings["collect"] = round(clock() - t0, 3)
+            t0 = clock()
+            from snowkit.cmdb.quality import quality_summary
+            from snowkit.cmdb.transform import transform
+
+            result = transform(inventory)
+            report.timings["transform"] = round(clock() - t0, 3)
+            report.data_quality = quality_summary(result)
+            report.stale_data = list(getattr(result, "warnings", []) or [])
+            create_fields = (
+                setup_schema if setup_schema is not None else connection.sandbox is not None
+            )
+            t0 = clock()
+            if not dry_run:
+                ensure_schema(connection.client, create=create_fields)
+            report.timings["schema"] = round(clock() - t0, 3)
+            if not dry_run:
+                audit = AuditTrail(paths.audit_path())
+                outbox = Outbox()
+            engine = SyncEngine(
+                connection.client,
+                audit=audit,
+                outbox=outbox,
+                run_id=run_id,
+                batch_size=batch_size,
+                workers=workers,
+                retire_after_days=retire_after_days,
+                on_batch=on_batch,
+                ire=ire,
+            )
+            ledger = NotSeenLedger()
+            _plan, sync_report = engine.sync(
+                result,
+                dry_run=dry_run,
+                progress=progress,
+                verify=verify,
+                not_seen_since=ledger.load(),
+            )
+            _merge(report, sync_report)
+            if _plan is not None and not dry_run and not engine.unreachable:
+                ledger.update(_plan)
+            if dry_run:
+                _plan.frame.to_csv(run_dir / "plan.csv", index=False)
+                report.paths["plan"] = str(run_dir / "plan.csv")
+        except Exception as exc:
+            report.status = "failed"
+            report.message = _explain(exc)
+            log.error("load_failed", error=report.message)
+        finally:
+            _add_metric_suggestions(report, metrics, workers, batch_size)
+            if audit is not None:
+                audit.close()
+            if outbox is not None:
+                report.outbox["pending"] = outbox.count()
+                outbox.close()
+            if connection is not None:
+                connection.close()
+            report.finish(clock_s=clock() - started)
+            with contextlib.suppress(Exception):
+                metrics.write_snapshot(run_dir / "metrics.json")
+                metrics.write_textfile(run_dir / "metrics.prom")
+            report.write(run_dir / "report.json")
+            log.info(
+                "load_complete",
+                status=report.status,
+                duration_ms=round(report.duration_s * 1000, 1),
+                totals=report.action_totals(),
+            )
+    return report
+
+
+def _merge(report: RunReport, other: RunReport) -> None:
+    """Copy what the engine's report learned into the job's report."""
+    for name in (
+        "status",
+        "message",
+        "counts",
+        "applied",
+        "relationships",
+        "failures",
+        "fallbacks",
+        "verification",
+        "mismatches",
+        "ire_operations",
+        "suggestions",
+    ):
+        setattr(report, name, getattr(other, name))
+    report.timings.update(other.timings)
+    report.warnings.extend(other.warnings)
+    report.notes.extend(other.notes)
+    report.outbox.update(other.outbox)
+
+
+def _add_metric_suggestions(
+    report: RunReport, metrics: MetricsCollector, workers: int, batch_size: int
+) -> None:
+    try:
+        ops = metrics.all_operation_metrics()
+    except Exception:
+        return
+    rate_limited = sum(getattr(m, "rate_limited", 0) for m in ops)
+    retries = sum(getattr(m, "retries", 0) for m in ops)
+    server_errors = 0
+    with contextlib.suppress(Exception):
+        frame = metrics.samples_frame()
+        if len(frame) and "status_code" in frame:
+            server_errors = int((frame["status_code"].fillna(0) >= 500).sum())
+    report.requests = {
+        "total": sum(m.total_requests for m in ops),
+        "failed": sum(m.failed_requests for m in ops),
+        "retries": retries,
+        "rate_limited": rate_limited,
+        "server_errors": server_errors,
+    }
+    slow = sorted(ops, key=lambda m: m.p99_response_time_ms, reverse=True)[:5]
+    report.slow_operations = [
+        {
+            "operation": m.operation_name,
+            "table": m.table,
+            "requests": m.total_requests,
+            "p50_ms": round(m.p50_response_time_ms, 1),
+            "p99_ms": round(m.p99_response_time_ms, 1),
+            "max_ms": round(m.max_response_time_ms, 1),
+        }
+        for m in slow
+        if m.total_requests
+    ]
+    p99 = max((m.p99_response_time_ms for m in ops), default=None)
+    for tip in suggestions_from(
+        rate_limited=rate_limited,
+        retries=retries,
+        server_errors=server_errors,
+        p99_ms=p99,
+        workers=workers,
+        batch_size=batch_size,
+    ):
+        if tip not in report.suggestions:
+            report.suggestions.append(tip)
+
+
+def _explain(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class NotSeenLedger:
+    """When each CI was first missed from the source (for the opt-in retire grace period)."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or (paths.state_dir() / "cmdb" / "not_seen.json")
+
+    def load(self) -> dict[str, str]:
+        import json
+
+        try:
+            return dict(json.loads(self.path.read_text(encoding="utf-8")))
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def update(self, plan: Any) -> None:
+        import json
+        from datetime import UTC, datetime
+
+        now = datetime.now(UTC).isoformat()
+        old = self.load()
+        new = {
+            i.source_id: old.get(i.source_id, now)
+            for i in plan.items
+            if i.action in ("not_seen", "retire")
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(new, sort_keys=True), encoding="utf-8")
+        tmp.replace(self.path)

@@ -1,0 +1,484 @@
+"""The durable outbox: CMDB writes queued while the instance could not be reached.
+
+When the instance is down (or the circuit breaker is open) a load must not lose its writes, nor
+block forever. The sync engine appends the writes it could not send here, in order, and the
+run ends "queued". ``Outbox.replay`` sends them later, in the same order, idempotently: a create
+first looks its record up by ``u_unifi_source_id`` so a write that did land is never duplicated.
+
+We use SQLite (stdlib, one file, transactional appends, survives a crash) rather than a
+message-queue library: the queue is tiny, local and single-writer.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from snowkit import paths
+from snowkit.cmdb.relationships import RelTypeCache, find_link
+from snowkit.servicenow.query import Query
+
+SOURCE_ID_FIELD = "u_unifi_source_id"
+
+#: Operations an entry can hold.
+OP_CREATE = "create"  # upsert by source id: look up first, create only when absent
+OP_UPDATE = "update"  # patch a known sys_id (or the record found by source id)
+OP_DELETE = "delete"
+OP_RELATE = "relate"  # a cmdb_rel_ci link between two source ids
+
+STATUS_PENDING = "pending"
+STATUS_DONE = "done"
+STATUS_FAILED = "failed"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    op TEXT NOT NULL,
+    table_name TEXT NOT NULL,
+    source_id TEXT,
+    sys_id TEXT,
+    payload TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    created_at TEXT NOT NULL,
+    done_at TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_status ON outbox(status, seq);
+"""
+
+#: Errors that mean "the instance cannot be reached now": replay stops and keeps the rest.
+_UNREACHABLE_NAMES = frozenset(
+    {"NetworkError", "CircuitOpenError", "HibernatingInstanceError", "DeadlineExceededError"}
+)
+
+
+def is_unreachable_error(exc: BaseException) -> bool:
+    """True when the instance is down or shielded by the breaker: queue the write, don't fail."""
+    return any(cls.__name__ in _UNREACHABLE_NAMES for cls in type(exc).__mro__)
+
+
+class OutboxClient(Protocol):
+    """The part of ServiceNowAPIClient replay needs."""
+
+    def query(
+        self, table: str, query: Any = "", fields: Any = None, **kw: Any
+    ) -> Iterator[dict]: ...
+
+    def create(self, table: str, values: dict, *, source_id: str | None = None) -> dict: ...
+
+    def update(self, table: str, sys_id: str, values: dict, *, before: Any = None) -> dict: ...
+
+    def delete(self, table: str, sys_id: str, *, before: Any = None) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """One queued write. ``payload`` holds ``values`` and unresolved ``references``
+    (field → target source id), resolved to sys_ids at replay time."""
+
+    seq: int
+    run_id: str
+    op: str
+    table: str
+    source_id: str | None
+    sys_id: str | None
+    payload: dict[str, Any]
+    status: str
+    attempts: int
+    last_error: str | None
+    created_at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "run_id": self.run_id,
+            "op": self.op,
+            "table": self.table,
+            "source_id": self.source_id,
+            "sys_id": self.sys_id,
+            "payload": self.payload,
+            "status": self.status,
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+            "created_at": self.created_at,
+        }
+
+
+@dataclass(slots=True)
+class ReplayResult:
+    """What one replay did. ``stopped`` says why it ended early (instance unreachable)."""
+
+    sent: int = 0
+    created: int = 0
+    updated: int = 0
+    deleted: int = 0
+    related: int = 0
+    resolved_existing: int = 0
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    remaining: int = 0
+    stopped: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.stopped is None and self.remaining == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sent": self.sent,
+            "created": self.created,
+            "updated": self.updated,
+            "deleted": self.deleted,
+            "related": self.related,
+            "resolved_existing": self.resolved_existing,
+            "failed": list(self.failed),
+            "remaining": self.remaining,
+            "stopped": self.stopped,
+        }
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+class Outbox:
+    """An ordered, crash-safe queue of CMDB writes in SQLite (``snowkit.paths.outbox_path()``)."""
+
+    def __init__(self, path: Path | str | None = None) -> None:
+        self.path = Path(path) if path is not None else paths.outbox_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.executescript(_SCHEMA)
+
+    # -- writing ---------------------------------------------------------------------------
+    def enqueue(
+        self,
+        run_id: str,
+        op: str,
+        table: str,
+        *,
+        source_id: str | None = None,
+        sys_id: str | None = None,
+        values: dict[str, Any] | None = None,
+        references: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> int:
+        """Append one write; returns its sequence number."""
+        return self.enqueue_many(
+            [
+                {
+                    "run_id": run_id,
+                    "op": op,
+                    "table": table,
+                    "source_id": source_id,
+                    "sys_id": sys_id,
+                    "values": values,
+                    "references": references,
+                    "extra": extra,
+                }
+            ]
+        )[0]
+
+    def enqueue_many(self, entries: Iterable[dict[str, Any]]) -> list[int]:
+        """Append many writes in one transaction (all or nothing), in the given order."""
+        seqs: list[int] = []
+        created = _now()
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                for e in entries:
+                    payload = {
+                        "values": dict(e.get("values") or {}),
+                        "references": dict(e.get("references") or {}),
+                    }
+                    if e.get("extra"):
+                        payload.update(e["extra"])
+                    cur = self._conn.execute(
+                        "INSERT INTO outbox(run_id, op, table_name, source_id, sys_id, payload,"
+                        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            e["run_id"],
+                            e["op"],
+                            e["table"],
+                            e.get("source_id"),
+                            e.get("sys_id"),
+                            json.dumps(payload, sort_keys=True),
+                            created,
+                        ),
+                    )
+                    seqs.append(int(cur.lastrowid or 0))
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return seqs
+
+    def mark(self, seq: int, status: str, *, error: str | None = None) -> None:
+        with self._lock:
+            self._conn.execute(
+                "UPDATE outbox SET status=?, attempts=attempts+1, last_error=?, done_at=?"
+                " WHERE seq=?",
+                (status, error, _now() if status == STATUS_DONE else None, seq),
+            )
+
+    def purge_done(self) -> int:
+        """Drop entries already sent; returns how many."""
+        with self._lock:
+            cur = self._conn.execute("DELETE FROM outbox WHERE status=?", (STATUS_DONE,))
+            return cur.rowcount
+
+    # -- reading ---------------------------------------------------------------------------
+    def entries(self, status: str | None = None, run_id: str | None = None) -> list[OutboxEntry]:
+        """Entries in order, optionally only one status and/or run."""
+        sql = (
+            "SELECT seq, run_id, op, table_name, source_id, sys_id, payload, status, attempts,"
+            " last_error, created_at FROM outbox"
+        )
+        clauses, args = [], []
+        if status is not None:
+            clauses.append("status=?")
+            args.append(status)
+        if run_id is not None:
+            clauses.append("run_id=?")
+            args.append(run_id)
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += " ORDER BY seq"
+        with self._lock:
+            rows = self._conn.execute(sql, args).fetchall()
+        return [
+            OutboxEntry(
+                seq=r[0],
+                run_id=r[1],
+                op=r[2],
+                table=r[3],
+                source_id=r[4],
+                sys_id=r[5],
+                payload=json.loads(r[6]),
+                status=r[7],
+                attempts=r[8],
+                last_error=r[9],
+                created_at=r[10],
+            )
+            for r in rows
+        ]
+
+    def pending(self) -> list[OutboxEntry]:
+        return self.entries(STATUS_PENDING)
+
+    def count(self, status: str | None = STATUS_PENDING) -> int:
+        with self._lock:
+            if status is None:
+                return int(self._conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+            return int(
+                self._conn.execute(
+                    "SELECT COUNT(*) FROM outbox WHERE status=?", (status,)
+                ).fetchone()[0]
+            )
+
+    def summary(self) -> dict[str, int]:
+        """Entry counts per status."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT status, COUNT(*) FROM outbox GROUP BY status"
+            ).fetchall()
+        return {status: int(n) for status, n in rows}
+
+    # -- replay ----------------------------------------------------------------------------
+    def replay(self, client: OutboxClient, *, audit: Any = None) -> ReplayResult:
+        """Send pending entries in order. Creates look up by source id first (never duplicate);
+        an unreachable instance stops the replay and keeps the rest for next time; an entry the
+        instance rejects is marked failed and reported, and the replay goes on."""
+        result = ReplayResult()
+        pending = self.pending()
+        resolver = _SourceIdResolver(client)
+        for index, entry in enumerate(pending):
+            try:
+                outcome = _replay_one(client, entry, resolver, audit)
+            except Exception as exc:
+                if is_unreachable_error(exc):
+                    result.stopped = (
+                        f"instance unreachable ({type(exc).__name__}); "
+                        f"{len(pending) - index} write(s) stay queued"
+                    )
+                    result.remaining = len(pending) - index
+                    return result
+                message = f"{type(exc).__name__}: {exc}"
+                self.mark(entry.seq, STATUS_FAILED, error=message)
+                result.failed.append(
+                    {
+                        "seq": entry.seq,
+                        "op": entry.op,
+                        "table": entry.table,
+                        "source_id": entry.source_id,
+                        "error": message,
+                    }
+                )
+                continue
+            self.mark(entry.seq, STATUS_DONE)
+            result.sent += 1
+            if outcome == "created":
+                result.created += 1
+            elif outcome == "updated":
+                result.updated += 1
+            elif outcome == "existing":
+                result.resolved_existing += 1
+            elif outcome == "deleted":
+                result.deleted += 1
+            elif outcome == "related":
+                result.related += 1
+        return result
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _SourceIdResolver:
+    """Source id → sys_id lookups during replay (cached; misses are not cached)."""
+
+    def __init__(self, client: OutboxClient) -> None:
+        self._client = client
+        self._cache: dict[tuple[str, str], str] = {}
+        self._types: RelTypeCache | None = None
+
+    def find(self, table: str, source_id: str) -> dict | None:
+        rows = list(
+            _first(
+                self._client.query(
+                    table,
+                    Query().eq_exact(SOURCE_ID_FIELD, source_id),
+                    fields=None,
+                    page_size=2,
+                )
+            )
+        )
+        if rows:
+            self._cache[(table, source_id)] = rows[0]["sys_id"]
+            return rows[0]
+        return None
+
+    def rel_type(self, name: str | None) -> str | None:
+        """A cmdb_rel_type sys_id by name (queued while the instance was unreachable)."""
+        if not name:
+            return None
+        if self._types is None:
+            self._types = RelTypeCache(self._client)
+        return self._types.get(name)
+
+    def sys_id(self, table: str, source_id: str) -> str | None:
+        key = (table, source_id)
+        if key in self._cache:
+            return self._cache[key]
+        row = self.find(table, source_id)
+        return row["sys_id"] if row else None
+
+
+def _first(rows: Iterator[dict]) -> Iterator[dict]:
+    for row in rows:
+        yield row
+        return
+
+
+def _resolve_references(payload: dict[str, Any], resolver: _SourceIdResolver) -> dict[str, Any]:
+    values = dict(payload.get("values") or {})
+    for fld, target in (payload.get("references") or {}).items():
+        target_table = "cmn_location" if fld == "location" else "cmdb_ci"
+        sys_id = resolver.sys_id(target_table, target)
+        if sys_id:
+            values[fld] = sys_id
+    return values
+
+
+def _replay_one(
+    client: OutboxClient, entry: OutboxEntry, resolver: _SourceIdResolver, audit: Any
+) -> str:
+    values = _resolve_references(entry.payload, resolver)
+    run_id = entry.run_id
+    if entry.op == OP_CREATE:
+        assert entry.source_id, "a queued create carries its source id"
+        existing = resolver.find(entry.table, entry.source_id)
+        if existing is None and entry.table != "cmn_location":
+            existing = resolver.find("cmdb_ci", entry.source_id)
+        if existing is not None:
+            changed = {k: v for k, v in values.items() if existing.get(k) != v}
+            if changed:
+                client.update(entry.table, existing["sys_id"], changed)
+                _audit(audit, "update", entry.table, existing["sys_id"], entry, changed, run_id)
+                return "updated"
+            return "existing"
+        body = dict(values)
+        body[SOURCE_ID_FIELD] = entry.source_id
+        row = client.create(entry.table, body, source_id=entry.source_id)
+        _audit(audit, "create", entry.table, row.get("sys_id"), entry, body, run_id)
+        return "created"
+    if entry.op == OP_UPDATE:
+        sys_id = entry.sys_id or (
+            resolver.sys_id(entry.table, entry.source_id) if entry.source_id else None
+        )
+        if not sys_id:
+            raise LookupError(f"no record with source id {entry.source_id} to update")
+        client.update(entry.table, sys_id, values, before=entry.payload.get("before"))
+        _audit(audit, "update", entry.table, sys_id, entry, values, run_id)
+        return "updated"
+    if entry.op == OP_DELETE:
+        if entry.sys_id:
+            client.delete(entry.table, entry.sys_id, before=entry.payload.get("before"))
+            _audit(audit, "delete", entry.table, entry.sys_id, entry, None, run_id)
+        return "deleted"
+    if entry.op == OP_RELATE:
+        parent = resolver.sys_id("cmdb_ci", entry.payload["parent_source_id"])
+        child = resolver.sys_id("cmdb_ci", entry.payload["child_source_id"])
+        type_id = entry.payload.get("type_sys_id") or resolver.rel_type(
+            entry.payload.get("type_name")
+        )
+        if not (parent and child and type_id):
+            raise LookupError(
+                "relationship ends not found: "
+                f"{entry.payload['parent_source_id']} -> {entry.payload['child_source_id']}"
+            )
+        body = {"parent": parent, "child": child, "type": type_id}
+        if find_link(client, body):
+            return "existing"
+        row = client.create("cmdb_rel_ci", body)
+        _audit(audit, "create", "cmdb_rel_ci", row.get("sys_id"), entry, body, run_id)
+        return "related"
+    raise ValueError(f"unknown outbox operation {entry.op!r}")
+
+
+def _audit(
+    audit: Any,
+    action: str,
+    table: str,
+    sys_id: str | None,
+    entry: OutboxEntry,
+    after: dict | None,
+    run_id: str,
+) -> None:
+    if audit is None:
+        return
+    audit.record(
+        action,
+        table,
+        sys_id,
+        source_id=entry.source_id,
+        before=entry.payload.get("before"),
+        after=after,
+        run_id=run_id,
+    )

@@ -1,0 +1,131 @@
+"""Relationships between CIs (``cmdb_rel_ci``): type lookup, existence checks, what to create.
+
+A link is written only when both ends are known to exist (their sys_ids come from the plan's
+read of the CMDB or from this run's creates) and it is not there already, so a rerun creates
+none. Links whose ends are missing are orphans: reported, never written half-way.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from snowkit.servicenow.query import Query
+
+REL_TABLE = "cmdb_rel_ci"
+REL_TYPE_TABLE = "cmdb_rel_type"
+
+
+class QueryClient(Protocol):
+    def query(
+        self, table: str, query: Any = "", fields: Any = None, **kw: Any
+    ) -> Iterator[dict]: ...
+
+
+class UnknownRelationshipTypeError(LookupError):
+    """The instance has no ``cmdb_rel_type`` of that name."""
+
+
+class RelTypeCache:
+    """``cmdb_rel_type`` name → sys_id, read once per name (thread-safe)."""
+
+    def __init__(self, client: QueryClient) -> None:
+        self._client = client
+        self._ids: dict[str, str | None] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> str | None:
+        with self._lock:
+            if name in self._ids:
+                return self._ids[name]
+        rows = list(
+            self._client.query(
+                REL_TYPE_TABLE, Query().eq_exact("name", name), fields=["sys_id", "name"]
+            )
+        )
+        sys_id = _value(rows[0].get("sys_id")) if rows else None
+        with self._lock:
+            self._ids[name] = sys_id
+        return sys_id
+
+    def require(self, name: str) -> str:
+        sys_id = self.get(name)
+        if sys_id is None:
+            raise UnknownRelationshipTypeError(
+                f"relationship type {name!r} does not exist in cmdb_rel_type; "
+                "ask an admin to create it (name = 'Parent descriptor::Child descriptor')"
+            )
+        return sys_id
+
+
+LinkKey = tuple[str, str, str]  # (parent sys_id, child sys_id, type sys_id)
+
+
+@dataclass
+class LinkPlan:
+    """Links to create (with their bodies), and what was already there or cannot be linked."""
+
+    to_create: list[tuple[Any, dict[str, str]]] = field(default_factory=list)
+    existing: int = 0
+    orphans: list[Any] = field(default_factory=list)
+    unknown_types: dict[str, int] = field(default_factory=dict)
+    wanted: int = 0
+
+
+def existing_links(
+    client: QueryClient, parent_sys_ids: Iterable[str], *, in_chunk: int = 100
+) -> set[LinkKey]:
+    """Every link whose parent is one of ``parent_sys_ids`` (batched ``parentIN`` queries)."""
+    parents = sorted(set(parent_sys_ids))
+    out: set[LinkKey] = set()
+    for start in range(0, len(parents), in_chunk):
+        chunk = parents[start : start + in_chunk]
+        for row in client.query(
+            REL_TABLE, Query().in_("parent", chunk), fields=["sys_id", "parent", "child", "type"]
+        ):
+            out.add((_value(row.get("parent")), _value(row.get("child")), _value(row.get("type"))))
+    return out
+
+
+def plan_links(
+    specs: Sequence[Any],
+    sys_ids: Mapping[str, str],
+    types: RelTypeCache,
+    existing: set[LinkKey],
+) -> LinkPlan:
+    """Decide each relationship: create, already there, orphan (an end unknown), unknown type."""
+    plan = LinkPlan(wanted=len(specs))
+    seen: set[LinkKey] = set()
+    for spec in specs:
+        parent = sys_ids.get(spec.parent_source_id)
+        child = sys_ids.get(spec.child_source_id)
+        if not parent or not child:
+            plan.orphans.append(spec)
+            continue
+        type_id = types.get(spec.type_name)
+        if type_id is None:
+            plan.unknown_types[spec.type_name] = plan.unknown_types.get(spec.type_name, 0) + 1
+            continue
+        key = (parent, child, type_id)
+        if key in existing or key in seen:
+            plan.existing += 1
+            continue
+        seen.add(key)
+        plan.to_create.append((spec, {"parent": parent, "child": child, "type": type_id}))
+    return plan
+
+
+def find_link(client: QueryClient, body: Mapping[str, str]) -> str | None:
+    """The sys_id of an existing link with this parent, child and type (settles ambiguity)."""
+    query = Query().eq("parent", body["parent"]).eq("child", body["child"]).eq("type", body["type"])
+    for row in client.query(REL_TABLE, query, fields=["sys_id"]):
+        return _value(row.get("sys_id"))
+    return None
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, dict):
+        value = value.get("value", "")
+    return "" if value is None else str(value)

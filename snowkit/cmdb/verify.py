@@ -1,0 +1,116 @@
+"""Read back what a load wrote and compare it field by field.
+
+A 2xx answer does not prove the CMDB holds what we sent: business rules, data policies, field
+lengths and missing columns can change or drop values silently. Verification reads the written
+records back by source id (batched ``u_unifi_source_idIN...`` queries) and reports every field
+that differs, every record that cannot be found, and fields a fallback table cannot hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from snowkit.cmdb.report import Mismatch
+from snowkit.servicenow.query import Query
+
+SOURCE_ID_FIELD = "u_unifi_source_id"
+_SKIP = frozenset({"sys_class_name", "sys_id"})
+
+
+@dataclass
+class Expectation:
+    """What one record should hold after the run (``table`` = the table it was written to)."""
+
+    table: str
+    source_id: str
+    values: dict[str, str]
+
+
+@dataclass
+class VerifyResult:
+    checked: int = 0
+    matched: int = 0
+    missing: list[str] = field(default_factory=list)
+    mismatches: list[Mismatch] = field(default_factory=list)
+    unstored_fields: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and not self.mismatches
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "checked": self.checked,
+            "matched": self.matched,
+            "missing": len(self.missing),
+            "missing_examples": self.missing[:20],
+            "mismatches": len(self.mismatches),
+            "unstored_fields": self.unstored_fields,
+            "ok": self.ok,
+        }
+
+
+def verify(
+    client: Any,
+    expectations: Iterable[Expectation],
+    *,
+    in_chunk: int = 100,
+) -> VerifyResult:
+    """Compare what the CMDB holds with ``expectations``.
+
+    A field the table does not return at all (no such column) is listed in
+    ``unstored_fields`` rather than as a mismatch.
+    """
+    result = VerifyResult()
+    by_table: dict[str, dict[str, Expectation]] = {}
+    for exp in expectations:
+        merged = by_table.setdefault(exp.table, {}).get(exp.source_id)
+        if merged is None:
+            by_table[exp.table][exp.source_id] = Expectation(
+                exp.table, exp.source_id, dict(exp.values)
+            )
+        else:  # several writes to one record (e.g. create then update): the last value wins
+            merged.values.update(exp.values)
+    for table, wanted in sorted(by_table.items()):
+        fields = sorted({f for e in wanted.values() for f in e.values} - _SKIP)
+        sids = [s for s in wanted if "," not in s and "^" not in s]
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(sids), in_chunk):
+            chunk = sids[start : start + in_chunk]
+            query = Query().in_(SOURCE_ID_FIELD, chunk)
+            for row in client.query(
+                table, query, fields=["sys_id", SOURCE_ID_FIELD, *fields], page_size=in_chunk + 1
+            ):
+                found[_str(row.get(SOURCE_ID_FIELD))] = row
+        for sid, exp in wanted.items():
+            result.checked += 1
+            row = found.get(sid)
+            if row is None:
+                result.missing.append(sid)
+                continue
+            clean = True
+            for fld, expected in exp.values.items():
+                if fld in _SKIP:
+                    continue
+                if fld not in row:
+                    # not returned although asked for: the table has no such column (a custom
+                    # field nobody created, or a fallback table); listed, not a mismatch
+                    unstored = result.unstored_fields.setdefault(table, [])
+                    if fld not in unstored:
+                        unstored.append(fld)
+                    continue
+                actual = _str(row.get(fld))
+                if actual != _str(expected):
+                    clean = False
+                    result.mismatches.append(Mismatch(sid, table, fld, _str(expected), actual))
+            if clean:
+                result.matched += 1
+    return result
+
+
+def _str(value: Any) -> str:
+    if isinstance(value, dict):
+        value = value.get("value", "")
+    return "" if value is None else str(value)

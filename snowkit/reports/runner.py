@@ -1,0 +1,372 @@
+"""Run a notebook with papermill and leave a self-contained report folder behind.
+
+``run()`` is what ``snowkit run``, cron, CI and an Airflow ``@task`` call. It adds what plain
+papermill does not do (notebook-kit notes §1.6, §2.1): it creates the dated run folder first,
+runs the kernel in the notebook's directory with a per-cell timeout, refuses secret-looking
+parameters (they would be written into the executed notebook twice), sets ``SNOWKIT_RUN_DIR``
+for the kernel only (so ``emit()``/``save_figure()`` write next to the report), renders a
+code-free HTML even when a cell failed, extracts the PNG charts, and records ``run.json``.
+
+Layout: ``<reports_dir>/<notebook stem>/<YYYY-MM-DD>/<run_id>/`` holding ``<stem>.ipynb``,
+``report.html``, ``figures/*.png``, ``data/*`` (from ``emit``) and ``run.json``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import secrets as _random
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Literal
+
+import nbformat
+import orjson
+from nbformat import NotebookNode
+
+from snowkit import paths
+from snowkit.ops.redaction import MASK, is_secret_key, redact
+from snowkit.reports.emit import RUN_DIR_ENV
+from snowkit.reports.figures import extract_figures
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+#: Parameter names that look like they carry a secret (matched anywhere in the name).
+SECRET_PARAMETER = re.compile(
+    r"passw|passwd|passphrase|(^|_)pass($|_)|(^|_)pwd($|_)|secret|token|api_?key|credential"
+    r"|private_?key|authorization|cookie",
+    re.IGNORECASE,
+)
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+Status = Literal["ok", "failed"]
+
+
+class RunUsageError(ValueError):
+    """The run could not start: the message says what to change. CLI exit code 2."""
+
+
+@dataclass(frozen=True)
+class RunError:
+    """Why a notebook run failed; ``cell_index`` is None when no cell is to blame."""
+
+    ename: str
+    evalue: str
+    cell_index: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ename": self.ename, "evalue": self.evalue, "cell_index": self.cell_index}
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What ``run()`` produced; ``exit_code`` is what a scheduler should see."""
+
+    status: Status
+    run_id: str
+    run_dir: Path
+    executed_notebook: Path
+    html: Path
+    run_json: Path
+    figures: list[Path] = field(default_factory=list)
+    error: RunError | None = None
+    duration_s: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_OK if self.status == "ok" else EXIT_FAILED
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def resolve_parameter(value: str) -> Any:
+    """Type a ``-p`` value the way papermill's CLI does: True/False/None, int, float, else str."""
+    if value in ("True", "False"):
+        return value == "True"
+    if value == "None":
+        return None
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            continue
+    return value
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """``YYYYmmddTHHMMSSZ-<6 hex>`` (docs/architecture.md conventions)."""
+    moment = (now or datetime.now(UTC)).astimezone(UTC)
+    return f"{moment:%Y%m%dT%H%M%SZ}-{_random.token_hex(3)}"
+
+
+def check_parameters(parameters: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Validate run parameters; raise :class:`RunUsageError` for names, types or secrets."""
+    checked: dict[str, Any] = {}
+    for name, value in (parameters or {}).items():
+        if not isinstance(name, str) or not _IDENTIFIER.match(name):
+            raise RunUsageError(
+                f"parameter name {name!r} is not a Python identifier; use letters, digits and _"
+            )
+        if SECRET_PARAMETER.search(name) or is_secret_key(name):
+            raise RunUsageError(
+                f"parameter {name!r} looks like a secret, and parameters are written into the "
+                "executed notebook. Configure credentials instead (environment variables or a "
+                "1Password reference, see `snowkit config`) and pass only a reference such as "
+                "the instance name."
+            )
+        if not _json_like(value):
+            raise RunUsageError(
+                f"parameter {name!r} has type {type(value).__name__}; use str, int, float, bool, "
+                "None or lists/dicts of those (pass dates as ISO 8601 strings)"
+            )
+        if redact(value) != value:
+            raise RunUsageError(
+                f"parameter {name!r} contains a known secret value; configure credentials "
+                "instead of passing them as parameters"
+            )
+        checked[name] = value
+    return checked
+
+
+def _json_like(value: Any) -> bool:
+    if isinstance(value, _JSON_SCALARS):
+        return True
+    if isinstance(value, list):
+        return all(_json_like(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _json_like(v) for k, v in value.items())
+    return False
+
+
+def _read_notebook(path: Path) -> NotebookNode:
+    if not path.is_file():
+        raise RunUsageError(f"notebook not found: {path}; give the path to an .ipynb file")
+    if path.suffix != ".ipynb":
+        raise RunUsageError(f"{path} is not a notebook; give the path to an .ipynb file")
+    try:
+        return nbformat.read(path, as_version=4)
+    except Exception as exc:  # nbformat raises several unrelated types for a broken file
+        raise RunUsageError(f"cannot read notebook {path}: {exc}") from None
+
+
+def _check_kernel(name: str | None, nb: NotebookNode) -> str:
+    """The kernel to use (argument, else the notebook's kernelspec), which must be installed."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    chosen = name or nb.metadata.get("kernelspec", {}).get("name") or "python3"
+    try:
+        KernelSpecManager().get_kernel_spec(chosen)
+    except NoSuchKernel:
+        raise RunUsageError(
+            f"no Jupyter kernel named {chosen!r}; list kernels with `jupyter kernelspec list`, "
+            f"register one with `python -m ipykernel install --sys-prefix --name {chosen}`, "
+            "or pass --kernel python3"
+        ) from None
+    return chosen
+
+
+def _kernel_manager_class(extra_env: Mapping[str, str]) -> type:
+    """An AsyncKernelManager that adds ``extra_env`` to the kernel's environment only.
+
+    Setting ``os.environ`` instead would leak into the calling process and race between
+    concurrent runs (an Airflow worker's threads).
+    """
+    from jupyter_client.manager import AsyncKernelManager
+
+    env_overrides = dict(extra_env)
+
+    class RunKernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kw: Any) -> None:
+            env = dict(kw.pop("env", None) or os.environ)
+            env.update(env_overrides)
+            await super().start_kernel(env=env, **kw)
+
+    return RunKernelManager
+
+
+def _versions(kernel: str, nb: NotebookNode | None) -> dict[str, str | None]:
+    def pkg(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    language = (nb.metadata.get("language_info", {}) if nb is not None else {}) or {}
+    return {
+        "python": platform.python_version(),
+        "snowkit": pkg("snowkit"),
+        "papermill": pkg("papermill"),
+        "nbconvert": pkg("nbconvert"),
+        "kernel": kernel,
+        "kernel_language_version": language.get("version"),
+    }
+
+
+def _execute(
+    source: Path,
+    output: Path,
+    parameters: dict[str, Any],
+    kernel: str,
+    timeout: float | None,
+    run_dir: Path,
+) -> RunError | None:
+    """Execute with papermill; return the error, or None when every cell ran."""
+    import papermill as pm
+    from nbclient.exceptions import DeadKernelError
+    from papermill.exceptions import PapermillExecutionError
+
+    def braces(p: Path) -> str:  # papermill str.format()s both paths with the parameters
+        return str(p).replace("{", "{{").replace("}", "}}")
+
+    try:
+        pm.execute_notebook(
+            braces(source),
+            braces(output),
+            parameters=parameters,
+            kernel_name=kernel,
+            cwd=str(source.parent),
+            progress_bar=sys.stderr.isatty(),
+            log_output=False,
+            execution_timeout=timeout,
+            kernel_manager_class=_kernel_manager_class({RUN_DIR_ENV: str(run_dir)}),
+        )
+    except PapermillExecutionError as exc:
+        return RunError(str(exc.ename), redact(str(exc.evalue)), exc.cell_index)
+    except DeadKernelError as exc:
+        return RunError(
+            "DeadKernelError",
+            "the kernel died while running the notebook (often killed for lack of memory); "
+            f"check memory limits and rerun: {redact(str(exc))}",
+            None,
+        )
+    except Exception as exc:  # kernel start-up failures and the like: still leave a report
+        return RunError(type(exc).__name__, redact(str(exc)) or repr(type(exc)), None)
+    return None
+
+
+def _load_executed(output: Path, fallback: NotebookNode) -> NotebookNode:
+    if output.is_file():
+        try:
+            return nbformat.read(output, as_version=4)
+        except Exception:  # a torn write: report on what we have
+            pass
+    nbformat.write(fallback, output)
+    return fallback
+
+
+def _write_json(path: Path, doc: Mapping[str, Any]) -> None:
+    payload = orjson.dumps(redact(dict(doc)), default=str, option=orjson.OPT_INDENT_2)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_bytes(payload + b"\n")
+    tmp.replace(path)
+
+
+def run(
+    notebook: str | Path,
+    parameters: Mapping[str, Any] | None = None,
+    *,
+    kernel: str | None = None,
+    timeout: float | None = None,
+    reports_dir: str | Path | None = None,
+    run_id: str | None = None,
+) -> RunResult:
+    """Execute ``notebook`` and write its report folder; see the module docstring.
+
+    ``timeout`` is per cell in seconds (None: no limit). Raises :class:`RunUsageError` before
+    anything is written when the notebook, a parameter, the kernel or the run id is unusable;
+    a failing notebook is not an exception: the result has ``status="failed"``.
+    """
+    source = Path(notebook).resolve()
+    nb = _read_notebook(source)
+    params = check_parameters(parameters)
+    kernel_name = _check_kernel(kernel, nb)
+    if timeout is not None and timeout <= 0:
+        raise RunUsageError("--timeout must be a positive number of seconds per cell")
+    if run_id is not None and not _RUN_ID.match(run_id):
+        raise RunUsageError(f"run id {run_id!r} may hold only letters, digits, '.', '_' and '-'")
+
+    started = datetime.now(UTC)
+    rid = run_id or new_run_id(started)
+    base = Path(reports_dir).resolve() if reports_dir else paths.reports_dir()
+    run_dir = base / source.stem / f"{started:%Y-%m-%d}" / rid
+    try:
+        run_dir.mkdir(parents=True, exist_ok=False)
+    except FileExistsError:
+        raise RunUsageError(f"run folder {run_dir} already exists; choose another run id") from None
+    output = run_dir / source.name
+    clock = time.perf_counter()
+
+    from snowkit.reports.html import write_html  # nbconvert is slow to import; kernels skip it
+
+    error = _execute(source, output, params, kernel_name, timeout, run_dir)
+    executed = _load_executed(output, nb)
+    notice = None
+    if error is not None and error.cell_index is None:
+        notice = f"**This run failed: {error.ename}.** {error.evalue}"
+    html = write_html(
+        executed, run_dir / "report.html", title=f"{source.stem} · {rid}", notice=notice
+    )
+    extract_figures(executed, run_dir)
+    figures = sorted((run_dir / "figures").glob("*.png"))  # extracted + save_figure()'s
+
+    duration = round(time.perf_counter() - clock, 3)
+    status: Status = "ok" if error is None else "failed"
+    run_json = run_dir / "run.json"
+    _write_json(
+        run_json,
+        {
+            "notebook": source.stem,
+            "notebook_path": str(source),
+            "run_id": rid,
+            "parameters": {k: (MASK if is_secret_key(k) else v) for k, v in params.items()},
+            "versions": _versions(kernel_name, executed),
+            "status": status,
+            "started_at": started.isoformat(),
+            "finished_at": datetime.now(UTC).isoformat(),
+            "duration_s": duration,
+            "timeout_per_cell_s": timeout,
+            "error": error.to_dict() if error else None,
+            "artifacts": {
+                "notebook": output.name,
+                "html": html.name,
+                "figures": [str(p.relative_to(run_dir)) for p in figures],
+            },
+        },
+    )
+    return RunResult(
+        status=status,
+        run_id=rid,
+        run_dir=run_dir,
+        executed_notebook=output,
+        html=html,
+        run_json=run_json,
+        figures=figures,
+        error=error,
+        duration_s=duration,
+    )
+
+
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "RunError",
+    "RunResult",
+    "RunUsageError",
+    "check_parameters",
+    "new_run_id",
+    "resolve_parameter",
+    "run",
+]

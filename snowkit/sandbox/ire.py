@@ -1,0 +1,202 @@
+"""Identification & Reconciliation (``POST /api/now/identifyreconcile``) with the Hardware rule.
+
+Real CMDB loads go through IRE so duplicates are matched rather than re-inserted. We emulate the
+base-system Hardware identifier only (serial_number, then name, then mac_address, searched on
+``cmdb_ci_hardware`` and its subclasses) and relationships by item index; enough to test a loader
+that prefers IRE and falls back to the Table API. The caller serialises calls (one lock).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from snowkit.sandbox.store import Store
+
+HARDWARE = "cmdb_ci_hardware"
+RULE_NAME = "Hardware Rule"
+IDENTIFIER_ENTRY_SYS_ID = "556eb250c3400200d8d4bea192d3ae92"
+MATCH_ATTRIBUTES = ("serial_number", "name", "mac_address")
+UNKNOWN = "Unknown"
+
+
+class IREInputError(ValueError):
+    """The payload as a whole is unusable (not ``{"items": [...]}``)."""
+
+
+def identify_reconcile(
+    store: Store, payload: dict[str, Any], *, commit: bool, user: str
+) -> dict[str, Any]:
+    """Identify each item, insert or update it (when ``commit``), then create its relations."""
+    items = payload.get("items")
+    if not isinstance(items, list) or not items:
+        raise IREInputError("The payload needs a non-empty 'items' list")
+    results = [
+        _reconcile_item(store, item, index, commit, user) for index, item in enumerate(items)
+    ]
+    relations = payload.get("relations") or []
+    relation_results = [
+        _reconcile_relation(store, rel, index, results, commit, user)
+        for index, rel in enumerate(relations if isinstance(relations, list) else [])
+    ]
+    return {
+        "items": results,
+        "relations": relation_results,
+        "additionalCommittedItems": [],
+        "additionalCommittedRelations": [],
+    }
+
+
+def _item_result(class_name: str, index: int) -> dict[str, Any]:
+    return {
+        "className": class_name,
+        "operation": "NO_CHANGE",
+        "sysId": UNKNOWN,
+        "identifierEntrySysId": UNKNOWN,
+        "identificationAttempts": [],
+        "relatedSysIds": [],
+        "relatedItems": [],
+        "additionalRelatedItems": [],
+        "markers": [],
+        "inputIndices": [index],
+        "mergedPayloadIds": [],
+        "errorCount": 0,
+        "errors": [],
+        "warnings": [],
+        "info": [],
+    }
+
+
+def _fail(result: dict[str, Any], code: str, message: str) -> dict[str, Any]:
+    result["errors"].append({"error": code, "message": message})
+    result["errorCount"] = len(result["errors"])
+    return result
+
+
+def _reconcile_item(store: Store, item: Any, index: int, commit: bool, user: str) -> dict[str, Any]:
+    if not isinstance(item, dict) or not isinstance(item.get("values"), dict):
+        return _fail(
+            _item_result("", index), "INVALID_INPUT_DATA", f"Item {index} has no 'values' object"
+        )
+    values = {str(k): _as_text(v) for k, v in item["values"].items()}
+    class_name = str(item.get("className") or values.get("sys_class_name") or "")
+    result = _item_result(class_name, index)
+    schema = store.schema()
+    if not class_name:
+        return _fail(result, "NO_CLASS_NAME_FOR_INDEPENDENT_CI", f"Item {index} has no className")
+    if not schema.has_table(class_name):
+        return _fail(result, "INVALID_INPUT_DATA", f"Invalid className '{class_name}'")
+    if not schema.is_instance_of(class_name, HARDWARE):
+        return _fail(
+            result,
+            "IDENTIFICATION_RULE_MISSING",
+            f"No identification rule for class '{class_name}' (the sandbox only has the "
+            "Hardware rule, for cmdb_ci_hardware and its subclasses)",
+        )
+    if not any(values.get(attr) for attr in MATCH_ATTRIBUTES):
+        return _fail(
+            result,
+            "MISSING_MATCHING_ATTRIBUTES",
+            "In the payload, the identification rule for class "
+            f"'{class_name}' needs one of {', '.join(MATCH_ATTRIBUTES)}",
+        )
+    match = _identify(store, values, result)
+    values["sys_class_name"] = class_name
+    if match is None:
+        result["operation"] = "INSERT"
+        if commit:
+            record = store.insert(class_name, values, user=user)
+            result["sysId"] = record["sys_id"]
+        return result
+    result["sysId"] = match["sys_id"]
+    result["identifierEntrySysId"] = IDENTIFIER_ENTRY_SYS_ID
+    own_class = match.get("sys_class_name") or HARDWARE
+    current = store.get(own_class, match["sys_id"]) or match  # with the subclass's columns
+    changes = {k: v for k, v in values.items() if k in current and current[k] != v}
+    changes.pop("sys_class_name", None)  # reclassification is not emulated
+    if not changes:
+        result["operation"] = "NO_CHANGE"
+        return result
+    result["operation"] = "UPDATE"
+    if commit:
+        store.update(own_class, match["sys_id"], changes, user=user)
+    return result
+
+
+def _identify(
+    store: Store, values: dict[str, str], result: dict[str, Any]
+) -> dict[str, str] | None:
+    """Try each Hardware-rule attribute in order; record the attempts like the real engine."""
+    found: dict[str, str] | None = None
+    for attr in MATCH_ATTRIBUTES:
+        value = values.get(attr)
+        if found is not None or not value:
+            outcome = "SKIPPED"
+        else:
+            rows, _ = store.list(HARDWARE, "ORDERBYsys_created_on", limit=2, filters={attr: value})
+            outcome = "MATCHED" if rows else "NO_MATCH"
+            if len(rows) > 1:
+                outcome = "MULTI_MATCH"
+            if rows:
+                found = rows[0]
+        result["identificationAttempts"].append(
+            {
+                "identifierName": RULE_NAME,
+                "attemptResult": outcome,
+                "attributes": [attr],
+                "searchOnTable": HARDWARE,
+                "hybridEntryCiAttributes": [],
+            }
+        )
+    return found
+
+
+def _reconcile_relation(
+    store: Store,
+    relation: Any,
+    index: int,
+    items: list[dict[str, Any]],
+    commit: bool,
+    user: str,
+) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "className": "cmdb_rel_ci",
+        "operation": "NO_CHANGE",
+        "inputIndices": [index],
+        "markers": [],
+        "mergedPayloadIds": [],
+        "errorCount": 0,
+        "errors": [],
+    }
+    if not isinstance(relation, dict):
+        return _fail(result, "INVALID_INPUT_DATA", f"Relation {index} is not an object")
+    parent_i, child_i = relation.get("parent"), relation.get("child")
+    if not all(isinstance(i, int) and 0 <= i < len(items) for i in (parent_i, child_i)):
+        return _fail(
+            result, "INVALID_INPUT_DATA", f"Relation {index} has an invalid parent/child index"
+        )
+    type_name = str(relation.get("type") or "")
+    types, _ = store.list("cmdb_rel_type", "", limit=1, filters={"name": type_name})
+    if not type_name or not types:
+        return _fail(
+            result, "INVALID_INPUT_DATA", f"Relation {index}: unknown cmdb_rel_type '{type_name}'"
+        )
+    parent, child = items[parent_i]["sysId"], items[child_i]["sysId"]
+    if items[parent_i]["errorCount"] or items[child_i]["errorCount"]:
+        return _fail(result, "MISSING_DEPENDENCY", f"Relation {index} refers to a failed item")
+    keys = {"parent": parent, "child": child, "type": types[0]["sys_id"]}
+    if UNKNOWN not in (parent, child):
+        existing, _ = store.list("cmdb_rel_ci", "", limit=1, filters=keys)
+        if existing:
+            return result
+    result["operation"] = "INSERT"
+    if commit:
+        store.insert("cmdb_rel_ci", keys, user=user)
+    return result
+
+
+def _as_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

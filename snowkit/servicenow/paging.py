@@ -1,0 +1,144 @@
+"""Page planning for Table API list queries: keyset by default, offset on request.
+
+Why not follow ``Link: rel="next"`` or ``sysparm_offset`` like pysnc/pysnow? Offset paging over a
+table that others write to skips rows (a delete before the cursor shifts everything left) or
+repeats them (an insert before the cursor shifts everything right), and without a unique
+``ORDERBY`` the server may even return the same row on two pages (PySNC#96).
+
+Keyset paging orders by ``sys_id`` (unique, immutable) and asks each next page for
+``sys_id > <last sys_id seen>``. Every record that exists for the whole scan is returned exactly
+once, whatever is inserted or deleted meanwhile; records inserted during the scan appear iff
+their sys_id sorts after the cursor. ``X-Total-Count`` is not trusted as a stop signal (it moves
+while others write): a page shorter than the page size ends the scan.
+
+Offset paging is kept for callers who need another sort order (``order_by`` other than
+``sys_id``); its result is only stable on a quiet table, and it still appends ``ORDERBYsys_id``
+as a tie-breaker so equal sort keys page deterministically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+KEY_FIELD = "sys_id"
+
+
+class PagingMode(StrEnum):
+    KEYSET = "keyset"
+    OFFSET = "offset"
+
+
+@dataclass(frozen=True, slots=True)
+class PageRequest:
+    """What to ask for next: the encoded query, the page size and (offset mode) the offset."""
+
+    query: str
+    limit: int
+    offset: int = 0
+
+
+def split_groups(encoded: str) -> tuple[list[str], list[str]]:
+    """Split a raw encoded query into its ``^NQ`` condition groups and its ORDERBY clauses."""
+    groups: list[str] = []
+    order: list[str] = []
+    for group in encoded.split("^NQ") if encoded else []:
+        conds = []
+        for part in group.split("^"):
+            if part.startswith("ORDERBY"):
+                order.append(part)
+            elif part and part != "EQ":
+                conds.append(part)
+        # re-join keeping ^OR joins (split removed the '^' only)
+        text = "^".join(conds)
+        if text:
+            groups.append(text)
+    return groups, order
+
+
+def keyset_query(encoded: str, after: str | None) -> str:
+    """``encoded`` restricted to ``sys_id > after`` in every ``^NQ`` group, ordered by sys_id.
+
+    Existing ORDERBY clauses are dropped: keyset paging is only correct in sys_id order.
+    """
+    groups, _ = split_groups(encoded)
+    cursor = f"{KEY_FIELD}>{after}" if after else ""
+    if not groups:
+        groups = [cursor] if cursor else []
+    elif cursor:
+        groups = [f"{g}^{cursor}" for g in groups]
+    body = "^NQ".join(groups)
+    return f"{body}^ORDERBY{KEY_FIELD}" if body else f"ORDERBY{KEY_FIELD}"
+
+
+def offset_query(encoded: str, order_by: str, descending: bool = False) -> str:
+    """``encoded`` ordered by ``order_by`` then sys_id (a unique tie-breaker)."""
+    groups, order = split_groups(encoded)
+    clauses = order or [f"ORDERBYDESC{order_by}" if descending else f"ORDERBY{order_by}"]
+    if f"ORDERBY{KEY_FIELD}" not in clauses:
+        clauses.append(f"ORDERBY{KEY_FIELD}")
+    return "^".join(["^NQ".join(groups), *clauses]) if groups else "^".join(clauses)
+
+
+class Pager:
+    """Decides each next page from the previous one (pure; the client does the I/O).
+
+    ``limit`` caps the total number of records; ``page_size`` is clamped to ``[1, 10000]``
+    (10000 is the Table API's own default and maximum worth asking for).
+    """
+
+    def __init__(
+        self,
+        encoded: str,
+        page_size: int,
+        *,
+        mode: PagingMode = PagingMode.KEYSET,
+        order_by: str = KEY_FIELD,
+        descending: bool = False,
+        limit: int | None = None,
+    ) -> None:
+        self.encoded = encoded
+        self.page_size = max(1, min(int(page_size), 10_000))
+        self.mode = mode
+        self.order_by = order_by
+        self.descending = descending
+        self.limit = limit
+        self.returned = 0
+        self._after: str | None = None
+        self._offset = 0
+        self._done = limit is not None and limit <= 0
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def next_request(self) -> PageRequest | None:
+        if self._done:
+            return None
+        size = self.page_size
+        if self.limit is not None:
+            size = min(size, self.limit - self.returned)
+        if self.mode is PagingMode.KEYSET:
+            return PageRequest(keyset_query(self.encoded, self._after), size)
+        return PageRequest(
+            offset_query(self.encoded, self.order_by, self.descending), size, self._offset
+        )
+
+    def advance(self, request: PageRequest, rows: list[dict]) -> None:
+        """Record a page's rows (as returned by the server, before any client-side filter)."""
+        self._offset += len(rows)
+        if rows:
+            last = rows[-1].get(KEY_FIELD)
+            if isinstance(last, dict):
+                last = last.get("value")
+            if self.mode is PagingMode.KEYSET and not last:
+                raise ValueError("keyset paging needs sys_id in every row (add it to fields)")
+            self._after = str(last) if last else self._after
+        if len(rows) < request.limit:
+            self._done = True
+
+    def count_returned(self, n: int) -> None:
+        """Count records handed to the caller (after client-side filters) against ``limit``."""
+        self.returned += n
+        if self.limit is not None and self.returned >= self.limit:
+            self._done = True

@@ -1,0 +1,318 @@
+"""SyncEngine against the embedded instance: exactly-once loads under faults.
+
+Every test starts its own sandbox on an ephemeral loopback port; client sleeps are no-ops so no
+test waits out a back-off.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from snowkit.cmdb.apply import CrashSimulation, SyncEngine
+from snowkit.cmdb.outbox import Outbox
+from snowkit.cmdb.schema import ensure_schema
+from snowkit.cmdb.transform import CMDBRecord, RelationshipSpec, TransformResult
+from snowkit.credentials import CredentialManager
+from snowkit.ops.audit import AuditTrail, read_audit
+from snowkit.sandbox import Sandbox
+from snowkit.servicenow import ServiceNowAPIClient
+
+CONNECTS = "Connects to::Connected by"
+SID = "u_unifi_source_id"
+
+
+def make_client(sb: Sandbox, **kw: Any) -> ServiceNowAPIClient:
+    creds = CredentialManager.static(basic=("admin", sb.users["admin"]))
+    return ServiceNowAPIClient(sb.url, creds, verify=str(sb.ca_path), sleep=lambda s: None, **kw)
+
+
+@pytest.fixture
+def sandbox() -> Iterator[Sandbox]:
+    with Sandbox.start() as sb:
+        with make_client(sb) as client:
+            ensure_schema(client)
+        yield sb
+
+
+@pytest.fixture
+def client(sandbox: Sandbox) -> Iterator[ServiceNowAPIClient]:
+    with make_client(sandbox) as c:
+        yield c
+
+
+def heal(sb: Sandbox) -> None:
+    """End every fault; wait (bounded) until the listening socket is back after an outage."""
+    sb.set_faults(None)
+    for _ in range(250):
+        if sb.accepting:
+            return
+        time.sleep(0.02)
+    raise AssertionError("the sandbox did not reopen its socket")
+
+
+def estate(sites: int = 2, devices: int = 4, clients: int = 6) -> TransformResult:
+    """A small synthetic estate: a location per site, a switch uplink, APs, clients."""
+    records: list[CMDBRecord] = []
+    rels: list[RelationshipSpec] = []
+    for s in range(sites):
+        site = f"site:{s}"
+        records.append(CMDBRecord("cmn_location", site, {"name": f"Site {s}"}, "location"))
+        uplink = f"dev:{s}:0"
+        for d in range(devices):
+            sid = f"dev:{s}:{d}"
+            table = "cmdb_ci_ip_switch" if d == 0 else "cmdb_ci_wap_network"
+            values = {
+                "name": f"s{s}-dev{d}",
+                "serial_number": f"SER{s}{d:03d}",
+                "mac_address": f"aa:bb:cc:{s:02x}:00:{d:02x}",
+                "ip_address": f"10.{s}.0.{d + 1}",
+            }
+            kind = "switch" if d == 0 else "access_point"
+            records.append(CMDBRecord(table, sid, values, kind, {"location": site}))
+            if d:
+                rels.append(RelationshipSpec(sid, uplink, CONNECTS))
+        for c in range(clients):
+            sid = f"cl:{s}:{c}"
+            values = {"name": f"client-{s}-{c}", "mac_address": f"dd:ee:ff:{s:02x}:01:{c:02x}"}
+            records.append(
+                CMDBRecord("cmdb_ci_hardware", sid, values, "client", {"location": site})
+            )
+            rels.append(RelationshipSpec(sid, f"dev:{s}:{1 + c % max(1, devices - 1)}", CONNECTS))
+    return TransformResult(records=records, relationships=rels)
+
+
+def engine(client: ServiceNowAPIClient, **kw: Any) -> SyncEngine:
+    kw.setdefault("batch_size", 5)
+    kw.setdefault("workers", 3)
+    return SyncEngine(client, **kw)
+
+
+def by_source(client: ServiceNowAPIClient, table: str = "cmdb_ci") -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for row in client.query(table, f"{SID}ISNOTEMPTY"):
+        out.setdefault(row[SID], []).append(row)
+    return out
+
+
+def load(client: ServiceNowAPIClient, result: TransformResult, **kw: Any):
+    eng = engine(client, **kw)
+    plan, report = eng.sync(result, progress=False)
+    return eng, plan, report
+
+
+def test_initial_load_resolves_references_and_links(client: ServiceNowAPIClient) -> None:
+    result = estate()
+    _eng, _plan, report = load(client, result)
+    assert report.status == "success", report.message
+    assert report.applied["created"] == len(result.records)
+    cis = by_source(client)
+    locations = by_source(client, "cmn_location")
+    assert all(len(rows) == 1 for rows in cis.values())
+    assert len(cis) + len(locations) == len(result.records)
+    ap = cis["dev:1:2"][0]
+    assert ap["sys_class_name"] == "cmdb_ci_wap_network"
+    assert ap["location"] == locations["site:1"][0]["sys_id"]
+    # relationships: exactly the wanted links, pointing at the right CIs
+    assert report.relationships.created == len(result.relationships)
+    assert report.relationships.rate == 1.0
+    links = {
+        (r["parent"], r["child"])
+        for r in client.query("cmdb_rel_ci", "", fields=["parent", "child"])
+    }
+    want = {
+        (cis[s.parent_source_id][0]["sys_id"], cis[s.child_source_id][0]["sys_id"])
+        for s in result.relationships
+    }
+    assert links == want
+    assert report.verification["ok"] and report.verification["matched"] == len(result.records)
+
+
+def test_no_change_rerun_makes_zero_writes(client: ServiceNowAPIClient) -> None:
+    result = estate()
+    with AuditTrail() as audit:
+        load(client, result, audit=audit)
+        written = audit.seq
+        before = client.metrics.get_operation_metrics("batch")
+        _, plan, report = load(client, result, audit=audit)
+        assert audit.seq == written  # no new audit entry: nothing was written
+    assert plan.counts()["no_change"] == len(result.records)
+    assert report.applied["batches"] == 0
+    assert client.metrics.get_operation_metrics("batch").total_requests == before.total_requests
+    assert report.relationships.existing == len(result.relationships)
+    assert report.relationships.created == 0
+
+
+def test_only_changed_fields_are_sent(client: ServiceNowAPIClient) -> None:
+    result = estate(sites=1, devices=3, clients=2)
+    load(client, result)
+    changed = result.records[2]
+    changed.values["ip_address"] = "10.9.9.9"
+    with AuditTrail() as audit:
+        eng, plan, _report = load(client, result, audit=audit)
+    updates = plan.by_action("update")
+    assert [(u.source_id, u.values) for u in updates] == [
+        (changed.source_id, {"ip_address": "10.9.9.9"})
+    ]
+    entries = [e for e in read_audit(run_id=eng.run_id)]
+    assert [(e["action"], e["after"], e["before"]) for e in entries] == [
+        ("update", {"ip_address": "10.9.9.9"}, {"ip_address": "10.0.0.2"})
+    ]
+    row = by_source(client)[changed.source_id][0]
+    assert row["ip_address"] == "10.9.9.9"
+    assert row["name"] == changed.values["name"]
+
+
+def test_existing_ci_without_source_id_is_adopted_not_duplicated(
+    client: ServiceNowAPIClient,
+) -> None:
+    result = estate(sites=1, devices=2, clients=0)
+    target = result.records[2]  # dev:0:1, serial SER0001
+    pre = client.create(
+        "cmdb_ci_wap_network", {"name": "discovered-ap", "serial_number": "SER0001"}
+    )
+    _, plan, _report = load(client, result)
+    item = next(i for i in plan.items if i.source_id == target.source_id)
+    assert (item.action, item.matched_by, item.sys_id) == ("update", "serial_number", pre["sys_id"])
+    rows = list(client.query("cmdb_ci", "serial_number=SER0001"))
+    assert len(rows) == 1 and rows[0][SID] == target.source_id and rows[0]["name"] == "s0-dev1"
+
+
+def test_orphan_relationships_are_reported_not_written(client: ServiceNowAPIClient) -> None:
+    result = estate(sites=1, devices=2, clients=0)
+    result.relationships.append(RelationshipSpec("dev:0:1", "dev:nowhere", CONNECTS))
+    result.relationships.append(RelationshipSpec("dev:0:1", "dev:0:0", "No such::Type"))
+    _, _, report = load(client, result)
+    rel = report.relationships
+    assert (rel.wanted, rel.created, rel.orphans, rel.failed) == (3, 1, 1, 1)
+    assert rel.orphan_examples == [f"dev:0:1 -> dev:nowhere ({CONNECTS})"]
+    assert report.status == "partial"
+    assert any("No such::Type" in w for w in report.warnings)
+
+
+def test_missing_class_table_falls_back_to_cmdb_ci(sandbox: Sandbox, client) -> None:
+    sandbox.set_faults({"missing_tables": ["cmdb_ci_wap_network"]})
+    result = estate(sites=1, devices=3, clients=1)
+    _, _plan, report = load(client, result)
+    assert report.status == "success", report.message
+    assert report.fallbacks == {"cmdb_ci_wap_network": "cmdb_ci"}
+    assert any("cmdb_ci_wap_network is missing" in w for w in report.warnings)
+    aps = [r for r in result.records if r.table == "cmdb_ci_wap_network"]
+    cis = by_source(client)
+    assert all(len(cis[r.source_id]) == 1 for r in aps)
+    # a rerun neither duplicates nor rewrites the fallback records forever
+    _, plan2, report2 = load(client, result)
+    assert plan2.counts()["create"] == 0
+    assert report2.applied["created"] == 0 and report2.applied["updated"] == 0
+
+
+def test_partial_batch_failure_is_reported_item_by_item(client: ServiceNowAPIClient) -> None:
+    result = estate(sites=1, devices=4, clients=4)
+    load(client, result)
+    for rec in result.records[1:]:
+        rec.values["ip_address"] = "10.1.1.1"
+    eng = engine(client)
+    plan = eng.plan(result)
+    victim = plan.by_action("update")[2]
+    client.delete(victim.table, victim.sys_id)  # gone between plan and apply
+    report = eng.apply(plan, progress=False)
+    assert report.status == "partial"
+    assert report.applied["updated"] == len(plan.by_action("update")) - 1
+    assert [(f.source_id, f.status_code) for f in report.failures] == [(victim.source_id, 404)]
+    assert "404" in report.failures[0].error
+
+
+def test_outage_queues_writes_then_replay_converges(sandbox: Sandbox, client) -> None:
+    result = estate(sites=2, devices=3, clients=3)
+    outbox = Outbox()
+    eng = engine(client, outbox=outbox)
+    plan = eng.plan(result)
+    sandbox.set_faults({"outage": {"after_seconds": 0, "duration_seconds": 3600}})
+    report = eng.apply(plan, progress=False)
+    assert report.status == "queued"
+    assert "outbox" in report.message and "snowkit outbox replay" in report.message
+    queued = report.applied["queued"] + report.relationships.queued
+    assert queued >= 1
+    assert outbox.count() == queued
+    heal(sandbox)
+    with make_client(sandbox) as fresh:  # the next run: a new client, its breaker closed
+        replay = outbox.replay(fresh)
+        assert replay.complete, replay.to_dict()
+        assert replay.failed == []
+        cis = by_source(fresh)
+        assert all(len(rows) == 1 for rows in cis.values())
+        _, plan2, report2 = load(fresh, result)
+        assert plan2.counts()["create"] == 0 and plan2.counts()["update"] == 0
+        assert report2.relationships.created == 0
+        assert report2.relationships.existing == len(result.relationships)
+
+
+def test_next_run_replays_the_outbox_first(sandbox: Sandbox, client) -> None:
+    result = estate(sites=1, devices=2, clients=2)
+    outbox = Outbox()
+    eng = engine(client, outbox=outbox)
+    plan = eng.plan(result)
+    sandbox.set_faults({"outage": {"after_seconds": 0, "duration_seconds": 3600}})
+    assert eng.apply(plan, progress=False).status == "queued"
+    heal(sandbox)
+    with make_client(sandbox) as fresh:
+        _, plan2, report = load(fresh, result, outbox=outbox)
+        assert report.outbox["replayed"]["remaining"] == 0
+        assert report.status == "success"
+        assert plan2.counts()["create"] == 0
+        assert outbox.count() == 0
+
+
+def test_crash_mid_run_then_rerun_converges(client: ServiceNowAPIClient) -> None:
+    result = estate(sites=2, devices=3, clients=4)
+
+    def crash(done: int) -> None:
+        if done >= 2:
+            raise CrashSimulation("killed after 2 batches")
+
+    eng = engine(client, workers=1, on_batch=crash)
+    with pytest.raises(CrashSimulation):
+        eng.sync(result, progress=False)
+    landed = len(by_source(client)) + len(by_source(client, "cmn_location"))
+    assert 0 < landed < len(result.records)
+    _, plan, report = load(client, result)
+    assert plan.counts()["no_change"] == landed
+    assert plan.counts()["create"] == len(result.records) - landed
+    assert report.status == "success"
+    cis = by_source(client)
+    assert all(len(rows) == 1 for rows in cis.values())
+    assert len(cis) + len(by_source(client, "cmn_location")) == len(result.records)
+
+
+def test_ambiguous_writes_are_resolved_without_duplicates(sandbox: Sandbox, client) -> None:
+    result = estate(sites=2, devices=3, clients=5)
+    sandbox.set_faults({"ambiguous_write_rate": 0.5, "seed": 11})
+    _, _, report = load(client, result, max_attempts=6)
+    sandbox.set_faults(None)
+    assert report.applied["ambiguous"] > 0
+    assert report.applied["resolved_by_lookup"] > 0
+    assert report.status in ("success", "partial")
+    cis = by_source(client)
+    locations = by_source(client, "cmn_location")
+    assert all(len(rows) == 1 for rows in cis.values())
+    assert all(len(rows) == 1 for rows in locations.values())
+    links = [(r["parent"], r["child"]) for r in client.query("cmdb_rel_ci", "")]
+    assert len(links) == len(set(links))
+    assert len(cis) + len(locations) == len(result.records) - report.applied["failed"]
+
+
+def test_ire_mode_loads_through_identify_reconcile(client: ServiceNowAPIClient) -> None:
+    result = estate(sites=1, devices=3, clients=2)
+    _, _, report = load(client, result, ire=True)
+    assert report.status == "success", (report.message, report.failures)
+    assert report.ire is True
+    assert report.ire_operations.get("INSERT") == len(result.records) - 1
+    cis = by_source(client)
+    assert all(len(rows) == 1 for rows in cis.values())
+    assert len(cis) == len(result.records) - 1
+    # a second IRE run plans no writes at all
+    _, plan, report2 = load(client, result, ire=True)
+    assert plan.counts()["create"] == 0 and report2.applied["created"] == 0

@@ -1,0 +1,156 @@
+"""UniFi inventory → CMDB records, relationships, quarantine, duplicates, quality summary."""
+
+from __future__ import annotations
+
+import random
+
+import structlog
+
+from snowkit.cmdb import (
+    CONNECTS_TO,
+    DEPENDS_ON,
+    emit_quality_events,
+    quality_frame,
+    transform,
+)
+from snowkit.unifi.models.inventory import (
+    Inventory,
+    InventoryClient,
+    InventoryDevice,
+    InventorySite,
+    Provenance,
+    RejectedItem,
+)
+
+NET = Provenance("network")
+SM = Provenance("sitemanager")
+INT = Provenance("integration")
+SITE = "unifi:site:661de833b6b2463f0c20b319"
+GW_MAC, SW_MAC, AP_MAC = "78:8a:20:33:44:55", "fc:ec:da:11:22:33", "80:2a:a8:00:01:02"
+
+
+def _dev(mac: str, kind: str, prov: Provenance, **kw: object) -> InventoryDevice:
+    return InventoryDevice(f"unifi:device:{mac}", kind, kw.pop("name", f"{kind} {mac[-2:]}"), mac,  # type: ignore[arg-type]
+                           site_source_id=SITE, provenance=prov, **kw)  # type: ignore[arg-type]
+
+
+def _estate() -> Inventory:
+    inv = Inventory(provenance=[NET])
+    inv.sites.append(InventorySite(SITE, "Büro Zürich", "default", "661d", None, NET))
+    inv.add_device(_dev(GW_MAC, "gateway", NET, model="UDMPRO", ip="10.0.0.1"))
+    inv.add_device(_dev(SW_MAC, "switch", NET, model="US24P250", uplink_source_id=f"unifi:device:{GW_MAC}"))
+    inv.add_device(_dev(AP_MAC, "access_point", NET, model="U7PG2", uplink_source_id=f"unifi:device:{SW_MAC}"))
+    inv.clients.append(InventoryClient("unifi:client:b8:ca:3a:00:00:01", None, "b8:ca:3a:00:00:01",
+                                       hostname="LAPTOP-1", vendor="Dell Inc.", site_source_id=SITE,
+                                       uplink_source_id=f"unifi:device:{AP_MAC}", provenance=NET))  # fmt: skip
+    return inv
+
+
+def test_records_in_order_with_classes_and_mapped_fields() -> None:
+    result = transform(_estate())
+    assert [r.table for r in result.records] == [
+        "cmn_location", "cmdb_ci_ip_router", "cmdb_ci_ip_switch", "cmdb_ci_wap_network",
+        "cmdb_ci_computer"]  # fmt: skip
+    gateway = result.records[1]
+    assert gateway.values["mac_address"] == GW_MAC
+    assert gateway.values["manufacturer"] == "Ubiquiti Inc."
+    assert gateway.values["model_number"] == "UDMPRO"
+    assert gateway.values["u_unifi_source_id"] == f"unifi:device:{GW_MAC}"
+    assert gateway.values["discovery_source"] == "UniFi"
+    assert gateway.references == {"location": SITE}
+    assert "location" not in gateway.values  # a reference resolved later by the sync engine
+    client = result.records[-1]
+    assert client.values["name"] == "LAPTOP-1"
+    assert all(isinstance(v, str) for r in result.records for v in r.values.values())
+    assert result.quarantined == [] and result.issues == []
+
+
+def test_relationships_use_real_rel_type_names() -> None:
+    rels = {(r.parent_source_id, r.child_source_id, r.type_name) for r in transform(_estate()).relationships}
+    gw, sw, ap = (f"unifi:device:{m}" for m in (GW_MAC, SW_MAC, AP_MAC))
+    assert (sw, gw, CONNECTS_TO) in rels and (ap, sw, CONNECTS_TO) in rels
+    assert (sw, gw, DEPENDS_ON) in rels and (ap, gw, DEPENDS_ON) in rels
+    assert ("unifi:client:b8:ca:3a:00:00:01", ap, CONNECTS_TO) in rels
+    assert CONNECTS_TO == "Connects to::Connected by" and DEPENDS_ON == "Depends on::Used by"
+
+
+def test_invalid_record_quarantined_with_reasons_and_its_relationships_dropped() -> None:
+    inv = _estate()
+    inv.access_points[0].name = "bad\x00name"
+    result = transform(inv)
+    (held,) = result.quarantined
+    assert held.source_id == f"unifi:device:{AP_MAC}"
+    assert [r.rule for r in held.reasons] == ["control_characters"]
+    assert held.reasons[0].value == "bad\\x00name"
+    assert all(AP_MAC not in r.parent_source_id + r.child_source_id for r in result.relationships)
+    assert len(result.records) == 4  # the others go on
+
+
+def test_rejected_items_become_quarantined_with_a_reason() -> None:
+    inv = Inventory()
+    inv.rejected.append(RejectedItem("network", "device", "uplink: Input should be a valid dictionary",
+                                     {"_id": "abc", "mac": "fc:ec:da:00:00:09"}))  # fmt: skip
+    (held,) = transform(inv).quarantined
+    assert held.reasons[0].rule == "unparseable" and "uplink" in held.reasons[0].message
+
+
+def test_duplicates_across_sources_resolved_to_richest_and_reported() -> None:
+    a = Inventory(provenance=[SM])
+    a.add_device(_dev(SW_MAC, "switch", SM, name="Core Switch", model="US24P250",
+                      model_name="USW 24 PoE"))  # fmt: skip
+    b = Inventory(provenance=[NET])
+    b.add_device(_dev(SW_MAC, "switch", NET, name="Core Switch", model="US24P250",
+                      serial="FCECDA112233", firmware="7.0.50", ip="10.0.0.2"))  # fmt: skip
+    c = Inventory(provenance=[INT])
+    c.add_device(_dev(SW_MAC, "switch", INT, name="Core Switch (int)", model="USW 24 PoE"))
+    result = transform(Inventory.merge(a, b, c))
+    (record,) = result.records
+    assert record.values["serial_number"] == "FCECDA112233"  # from the richest (network)
+    assert record.values["name"] == "Core Switch"
+    assert "USW 24 PoE" in record.values["short_description"]  # gap filled from Site Manager
+    (dup,) = result.duplicates
+    assert dup.kept_source == "network" and dup.count == 3 and dup.key == f"mac:{SW_MAC}"
+    assert sorted(dup.sources) == ["integration", "network", "sitemanager"]
+
+
+def test_duplicate_resolution_is_independent_of_input_order() -> None:
+    def build(order: list[int]) -> Inventory:
+        parts = []
+        for i in order:
+            prov = [NET, SM, INT][i]
+            inv = Inventory(provenance=[prov])
+            inv.add_device(_dev(SW_MAC, "switch", prov, name=f"name-{prov.source}",
+                                model="US8"))  # fmt: skip
+            parts.append(inv)
+        return Inventory.merge(*parts)
+
+    outcomes = set()
+    for _ in range(6):
+        order = [0, 1, 2]
+        random.shuffle(order)
+        result = transform(build(order))
+        outcomes.add((result.records[0].values["name"], result.duplicates[0].kept_source))
+    assert outcomes == {("name-network", "network")}  # tie on richness → source priority
+
+
+def test_stale_warning_travels_into_the_result() -> None:
+    inv = _estate()
+    inv.warnings.append("stale data: network unavailable")
+    assert transform(inv).warnings == ["stale data: network unavailable"]
+
+
+def test_quality_frame_and_events() -> None:
+    inv = _estate()
+    inv.clients.append(InventoryClient("unifi:client:4a:29:ca:c4:41:aa", "phone",
+                                       "4a:29:ca:c4:41:aa", provenance=NET))  # fmt: skip
+    inv.clients.append(InventoryClient("unifi:client:network:x", None, "zz", provenance=NET))
+    result = transform(inv)
+    frame = quality_frame(result)
+    assert set(frame["rule"]) == {"randomized_mac", "required", "mac_format"}
+    assert frame.loc[frame["rule"] == "randomized_mac", "quarantined"].tolist() == [False]
+    assert frame.loc[frame["rule"] == "mac_format", "quarantined"].tolist() == [True]
+    with structlog.testing.capture_logs() as logs:
+        summary = emit_quality_events(result)
+    issues = [e for e in logs if e["event"] == "data_quality_issue"]
+    assert {e["issue_type"] for e in issues} == {"randomized_mac", "required", "mac_format"}
+    assert summary["quarantined"] == 1 and any(e["event"] == "data_quality_summary" for e in logs)

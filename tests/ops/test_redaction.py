@@ -1,0 +1,116 @@
+"""Redaction: secrets masked by key and by registered value, everywhere in nested data."""
+
+from __future__ import annotations
+
+import base64
+import threading
+
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import SecretStr
+
+from snowkit.ops.redaction import MASK, SecretRegistry, is_secret_key, redact, secrets
+
+
+def test_masks_values_under_secret_keys_case_insensitively() -> None:
+    data = {
+        "Password": "p",
+        "headers": {"Authorization": "Bearer x", "X-SN-APIKEY": "k", "Accept": "json"},
+        "items": [{"client-secret": "s", "name": "ok"}],
+        "refresh_token": "r",
+        "Set-Cookie": "c",
+    }
+    out = redact(data)
+    assert out == {
+        "Password": MASK,
+        "headers": {"Authorization": MASK, "X-SN-APIKEY": MASK, "Accept": "json"},
+        "items": [{"client-secret": MASK, "name": "ok"}],
+        "refresh_token": MASK,
+        "Set-Cookie": MASK,
+    }
+    assert data["Password"] == "p"  # the input is not modified
+
+
+def test_none_under_secret_key_stays_none() -> None:
+    assert redact({"password": None}) == {"password": None}
+
+
+def test_registered_values_are_masked_inside_any_string(clean_secrets: SecretRegistry) -> None:
+    clean_secrets.register("s3cr3t-value")
+    clean_secrets.register(SecretStr("other-secret"))
+    out = redact(
+        {"url": "https://x/api?token=s3cr3t-value&a=1", "msg": ("saw other-secret twice", 3)}
+    )
+    assert out == {"url": "https://x/api?token=***&a=1", "msg": ("saw *** twice", 3)}
+
+
+def test_basic_auth_form_is_registered(clean_secrets: SecretRegistry) -> None:
+    clean_secrets.register_basic("admin", "pa55word!")
+    header = "Basic " + base64.b64encode(b"admin:pa55word!").decode()
+    assert redact(f"sent {header}") == "sent Basic ***"
+    assert redact("pw pa55word!") == "pw ***"
+
+
+def test_secretstr_and_bytes(clean_secrets: SecretRegistry) -> None:
+    clean_secrets.register("abcdefgh")
+    assert redact([SecretStr("x"), b"key=abcdefgh"]) == [MASK, b"key=***"]
+
+
+def test_short_values_are_not_registered(clean_secrets: SecretRegistry) -> None:
+    clean_secrets.register("ab")
+    assert len(clean_secrets) == 0
+    assert redact("ab cd") == "ab cd"
+
+
+def test_longest_secret_wins(clean_secrets: SecretRegistry) -> None:
+    clean_secrets.register("abcd")
+    clean_secrets.register("abcdefgh")
+    assert redact("xabcdefghx") == "x***x"
+
+
+def test_repr_never_shows_values(clean_secrets: SecretRegistry) -> None:
+    clean_secrets.register("topsecret-1")
+    assert "topsecret" not in repr(clean_secrets)
+
+
+def test_is_secret_key() -> None:
+    assert is_secret_key("API_KEY") and is_secret_key("x-sn-apikey") and is_secret_key("pwd")
+    assert not is_secret_key("table") and not is_secret_key(3)
+
+
+def test_registration_is_thread_safe(clean_secrets: SecretRegistry) -> None:
+    values = [f"secret-{i:04d}" for i in range(200)]
+    barrier = threading.Barrier(4)
+
+    def register(chunk: list[str]) -> None:
+        barrier.wait()
+        for value in chunk:
+            clean_secrets.register(value)
+            redact({"m": value})
+
+    threads = [threading.Thread(target=register, args=(values[i::4],)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(clean_secrets) == 200
+    assert all(redact(f"<{v}>") == "<***>" for v in values)
+
+
+@given(
+    secret=st.text(min_size=4, max_size=40).filter(lambda s: s.strip() == s and "*" not in s),
+    prefix=st.text(max_size=30),
+    suffix=st.text(max_size=30),
+)
+def test_registered_secret_never_survives(secret: str, prefix: str, suffix: str) -> None:
+    registry = SecretRegistry()
+    registry.register(secret)
+    out = redact({"free": f"{prefix}{secret}{suffix}", "nested": [secret]}, registry)
+    assert secret not in out["free"]
+    assert out["nested"] == [MASK]
+
+
+def test_module_registry_is_shared() -> None:
+    from snowkit.ops import redaction
+
+    assert redaction.secrets is secrets

@@ -1,0 +1,220 @@
+"""The papermill runner end to end: real kernels (``python3``) on tiny notebooks.
+
+Notebook executions are the slow part (about 1-2 s each), so each notebook runs once per module
+in a fixture and several tests read the same run folder.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from snowkit.cli import main
+from snowkit.reports import EXIT_FAILED, EXIT_OK, EXIT_USAGE, RunResult, list_runs, run
+
+NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"
+CANARY = "canary-Zq9vX2-never-write-me"
+CODE_MARKER = "this-source-line-must-not-reach-the-html"
+
+
+def _only_run_dir(reports: Path) -> Path:
+    run_dirs = [p for p in reports.glob("*/*/*") if p.is_dir()]
+    assert len(run_dirs) == 1, run_dirs
+    return run_dirs[0]
+
+
+@pytest.fixture(scope="module")
+def passing_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
+    """The passing notebook through the CLI, with a canary secret in the environment."""
+    reports = tmp_path_factory.mktemp("reports")
+    with pytest.MonkeyPatch.context() as mp:
+        # where real credentials live (snowkit.credentials reads these in the kernel)
+        mp.setenv("SERVICENOW_PASSWORD", CANARY)
+        mp.setenv("SERVICENOW_API_KEY", CANARY)
+        code = main(
+            [
+                "run",
+                str(NOTEBOOKS / "passing.ipynb"),
+                "-p",
+                "points",
+                "4",
+                "-y",
+                "instance: lab-a",
+                "--timeout",
+                "60",
+                "--reports-dir",
+                str(reports),
+            ]
+        )
+    yield code, _only_run_dir(reports)
+
+
+@pytest.fixture(scope="module")
+def failing_run(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
+    return run(NOTEBOOKS / "failing.ipynb", reports_dir=tmp_path_factory.mktemp("reports"))
+
+
+def test_passing_run_exits_zero_with_the_documented_layout(passing_run: tuple[int, Path]) -> None:
+    code, run_dir = passing_run
+    assert code == EXIT_OK
+    notebook, date, run_id = run_dir.parts[-3:]
+    assert notebook == "passing"
+    assert len(date) == 10 and date[4] == date[7] == "-"
+    assert run_id.startswith(date.replace("-", "")) and run_id[15] == "Z"
+    assert {p.name for p in run_dir.iterdir()} >= {
+        "passing.ipynb",
+        "report.html",
+        "run.json",
+        "figures",
+        "data",
+    }
+
+
+def test_run_json_records_typed_parameters_versions_and_timings(
+    passing_run: tuple[int, Path],
+) -> None:
+    _, run_dir = passing_run
+    doc = json.loads((run_dir / "run.json").read_text())
+    assert doc["status"] == "ok" and doc["error"] is None
+    assert doc["parameters"] == {"instance": "lab-a", "points": 4}
+    assert doc["run_id"] == run_dir.name and doc["notebook"] == "passing"
+    assert set(doc["versions"]) >= {"python", "snowkit", "papermill", "nbconvert", "kernel"}
+    assert doc["versions"]["kernel"] == "python3"
+    assert doc["duration_s"] > 0 and doc["started_at"] < doc["finished_at"]
+
+
+def test_figures_are_extracted_and_saved_and_sidecars_emitted(
+    passing_run: tuple[int, Path],
+) -> None:
+    _, run_dir = passing_run
+    pngs = sorted(p.name for p in (run_dir / "figures").glob("*.png"))
+    assert "squares.png" in pngs  # save_figure() through SNOWKIT_RUN_DIR
+    assert any(name.startswith("cell-") for name in pngs)  # extracted inline output
+    for name in pngs:
+        assert (run_dir / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((run_dir / "data" / "summary.json").read_text())
+    assert summary == {"instance": "lab-a", "points": 4}
+
+
+def test_html_has_outputs_but_no_code_and_no_injected_parameters(
+    passing_run: tuple[int, Path],
+) -> None:
+    _, run_dir = passing_run
+    html = (run_dir / "report.html").read_text()
+    assert "visible output: instance=lab-a points=4" in html
+    assert "data:image/png;base64" in html
+    assert CODE_MARKER not in html
+    assert "injected-parameters" not in html
+    assert "Parameters" not in html  # papermill's "# Parameters" comment of the injected cell
+    executed = nbformat.read(run_dir / "passing.ipynb", as_version=4)
+    tags = [t for c in executed.cells for t in c.metadata.get("tags", [])]
+    assert "injected-parameters" in tags  # the executed notebook keeps it: it is the run's log
+
+
+def test_canary_secret_from_the_environment_is_nowhere_in_the_run_folder(
+    passing_run: tuple[int, Path],
+) -> None:
+    _, run_dir = passing_run
+    files = [p for p in run_dir.rglob("*") if p.is_file()]
+    assert len(files) >= 5
+    for path in files:
+        assert CANARY.encode() not in path.read_bytes(), path
+
+
+def test_failing_notebook_exits_one_and_the_html_shows_the_error(failing_run: RunResult) -> None:
+    assert failing_run.status == "failed" and failing_run.exit_code == EXIT_FAILED
+    assert failing_run.error is not None
+    assert failing_run.error.ename == "RuntimeError"
+    assert failing_run.error.cell_index == 2
+    html = failing_run.html.read_text()
+    assert "drill failure: the notebook stopped on purpose" in html
+    assert "raise RuntimeError" not in html  # the traceback shows, the code cell does not
+    doc = json.loads(failing_run.run_json.read_text())
+    assert doc["status"] == "failed"
+    assert doc["error"]["ename"] == "RuntimeError"
+    assert "on purpose" in doc["error"]["evalue"]
+
+
+def test_dead_kernel_is_a_failure_with_its_own_message(tmp_path: Path) -> None:
+    result = run(NOTEBOOKS / "dead_kernel.ipynb", reports_dir=tmp_path, run_id="dead-1")
+    assert result.exit_code == EXIT_FAILED
+    assert result.error is not None and result.error.ename == "DeadKernelError"
+    assert "kernel died" in result.error.evalue
+    assert "kernel died" in result.html.read_text()
+
+
+@pytest.mark.parametrize(
+    "argv_tail, message",
+    [
+        (["-p", "sn_password", "x"], "looks like a secret"),
+        (["-p", "api_token", "x"], "looks like a secret"),
+        (["-p", "client_secret", "x"], "Configure credentials"),
+        (["-p", "not-an-identifier", "1"], "identifier"),
+        (["-y", "[1, 2]"], "YAML mapping"),
+        (["--kernel", "no-such-kernel-xyz"], "no Jupyter kernel"),
+        (["--timeout", "0"], "timeout"),
+    ],
+)
+def test_usage_errors_exit_two_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv_tail: list[str], message: str
+) -> None:
+    reports = tmp_path / "reports"
+    argv = ["run", str(NOTEBOOKS / "passing.ipynb"), "--reports-dir", str(reports), *argv_tail]
+    assert main(argv) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert message in err
+    assert not reports.exists()
+
+
+def test_secret_parameter_value_is_never_echoed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["run", str(NOTEBOOKS / "passing.ipynb"), "--reports-dir", str(tmp_path)]
+    assert main([*argv, "-p", "password", CANARY]) == EXIT_USAGE
+    captured = capsys.readouterr()
+    assert CANARY not in captured.err + captured.out
+
+
+def test_missing_notebook_is_a_usage_error(tmp_path: Path) -> None:
+    assert main(["run", str(tmp_path / "nope.ipynb")]) == EXIT_USAGE
+    (tmp_path / "notes.txt").write_text("not a notebook")
+    assert main(["run", str(tmp_path / "notes.txt")]) == EXIT_USAGE
+
+
+def test_reports_list_shows_runs_newest_first(
+    passing_run: tuple[int, Path],
+    failing_run: RunResult,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _, passing_dir = passing_run
+    reports = passing_dir.parents[2]
+    assert main(["reports", "list", "--reports-dir", str(reports), "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["run_id"] for r in rows] == [passing_dir.name]
+    assert rows[0]["status"] == "ok" and rows[0]["duration_s"] > 0
+
+    # the failing run lives in another reports dir: list both kinds in one folder
+    other = failing_run.run_dir.parents[2]
+    (other / "passing").mkdir()
+    newer = other / "passing" / "2999-01-01" / "29990101T000000Z-ffffff"
+    newer.mkdir(parents=True)
+    entries = list_runs(other)
+    assert [e.status for e in entries] == ["incomplete", "failed"]
+    assert entries[1].error is not None and entries[1].error.startswith("RuntimeError")
+    assert [e.notebook for e in list_runs(other, notebook="failing.ipynb")] == ["failing"]
+
+    assert main(["reports", "list", "--reports-dir", str(other)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:5] == ["notebook", "date", "run_id", "status", "duration"]
+    assert "failed" in table[2]
+
+
+def test_reports_list_on_an_empty_folder_says_how_to_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["reports", "list", "--reports-dir", str(tmp_path / "none")]) == 0
+    assert "snowkit run" in capsys.readouterr().out

@@ -1,0 +1,93 @@
+"""Fixtures for the ServiceNow client tests: one embedded instance per module, fake sleeps.
+
+Credentials: snowkit.credentials.CredentialManager.static, or (to combine arbitrary real
+AuthMethod objects, e.g. an OAuth password grant) the tiny ``StaticCredentials`` holder below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from snowkit.credentials import CredentialManager
+from snowkit.sandbox import Sandbox
+from snowkit.servicenow import ServiceNowAPIClient
+
+
+@dataclass
+class StaticCredentials:
+    methods: list[Any] = field(default_factory=list)
+
+    def auth_methods(self) -> list[Any]:
+        return list(self.methods)
+
+    def availability(self) -> dict[str, bool]:
+        return {m.name: True for m in self.methods}
+
+    def instance_url(self) -> str | None:
+        return None
+
+
+class FakeSleep:
+    """Records every requested sleep; optionally runs a hook (e.g. heal the server) on each."""
+
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+        self.hook: Any = None
+        self.clock: FakeClock | None = None
+
+    def __call__(self, seconds: float) -> None:
+        self.calls.append(seconds)
+        if self.clock is not None:
+            self.clock.now += seconds
+        if self.hook is not None:
+            self.hook(len(self.calls))
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    state = tmp_path_factory.mktemp("sandbox-state")
+    with Sandbox.start(state_dir=state) as sb:
+        yield sb
+
+
+@pytest.fixture
+def sb(sandbox: Sandbox) -> Iterator[Sandbox]:
+    """The module's sandbox with faults cleared before and after each test."""
+    sandbox.set_faults(None)
+    yield sandbox
+    sandbox.set_faults(None)
+
+
+@pytest.fixture
+def admin(sb: Sandbox) -> CredentialManager:
+    return CredentialManager.static(basic=("admin", sb.users["admin"]))
+
+
+@pytest.fixture
+def fake_sleep() -> FakeSleep:
+    return FakeSleep()
+
+
+@pytest.fixture
+def fake_clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def client(
+    sb: Sandbox, admin: StaticCredentials, fake_sleep: FakeSleep
+) -> Iterator[ServiceNowAPIClient]:
+    with ServiceNowAPIClient(sb.url, admin, verify=str(sb.ca_path), sleep=fake_sleep) as c:
+        yield c

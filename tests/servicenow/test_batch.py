@@ -1,0 +1,146 @@
+"""Batch API: size-aware chunking, per-item results and errors, unserviced items resent."""
+
+from __future__ import annotations
+
+import base64
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from snowkit.sandbox import Sandbox
+from snowkit.servicenow import BatchRequest, ServiceNowAPIClient
+from snowkit.servicenow.batch import (
+    MAX_ITEM_BYTES,
+    BatchItemTooLargeError,
+    assign_ids,
+    chunk,
+    decode_response,
+    envelope,
+    is_idempotent,
+)
+
+
+def post(i: int, size: int = 10) -> BatchRequest:
+    return BatchRequest(
+        "POST", "/api/now/table/incident", {"short_description": "x" * size, "i": i}
+    )
+
+
+def test_items_are_base64_json_with_headers_and_string_batch_ids() -> None:
+    (item,) = assign_ids([post(1)])
+    body = envelope([item])
+    assert isinstance(body["batch_request_id"], str)
+    sub = body["rest_requests"][0]
+    assert sub["method"] == "POST" and sub["id"] == "1"
+    assert orjson.loads(base64.b64decode(sub["body"]))["i"] == 1
+    assert {"name": "Content-Type", "value": "application/json"} in sub["headers"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 5000), min_size=1, max_size=40),
+    max_bytes=st.integers(6000, 40000),
+    max_items=st.integers(1, 12),
+)
+def test_chunks_respect_size_and_count_and_keep_order(
+    sizes: list[int], max_bytes: int, max_items: int
+) -> None:
+    items = assign_ids([post(i, s) for i, s in enumerate(sizes)])
+    chunks = list(chunk(items, max_bytes=max_bytes, max_items=max_items))
+    assert [i.id for c in chunks for i in c] == [i.id for i in items]
+    for c in chunks:
+        assert len(c) <= max_items
+        assert len(c) == 1 or len(orjson.dumps(envelope(c))) <= max_bytes
+
+
+def test_an_item_over_the_per_item_cap_is_refused_with_advice() -> None:
+    with pytest.raises(BatchItemTooLargeError, match="send it with the Table API"):
+        assign_ids([post(1, MAX_ITEM_BYTES)])
+
+
+def test_duplicate_ids_are_refused() -> None:
+    with pytest.raises(ValueError, match="duplicate"):
+        assign_ids([BatchRequest("GET", "/x", id="a"), BatchRequest("GET", "/y", id="a")])
+
+
+def test_decode_marks_listed_and_missing_items_pending() -> None:
+    items = assign_ids([post(1), post(2), post(3)])
+    ok = base64.b64encode(b'{"result": {"sys_id": "s1"}}').decode()
+    bad = base64.b64encode(
+        b'{"error": {"message": "Invalid table x", "detail": null}, "status": "failure"}'
+    ).decode()
+    results, pending = decode_response(
+        {
+            "serviced_requests": [
+                {"id": "1", "status_code": 201, "body": ok, "headers": []},
+                {"id": "2", "status_code": 400, "body": bad, "headers": []},
+                {"id": "999", "status_code": 200, "body": ok},  # not ours: ignored
+            ],
+            "unserviced_requests": [],
+        },
+        items,
+    )
+    assert [r.id for r in results] == ["1", "2"]
+    assert results[0].ok and results[0].result == {"sys_id": "s1"}
+    assert not results[1].ok and results[1].error_message == "Invalid table x"
+    assert [i.id for i in pending] == ["3"]  # neither serviced nor listed: resend too
+
+
+def test_only_all_idempotent_batches_may_be_resent_blindly() -> None:
+    assert is_idempotent(assign_ids([BatchRequest("GET", "/a"), BatchRequest("DELETE", "/b")]))
+    assert not is_idempotent(assign_ids([BatchRequest("GET", "/a"), post(1)]))
+
+
+def batch_posts(client: ServiceNowAPIClient) -> int:
+    frame = client.metrics.samples_frame()
+    return int((frame["operation"] == "batch").sum())
+
+
+def test_batch_against_the_instance_with_per_item_errors(
+    sb: Sandbox, client: ServiceNowAPIClient
+) -> None:
+    sb.set_faults({"missing_tables": ["cmdb_ci_wap_network"]})
+    results = client.batch(
+        [
+            BatchRequest("POST", "/api/now/table/incident", {"short_description": "b1"}),
+            BatchRequest("POST", "/api/now/table/cmdb_ci_wap_network", {"name": "ap"}),
+            BatchRequest("GET", "/api/now/table/incident?sysparm_limit=1"),
+        ]
+    )
+    assert [r.status_code for r in results] == [201, 400, 200]
+    assert results[0].result["short_description"] == "b1"
+    assert results[1].error.category.value == "invalid_table"
+    assert "Invalid table" in results[1].error_message
+    assert results[2].headers.get("X-Total-Count")
+
+
+def test_unserviced_items_are_resent_until_serviced(
+    sb: Sandbox, client: ServiceNowAPIClient
+) -> None:
+    sb.set_faults({"batch_unserviced_rate": 0.5, "seed": 3})
+    reqs = [post(i) for i in range(30)]
+    results = client.batch(reqs, max_rounds=12)
+    assert all(r.ok for r in results), [r.error_message for r in results if not r.ok]
+    assert [r.request for r in results] == reqs  # in order
+    assert batch_posts(client) > 1  # some had to be resent
+    sb.set_faults(None)
+    assert client.count("incident", "short_description=xxxxxxxxxx") >= 30
+
+
+def test_items_never_serviced_are_reported_after_bounded_rounds(
+    sb: Sandbox, client: ServiceNowAPIClient
+) -> None:
+    sb.set_faults({"batch_unserviced_rate": 1.0})
+    results = client.batch([post(1), post(2)], max_rounds=3)
+    assert batch_posts(client) == 3
+    assert all(not r.serviced and not r.ok for r in results)
+    assert "not serviced after 3 batch rounds" in results[0].error_message
+
+
+def test_large_loads_are_chunked(client: ServiceNowAPIClient) -> None:
+    reqs = [post(i, 2000) for i in range(40)]
+    results = client.batch(reqs, max_batch_bytes=30_000, max_items=25)
+    assert all(r.ok for r in results)
+    assert batch_posts(client) >= 3  # 40 items x ~2.7 kB under a 30 kB cap

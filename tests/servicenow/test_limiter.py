@@ -1,0 +1,158 @@
+"""AdaptiveLimiter (AIMD on concurrency) and RateLimitPacer, with fake clocks."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from snowkit.ops.errors import RateLimitError
+from snowkit.servicenow import AdaptiveLimiter, RateLimitPacer
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run(limiter: AdaptiveLimiter, latency: float, throttled: bool = False) -> None:
+    assert limiter.acquire(timeout=0)
+    limiter.release(latency, throttled=throttled)
+
+
+def test_grows_by_one_after_a_run_of_successes() -> None:
+    limiter = AdaptiveLimiter(initial=2, maximum=4, increase_after=3, clock=Clock())
+    for _ in range(3):
+        run(limiter, 0.1)
+    assert limiter.limit == 3
+    for _ in range(30):
+        run(limiter, 0.1)
+    assert limiter.limit == 4  # bounded by maximum
+
+
+def test_halves_on_429_once_per_cooldown() -> None:
+    clock = Clock()
+    limiter = AdaptiveLimiter(initial=16, maximum=16, cooldown_s=1.0, clock=clock)
+    run(limiter, 0.1, throttled=True)
+    assert limiter.limit == 8
+    run(limiter, 0.1, throttled=True)  # same congestion episode: no second cut
+    assert limiter.limit == 8
+    clock.now += 1.5
+    run(limiter, 0.1, throttled=True)
+    assert limiter.limit == 4
+
+
+def test_cuts_when_latency_rises_well_above_baseline() -> None:
+    clock = Clock()
+    limiter = AdaptiveLimiter(initial=8, latency_factor=3.0, increase_after=100, clock=clock)
+    for _ in range(5):
+        run(limiter, 0.050)
+    assert limiter.baseline_s == pytest.approx(0.050)
+    run(limiter, 0.120)  # 2.4x: fine
+    assert limiter.limit == 8
+    run(limiter, 0.200)  # 4x: the queue is filling up
+    assert limiter.limit == 4
+
+
+def test_never_below_minimum() -> None:
+    clock = Clock()
+    limiter = AdaptiveLimiter(initial=4, minimum=2, cooldown_s=0, clock=clock)
+    for _ in range(10):
+        run(limiter, 0.1, throttled=True)
+    assert limiter.limit == 2
+
+
+def test_acquire_blocks_at_the_limit_and_release_wakes_a_waiter() -> None:
+    limiter = AdaptiveLimiter(initial=1, maximum=1)
+    assert limiter.acquire(timeout=0)
+    assert not limiter.acquire(timeout=0.01)
+    got = threading.Event()
+    waiter = threading.Thread(target=lambda: limiter.acquire() and got.set())
+    waiter.start()
+    limiter.release(0.01)
+    waiter.join(5)
+    assert got.is_set()
+    limiter.release(0.01)
+
+
+def test_context_manager_measures_latency_and_sees_rate_limits() -> None:
+    clock = Clock()
+    limiter = AdaptiveLimiter(initial=4, clock=clock)
+    with limiter:
+        clock.now += 0.25
+    assert limiter.baseline_s == pytest.approx(0.25)
+    with pytest.raises(RateLimitError), limiter:
+        raise RateLimitError("429", details={"retry_after": 3})
+    assert limiter.limit == 2
+    assert limiter.in_flight == 0
+
+
+def test_thread_safety_under_contention() -> None:
+    limiter = AdaptiveLimiter(initial=3, maximum=3, increase_after=10**9)
+    peak = 0
+    inside = 0
+    lock = threading.Lock()
+
+    def worker() -> None:
+        nonlocal peak, inside
+        for _ in range(200):
+            with limiter:
+                with lock:
+                    inside += 1
+                    peak = max(peak, inside)
+                with lock:
+                    inside -= 1
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert 1 <= peak <= 3
+    assert limiter.in_flight == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    events=st.lists(st.tuples(st.floats(0.001, 5.0), st.booleans(), st.floats(0, 3)), max_size=60),
+    initial=st.integers(1, 20),
+)
+def test_limit_always_within_bounds(events: list[tuple[float, bool, float]], initial: int) -> None:
+    clock = Clock()
+    limiter = AdaptiveLimiter(initial=initial, minimum=2, maximum=12, increase_after=2, clock=clock)
+    for latency, throttled, advance in events:
+        clock.now += advance
+        limiter.acquire(timeout=0) or None
+        limiter.release(latency, throttled)
+        assert 2 <= limiter.limit <= 12
+
+
+def test_pacer_is_silent_until_the_hourly_budget_runs_low() -> None:
+    now = [1_000_000.0]
+    pacer = RateLimitPacer(reserve=0.1, max_delay_s=120, wall_clock=lambda: now[0])
+    headers = {"X-RateLimit-Limit": "100", "X-RateLimit-Reset": str(int(now[0] + 600))}
+    for _ in range(85):
+        pacer.observe(headers)
+    assert pacer.remaining == 15
+    assert pacer.delay() == 0.0
+    for _ in range(6):
+        pacer.observe(headers)
+    assert pacer.remaining == 9
+    assert pacer.delay() == pytest.approx(600 / 9)  # spread the rest over the window
+    pacer.observe({**headers, "X-RateLimit-Reset": str(int(now[0] + 4200))})  # new window
+    assert pacer.remaining == 99 and pacer.delay() == 0.0
+
+
+def test_pacer_prefers_a_server_remaining_header_and_caps_the_delay() -> None:
+    pacer = RateLimitPacer(max_delay_s=5.0, wall_clock=lambda: 0.0)
+    pacer.observe(
+        {"X-RateLimit-Limit": "1000", "X-RateLimit-Reset": "3600", "X-RateLimit-Remaining": "2"}
+    )
+    assert pacer.remaining == 2
+    assert pacer.delay() == 5.0
+    assert RateLimitPacer().delay() == 0.0  # no rule, no pacing

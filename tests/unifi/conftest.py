@@ -1,0 +1,82 @@
+"""Fixtures for the UniFi tests: a generated lab served over HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from werkzeug.serving import WSGIRequestHandler, make_server
+
+from snowkit.ops.retry import RetryManager, RetryPolicy
+from snowkit.unifi.lab import LabApp, LabConfig, generate_lab, lab_app
+
+SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "reference" / "unifi-samples"
+API_KEY = "test-api-key-9f8e7d"
+USERNAME = "lab-admin"
+PASSWORD = "S3cret-lab-Passw0rd!"
+
+
+class QuietHandler(WSGIRequestHandler):
+    def log_request(self, *args: object, **kwargs: object) -> None:
+        pass
+
+
+@dataclass
+class LabServer:
+    app: LabApp
+    url: str
+
+    @property
+    def network(self) -> str:
+        return self.url + "/network"
+
+    @property
+    def sitemanager(self) -> str:
+        return self.url + "/sitemanager"
+
+
+def serve(app: LabApp) -> Iterator[LabServer]:
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield LabServer(app, f"http://127.0.0.1:{server.server_port}")
+    finally:
+        server.shutdown()
+        thread.join(5)
+
+
+@pytest.fixture
+def small_lab_config() -> LabConfig:
+    return LabConfig(sites=2, devices_per_site=8, clients_per_site=30, seed=11)
+
+
+@pytest.fixture
+def lab_server(small_lab_config: LabConfig) -> Iterator[LabServer]:
+    app = lab_app(generate_lab(small_lab_config), api_key=API_KEY, username=USERNAME,
+                  password=PASSWORD)  # fmt: skip
+    yield from serve(app)
+
+
+@dataclass
+class Sleeps:
+    calls: list[float]
+
+    def __call__(self, seconds: float) -> None:
+        self.calls.append(seconds)
+
+
+@pytest.fixture
+def sleeps() -> Sleeps:
+    return Sleeps([])
+
+
+@pytest.fixture
+def retry_manager(sleeps: Sleeps) -> RetryManager:
+    """Retries without waiting: every back-off goes to ``sleeps``."""
+    policy = RetryPolicy(max_attempts=3, base_delay_seconds=0.01, max_delay_seconds=0.05,
+                         jitter=False)  # fmt: skip
+    return RetryManager(policy, sleep=sleeps)
