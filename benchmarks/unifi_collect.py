@@ -3,7 +3,8 @@
 Goal (issue 5): <= 20 s and peak RSS <= 500 MB. The lab server runs in this process (one
 thread per request), so the RSS figure includes the server: a conservative measure.
 
-    .venv/bin/python benchmarks/unifi_collect.py [--quick] [--clients N] [--apis network,integration,sitemanager]
+    .venv/bin/python benchmarks/unifi_collect.py [--quick] [--clients N]
+        [--apis sitemanager,network,integration]
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 from werkzeug.serving import WSGIRequestHandler, make_server
 
@@ -57,14 +59,20 @@ def main(argv: list[str] | None = None) -> int:
     apis = args.apis.split(",")
     timings: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as cache_dir:
-        cache = LastKnownGoodCache(__import__("pathlib").Path(cache_dir))
+        cache = LastKnownGoodCache(Path(cache_dir))
         collectors = {
-            "sitemanager": lambda: SiteManagerCollector(base + "/sitemanager", "bench-key", cache=cache),
-            "network": lambda: NetworkAppCollector(base + "/network", "bench", "bench-password",
-                                                   cache=cache),
-            "integration": lambda: IntegrationCollector(base + "/network", "bench-key", cache=cache),
-        }  # fmt: skip
+            "sitemanager": lambda: SiteManagerCollector(
+                base + "/sitemanager", "bench-key", cache=cache
+            ),
+            "network": lambda: NetworkAppCollector(
+                base + "/network", "bench", "bench-password", cache=cache
+            ),
+            "integration": lambda: IntegrationCollector(
+                base + "/network", "bench-key", cache=cache
+            ),
+        }
         started = time.perf_counter()
+        cpu_started = time.process_time()
         parts = []
         for name in apis:
             t0 = time.perf_counter()
@@ -87,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         "duplicates": len(result.duplicates),
         **timings,
         "total_s": round(elapsed, 2),
+        "cpu_s": round(time.process_time() - cpu_started, 2),  # server + client threads
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "goal": "total_s <= 20 and peak_rss_mb <= 500",
     }

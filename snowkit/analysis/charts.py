@@ -51,17 +51,22 @@ def _events(logs: pd.DataFrame | None, *names: str) -> pd.DataFrame:
     return logs.loc[logs["event"].isin(names) & logs["timestamp"].notna()]
 
 
-def _auto_freq(times: pd.Series) -> str:
-    """A bin width giving roughly 20-200 bins over the span of ``times``."""
+_FREQS = ("1s", "10s", "1min", "10min", "1h", "6h", "1D", "7D")
+
+
+def _auto_freq(times: pd.Series, max_bins: int = 200) -> str:
+    """The finest bin width giving at most ``max_bins`` bins over the span of ``times``."""
     span = times.max() - times.min()
-    for freq, width in (("1s", "1s"), ("10s", "10s"), ("1min", "1min"), ("10min", "10min")):
-        if span <= pd.Timedelta(width) * 200:
+    for freq in _FREQS:
+        if span <= pd.Timedelta(freq) * max_bins:
             return freq
-    return "1h" if span <= pd.Timedelta("8D") else "1D"
+    return _FREQS[-1]
 
 
-def _per_bin(frame: pd.DataFrame, freq: str | None, by: str | None = None) -> pd.DataFrame:
-    freq = freq or _auto_freq(frame["timestamp"])
+def _per_bin(
+    frame: pd.DataFrame, freq: str | None, by: str | None = None, max_bins: int = 200
+) -> pd.DataFrame:
+    freq = freq or _auto_freq(frame["timestamp"], max_bins)
     grouper = pd.Grouper(key="timestamp", freq=freq)
     if by is None:
         return frame.groupby(grouper).size().to_frame("count")
@@ -139,9 +144,12 @@ def errors_over_time_chart(
     data = errors.loc[errors["timestamp"].notna()]
     if data.empty:
         return _no_data(fig, ax, title)
-    binned = _per_bin(data, freq, by=by)
+    binned = _per_bin(data, freq, by=by, max_bins=48)  # bars: keep them countable
     binned.index = binned.index.strftime("%Y-%m-%d %H:%M")
     binned.plot.bar(ax=ax, stacked=True, rot=30, width=0.9)
+    step = max(1, len(binned) // 12)
+    for i, label in enumerate(ax.get_xticklabels()):
+        label.set_visible(i % step == 0)
     ax.set_title(title)
     ax.set_xlabel("interval start (UTC)")
     ax.set_ylabel("errors")

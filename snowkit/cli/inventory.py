@@ -92,12 +92,16 @@ def detect(document: Any) -> tuple[str, list[Any]]:
 def read_files(files: Sequence[Path]) -> SavedResponses:
     saved = SavedResponses()
     targets = {
-        "sitemanager.hosts": saved.sm_hosts, "sitemanager.sites": saved.sm_sites,
-        "sitemanager.devices": saved.sm_devices, "network.sites": saved.net_sites,
-        "network.devices": saved.net_devices, "network.clients": saved.net_clients,
-        "integration.sites": saved.int_sites, "integration.devices": saved.int_devices,
+        "sitemanager.hosts": saved.sm_hosts,
+        "sitemanager.sites": saved.sm_sites,
+        "sitemanager.devices": saved.sm_devices,
+        "network.sites": saved.net_sites,
+        "network.devices": saved.net_devices,
+        "network.clients": saved.net_clients,
+        "integration.sites": saved.int_sites,
+        "integration.devices": saved.int_devices,
         "integration.clients": saved.int_clients,
-    }  # fmt: skip
+    }
     for path in files:
         try:
             document = json.loads(path.read_text(encoding="utf-8"))
@@ -119,16 +123,28 @@ def read_files(files: Sequence[Path]) -> SavedResponses:
 def build_inventory(saved: SavedResponses) -> Inventory:
     parts: list[Inventory] = []
     if saved.sm_hosts or saved.sm_sites or saved.sm_devices:
-        parts.append(from_sitemanager(saved.sm_hosts, saved.sm_sites, saved.sm_devices,
-                                      Provenance("sitemanager")))  # fmt: skip
+        parts.append(
+            from_sitemanager(
+                saved.sm_hosts, saved.sm_sites, saved.sm_devices, Provenance("sitemanager")
+            )
+        )
     if saved.net_sites or saved.net_devices or saved.net_clients:
-        parts.append(from_network(saved.net_sites, saved.net_devices, saved.net_clients,
-                                  Provenance("network")))  # fmt: skip
+        parts.append(
+            from_network(
+                saved.net_sites, saved.net_devices, saved.net_clients, Provenance("network")
+            )
+        )
     if saved.int_sites or saved.int_devices or saved.int_clients:
         site_ids = [s.get("id") for s in saved.int_sites if isinstance(s, dict)]
         site = site_ids[0] if len(site_ids) == 1 and isinstance(site_ids[0], str) else None
-        parts.append(from_integration(saved.int_sites, {site: saved.int_devices},
-                                      {site: saved.int_clients}, Provenance("integration")))  # fmt: skip
+        parts.append(
+            from_integration(
+                saved.int_sites,
+                {site: saved.int_devices},
+                {site: saved.int_clients},
+                Provenance("integration"),
+            )
+        )
     return Inventory.merge(*parts)
 
 
@@ -138,23 +154,47 @@ def report(result: TransformResult, kinds: dict[str, str]) -> dict[str, Any]:
         "records": result.counts_by_table(),
         "relationships": result.relationship_counts(),
         "duplicates": [
-            {"key": d.key, "kind": d.kind, "kept": d.kept_source_id, "kept_source": d.kept_source,
-             "sources": list(d.sources), "count": d.count}
+            {
+                "key": d.key,
+                "kind": d.kind,
+                "kept": d.kept_source_id,
+                "kept_source": d.kept_source,
+                "sources": list(d.sources),
+                "count": d.count,
+            }
             for d in result.duplicates
         ],
         "warnings": [
-            {"source_id": i.source_id, "field": i.field, "rule": i.rule, "message": i.message,
-             "value": i.value}
-            for i in result.issues if i.severity == "warning"
+            {
+                "source_id": i.source_id,
+                "field": i.field,
+                "rule": i.rule,
+                "message": i.message,
+                "value": i.value,
+            }
+            for i in result.issues
+            if i.severity == "warning"
         ],
         "quarantined": [
-            {"source_id": q.source_id, "kind": q.kind, "summary": q.raw,
-             "reasons": [{"field": r.field, "rule": r.rule, "message": r.message,
-                          "value": r.value, "severity": r.severity} for r in q.reasons]}
+            {
+                "source_id": q.source_id,
+                "kind": q.kind,
+                "summary": q.raw,
+                "reasons": [
+                    {
+                        "field": r.field,
+                        "rule": r.rule,
+                        "message": r.message,
+                        "value": r.value,
+                        "severity": r.severity,
+                    }
+                    for r in q.reasons
+                ],
+            }
             for q in result.quarantined
         ],
         "source_warnings": result.warnings,
-    }  # fmt: skip
+    }
 
 
 def print_text(doc: dict[str, Any], out: Any) -> None:
@@ -180,8 +220,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         saved = read_files([Path(f) for f in args.files])
     except UnreadableFileError as exc:
-        print(f"snowkit inventory: {exc}. Pass saved JSON responses of the Site Manager, "
-              "Network app or Integration API.", file=sys.stderr)  # fmt: skip
+        print(
+            f"snowkit inventory: {exc}. Pass saved JSON responses of the Site Manager, "
+            "Network app or Integration API.",
+            file=sys.stderr,
+        )
         return EXIT_UNREADABLE
     doc = report(transform(build_inventory(saved)), saved.kinds)
     if args.json:

@@ -1,7 +1,7 @@
 """`snowkit load`, `snowkit setup`, `snowkit outbox replay|show`, `snowkit rollback RUN_ID`.
 
-Thin commands over ``snowkit.cmdb``: every step lives in the library (``run_load``, ``ensure_schema``,
-``Outbox``, ``rollback``) so notebooks and the CLI behave the same.
+Thin commands over ``snowkit.cmdb``: every step lives in the library (``run_load``,
+``ensure_schema``, ``Outbox``, ``rollback``) so notebooks and the CLI behave the same.
 
 Exit codes of ``load``: 0 done (or dry run), 1 failed, 3 partial (some items failed; see the
 report), 4 queued (the instance was unreachable; writes wait in the outbox).
@@ -191,8 +191,12 @@ def _print_report(report: Any) -> None:
 
 @contextmanager
 def _client(instance: str) -> Iterator[Any]:
+    from snowkit import paths
     from snowkit.cmdb.job import connect
+    from snowkit.ops.logging import configure_logging
 
+    # request logs go to the log file; the terminal gets the command's own answer
+    configure_logging(file_path=paths.logs_dir() / "snowkit.jsonl", console=False)
     connection = connect(instance)
     try:
         yield connection.client

@@ -67,9 +67,10 @@ def _parameters(args: argparse.Namespace) -> dict[str, Any]:
     params: dict[str, Any] = {}
     if args.yaml:
         import yaml
+        from papermill.iorw import NoDatesSafeLoader  # dates stay strings, as with papermill -y
 
         try:
-            loaded = yaml.safe_load(args.yaml)
+            loaded = yaml.load(args.yaml, Loader=NoDatesSafeLoader)  # a SafeLoader subclass
         except yaml.YAMLError as exc:
             raise RunUsageError(f"-y is not valid YAML: {exc}") from None
         if not isinstance(loaded, dict):

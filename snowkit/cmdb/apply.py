@@ -214,17 +214,19 @@ class SyncEngine:
 
     def missing_tables(self, tables: Iterable[str]) -> set[str]:
         """Class tables the instance does not have (plugin not installed)."""
-        missing: set[str] = set()
-        for table in sorted(set(tables) - {CI_TABLE, LOCATION_TABLE}):
+
+        def probe(table: str) -> str | None:
             try:
                 for _ in self.client.query(table, "", fields=["sys_id"], page_size=1):
                     break
             except Exception as exc:
                 if type(exc).__name__ == "InvalidTableError":
-                    missing.add(table)
-                else:
-                    raise
-        return missing
+                    return table
+                raise
+            return None
+
+        candidates = [(t,) for t in sorted(set(tables) - {CI_TABLE, LOCATION_TABLE})]
+        return {t for t in planning._parallel(probe, candidates, self.workers) if t}
 
     def plan(
         self,
@@ -238,7 +240,9 @@ class SyncEngine:
         missing = self.missing_tables(r.table for r in records)
         for table in missing:
             self._fallbacks[table] = CI_TABLE
-        snapshot = planning.read_snapshot(self.client, records, missing_tables=missing)
+        snapshot = planning.read_snapshot(
+            self.client, records, missing_tables=missing, workers=self.workers
+        )
         plan = planning.build_plan(
             records,
             snapshot,
@@ -403,6 +407,15 @@ class SyncEngine:
                     last_error[op.key] = message
                 pending = self._settle(pending)
                 continue
+            whole = _whole_batch_failure(results, pending)
+            if whole is not None:
+                if _unreachable_context(whole):
+                    self._mark_unreachable(RuntimeError(whole.error_message))
+                    self._queue(pending)
+                    return
+                if whole.ambiguous:
+                    with self._lock:
+                        self._stats.ambiguous += len(pending)
             retry: list[WriteOp] = []
             for op in pending:
                 res = results.get(op.key)
@@ -667,7 +680,8 @@ class SyncEngine:
                 self._queue(chunk)
                 return
             for op in chunk:
-                self._fail(op, _describe(exc), getattr(exc, "context", None) and None)
+                self._fail(op, _describe(exc), getattr(exc.context, "http_status", None)
+                           if hasattr(exc, "context") else None)  # fmt: skip
             return
         with self._lock:
             self._stats.batches += 1
@@ -701,12 +715,10 @@ class SyncEngine:
             stats.queued = self._stats.rel_queued
             return
         try:
-            parents = {
-                self._sys_ids[s.parent_source_id]
-                for s in specs
-                if s.parent_source_id in self._sys_ids
-            }
-            existing = existing_links(self.client, parents)
+            known = self._sys_ids
+            parents = {known[s.parent_source_id] for s in specs if s.parent_source_id in known}
+            children = {known[s.child_source_id] for s in specs if s.child_source_id in known}
+            existing = existing_links(self.client, parents, children, workers=self.workers)
             link_plan = plan_links(specs, self._sys_ids, self.rel_types, existing)
         except Exception as exc:
             if not is_unreachable_error(exc):
@@ -890,7 +902,7 @@ class SyncEngine:
             for op in self._written
             if op.action != "relate" and op.source_id
         ]
-        return verify(self.client, expectations)
+        return verify(self.client, expectations, workers=self.workers)
 
     def rollback(self, run_id: str, *, audit_path: Any = None) -> Any:
         """Undo ``run_id`` from the audit trail (see ``snowkit.cmdb.rollback``)."""
@@ -928,6 +940,29 @@ def _new_run_id() -> str:
         from datetime import UTC, datetime
 
         return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+#: ErrorContext categories meaning "the instance cannot be reached now" (queue, don't fail).
+_UNREACHABLE_CATEGORIES = frozenset({"network", "circuit_open", "hibernating"})
+
+
+def _whole_batch_failure(results: dict[str, Any], ops: list[WriteOp]) -> Any:
+    """The context of a batch request that failed as a whole (every item carries it)."""
+    first = None
+    for op in ops:
+        res = results.get(op.key)
+        if res is None or getattr(res, "serviced", True) or getattr(res, "error", None) is None:
+            return None
+        first = first or res
+    return first
+
+
+def _unreachable_context(result: Any) -> bool:
+    if getattr(result, "ambiguous", False):
+        return False
+    category = getattr(getattr(result, "error", None), "category", None)
+    value = getattr(category, "value", category)
+    return str(value).lower() in _UNREACHABLE_CATEGORIES
 
 
 def _describe(exc: BaseException) -> str:

@@ -30,7 +30,12 @@ NETGEAR = "cmdb_ci_netgear"
 COMPUTER = "cmdb_ci_computer"
 HARDWARE = "cmdb_ci_hardware"
 
-DEVICE_TABLES = {"gateway": ROUTER, "switch": SWITCH, "access_point": ACCESS_POINT, "other": NETGEAR}
+DEVICE_TABLES = {
+    "gateway": ROUTER,
+    "switch": SWITCH,
+    "access_point": ACCESS_POINT,
+    "other": NETGEAR,
+}
 
 _NOT_COMPUTER_HOST = re.compile(
     r"iphone|ipad|galaxy|android|pixel|phone|watch|printer|^hp[0-9a-f]{6}|^npi|^brn|^brw|camera"
@@ -43,9 +48,17 @@ _COMPUTER_HOST = re.compile(
     re.IGNORECASE,
 )
 COMPUTER_ONLY_VENDORS = (
-    "dell", "lcfc", "lenovo", "super micro", "asustek", "micro-star", "framework", "synology",
-    "qnap", "intel corporate",
-)  # fmt: skip
+    "dell",
+    "lcfc",
+    "lenovo",
+    "super micro",
+    "asustek",
+    "micro-star",
+    "framework",
+    "synology",
+    "qnap",
+    "intel corporate",
+)
 
 
 def device_class(device: InventoryDevice) -> str:

@@ -22,7 +22,7 @@ from pydantic import SecretStr
 
 from snowkit import paths
 from snowkit.cmdb.apply import SyncEngine
-from snowkit.cmdb.outbox import Outbox
+from snowkit.cmdb.outbox import Outbox, is_unreachable_error
 from snowkit.cmdb.report import RunReport, suggestions_from
 from snowkit.cmdb.schema import ensure_schema
 from snowkit.ops import logging as sklog
@@ -281,7 +281,13 @@ def run_load(
             )
             t0 = clock()
             if not dry_run:
-                ensure_schema(connection.client, create=create_fields)
+                try:
+                    ensure_schema(connection.client, create=create_fields)
+                except Exception as exc:
+                    if not is_unreachable_error(exc):
+                        raise
+                    # the writes will be queued; the next run checks the schema before replaying
+                    report.warnings.append(f"schema not checked, instance unreachable: {exc}")
             report.timings["schema"] = round(clock() - t0, 3)
             if not dry_run:
                 audit = AuditTrail(paths.audit_path())

@@ -13,7 +13,9 @@ values) so 50,000 CIs stay small.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -408,14 +410,19 @@ def read_snapshot(
     *,
     missing_tables: Iterable[str] = (),
     in_chunk: int = 100,
-    page_size: int | None = None,
+    page_size: int | None = 1000,
+    workers: int = 4,
 ) -> CMDBSnapshot:
     """Read what the CMDB holds for this source, plus adoption candidates.
 
-    One query per target table (``u_unifi_source_idISNOTEMPTY`` with only the mapped fields),
-    rows merged by sys_id; a table in ``missing_tables`` is read through ``cmdb_ci`` with its
-    ``sys_class_name`` instead. Records with no source-id match are then looked up by
-    serial number, name and MAC (batched ``IN`` queries) among CIs with no source id.
+    - every CI carrying a source id, through ``cmdb_ci`` with every mapped field (one paged
+      query; finds not-seen and reclassified CIs too); a class table is read as well only for
+      fields ``cmdb_ci`` does not have (rows merged by sys_id); missing class tables are never
+      read (their records live in ``cmdb_ci``);
+    - locations carrying a source id (``cmn_location`` is not a CI table);
+    - for records with no source-id match, CIs without a source id that share their serial
+      number, name or MAC (batched ``IN`` queries, ``workers`` at a time), skipped entirely when
+      the CMDB holds no CI without a source id.
     """
     missing = set(missing_tables)
     fields_by_table: dict[str, set[str]] = {}
@@ -425,77 +432,86 @@ def read_snapshot(
     base = {"sys_id", "sys_class_name", SOURCE_ID_FIELD, *RETIRE_VALUES}
     snapshot = CMDBSnapshot(partial_tables={t for t in missing if t in fields_by_table})
     by_sys_id: dict[str, dict[str, str]] = {}
+    returned: set[str] = set()
 
-    def absorb(rows: Iterable[dict], wanted: set[str], table: str) -> None:
-        for row in rows:
-            compact = {k: _as_str(row.get(k)) for k in wanted if k in row}
-            compact["sys_id"] = _as_str(row.get("sys_id"))
-            if table == LOCATION_TABLE:
-                compact["sys_class_name"] = LOCATION_TABLE
-            merged = by_sys_id.setdefault(compact["sys_id"], {})
-            merged.update(compact)
+    def compact(row: dict, wanted: set[str]) -> dict[str, str]:
+        out = {k: _as_str(row.get(k)) for k in wanted if k in row}
+        out["sys_id"] = _as_str(row.get("sys_id"))
+        return out
 
-    # every CI of this source, whatever its class (finds not-seen CIs and reclassified ones);
-    # records of missing class tables live in cmdb_ci, so their fields are read here too
+    def read(table: str, query: Any, wanted: set[str]) -> list[dict[str, str]]:
+        rows = client.query(table, query, fields=sorted(wanted), page_size=page_size)
+        return [compact(row, wanted) for row in rows]
+
     ci_fields = base | set(IDENTIFICATION_ORDER)
-    for table in missing:
-        ci_fields |= fields_by_table.get(table, set())
-    absorb(
-        client.query(
-            CI_TABLE,
-            f"{SOURCE_ID_FIELD}ISNOTEMPTY",
-            fields=sorted(ci_fields),
-            page_size=page_size,
-        ),
-        ci_fields,
-        CI_TABLE,
-    )
-    for table, flds in sorted(fields_by_table.items()):
-        if table == CI_TABLE:
-            continue
-        wanted = base | flds
-        if table in missing:
-            continue  # read with cmdb_ci above (the instance may not keep the class name)
-        query, read_table = f"{SOURCE_ID_FIELD}ISNOTEMPTY", table
-        absorb(
-            client.query(read_table, query, fields=sorted(wanted), page_size=page_size),
-            wanted,
-            read_table,
-        )
+    for table, flds in fields_by_table.items():
+        if table != LOCATION_TABLE:
+            ci_fields |= flds
+    for row in read(CI_TABLE, f"{SOURCE_ID_FIELD}ISNOTEMPTY", ci_fields):
+        returned.update(row)
+        by_sys_id[row["sys_id"]] = row
+
+    jobs: list[tuple[str, Any, set[str]]] = []
+    if by_sys_id:  # class-specific columns, only where cmdb_ci lacks some and CIs exist
+        for table, flds in sorted(fields_by_table.items()):
+            if table in (CI_TABLE, LOCATION_TABLE) or table in missing:
+                continue
+            lacking = flds - returned
+            if lacking:
+                jobs.append((table, f"{SOURCE_ID_FIELD}ISNOTEMPTY", base | lacking))
+    loc_fields = base | fields_by_table.get(LOCATION_TABLE, set()) | {"name"}
+    jobs.append((LOCATION_TABLE, f"{SOURCE_ID_FIELD}ISNOTEMPTY", loc_fields))
+    for (table, _q, _w), rows in zip(jobs, _parallel(read, jobs, workers), strict=True):
+        for row in rows:
+            if table == LOCATION_TABLE:
+                row["sys_class_name"] = LOCATION_TABLE
+            by_sys_id.setdefault(row["sys_id"], {}).update(row)
     for row in by_sys_id.values():
         sid = row.get(SOURCE_ID_FIELD)
         if sid:
             snapshot.rows[sid] = row
+
     # adoption candidates: CIs and locations not yet carrying a source id
     unmatched = [r for r in records if r.source_id not in snapshot.rows]
     ci_unmatched = [r for r in unmatched if r.table != LOCATION_TABLE]
     loc_unmatched = [r for r in unmatched if r.table == LOCATION_TABLE]
+    jobs = []
+    if ci_unmatched and _any_without_source_id(client, CI_TABLE):
+        for fld in IDENTIFICATION_ORDER:
+            values = sorted({r.values[fld] for r in ci_unmatched if r.values.get(fld)})
+            for chunk in _chunks(values, in_chunk):
+                query = _in_query(fld, chunk)
+                if query is not None:
+                    jobs.append((CI_TABLE, query, ci_fields))
+    if loc_unmatched and _any_without_source_id(client, LOCATION_TABLE):
+        names = sorted({r.values["name"] for r in loc_unmatched if r.values.get("name")})
+        for chunk in _chunks(names, in_chunk):
+            query = _in_query("name", chunk)
+            if query is not None:
+                jobs.append((LOCATION_TABLE, query, loc_fields))
     seen_candidates: set[str] = set()
-    for fld in IDENTIFICATION_ORDER:
-        wanted_values = sorted({r.values[fld] for r in ci_unmatched if r.values.get(fld)})
-        for chunk in _chunks(wanted_values, in_chunk):
-            query = _in_query(fld, chunk)
-            if query is None:
-                continue
-            for row in client.query(
-                CI_TABLE, query, fields=sorted(ci_fields | {"name"}), page_size=page_size
-            ):
-                compact = {k: _as_str(row.get(k)) for k in ci_fields | {"name"} if k in row}
-                if compact["sys_id"] not in seen_candidates:
-                    seen_candidates.add(compact["sys_id"])
-                    snapshot.candidates.append(compact)
-    names = sorted({r.values["name"] for r in loc_unmatched if r.values.get("name")})
-    loc_fields = base | fields_by_table.get(LOCATION_TABLE, set()) | {"name"}
-    for chunk in _chunks(names, in_chunk):
-        query = _in_query("name", chunk)
-        if query is None:
-            continue
-        for row in client.query(
-            LOCATION_TABLE, query, fields=sorted(loc_fields), page_size=page_size
-        ):
-            compact = {k: _as_str(row.get(k)) for k in loc_fields if k in row}
-            snapshot.locations_by_name.setdefault(compact.get("name", ""), compact)
+    for (table, _q, _w), rows in zip(jobs, _parallel(read, jobs, workers), strict=True):
+        for row in rows:
+            if table == LOCATION_TABLE:
+                snapshot.locations_by_name.setdefault(row.get("name", ""), row)
+            elif row["sys_id"] not in seen_candidates:
+                seen_candidates.add(row["sys_id"])
+                snapshot.candidates.append(row)
     return snapshot
+
+
+def _any_without_source_id(client: Any, table: str) -> bool:
+    """One cheap request: does ``table`` hold any record without a source id?"""
+    rows = client.query(table, f"{SOURCE_ID_FIELD}ISEMPTY", fields=["sys_id"], page_size=1)
+    return any(True for _ in itertools.islice(rows, 1))
+
+
+def _parallel(fn: Any, jobs: Sequence[tuple], workers: int) -> list[Any]:
+    """``fn(*job)`` for every job, ``workers`` at a time; results in job order."""
+    if len(jobs) <= 1 or workers <= 1:
+        return [fn(*job) for job in jobs]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="snowkit-read") as pool:
+        return list(pool.map(lambda job: fn(*job), jobs))
 
 
 def _as_str(value: Any) -> str:

@@ -7,26 +7,45 @@ make one ``data_quality_issue`` line, not 100,000.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from snowkit.cmdb.transform import TransformResult
-from snowkit.unifi.collectors.base import get_logger
+from snowkit.ops.logging import get_logger
 
-FRAME_COLUMNS = ["source_id", "record_kind", "field", "value", "rule", "message", "severity",
-                 "quarantined"]  # fmt: skip
+if TYPE_CHECKING:
+    import pandas as pd
+
+FRAME_COLUMNS = [
+    "source_id",
+    "record_kind",
+    "field",
+    "value",
+    "rule",
+    "message",
+    "severity",
+    "quarantined",
+]
 EXAMPLES = 3
 
 
 def quality_frame(result: TransformResult) -> pd.DataFrame:
     """One row per field issue; ``quarantined`` says whether its record was held back."""
+    import pandas as pd  # imported here: the transform itself must not pay for pandas
+
     held = {q.source_id for q in result.quarantined}
     rows = [
-        (i.source_id, i.record_kind, i.field, i.value, i.rule, i.message, i.severity,
-         i.source_id in held)
+        (
+            i.source_id,
+            i.record_kind,
+            i.field,
+            i.value,
+            i.rule,
+            i.message,
+            i.severity,
+            i.source_id in held,
+        )
         for i in result.issues
-    ]  # fmt: skip
+    ]
     return pd.DataFrame.from_records(rows, columns=FRAME_COLUMNS)
 
 
@@ -60,12 +79,21 @@ def emit_quality_events(result: TransformResult, logger: Any = None) -> dict[str
         key = (group["record_kind"], group["field"], group["rule"], group["severity"])
         method = log.warning if group["severity"] == "error" else log.info
         method(
-            "data_quality_issue", issue_type=group["rule"], affected_records=group["count"],
-            record_kind=group["record_kind"], field=group["field"], severity=group["severity"],
+            "data_quality_issue",
+            issue_type=group["rule"],
+            affected_records=group["count"],
+            record_kind=group["record_kind"],
+            field=group["field"],
+            severity=group["severity"],
             examples=examples.get(key, []),
-        )  # fmt: skip
+        )
     for dup in result.duplicates[:EXAMPLES]:
-        log.info("duplicate_resolved", key=dup.key, kept=dup.kept_source_id,
-                 kept_source=dup.kept_source, sources=list(dup.sources))  # fmt: skip
+        log.info(
+            "duplicate_resolved",
+            key=dup.key,
+            kept=dup.kept_source_id,
+            kept_source=dup.kept_source,
+            sources=list(dup.sources),
+        )
     log.info("data_quality_summary", **{k: v for k, v in summary.items() if k != "by_rule"})
     return summary

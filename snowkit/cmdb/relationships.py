@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -75,17 +76,47 @@ class LinkPlan:
 
 
 def existing_links(
-    client: QueryClient, parent_sys_ids: Iterable[str], *, in_chunk: int = 100
+    client: QueryClient,
+    parent_sys_ids: Iterable[str],
+    child_sys_ids: Iterable[str] = (),
+    *,
+    in_chunk: int = 100,
+    workers: int = 4,
 ) -> set[LinkKey]:
-    """Every link whose parent is one of ``parent_sys_ids`` (batched ``parentIN`` queries)."""
+    """Links whose parent is one of ``parent_sys_ids`` (or, when ``child_sys_ids`` is the
+    smaller set, whose child is one of those): batched ``IN`` queries, ``workers`` at a time.
+    Many clients hang off few devices, so querying the smaller side saves most requests."""
     parents = sorted(set(parent_sys_ids))
+    children = sorted(set(child_sys_ids))
+    side, ids = (
+        ("child", children)
+        if children and len(children) < len(parents)
+        else (
+            "parent",
+            parents,
+        )
+    )
+    chunks = [ids[i : i + in_chunk] for i in range(0, len(ids), in_chunk)]
+
+    def read(chunk: list[str]) -> list[LinkKey]:
+        rows = client.query(
+            REL_TABLE,
+            Query().in_(side, chunk),
+            fields=["sys_id", "parent", "child", "type"],
+            page_size=1000,
+        )
+        return [
+            (_value(r.get("parent")), _value(r.get("child")), _value(r.get("type"))) for r in rows
+        ]
+
     out: set[LinkKey] = set()
-    for start in range(0, len(parents), in_chunk):
-        chunk = parents[start : start + in_chunk]
-        for row in client.query(
-            REL_TABLE, Query().in_("parent", chunk), fields=["sys_id", "parent", "child", "type"]
-        ):
-            out.add((_value(row.get("parent")), _value(row.get("child")), _value(row.get("type"))))
+    if len(chunks) <= 1 or workers <= 1:
+        for chunk in chunks:
+            out.update(read(chunk))
+        return out
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="snowkit-links") as pool:
+        for keys in pool.map(read, chunks):
+            out.update(keys)
     return out
 
 
@@ -123,6 +154,10 @@ def find_link(client: QueryClient, body: Mapping[str, str]) -> str | None:
     for row in client.query(REL_TABLE, query, fields=["sys_id"]):
         return _value(row.get("sys_id"))
     return None
+
+
+def _link_key(row: dict) -> LinkKey:
+    return (_value(row.get("parent")), _value(row.get("child")), _value(row.get("type")))
 
 
 def _value(value: Any) -> str:

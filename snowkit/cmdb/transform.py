@@ -20,8 +20,9 @@ Decisions (see also :mod:`snowkit.cmdb.classes` and :mod:`snowkit.cmdb.validatio
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from operator import attrgetter
 from typing import Any
 
 from snowkit.cmdb.classes import LOCATION, client_class, device_class
@@ -104,8 +105,16 @@ def _source(item: Any) -> str:
     return item.provenance.source if item.provenance is not None else "unknown"
 
 
+_GETTERS: dict[type, Callable[[Any], tuple[Any, ...]]] = {}
+
+
 def _richness(item: Any) -> int:
-    return sum(1 for value in map(item.__getattribute__, item.__slots__) if value not in (None, ""))
+    """How many fields are filled (attrgetter: this runs for every item of a 100k inventory)."""
+    getter = _GETTERS.get(type(item))
+    if getter is None:
+        getter = _GETTERS[type(item)] = attrgetter(*item.__slots__)
+    values = getter(item)
+    return len(values) - values.count(None) - values.count("")
 
 
 def _rank(item: Any) -> tuple[int, int, str]:
@@ -115,7 +124,10 @@ def _rank(item: Any) -> tuple[int, int, str]:
 
 
 def _dedupe_key(item: Any) -> str:
-    if item.source_id.startswith(("unifi:device:", "unifi:client:")) and item.source_id.count(":") == 7:
+    if (
+        item.source_id.startswith(("unifi:device:", "unifi:client:"))
+        and item.source_id.count(":") == 7
+    ):
         return "mac:" + item.mac  # source id built from a valid MAC
     serial = getattr(item, "serial", None)
     if serial:
@@ -136,7 +148,7 @@ def resolve_duplicates(items: Iterable[Any], kind: str) -> tuple[list[Any], list
             kept.append(group[0])
             continue
         ordered = sorted(group, key=_rank)
-        winner = ordered[0]
+        winner = replace(ordered[0])  # a copy: the caller's inventory is never modified
         for other in ordered[1:]:  # fill the winner's gaps from the others, best first
             for slot in winner.__slots__:
                 if slot != "provenance" and getattr(winner, slot) in (None, ""):
@@ -145,8 +157,14 @@ def resolve_duplicates(items: Iterable[Any], kind: str) -> tuple[list[Any], list
                         setattr(winner, slot, value)
         kept.append(winner)
         duplicates.append(
-            DuplicateRecord(key, kind, winner.source_id, _source(winner),
-                            tuple(_source(g) for g in group), len(group))  # fmt: skip
+            DuplicateRecord(
+                key,
+                kind,
+                winner.source_id,
+                _source(winner),
+                tuple(_source(g) for g in group),
+                len(group),
+            )
         )
     return kept, duplicates
 
@@ -163,7 +181,6 @@ def site_record(site: InventorySite) -> CMDBRecord:
     values: dict[str, str] = {}
     _put(values, "name", site.name or site.internal_name)
     _put(values, "u_unifi_source_id", site.source_id)
-    _put(values, "u_unifi_site_name", site.internal_name)
     return CMDBRecord(LOCATION, site.source_id, values, "location")
 
 
@@ -210,9 +227,17 @@ def client_record(client: InventoryClient) -> CMDBRecord:
 
 def _rejected(item: RejectedItem) -> QuarantinedRecord:
     field_name, _, message = item.reason.partition(": ")
-    source_id = f"unifi:{item.kind}:{item.source}:{item.summary.get('_id') or item.summary.get('id') or '?'}"
-    issue = FieldIssue(source_id, item.kind, field_name if message else "item",
-                       sanitize_value(item.summary), "unparseable", item.reason, "error")  # fmt: skip
+    native = item.summary.get("_id") or item.summary.get("id") or "?"
+    source_id = f"unifi:{item.kind}:{item.source}:{native}"
+    issue = FieldIssue(
+        source_id,
+        item.kind,
+        field_name if message else "item",
+        sanitize_value(item.summary),
+        "unparseable",
+        item.reason,
+        "error",
+    )
     return QuarantinedRecord(source_id, item.kind, [issue], dict(item.summary))
 
 
@@ -233,8 +258,12 @@ def transform(inventory: Inventory) -> TransformResult:
     sites, dups = resolve_duplicates(inventory.sites, "location")
     result.duplicates.extend(dups)
     devices: list[InventoryDevice] = []
-    for group in (inventory.gateways, inventory.switches, inventory.access_points,
-                  inventory.other_devices):  # fmt: skip
+    for group in (
+        inventory.gateways,
+        inventory.switches,
+        inventory.access_points,
+        inventory.other_devices,
+    ):
         devices.extend(group)
     devices, dups = resolve_duplicates(devices, "device")
     result.duplicates.extend(dups)
@@ -253,8 +282,20 @@ def transform(inventory: Inventory) -> TransformResult:
                 QuarantinedRecord(record.source_id, record.kind, issues, _summary(record))
             )
             continue
-        if record.references.get("location") and record.kind != "location":
-            pass  # resolved to a sys_id by the sync engine; unknown sites stay unresolved
+        location = record.references.get("location")
+        if location is not None and location not in valid_ids:  # sites come first
+            del record.references["location"]
+            result.issues.append(
+                FieldIssue(
+                    record.source_id,
+                    record.kind,
+                    "location",
+                    sanitize_value(location),
+                    "unknown_location",
+                    "site not in this inventory (or quarantined); loaded without a location",
+                    "warning",
+                )
+            )
         result.records.append(record)
         valid_ids.add(record.source_id)
 

@@ -8,7 +8,8 @@ that differs, every record that cannot be found, and fields a fallback table can
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +58,7 @@ def verify(
     expectations: Iterable[Expectation],
     *,
     in_chunk: int = 100,
+    workers: int = 4,
 ) -> VerifyResult:
     """Compare what the CMDB holds with ``expectations``.
 
@@ -77,12 +79,9 @@ def verify(
         fields = sorted({f for e in wanted.values() for f in e.values} - _SKIP)
         sids = [s for s in wanted if "," not in s and "^" not in s]
         found: dict[str, dict[str, Any]] = {}
-        for start in range(0, len(sids), in_chunk):
-            chunk = sids[start : start + in_chunk]
-            query = Query().in_(SOURCE_ID_FIELD, chunk)
-            for row in client.query(
-                table, query, fields=["sys_id", SOURCE_ID_FIELD, *fields], page_size=in_chunk + 1
-            ):
+        chunks = [(table, sids[i : i + in_chunk], fields) for i in range(0, len(sids), in_chunk)]
+        for rows in _parallel(lambda job: _read(client, *job, in_chunk), chunks, workers):
+            for row in rows:
                 found[_str(row.get(SOURCE_ID_FIELD))] = row
         for sid, exp in wanted.items():
             result.checked += 1
@@ -108,6 +107,20 @@ def verify(
             if clean:
                 result.matched += 1
     return result
+
+
+def _read(client: Any, table: str, sids: list[str], fields: list[str], size: int) -> list[dict]:
+    query = Query().in_(SOURCE_ID_FIELD, sids)
+    wanted = ["sys_id", SOURCE_ID_FIELD, *fields]
+    return list(client.query(table, query, fields=wanted, page_size=size + 1))
+
+
+def _parallel(fn: Any, jobs: list[Any], workers: int) -> Iterator[Any]:
+    if len(jobs) <= 1 or workers <= 1:
+        yield from map(fn, jobs)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="snowkit-verify") as pool:
+        yield from pool.map(fn, jobs)
 
 
 def _str(value: Any) -> str:

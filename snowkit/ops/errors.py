@@ -485,52 +485,7 @@ class ErrorHandler:
         return self.record(self._classify(exc, operation, method))
 
     def _classify(self, exc: BaseException, operation: str, method: str | None) -> ErrorContext:
-        if isinstance(exc, OperationalError):
-            return exc.context
-        import requests
-
-        verb = (method or "GET").upper()
-        is_write = verb in _WRITE_METHODS
-        message = f"{type(exc).__name__}: {exc}"
-        details: dict[str, Any] = {"exception_type": type(exc).__name__, "method": verb}
-
-        def ctx(category: ErrorCategory, severity: ErrorSeverity, retryable: bool) -> ErrorContext:
-            return make_context(
-                message,
-                operation=operation,
-                category=category,
-                severity=severity,
-                retryable=retryable,
-                details=details,
-                timestamp=self._now(),
-            )
-
-        if isinstance(exc, requests.exceptions.SSLError):
-            details["hint"] = (
-                "TLS verification failed: set servicenow.ca_bundle or REQUESTS_CA_BUNDLE"
-            )
-            return ctx(ErrorCategory.NETWORK, ErrorSeverity.HIGH, False)
-        if isinstance(exc, requests.exceptions.ConnectTimeout) or (
-            isinstance(exc, requests.exceptions.ConnectionError) and not _sent_before_failure(exc)
-        ):
-            details["request_sent"] = False
-            return ctx(ErrorCategory.NETWORK, ErrorSeverity.MEDIUM, True)
-        if isinstance(exc, requests.exceptions.Timeout | requests.exceptions.ConnectionError):
-            details["request_sent"] = True
-            if is_write:
-                return ctx(ErrorCategory.AMBIGUOUS_WRITE, ErrorSeverity.HIGH, False)
-            return ctx(ErrorCategory.NETWORK, ErrorSeverity.MEDIUM, True)
-        if isinstance(exc, requests.exceptions.RequestException):
-            return ctx(ErrorCategory.NETWORK, ErrorSeverity.MEDIUM, False)
-        if type(exc).__name__ == "ValidationError":
-            return ctx(ErrorCategory.DATA_VALIDATION, ErrorSeverity.MEDIUM, False)
-        if isinstance(exc, KeyError | ValueError | TypeError):
-            return ctx(ErrorCategory.TRANSFORMATION, ErrorSeverity.MEDIUM, False)
-        if isinstance(exc, TimeoutError | ConnectionError):
-            retryable = not is_write
-            category = ErrorCategory.NETWORK if retryable else ErrorCategory.AMBIGUOUS_WRITE
-            return ctx(category, ErrorSeverity.MEDIUM, retryable)
-        return ctx(ErrorCategory.SERVICENOW_API, ErrorSeverity.HIGH, False)
+        return classify(exc, operation, method, timestamp=self._now())
 
     def handle_servicenow_error(self, response: Any, operation: str) -> ErrorContext:
         """Classify a ServiceNow HTTP response that was not a success."""
@@ -665,6 +620,65 @@ class ErrorHandler:
         raise _exception_class_for(context)(context)
 
 
+def classify(
+    exc: BaseException,
+    operation: str = "unknown",
+    method: str | None = None,
+    *,
+    timestamp: datetime | None = None,
+) -> ErrorContext:
+    """Map an exception to a context without recording it (see ``ErrorHandler``).
+
+    ``method`` defaults to the HTTP method of the request a requests exception carries, so a
+    read timeout on a POST is an ambiguous write even when the caller did not say so.
+    """
+    if isinstance(exc, OperationalError):
+        return exc.context
+    import requests
+
+    sent_by = getattr(getattr(exc, "request", None), "method", None)
+    verb = str(method or sent_by or "GET").upper()
+    is_write = verb in _WRITE_METHODS
+    message = f"{type(exc).__name__}: {exc}"
+    details: dict[str, Any] = {"exception_type": type(exc).__name__, "method": verb}
+
+    def ctx(category: ErrorCategory, severity: ErrorSeverity, retryable: bool) -> ErrorContext:
+        return make_context(
+            message,
+            operation=operation,
+            category=category,
+            severity=severity,
+            retryable=retryable,
+            details=details,
+            timestamp=timestamp,
+        )
+
+    if isinstance(exc, requests.exceptions.SSLError):
+        details["hint"] = "TLS verification failed: set servicenow.ca_bundle or REQUESTS_CA_BUNDLE"
+        return ctx(ErrorCategory.NETWORK, ErrorSeverity.HIGH, False)
+    if isinstance(exc, requests.exceptions.ConnectTimeout) or (
+        isinstance(exc, requests.exceptions.ConnectionError) and not _sent_before_failure(exc)
+    ):
+        details["request_sent"] = False
+        return ctx(ErrorCategory.NETWORK, ErrorSeverity.MEDIUM, True)
+    if isinstance(exc, requests.exceptions.Timeout | requests.exceptions.ConnectionError):
+        details["request_sent"] = True
+        if is_write:
+            return ctx(ErrorCategory.AMBIGUOUS_WRITE, ErrorSeverity.HIGH, False)
+        return ctx(ErrorCategory.NETWORK, ErrorSeverity.MEDIUM, True)
+    if isinstance(exc, requests.exceptions.RequestException):
+        return ctx(ErrorCategory.NETWORK, ErrorSeverity.MEDIUM, False)
+    if type(exc).__name__ == "ValidationError":
+        return ctx(ErrorCategory.DATA_VALIDATION, ErrorSeverity.MEDIUM, False)
+    if isinstance(exc, KeyError | ValueError | TypeError):
+        return ctx(ErrorCategory.TRANSFORMATION, ErrorSeverity.MEDIUM, False)
+    if isinstance(exc, TimeoutError | ConnectionError):
+        retryable = not is_write
+        category = ErrorCategory.NETWORK if retryable else ErrorCategory.AMBIGUOUS_WRITE
+        return ctx(category, ErrorSeverity.MEDIUM, retryable)
+    return ctx(ErrorCategory.SERVICENOW_API, ErrorSeverity.HIGH, False)
+
+
 def _sent_before_failure(exc: BaseException) -> bool:
     """True when a ConnectionError happened after the request went out (reset, aborted)."""
     seen: set[int] = set()
@@ -777,6 +791,7 @@ __all__ = [
     "RecordNotFoundError",
     "RetryBudgetExhaustedError",
     "TransientServerError",
+    "classify",
     "environment_info",
     "make_context",
 ]

@@ -59,6 +59,9 @@ _HEALTH_JSON = {
 }
 _SEVERITY = {HealthStatus.HEALTHY: 0, HealthStatus.DEGRADED: 1, HealthStatus.UNHEALTHY: 2}
 
+#: The auth methods a ``CredentialManager.availability()`` reports, in fallback order.
+AUTH_METHODS = ("api_key", "oauth", "basic")
+
 HIBERNATION_GUIDANCE = (
     "The ServiceNow developer instance is hibernating: wake it at developer.servicenow.com "
     "(sign in, open 'Manage instance' and press 'Wake up'), wait a few minutes, then retry."
@@ -286,24 +289,42 @@ class HealthMonitor:
         )
 
     def check_credential_availability(self) -> HealthCheck:
-        """Which auth methods have credentials; names only, never a value."""
+        """Which auth methods have credentials; names only, never a value.
+
+        With a ``CredentialManager`` the verdict rests on its auth methods (api_key, oauth,
+        basic); its other keys (sources such as ``op_signed_in``) are reported alongside.
+        Any other ``availability()`` mapping is judged on all of its entries.
+        """
         base = {"name": "credentials", "measurement": "available", "component_type": "component"}
         if self.credentials is None:
             return HealthCheck(
                 status=HealthStatus.UNHEALTHY, message="no credential manager configured", **base
             )
         availability = {str(k): bool(v) for k, v in dict(self.credentials.availability()).items()}
-        available = sorted(k for k, v in availability.items() if v)
-        missing = sorted(k for k, v in availability.items() if not v)
-        details = {"available_methods": available, "unavailable_methods": missing}
+        methods = [m for m in AUTH_METHODS if m in availability] or sorted(availability)
+        available = [m for m in methods if availability[m]]
+        details = {
+            "available_methods": available,
+            "unavailable_methods": [m for m in methods if not availability[m]],
+            "sources_available": sorted(
+                k for k, v in availability.items() if v and k not in methods
+            ),
+            "sources_unavailable": sorted(
+                k for k, v in availability.items() if not v and k not in methods
+            ),
+        }
         if not available:
+            message = (
+                "no ServiceNow credentials available: set SERVICENOW_API_KEY, "
+                "SERVICENOW_OAUTH_TOKEN or SERVICENOW_USERNAME/SERVICENOW_PASSWORD "
+                "(or their *_OP_REF 1Password references)"
+            )
+            if availability.get("op_references") and not availability.get("op_signed_in"):
+                message += "; 1Password references are set but `op` is not signed in: run "
+                message += "`op signin` or set OP_SERVICE_ACCOUNT_TOKEN"
             return HealthCheck(
                 status=HealthStatus.UNHEALTHY,
-                message=(
-                    "no ServiceNow credentials available: set SERVICENOW_API_KEY, "
-                    "SERVICENOW_OAUTH_TOKEN or SERVICENOW_USERNAME/SERVICENOW_PASSWORD "
-                    "(or their 1Password references)"
-                ),
+                message=message,
                 observed_value=0,
                 observed_unit="methods",
                 details=details,

@@ -49,11 +49,20 @@ SECRET_KEYS: frozenset[str] = frozenset(
 _MIN_SECRET_LENGTH = 4
 
 
+_KEY_CACHE: dict[str, bool] = {}
+_KEY_CACHE_LIMIT = 4096
+
+
 def is_secret_key(key: object) -> bool:
     """True when a mapping key names a secret (``Authorization``, ``client-secret``, ...)."""
     if not isinstance(key, str):
         return False
-    return key.lower().replace("-", "_") in SECRET_KEYS
+    cached = _KEY_CACHE.get(key)
+    if cached is None:
+        cached = key.lower().replace("-", "_") in SECRET_KEYS
+        if len(_KEY_CACHE) < _KEY_CACHE_LIMIT:  # log keys repeat; bound it anyway
+            _KEY_CACHE[key] = cached
+    return cached
 
 
 class SecretRegistry:
@@ -131,7 +140,7 @@ def redact(obj: Any, registry: SecretRegistry | None = None) -> Any:
     unchanged (the renderer decides how to print them).
     """
     reg = registry if registry is not None else secrets
-    return _redact(obj, reg, reg._pattern)
+    return _redact(obj, reg._pattern)
 
 
 def redact_text(text: str, registry: SecretRegistry | None = None) -> str:
@@ -139,18 +148,26 @@ def redact_text(text: str, registry: SecretRegistry | None = None) -> str:
     return (registry if registry is not None else secrets).mask(text)
 
 
-def _redact(obj: Any, reg: SecretRegistry, pattern: re.Pattern[str] | None) -> Any:
+_SCALARS = frozenset({int, float, bool, type(None)})
+
+
+def _redact(obj: Any, pattern: re.Pattern[str] | None) -> Any:
+    kind = type(obj)
+    if kind is str:
+        return pattern.sub(MASK, obj) if pattern is not None and obj else obj
+    if kind in _SCALARS:
+        return obj
     if isinstance(obj, str):
         return pattern.sub(MASK, obj) if pattern is not None and obj else obj
     if isinstance(obj, dict):
         return {
-            k: (MASK if is_secret_key(k) and v is not None else _redact(v, reg, pattern))
+            k: (MASK if v is not None and is_secret_key(k) else _redact(v, pattern))
             for k, v in obj.items()
         }
     if isinstance(obj, list):
-        return [_redact(v, reg, pattern) for v in obj]
+        return [_redact(v, pattern) for v in obj]
     if isinstance(obj, tuple):
-        return tuple(_redact(v, reg, pattern) for v in obj)
+        return tuple(_redact(v, pattern) for v in obj)
     if isinstance(obj, SecretStr):
         return MASK
     if isinstance(obj, bytes) and pattern is not None:

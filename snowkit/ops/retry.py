@@ -29,6 +29,7 @@ from snowkit.ops.errors import (
     OperationalError,
     RateLimitError,
     RetryBudgetExhaustedError,
+    classify,
 )
 from snowkit.ops.redaction import redact_text
 
@@ -303,7 +304,12 @@ class RetryManager:
             return False
         if isinstance(exception, OperationalError):
             return exception.context.retryable
-        return isinstance(exception, policy.retryable_exceptions)
+        if not isinstance(exception, policy.retryable_exceptions):
+            return False
+        if isinstance(exception, requests.RequestException) and exception.request is not None:
+            # A raw requests error knows its method: never resend a POST/PATCH that was sent.
+            return classify(exception).retryable
+        return True
 
     def calculate_delay(self, attempt: int, policy: RetryPolicy | None = None) -> float:
         """Back-off after failed attempt ``attempt`` (1-based).

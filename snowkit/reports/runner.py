@@ -22,6 +22,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from html import escape as html_escape
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Literal
@@ -31,7 +32,7 @@ import orjson
 from nbformat import NotebookNode
 
 from snowkit import paths
-from snowkit.ops.redaction import MASK, is_secret_key, redact
+from snowkit.ops.redaction import is_secret_key, redact
 from snowkit.reports.emit import RUN_DIR_ENV
 from snowkit.reports.figures import extract_figures
 
@@ -133,8 +134,8 @@ def check_parameters(parameters: Mapping[str, Any] | None) -> dict[str, Any]:
             )
         if redact(value) != value:
             raise RunUsageError(
-                f"parameter {name!r} contains a known secret value; configure credentials "
-                "instead of passing them as parameters"
+                f"parameter {name!r} holds a secret-named key or a known secret value; "
+                "configure credentials instead of passing them as parameters"
             )
         checked[name] = value
     return checked
@@ -266,6 +267,16 @@ def _load_executed(output: Path, fallback: NotebookNode) -> NotebookNode:
     return fallback
 
 
+def _fallback_html(stem: str, rid: str, error: RunError | None, exc: Exception) -> str:
+    status = f"failed: {error.ename}: {error.evalue}" if error else "ok"
+    return (
+        f"<!doctype html><title>{html_escape(stem)} · {html_escape(rid)}</title>"
+        f"<h1>{html_escape(stem)}</h1><p>Run {html_escape(rid)} {html_escape(status)}.</p>"
+        f"<p>The HTML report could not be rendered ({html_escape(type(exc).__name__)}: "
+        f"{html_escape(redact(str(exc)))}); open the executed notebook in this folder.</p>"
+    )
+
+
 def _write_json(path: Path, doc: Mapping[str, Any]) -> None:
     payload = orjson.dumps(redact(dict(doc)), default=str, option=orjson.OPT_INDENT_2)
     tmp = path.with_suffix(".json.tmp")
@@ -315,9 +326,11 @@ def run(
     notice = None
     if error is not None and error.cell_index is None:
         notice = f"**This run failed: {error.ename}.** {error.evalue}"
-    html = write_html(
-        executed, run_dir / "report.html", title=f"{source.stem} · {rid}", notice=notice
-    )
+    html = run_dir / "report.html"
+    try:
+        write_html(executed, html, title=f"{source.stem} · {rid}", notice=notice)
+    except Exception as exc:  # a report that cannot render must not lose run.json
+        html.write_text(_fallback_html(source.stem, rid, error, exc), encoding="utf-8")
     extract_figures(executed, run_dir)
     figures = sorted((run_dir / "figures").glob("*.png"))  # extracted + save_figure()'s
 
@@ -330,7 +343,7 @@ def run(
             "notebook": source.stem,
             "notebook_path": str(source),
             "run_id": rid,
-            "parameters": {k: (MASK if is_secret_key(k) else v) for k, v in params.items()},
+            "parameters": params,  # checked: no secret names; redacted again on write
             "versions": _versions(kernel_name, executed),
             "status": status,
             "started_at": started.isoformat(),

@@ -3,7 +3,8 @@
 No library parses this language, so we do. ``parse()`` turns a string into an ``EncodedQuery``
 (OR'd ``^NQ`` groups of AND'd terms, each term one condition or several joined by ``^OR``, plus
 ``ORDERBY`` keys); it never raises. ``evaluate()`` decides one record in pure Python: it is the
-executable definition of the semantics, used by tests to check the store's SQL translation.
+executable definition of the semantics, used by tests to check the store's SQL translation
+(``matches()`` is its core, which the store uses directly for queries too big for SQLite).
 
 Grammar and semantics (reference §2.3):
 
@@ -102,6 +103,7 @@ FIELD_OPERATORS: Mapping[str, str] = {
 """Field-to-field operators: the value names another field; mapped to the comparison."""
 
 _FIELD = re.compile(r"[a-z0-9_]+(?:\.[a-z0-9_]+)*")
+_OPERATOR = re.compile("|".join(re.escape(op) for op in OPERATORS))  # in order: longest first
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _DATE_GENERATE = re.compile(
     r"javascript:gs\.dateGenerate\(\s*'(\d{4}-\d{2}-\d{2})'\s*,\s*'(start|end|\d{2}:\d{2}:\d{2})'\s*\)"
@@ -159,17 +161,15 @@ def parse_condition(text: str) -> Condition | None:
     m = _FIELD.match(text)
     if m is None:
         return None
-    field, rest = m.group(), text[m.end() :]
-    for op in OPERATORS:
-        if rest.startswith(op):
-            canonical = ALIASES.get(op, op)
-            value = rest[len(op) :]
-            if canonical in NO_VALUE_OPERATORS:
-                value = ""
-            if _malformed(canonical, value):
-                return None
-            return Condition(field, canonical, value)
-    return None
+    op_match = _OPERATOR.match(text, m.end())
+    if op_match is None:
+        return None
+    op = op_match.group()
+    canonical = ALIASES.get(op, op)
+    value = "" if canonical in NO_VALUE_OPERATORS else text[op_match.end() :]
+    if _malformed(canonical, value):
+        return None
+    return Condition(m.group(), canonical, value)
 
 
 def _malformed(operator: str, value: str) -> bool:
@@ -335,16 +335,26 @@ def evaluate(
             return False
         return cond.operator not in FIELD_OPERATORS or read(cond.value) is not None
 
-    effective = query.filter(known)
-    if not effective.groups:
+    return matches(query.filter(known), lambda name: read(name) or "", is_instance=is_instance)
+
+
+def matches(
+    query: EncodedQuery,
+    read: Callable[[str], str],
+    *,
+    is_instance: Callable[[str, str], bool] | None = None,
+) -> bool:
+    """``evaluate`` for a query whose conditions are all known to exist (``read`` returns the
+    value of a, possibly dotted, field). A query without groups matches everything."""
+    if not query.groups:
         return True
-    for group in effective.groups:
+    for group in query.groups:
         if all(
             any(
                 matches_condition(
                     c,
-                    read(c.field) or "",
-                    other=(read(c.value) or "") if c.operator in FIELD_OPERATORS else "",
+                    read(c.field),
+                    other=read(c.value) if c.operator in FIELD_OPERATORS else "",
                     is_instance=is_instance,
                 )
                 for c in term

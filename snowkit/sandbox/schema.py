@@ -470,7 +470,7 @@ class Schema:
 
     def __init__(self, tables: Iterable[TableDef] | None = None) -> None:
         self._tables: dict[str, TableDef] = {t.name: t for t in (tables or _base_tables())}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self.version = 0
         self._fields_cache: dict[str, dict[str, FieldDef]] = {}
         self._children: dict[str, list[str]] = {}
@@ -532,12 +532,15 @@ class Schema:
         cached = self._fields_cache.get(table)
         if cached is not None:
             return cached
+        version = self.version
         out: dict[str, FieldDef] = dict(_SYSTEM_DEFS)
         if self.in_hierarchy(table):
             out["sys_class_name"] = self._class_def
         for name in reversed(self.ancestors(table)):
             out.update(self._tables[name].fields)
-        self._fields_cache[table] = out
+        with self._lock:  # never cache a view computed while add_field was changing the tables
+            if version == self.version:
+                self._fields_cache[table] = out
         return out
 
     def field(self, table: str, name: str) -> FieldDef | None:
@@ -590,9 +593,9 @@ class Schema:
             if clash:
                 raise InvalidField(f"Column {element} already exists on subclass {clash[0]}")
             new = FieldDef(element, internal_type or "string", max_length=int(max_length or 255))
-            self._tables[table].fields[element] = new
+            self._tables[table].fields = {**self._tables[table].fields, element: new}
             self._fields_cache.clear()
-            self.version += 1
+            self.version += 1  # last: a reader that saw the old version will not cache
             return new, True
 
     # -- seeds ----------------------------------------------------------------------------

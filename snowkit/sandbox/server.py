@@ -45,6 +45,7 @@ REQUEST_QUEUE_SIZE = 128
 IDLE_TIMEOUT_SECONDS = 30.0
 HANDSHAKE_TIMEOUT_SECONDS = 10.0
 OUTAGE_POLL_SECONDS = 0.05
+MAX_CONNECTIONS = 512  # one thread each; beyond this new connections are closed at once
 
 
 class _Handler(WSGIRequestHandler):
@@ -155,6 +156,15 @@ class _Server(ThreadedWSGIServer):
         self.ssl_context = tls_context  # werkzeug derives wsgi.url_scheme from this
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Refuse new connections beyond MAX_CONNECTIONS so a flood cannot exhaust threads."""
+        with self._connections_lock:
+            full = len(self._connections) >= MAX_CONNECTIONS
+        if full:
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
 
     def finish_request(self, request: Any, client_address: Any) -> None:  # type: ignore[override]
         request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

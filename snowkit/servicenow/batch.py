@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,8 @@ DEFAULT_MAX_BATCH_BYTES = 6 * 1024 * 1024  # well under the 10 MB default reques
 DEFAULT_MAX_ITEMS = 100
 _ENVELOPE_OVERHEAD = 64  # the outer {"batch_request_id":..,"rest_requests":[..]}
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+WRITE_ACTIONS = {"POST": "create", "PATCH": "update", "PUT": "update", "DELETE": "delete"}
+_TABLE_URL = re.compile(r"^/api/now/(?:v\d+/)?table/([a-z0-9_]+)(?:/([A-Za-z0-9_-]+))?/?(?:\?|$)")
 
 
 class BatchItemTooLargeError(ValueError):
@@ -45,6 +48,7 @@ class BatchRequest:
     headers: Mapping[str, str] = field(default_factory=dict)
     table: str | None = None
     source_id: str | None = None
+    before: Mapping[str, Any] | None = None  # the record before an update/delete, for the audit
 
 
 @dataclass(slots=True)
@@ -57,6 +61,7 @@ class BatchResult:
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
     serviced: bool = True
+    ambiguous: bool = False  # the batch was sent but its answer lost: look the item up first
     error_message: str | None = None
     error_detail: str | None = None
     error: Any = None  # the ErrorContext for failed items, when an ErrorHandler is configured
@@ -206,4 +211,26 @@ def unserviced_result(item: EncodedItem, rounds: int) -> BatchResult:
             f"not serviced after {rounds} batch rounds (the instance's batch time or size limit "
             "was hit each time); send it again later or through the Table API"
         ),
+    )
+
+
+def write_target(request: BatchRequest) -> tuple[str, str, str | None] | None:
+    """``(action, table, sys_id)`` for a Table API write item, else None (reads, other APIs)."""
+    action = WRITE_ACTIONS.get(request.method.upper())
+    match = _TABLE_URL.match(request.url)
+    if action is None or match is None:
+        return None
+    return action, request.table or match.group(1), match.group(2)
+
+
+def failed_result(item: EncodedItem, error: Any, *, ambiguous: bool) -> BatchResult:
+    """The result for an item whose whole batch request failed (``error``: an ErrorContext)."""
+    return BatchResult(
+        id=item.id,
+        request=item.request,
+        status_code=getattr(error, "http_status", None),
+        serviced=False,
+        ambiguous=ambiguous,
+        error=error,
+        error_message=getattr(error, "error_message", None) or str(error),
     )

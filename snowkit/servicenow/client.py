@@ -34,6 +34,7 @@ Decisions worth knowing (the "why" behind the behaviour):
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
@@ -49,6 +50,7 @@ from snowkit.ops.breaker import CircuitBreaker, CircuitOpenError
 from snowkit.ops.errors import (
     AmbiguousWriteError,
     AuthenticationError,
+    ConfigurationError,
     ErrorCategory,
     ErrorHandler,
     ErrorSeverity,
@@ -115,7 +117,16 @@ def _cfg(obj: Any, name: str, default: Any = None) -> Any:
 
 
 class ServiceNowAPIClient:
-    """A thread-safe ServiceNow REST client with retries, a breaker, metrics, logs and audit."""
+    """A thread-safe ServiceNow REST client with retries, a breaker, metrics, logs and audit.
+
+    ``credentials`` is a ``CredentialManager`` (anything with ``auth_methods()``); ``config``
+    an ``OperationalConfig`` (its ``servicenow``, ``retry`` and ``circuit_breaker`` sections are
+    read when present). Every collaborator can be injected; the defaults are built from the
+    config. ``sleep``/``clock``/``wall_clock`` drive every wait and measurement (tests pass
+    fakes). ``hibernation_wait_seconds`` > 0 keeps re-checking a sleeping instance every
+    ``hibernation_poll_seconds`` for that long before giving up. ``retry_write_statuses``
+    lists 5xx statuses after which a POST/PATCH may be re-sent (default: none; see above).
+    """
 
     def __init__(
         self,
@@ -186,7 +197,6 @@ class ServiceNowAPIClient:
         self._methods = list(credentials.auth_methods()) if credentials is not None else []
         self._auth: _AuthState | None = None
         self._auth_confirmed = False
-        self._closed = False
         if self._methods:
             self._auth = self._first_usable_auth(0)
 
@@ -204,9 +214,8 @@ class ServiceNowAPIClient:
             if from_credentials:
                 instance = from_credentials
             elif instance == "embedded":
-                raise OperationalError(
+                raise ConfigurationError(
                     "servicenow.instance is 'embedded' but no embedded instance is running",
-                    category=ErrorCategory.CONFIGURATION,
                     guidance=(
                         "start it with snowkit.sandbox.Sandbox.start() (or `snowkit sandbox "
                         "serve`) and pass its url as the instance"
@@ -217,7 +226,6 @@ class ServiceNowAPIClient:
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
         """Close the pooled connections (and any token session)."""
-        self._closed = True
         self._session.close()
         state = self._auth
         if state is not None and state.session is not None:
@@ -278,12 +286,10 @@ class ServiceNowAPIClient:
         may start with ``-`` for descending.
         """
         _check_table(table)
-        encoded = str(query) if query is not None else ""
+        encoded = str(query or "")
         descending = order_by.startswith("-")
         order_field = order_by.lstrip("-")
         ordering = query.ordering if isinstance(query, Query) else _order_of(encoded)
-        if isinstance(query, Query):
-            encoded = query.encoded()
         if paging is None:
             keyset = (
                 order_field == KEY_FIELD
@@ -293,8 +299,6 @@ class ServiceNowAPIClient:
             mode = PagingMode.KEYSET if keyset else PagingMode.OFFSET
         else:
             mode = PagingMode(paging)
-        if mode is PagingMode.OFFSET and isinstance(query, Query) and ordering:
-            encoded = query.encoded()  # keeps the Query's own ORDERBY clauses
         pager = Pager(
             encoded,
             page_size or self.page_size,
@@ -455,16 +459,31 @@ class ServiceNowAPIClient:
 
         Chunked under the payload cap; unserviced items are resent up to ``max_rounds`` in
         total; failed items carry the ServiceNow error message/detail and an ErrorContext.
+        A chunk whose batch request fails as a whole (breaker open, retries exhausted, answer
+        lost) does not raise: its items come back with ``ok`` False, the error context, and
+        ``ambiguous`` True when writes in it may have been applied. Writes are audited.
         """
         items = batch_api.assign_ids(requests_)
         results: dict[str, BatchResult] = {}
         for chunk_items in batch_api.chunk(
             items, max_bytes=max_batch_bytes, max_items=max_items or self.batch_size
         ):
-            pending = chunk_items
-            rounds = 0
-            while pending and rounds < max_rounds:
-                rounds += 1
+            chunk_results = self._run_chunk(chunk_items, max_rounds)
+            with self._audit_batch():  # one fsync and checkpoint per chunk, not per record
+                for result in chunk_results:
+                    results[result.id] = result
+                    self._audit_batch_item(result)
+        return [results[item.id] for item in items]
+
+    def _run_chunk(
+        self, chunk_items: list[batch_api.EncodedItem], max_rounds: int
+    ) -> list[BatchResult]:
+        done_all: list[BatchResult] = []
+        pending = chunk_items
+        rounds = 0
+        while pending and rounds < max_rounds:
+            rounds += 1
+            try:
                 response = self._execute_request(
                     "POST",
                     batch_api.BATCH_PATH,
@@ -473,19 +492,52 @@ class ServiceNowAPIClient:
                     idempotent=batch_api.is_idempotent(pending),
                     source_id=",".join(str(i.request.source_id or i.id) for i in pending[:20]),
                 )
-                body = orjson.loads(response.content or b"{}")
-                done, pending = batch_api.decode_response(body, pending)
-                for result in done:
-                    if not result.ok:
-                        result.error = self._item_error(result)
-                    results[result.id] = result
-                if pending:
-                    self.logger.event(
-                        "batch_unserviced", level="WARNING", count=len(pending), round=rounds
-                    )
-            for item in pending:
-                results[item.id] = batch_api.unserviced_result(item, rounds)
-        return [results[item.id] for item in items]
+            except OperationalError as exc:
+                ambiguous = isinstance(exc, AmbiguousWriteError)
+                return done_all + [
+                    batch_api.failed_result(item, exc.context, ambiguous=ambiguous)
+                    for item in pending
+                ]
+            done, pending = batch_api.decode_response(
+                orjson.loads(response.content or b"{}"), pending
+            )
+            for result in done:
+                if not result.ok:
+                    result.error = self._item_error(result)
+            done_all.extend(done)
+            if pending:
+                self.logger.event(
+                    "batch_unserviced", level="WARNING", count=len(pending), round=rounds
+                )
+        return done_all + [batch_api.unserviced_result(item, rounds) for item in pending]
+
+    def _audit_batch(self) -> Any:
+        batch = getattr(self.audit, "batch", None)
+        return batch() if callable(batch) else contextlib.nullcontext()
+
+    def _audit_batch_item(self, result: BatchResult) -> None:
+        target = batch_api.write_target(result.request) if self.audit is not None else None
+        if target is None:
+            return
+        action, table, sys_id = target
+        after = result.result if result.ok and isinstance(result.result, dict) else None
+        if action == "delete":
+            after = None
+        elif after is None:
+            body = result.request.body
+            after = dict(body) if isinstance(body, Mapping) else None
+        sys_id = sys_id or (_plain(after.get(KEY_FIELD)) if after and result.ok else None)
+        outcome = "success" if result.ok else ("ambiguous" if result.ambiguous else "failure")
+        self.audit.record(
+            action,
+            table,
+            sys_id,
+            source_id=result.request.source_id,
+            before=dict(result.request.before) if result.request.before else None,
+            after=after,
+            outcome=outcome,
+            correlation_id=current_correlation_id(),
+        )
 
     def _item_error(self, result: BatchResult) -> Any:
         fake = requests.Response()
@@ -611,7 +663,8 @@ class ServiceNowAPIClient:
         status = response.status_code
         self.metrics.record_request(call.method, call.operation, status, duration, call.table)
         self.pacer.observe(response.headers)
-        self._log_request(call, attempt, status, duration)
+        ok = status < 400 or status in call.ok_statuses
+        self._log_request(call, attempt, status, duration, ok=ok)
         if status < 300:
             if is_unexpected_html(response):
                 raise self._html_error(call, response)
@@ -655,6 +708,10 @@ class ServiceNowAPIClient:
                 return response
             assert state is not None
             if response is not None:
+                elapsed_ms = response.elapsed.total_seconds() * 1000.0
+                self.metrics.record_request(
+                    call.method, call.operation, 401, elapsed_ms, call.table
+                )
                 self.logger.log_credential_access(state.name, False, "rejected with HTTP 401")
                 response.close()
             refresh = state.index not in refreshed and callable(
@@ -773,8 +830,8 @@ class ServiceNowAPIClient:
             details={"method": call.method, "table": call.table, "source_id": call.source_id},
             guidance=(
                 f"Look the record up in {call.table or 'the table'} by its source key {key!r} "
-                "(e.g. client.query(table, Query().eq('correlation_id', key))) before retrying: "
-                "create it only if it is missing, compare it if it is there."
+                "(the field your load keeps it in, e.g. serial_number or correlation_id) before "
+                "retrying: create it only if it is missing, compare it if it is there."
             ),
         )
         self.error_handler.record(ctx)
@@ -846,6 +903,7 @@ class ServiceNowAPIClient:
         status: int | None,
         duration_ms: float,
         error: str | None = None,
+        ok: bool = False,
     ) -> None:
         fields: dict[str, Any] = {
             "method": call.method,
@@ -857,9 +915,7 @@ class ServiceNowAPIClient:
         }
         if error:
             fields["error"] = error
-        self.logger.event(
-            "request", level="INFO" if status and status < 400 else "WARNING", **fields
-        )
+        self.logger.event("request", level="INFO" if ok else "WARNING", **fields)
 
     def _audit(
         self,
@@ -902,17 +958,9 @@ class ServiceNowAPIClient:
 
 
 # ---------------------------------------------------------------------- helpers
-class _NoScope:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
 def _scope() -> Any:
     """A correlation scope for one client operation, unless the caller already opened one."""
-    return _NoScope() if current_correlation_id() else correlation_scope()
+    return contextlib.nullcontext() if current_correlation_id() else correlation_scope()
 
 
 def _check_table(table: str) -> str:

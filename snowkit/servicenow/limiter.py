@@ -174,6 +174,7 @@ class RateLimitPacer:
         self._reset_at: float | None = None
         self._used = 0
         self._server_remaining: int | None = None
+        self._next_slot: float | None = None
 
     def observe(self, headers: Mapping[str, str]) -> None:
         limit = _int(headers.get("X-RateLimit-Limit"))
@@ -201,16 +202,23 @@ class RateLimitPacer:
         return max(0, self._limit - self._used)
 
     def delay(self) -> float:
+        """Seconds the caller should wait before its request (0.0 while the budget is ample).
+
+        Each paced caller reserves the next slot, so concurrent workers are spaced out one
+        interval apart instead of all waiting the same interval and firing together.
+        """
         with self._lock:
             remaining = self._remaining_locked()
             if remaining is None or self._reset_at is None or self._limit is None:
                 return 0.0
-            to_reset = self._reset_at - self._now()
-            if to_reset <= 0:
+            now = self._now()
+            to_reset = self._reset_at - now
+            if to_reset <= 0 or remaining > self._limit * self.reserve:
+                self._next_slot = None
                 return 0.0
-            if remaining > self._limit * self.reserve:
-                return 0.0
-            return min(self.max_delay_s, to_reset / max(remaining, 1))
+            interval = to_reset / max(remaining, 1)
+            self._next_slot = max(now, self._next_slot or now) + interval
+            return min(self.max_delay_s, self._next_slot - now)
 
 
 def _int(value: str | None) -> int | None:

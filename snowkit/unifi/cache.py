@@ -47,8 +47,12 @@ class LastKnownGoodCache:
     def save(self, source: str, inventory: Inventory) -> Path:
         target = self.path(source)
         target.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"version": FORMAT_VERSION, "source": source, "saved_at": self._clock(),
-                   "inventory": inventory.to_jsonable()}  # fmt: skip
+        payload = {
+            "version": FORMAT_VERSION,
+            "source": source,
+            "saved_at": self._clock(),
+            "inventory": inventory.to_jsonable(),
+        }
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as handle:

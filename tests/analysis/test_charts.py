@@ -124,3 +124,14 @@ def test_success_rate_is_failed_over_attempted_writes(inputs: dict[str, Any]) ->
     assert widths["cmdb_ci_netgear"] == pytest.approx(100.0)
     assert widths["cmdb_ci_ip_switch"] == pytest.approx(100 * (1 - 1 / 12))  # create+update
     assert widths["cmdb_ci_wap_network"] == pytest.approx(100 * (1 - 3 / 20))
+
+
+def test_relationship_chart_counts_created_and_existing_as_linked(b: Any) -> None:
+    fig = relationship_chart(b.run_report()["relationships"])
+    ax = fig.axes[0]
+    bars = {
+        t.get_text(): p.get_height() for t, p in zip(ax.get_xticklabels(), ax.patches, strict=True)
+    }
+    assert bars == {"linked": 30, "orphans": 2, "failed": 1}
+    frame = pd.DataFrame({"status": ["linked", "linked", "orphans"]})
+    assert [p.get_height() for p in relationship_chart(frame).axes[0].patches] == [2, 1]

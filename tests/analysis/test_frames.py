@@ -194,3 +194,27 @@ def test_property_every_object_line_is_a_row_and_everything_else_is_counted(
                 or (value is None and pd.isna(got))
                 or (isinstance(value, float) and abs(got - value) <= 1e-9 * max(1.0, abs(value)))
             ), (key, value, got)
+
+
+def test_health_frame_also_reads_the_simple_shape() -> None:
+    doc = {
+        "status": "fail",
+        "checked_at": "2026-03-01T08:00:00Z",
+        "checks": {"db": {"status": "fail", "message": "down", "response_time_ms": 5}},
+    }
+    row = health_frame(doc).iloc[0]
+    assert (row["check"], row["status"], row["message"], row["overall"]) == (
+        "db",
+        "fail",
+        "down",
+        "fail",
+    )
+    assert row["checked_at"] == pd.Timestamp("2026-03-01T08:00:00Z")
+
+
+def test_nan_and_infinity_written_by_stdlib_json_are_read(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"timestamp": "2026-03-01T08:00:00Z", "value": NaN, "top": Infinity}\n')
+    frame = logs_frame(path)
+    assert frame.attrs["skipped_lines"] == 0 and pd.isna(frame["value"].iloc[0])
+    assert frame["top"].iloc[0] == float("inf")

@@ -19,6 +19,7 @@ from snowkit.cmdb.transform import CMDBRecord, RelationshipSpec, TransformResult
 from snowkit.credentials import CredentialManager
 from snowkit.ops.audit import AuditTrail, read_audit
 from snowkit.sandbox import Sandbox
+from snowkit.sandbox.server import OUTAGE_POLL_SECONDS
 from snowkit.servicenow import ServiceNowAPIClient
 
 CONNECTS = "Connects to::Connected by"
@@ -45,10 +46,13 @@ def client(sandbox: Sandbox) -> Iterator[ServiceNowAPIClient]:
 
 
 def heal(sb: Sandbox) -> None:
-    """End every fault; wait (bounded) until the listening socket is back after an outage."""
+    """End the faults; wait (bounded) until the socket has stayed open for a few supervisor
+    ticks, so a tick that began during the outage cannot close it again under the next run."""
     sb.set_faults(None)
-    for _ in range(250):
-        if sb.accepting:
+    steady = 0
+    for _ in range(500):
+        steady = steady + 1 if sb.accepting else 0
+        if steady >= 3 * int(OUTAGE_POLL_SECONDS / 0.02 + 1):
             return
         time.sleep(0.02)
     raise AssertionError("the sandbox did not reopen its socket")

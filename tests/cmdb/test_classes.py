@@ -65,6 +65,7 @@ def test_pdu_forced_into_switch_kind_still_goes_to_netgear() -> None:
     ],
 )
 def test_client_class(hostname: str | None, vendor: str | None, table: str) -> None:
-    client = InventoryClient("unifi:client:x", None, "a4:83:e7:00:00:01", hostname=hostname,
-                             vendor=vendor)  # fmt: skip
+    client = InventoryClient(
+        "unifi:client:x", None, "a4:83:e7:00:00:01", hostname=hostname, vendor=vendor
+    )
     assert client_class(client)[0] == table

@@ -30,27 +30,51 @@ GW_MAC, SW_MAC, AP_MAC = "78:8a:20:33:44:55", "fc:ec:da:11:22:33", "80:2a:a8:00:
 
 
 def _dev(mac: str, kind: str, prov: Provenance, **kw: object) -> InventoryDevice:
-    return InventoryDevice(f"unifi:device:{mac}", kind, kw.pop("name", f"{kind} {mac[-2:]}"), mac,  # type: ignore[arg-type]
-                           site_source_id=SITE, provenance=prov, **kw)  # type: ignore[arg-type]
+    return InventoryDevice(
+        f"unifi:device:{mac}",
+        kind,
+        kw.pop("name", f"{kind} {mac[-2:]}"),
+        mac,  # type: ignore[arg-type]
+        site_source_id=SITE,
+        provenance=prov,
+        **kw,
+    )  # type: ignore[arg-type]
 
 
 def _estate() -> Inventory:
     inv = Inventory(provenance=[NET])
     inv.sites.append(InventorySite(SITE, "Büro Zürich", "default", "661d", None, NET))
     inv.add_device(_dev(GW_MAC, "gateway", NET, model="UDMPRO", ip="10.0.0.1"))
-    inv.add_device(_dev(SW_MAC, "switch", NET, model="US24P250", uplink_source_id=f"unifi:device:{GW_MAC}"))
-    inv.add_device(_dev(AP_MAC, "access_point", NET, model="U7PG2", uplink_source_id=f"unifi:device:{SW_MAC}"))
-    inv.clients.append(InventoryClient("unifi:client:b8:ca:3a:00:00:01", None, "b8:ca:3a:00:00:01",
-                                       hostname="LAPTOP-1", vendor="Dell Inc.", site_source_id=SITE,
-                                       uplink_source_id=f"unifi:device:{AP_MAC}", provenance=NET))  # fmt: skip
+    inv.add_device(
+        _dev(SW_MAC, "switch", NET, model="US24P250", uplink_source_id=f"unifi:device:{GW_MAC}")
+    )
+    inv.add_device(
+        _dev(AP_MAC, "access_point", NET, model="U7PG2", uplink_source_id=f"unifi:device:{SW_MAC}")
+    )
+    inv.clients.append(
+        InventoryClient(
+            "unifi:client:b8:ca:3a:00:00:01",
+            None,
+            "b8:ca:3a:00:00:01",
+            hostname="LAPTOP-1",
+            vendor="Dell Inc.",
+            site_source_id=SITE,
+            uplink_source_id=f"unifi:device:{AP_MAC}",
+            provenance=NET,
+        )
+    )
     return inv
 
 
 def test_records_in_order_with_classes_and_mapped_fields() -> None:
     result = transform(_estate())
     assert [r.table for r in result.records] == [
-        "cmn_location", "cmdb_ci_ip_router", "cmdb_ci_ip_switch", "cmdb_ci_wap_network",
-        "cmdb_ci_computer"]  # fmt: skip
+        "cmn_location",
+        "cmdb_ci_ip_router",
+        "cmdb_ci_ip_switch",
+        "cmdb_ci_wap_network",
+        "cmdb_ci_computer",
+    ]
     gateway = result.records[1]
     assert gateway.values["mac_address"] == GW_MAC
     assert gateway.values["manufacturer"] == "Ubiquiti Inc."
@@ -66,7 +90,10 @@ def test_records_in_order_with_classes_and_mapped_fields() -> None:
 
 
 def test_relationships_use_real_rel_type_names() -> None:
-    rels = {(r.parent_source_id, r.child_source_id, r.type_name) for r in transform(_estate()).relationships}
+    rels = {
+        (r.parent_source_id, r.child_source_id, r.type_name)
+        for r in transform(_estate()).relationships
+    }
     gw, sw, ap = (f"unifi:device:{m}" for m in (GW_MAC, SW_MAC, AP_MAC))
     assert (sw, gw, CONNECTS_TO) in rels and (ap, sw, CONNECTS_TO) in rels
     assert (sw, gw, DEPENDS_ON) in rels and (ap, gw, DEPENDS_ON) in rels
@@ -88,19 +115,36 @@ def test_invalid_record_quarantined_with_reasons_and_its_relationships_dropped()
 
 def test_rejected_items_become_quarantined_with_a_reason() -> None:
     inv = Inventory()
-    inv.rejected.append(RejectedItem("network", "device", "uplink: Input should be a valid dictionary",
-                                     {"_id": "abc", "mac": "fc:ec:da:00:00:09"}))  # fmt: skip
+    inv.rejected.append(
+        RejectedItem(
+            "network",
+            "device",
+            "uplink: Input should be a valid dictionary",
+            {"_id": "abc", "mac": "fc:ec:da:00:00:09"},
+        )
+    )
     (held,) = transform(inv).quarantined
     assert held.reasons[0].rule == "unparseable" and "uplink" in held.reasons[0].message
 
 
 def test_duplicates_across_sources_resolved_to_richest_and_reported() -> None:
     a = Inventory(provenance=[SM])
-    a.add_device(_dev(SW_MAC, "switch", SM, name="Core Switch", model="US24P250",
-                      model_name="USW 24 PoE"))  # fmt: skip
+    a.add_device(
+        _dev(SW_MAC, "switch", SM, name="Core Switch", model="US24P250", model_name="USW 24 PoE")
+    )
     b = Inventory(provenance=[NET])
-    b.add_device(_dev(SW_MAC, "switch", NET, name="Core Switch", model="US24P250",
-                      serial="FCECDA112233", firmware="7.0.50", ip="10.0.0.2"))  # fmt: skip
+    b.add_device(
+        _dev(
+            SW_MAC,
+            "switch",
+            NET,
+            name="Core Switch",
+            model="US24P250",
+            serial="FCECDA112233",
+            firmware="7.0.50",
+            ip="10.0.0.2",
+        )
+    )
     c = Inventory(provenance=[INT])
     c.add_device(_dev(SW_MAC, "switch", INT, name="Core Switch (int)", model="USW 24 PoE"))
     result = transform(Inventory.merge(a, b, c))
@@ -119,8 +163,7 @@ def test_duplicate_resolution_is_independent_of_input_order() -> None:
         for i in order:
             prov = [NET, SM, INT][i]
             inv = Inventory(provenance=[prov])
-            inv.add_device(_dev(SW_MAC, "switch", prov, name=f"name-{prov.source}",
-                                model="US8"))  # fmt: skip
+            inv.add_device(_dev(SW_MAC, "switch", prov, name=f"name-{prov.source}", model="US8"))
             parts.append(inv)
         return Inventory.merge(*parts)
 
@@ -141,8 +184,11 @@ def test_stale_warning_travels_into_the_result() -> None:
 
 def test_quality_frame_and_events() -> None:
     inv = _estate()
-    inv.clients.append(InventoryClient("unifi:client:4a:29:ca:c4:41:aa", "phone",
-                                       "4a:29:ca:c4:41:aa", provenance=NET))  # fmt: skip
+    inv.clients.append(
+        InventoryClient(
+            "unifi:client:4a:29:ca:c4:41:aa", "phone", "4a:29:ca:c4:41:aa", provenance=NET
+        )
+    )
     inv.clients.append(InventoryClient("unifi:client:network:x", None, "zz", provenance=NET))
     result = transform(inv)
     frame = quality_frame(result)
@@ -154,3 +200,22 @@ def test_quality_frame_and_events() -> None:
     issues = [e for e in logs if e["event"] == "data_quality_issue"]
     assert {e["issue_type"] for e in issues} == {"randomized_mac", "required", "mac_format"}
     assert summary["quarantined"] == 1 and any(e["event"] == "data_quality_summary" for e in logs)
+
+
+def test_unknown_site_reference_is_dropped_with_a_warning() -> None:
+    inv = _estate()
+    inv.sites.clear()
+    result = transform(inv)
+    assert all("location" not in r.references for r in result.records)
+    assert {i.rule for i in result.issues} == {"unknown_location"}
+    assert result.quarantined == []
+
+
+def test_transform_does_not_modify_the_inventory() -> None:
+    a = Inventory(provenance=[SM])
+    a.add_device(_dev(SW_MAC, "switch", SM, model="US8", model_name="US 8"))
+    b = Inventory(provenance=[NET])
+    b.add_device(_dev(SW_MAC, "switch", NET, model="US8", serial="FCECDA112233", ip="10.0.0.2"))
+    merged = Inventory.merge(a, b)
+    transform(merged)
+    assert merged.switches[1].model_name is None  # the winner was filled on a copy

@@ -10,8 +10,11 @@ from snowkit.cmdb.validation import has_errors, sanitize_value, validate_record
 
 
 def _record(kind: str = "switch", **values: str) -> CMDBRecord:
-    base = {"name": "Core Switch", "mac_address": "fc:ec:da:11:22:33",
-            "u_unifi_source_id": "unifi:device:fc:ec:da:11:22:33"}  # fmt: skip
+    base = {
+        "name": "Core Switch",
+        "mac_address": "fc:ec:da:11:22:33",
+        "u_unifi_source_id": "unifi:device:fc:ec:da:11:22:33",
+    }
     base.update(values)
     return CMDBRecord("cmdb_ci_ip_switch", base["u_unifi_source_id"], base, kind)
 
@@ -37,8 +40,12 @@ def test_identity_problems_are_errors() -> None:
 
 
 def test_site_needs_no_mac() -> None:
-    site = CMDBRecord("cmn_location", "unifi:site:1", {"name": "Büro",
-                      "u_unifi_source_id": "unifi:site:1"}, "location")  # fmt: skip
+    site = CMDBRecord(
+        "cmn_location",
+        "unifi:site:1",
+        {"name": "Büro", "u_unifi_source_id": "unifi:site:1"},
+        "location",
+    )
     assert validate_record(site) == []
 
 
@@ -46,15 +53,24 @@ def test_bad_optional_values_are_warnings_and_dropped() -> None:
     record = _record(ip_address="999.1.2.3", serial_number="**REDACTED**")
     issues = validate_record(record)
     assert {(i.field, i.rule, i.severity) for i in issues} == {
-        ("ip_address", "ip_format", "warning"), ("serial_number", "serial_format", "warning")}
+        ("ip_address", "ip_format", "warning"),
+        ("serial_number", "serial_format", "warning"),
+    }
     assert "ip_address" not in record.values and "serial_number" not in record.values
     assert not has_errors(issues)
 
 
 def test_randomized_client_mac_is_a_warning_only() -> None:
-    record = CMDBRecord("cmdb_ci_hardware", "unifi:client:4a:29:ca:c4:41:aa",
-                        {"name": "phone", "mac_address": "4a:29:ca:c4:41:aa",
-                         "u_unifi_source_id": "unifi:client:4a:29:ca:c4:41:aa"}, "client")  # fmt: skip
+    record = CMDBRecord(
+        "cmdb_ci_hardware",
+        "unifi:client:4a:29:ca:c4:41:aa",
+        {
+            "name": "phone",
+            "mac_address": "4a:29:ca:c4:41:aa",
+            "u_unifi_source_id": "unifi:client:4a:29:ca:c4:41:aa",
+        },
+        "client",
+    )
     assert _rules(record) == {"randomized_mac": "warning"}
 
 
@@ -73,11 +89,25 @@ def test_sanitized_values_are_printable_and_bounded(text: str) -> None:
     assert not any(ord(ch) < 32 or 0x7F <= ord(ch) <= 0x9F for ch in out)
 
 
-@given(st.dictionaries(st.sampled_from(["name", "mac_address", "ip_address", "serial_number",
-                                        "firmware_version", "u_unifi_source_id"]),
-                       st.text(max_size=300)),
-       st.sampled_from(["client", "switch", "location"]))  # fmt: skip
-def test_validation_never_crashes_and_every_error_names_a_field(values: dict[str, str], kind: str) -> None:
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "name",
+                "mac_address",
+                "ip_address",
+                "serial_number",
+                "firmware_version",
+                "u_unifi_source_id",
+            ]
+        ),
+        st.text(max_size=300),
+    ),
+    st.sampled_from(["client", "switch", "location"]),
+)
+def test_validation_never_crashes_and_every_error_names_a_field(
+    values: dict[str, str], kind: str
+) -> None:
     record = CMDBRecord("t", "unifi:x", dict(values), kind)
     for issue in validate_record(record):
         assert issue.field and issue.rule and issue.message

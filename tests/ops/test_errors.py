@@ -318,3 +318,22 @@ def test_exception_message_carries_guidance_but_no_secret(clean_secrets) -> None
     err = AuthenticationError("rejected token tok-123456789")
     assert "tok-123456789" not in str(err) and "What to do" in str(err)
     assert err.context.retryable is False and err.category is ErrorCategory.AUTHENTICATION
+
+
+def test_package_exports_every_ops_name() -> None:
+    import snowkit.ops as ops
+
+    for name in ("ErrorHandler", "RetryManager", "CircuitBreaker", "configure_logging", "redact"):
+        assert getattr(ops, name) is not None
+    assert "MetricsCollector" in dir(ops) and "verify_audit" in ops.__all__
+    with pytest.raises(AttributeError):
+        _ = ops.NoSuchThing
+
+
+def test_classify_uses_the_method_the_request_carried(canned_server) -> None:
+    from snowkit.ops.errors import classify
+
+    url = canned_server.route("/slow2", CannedResponse(200, delay=0.4))
+    with pytest.raises(requests.ReadTimeout) as info:
+        requests.patch(url, json={}, timeout=(2, 0.05))
+    assert classify(info.value).category is ErrorCategory.AMBIGUOUS_WRITE

@@ -146,7 +146,35 @@ def test_credentials_never_reveal_values() -> None:
     some = _run(HealthMonitor(credentials=FakeCredentials({"api_key": True, "basic": False})))
     check = some["credentials"]
     assert check.status is HealthStatus.HEALTHY
-    assert check.details == {"available_methods": ["api_key"], "unavailable_methods": ["basic"]}
+    assert check.details["available_methods"] == ["api_key"]
+    assert check.details["unavailable_methods"] == ["basic"]
+
+
+def test_credentials_judged_on_auth_methods_not_sources() -> None:
+    report = {
+        "instance_configured": True,
+        "op_installed": True,
+        "op_signed_in": False,
+        "op_references": True,
+        "env_username": True,
+        "api_key": False,
+        "oauth": False,
+        "basic": False,
+    }
+    check = _run(HealthMonitor(credentials=FakeCredentials(report)))["credentials"]
+    assert check.status is HealthStatus.UNHEALTHY
+    assert "op signin" in check.message
+    assert "instance_configured" in check.details["sources_available"]
+
+
+def test_with_a_real_credential_manager() -> None:
+    from snowkit.credentials import CredentialManager
+
+    manager = CredentialManager.static(basic=("admin", "s3cret-pass"))
+    check = _run(HealthMonitor(credentials=manager))["credentials"]
+    assert check.status is HealthStatus.HEALTHY
+    assert check.details["available_methods"] == ["basic"]
+    assert "s3cret-pass" not in orjson.dumps(check.to_dict()).decode()
 
 
 def test_system_resources_thresholds(tmp_path: Path) -> None:
@@ -230,3 +258,40 @@ def test_simple_return_values_are_accepted(value: object) -> None:
     monitor = HealthMonitor()
     monitor.register_check("custom", lambda: value)
     assert _run(monitor)["custom"].status in {HealthStatus.HEALTHY, HealthStatus.DEGRADED}
+
+
+def test_against_the_embedded_instance() -> None:
+    """Black-box over loopback HTTP: the real client, the sandbox, hibernation, a bad password."""
+    from snowkit.credentials import CredentialManager
+    from snowkit.sandbox import Sandbox
+    from snowkit.servicenow import ServiceNowAPIClient
+
+    with Sandbox.start(https=False) as sandbox:
+        credentials = CredentialManager.static(basic=("admin", sandbox.users["admin"]))
+        metrics = MetricsCollector()
+        client = ServiceNowAPIClient(
+            sandbox.url, credentials, metrics=metrics, sleep=lambda _: None
+        )
+        monitor = HealthMonitor(client=client, credentials=credentials, metrics=metrics)
+        checks = monitor.run_all_checks_sync(timeout_seconds=10)
+        assert checks["servicenow"].status is HealthStatus.HEALTHY, checks["servicenow"].message
+        assert checks["servicenow"].component_id == "127.0.0.1"
+        assert monitor.to_health_json(checks)["checks"]["servicenow:responseTime"][0]["status"] in {
+            "pass",
+            "warn",
+        }
+
+        sandbox.set_faults({"hibernating": True})
+        asleep = monitor.run_all_checks_sync(timeout_seconds=10)["servicenow"]
+        assert asleep.status is HealthStatus.UNHEALTHY
+        assert "developer.servicenow.com" in asleep.message
+        sandbox.set_faults(None)
+
+        wrong = CredentialManager.static(basic=("admin", "wrong-password-1"))
+        rejected_client = ServiceNowAPIClient(sandbox.url, wrong, sleep=lambda _: None)
+        rejected = HealthMonitor(client=rejected_client).run_all_checks_sync(timeout_seconds=10)
+        check = rejected["servicenow"]
+        assert check.status is HealthStatus.UNHEALTHY
+        assert check.details["reason"] == "authentication"
+        assert "SERVICENOW_PASSWORD" in check.message
+        assert "wrong-password-1" not in orjson.dumps(check.to_dict()).decode()

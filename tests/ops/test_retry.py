@@ -22,7 +22,7 @@ from snowkit.ops.errors import (
 )
 from snowkit.ops.retry import RetryBudget, RetryManager, RetryPolicy, parse_retry_after
 
-from .conftest import FakeClock
+from .conftest import CannedResponse, FakeClock
 
 
 class Flaky:
@@ -271,3 +271,20 @@ def test_parse_retry_after_never_raises_never_negative_capped(value, cap) -> Non
         assert result >= 0
         if cap is not None:
             assert result <= cap
+
+
+def test_raw_requests_timeouts_follow_the_method(canned_server, fake_clock) -> None:
+    url = canned_server.route("/slow", CannedResponse(200, delay=0.4))
+
+    def call(method: str):
+        return lambda: requests.request(method, url, json={"a": 1}, timeout=(2, 0.05))
+
+    mgr = manager(fake_clock)
+    with pytest.raises(requests.ReadTimeout):
+        mgr.execute_with_retry(call("POST"), RetryPolicy(max_attempts=3))
+    posts = [r for r in canned_server.received if r["method"] == "POST"]
+    assert len(posts) == 1  # the ambiguous write was not sent again
+    with pytest.raises(requests.ReadTimeout):
+        mgr.execute_with_retry(call("GET"), RetryPolicy(max_attempts=3))
+    gets = [r for r in canned_server.received if r["method"] == "GET"]
+    assert len(gets) == 3

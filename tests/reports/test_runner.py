@@ -17,6 +17,9 @@ from snowkit.cli import main
 from snowkit.reports import EXIT_FAILED, EXIT_OK, EXIT_USAGE, RunResult, list_runs, run
 
 NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"
+# one worker runs this module's notebooks (under `-n 2 --dist loadgroup`), so each runs once
+pytestmark = pytest.mark.xdist_group("notebook-runs")
+
 CANARY = "canary-Zq9vX2-never-write-me"
 CODE_MARKER = "this-source-line-must-not-reach-the-html"
 
@@ -43,7 +46,7 @@ def passing_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int,
                 "points",
                 "4",
                 "-y",
-                "instance: lab-a",
+                "{instance: lab-a, since: 2026-03-01}",
                 "--timeout",
                 "60",
                 "--reports-dir",
@@ -80,7 +83,7 @@ def test_run_json_records_typed_parameters_versions_and_timings(
     _, run_dir = passing_run
     doc = json.loads((run_dir / "run.json").read_text())
     assert doc["status"] == "ok" and doc["error"] is None
-    assert doc["parameters"] == {"instance": "lab-a", "points": 4}
+    assert doc["parameters"] == {"instance": "lab-a", "points": 4, "since": "2026-03-01"}
     assert doc["run_id"] == run_dir.name and doc["notebook"] == "passing"
     assert set(doc["versions"]) >= {"python", "snowkit", "papermill", "nbconvert", "kernel"}
     assert doc["versions"]["kernel"] == "python3"

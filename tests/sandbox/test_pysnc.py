@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 from pysnc import ServiceNowClient
-from pysnc.auth import ServiceNowPasswordGrantFlow
+from pysnc.auth import ServiceNowClientCredentialsFlow, ServiceNowPasswordGrantFlow
 from pysnc.exceptions import RoleException
 
 from snowkit.sandbox import Sandbox
@@ -144,3 +144,14 @@ def test_very_long_query_goes_through_the_batch_api(client: ServiceNowClient):
     gr.query()
     assert len(gr) == 1
     assert gr.next() and gr.sys_id == sys_id
+
+
+def test_oauth_client_credentials_flow(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch):
+    # pysnc fetches this token with a bare requests.post: only REQUESTS_CA_BUNDLE reaches it
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(sandbox.ca_path))
+    flow = ServiceNowClientCredentialsFlow(
+        sandbox.oauth_client.client_id, sandbox.oauth_client.client_secret
+    )
+    client = ServiceNowClient(sandbox.url, flow, verify=str(sandbox.ca_path))
+    gr = client.GlideRecord("sys_user")
+    assert gr.get("user_name", "admin")

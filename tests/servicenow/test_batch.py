@@ -144,3 +144,66 @@ def test_large_loads_are_chunked(client: ServiceNowAPIClient) -> None:
     results = client.batch(reqs, max_batch_bytes=30_000, max_items=25)
     assert all(r.ok for r in results)
     assert batch_posts(client) >= 3  # 40 items x ~2.7 kB under a 30 kB cap
+
+
+def test_batch_writes_are_audited_in_one_checkpointed_block(sb: Sandbox, admin, tmp_path) -> None:
+    from snowkit.ops.audit import AuditTrail, read_audit, verify_audit
+
+    trail = AuditTrail(tmp_path / "audit.jsonl", key=b"k" * 32, fsync=False)
+    with ServiceNowAPIClient(sb.url, admin, verify=str(sb.ca_path), audit=trail) as c:
+        rec = c.create("incident", {"short_description": "to-patch"})
+        results = c.batch(
+            [
+                BatchRequest(
+                    "POST",
+                    "/api/now/table/incident",
+                    {"short_description": "b-new"},
+                    source_id="s-1",
+                ),
+                BatchRequest(
+                    "PATCH",
+                    f"/api/now/table/incident/{rec['sys_id']}",
+                    {"short_description": "patched"},
+                    before=rec,
+                ),
+                BatchRequest("GET", "/api/now/table/incident?sysparm_limit=1"),  # not audited
+            ]
+        )
+    trail.close()
+    assert all(r.ok for r in results)
+    entries = [e for e in read_audit(tmp_path / "audit.jsonl") if e.get("type") != "checkpoint"]
+    assert [e["action"] for e in entries] == ["create", "create", "update"]
+    created, patched = entries[1], entries[2]
+    assert created["source_id"] == "s-1" and created["sys_id"] == results[0].result["sys_id"]
+    assert patched["before"]["short_description"] == "to-patch"
+    assert patched["after"]["short_description"] == "patched"
+    assert verify_audit(tmp_path / "audit.jsonl", b"k" * 32).ok
+
+
+def test_a_lost_batch_answer_marks_its_writes_ambiguous_and_does_not_raise(
+    sb: Sandbox, admin, fake_sleep, tmp_path
+) -> None:
+    from snowkit.ops.audit import AuditTrail, read_audit
+
+    trail = AuditTrail(tmp_path / "audit.jsonl", key=b"k" * 32, fsync=False)
+    with ServiceNowAPIClient(
+        sb.url, admin, verify=str(sb.ca_path), audit=trail, sleep=fake_sleep
+    ) as c:
+        sb.set_faults({"ambiguous_write_rate": 1.0})
+        results = c.batch([post(1), post(2)])
+        sb.set_faults(None)
+        assert all(r.ambiguous and not r.ok for r in results)
+        assert results[0].error.category.value == "ambiguous_write"
+        assert batch_posts(c) == 1 and fake_sleep.calls == []  # not resent
+    trail.close()
+    outcomes = [e["outcome"] for e in read_audit(tmp_path / "audit.jsonl") if "outcome" in e]
+    assert outcomes == ["ambiguous", "ambiguous"]
+
+
+def test_read_only_batches_are_retried_when_the_answer_is_lost(
+    sb: Sandbox, client: ServiceNowAPIClient, fake_sleep
+) -> None:
+    sb.set_faults({"reset_rate": 1.0})
+    fake_sleep.hook = lambda n: sb.set_faults(None)
+    results = client.batch([BatchRequest("GET", "/api/now/table/incident?sysparm_limit=1")])
+    assert results[0].ok and len(fake_sleep.calls) == 1

@@ -166,3 +166,34 @@ def test_from_config_uses_the_configured_instance(sb: Sandbox, admin: Credential
     with ServiceNowAPIClient.from_config(config, admin, verify=str(sb.ca_path)) as c:
         assert c.instance_url == sb.url and c.workers == 3
         assert c.ping() > 0
+
+
+def test_identify_reconcile_inserts_then_matches(client: ServiceNowAPIClient) -> None:
+    payload = {
+        "items": [
+            {
+                "className": "cmdb_ci_ip_switch",
+                "values": {"name": "ire-sw", "serial_number": "IRE-SN-1"},
+            }
+        ]
+    }
+    dry = client.identify_reconcile(payload, dry_run=True)
+    assert dry["items"][0]["operation"] == "INSERT"
+    assert client.count("cmdb_ci_ip_switch", "serial_number=IRE-SN-1") == 0  # nothing committed
+    first = client.identify_reconcile(payload)
+    again = client.identify_reconcile(payload)  # resending is safe: it matches, not duplicates
+    assert first["items"][0]["operation"] == "INSERT"
+    assert again["items"][0]["sysId"] == first["items"][0]["sysId"]
+    assert client.count("cmdb_ci_ip_switch", "serial_number=IRE-SN-1") == 1
+
+
+def test_proxies_explicit_from_environment_and_never_for_loopback(monkeypatch) -> None:
+    from snowkit.servicenow.transport import resolve_proxies
+
+    explicit = {"https": "http://proxy.corp:3128"}
+    assert resolve_proxies("https://acme.service-now.com", explicit) == explicit
+    assert resolve_proxies("https://127.0.0.1:8443", explicit) == {}
+    monkeypatch.setenv("HTTPS_PROXY", "http://envproxy:8080")
+    monkeypatch.setenv("NO_PROXY", "internal.example")
+    assert resolve_proxies("https://acme.service-now.com")["https"] == "http://envproxy:8080"
+    assert "https" not in resolve_proxies("https://x.internal.example")

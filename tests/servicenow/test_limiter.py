@@ -156,3 +156,12 @@ def test_pacer_prefers_a_server_remaining_header_and_caps_the_delay() -> None:
     assert pacer.remaining == 2
     assert pacer.delay() == 5.0
     assert RateLimitPacer().delay() == 0.0  # no rule, no pacing
+
+
+def test_paced_callers_get_successive_slots() -> None:
+    pacer = RateLimitPacer(max_delay_s=1000, wall_clock=lambda: 0.0)
+    pacer.observe({"X-RateLimit-Limit": "100", "X-RateLimit-Reset": "600"})
+    for _ in range(97):
+        pacer.observe({"X-RateLimit-Limit": "100", "X-RateLimit-Reset": "600"})
+    assert pacer.remaining == 2
+    assert [pacer.delay(), pacer.delay(), pacer.delay()] == [300.0, 600.0, 900.0]

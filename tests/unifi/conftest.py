@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from werkzeug.serving import WSGIRequestHandler, make_server
@@ -38,7 +40,9 @@ class LabServer:
         return self.url + "/sitemanager"
 
 
-def serve(app: LabApp) -> Iterator[LabServer]:
+@contextmanager
+def serve(app: Any) -> Iterator[LabServer]:
+    """Serve a WSGI app on an ephemeral 127.0.0.1 port for the duration of the block."""
     server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=QuietHandler)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
@@ -56,9 +60,11 @@ def small_lab_config() -> LabConfig:
 
 @pytest.fixture
 def lab_server(small_lab_config: LabConfig) -> Iterator[LabServer]:
-    app = lab_app(generate_lab(small_lab_config), api_key=API_KEY, username=USERNAME,
-                  password=PASSWORD)  # fmt: skip
-    yield from serve(app)
+    app = lab_app(
+        generate_lab(small_lab_config), api_key=API_KEY, username=USERNAME, password=PASSWORD
+    )
+    with serve(app) as server:
+        yield server
 
 
 @dataclass
@@ -77,6 +83,7 @@ def sleeps() -> Sleeps:
 @pytest.fixture
 def retry_manager(sleeps: Sleeps) -> RetryManager:
     """Retries without waiting: every back-off goes to ``sleeps``."""
-    policy = RetryPolicy(max_attempts=3, base_delay_seconds=0.01, max_delay_seconds=0.05,
-                         jitter=False)  # fmt: skip
+    policy = RetryPolicy(
+        max_attempts=3, base_delay_seconds=0.01, max_delay_seconds=0.05, jitter=False
+    )
     return RetryManager(policy, sleep=sleeps)

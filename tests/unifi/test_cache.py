@@ -19,10 +19,20 @@ def _inventory() -> Inventory:
     prov = Provenance("network", fetched_at="2026-01-01T00:00:00+00:00")
     inv = Inventory(provenance=[prov])
     inv.sites.append(InventorySite("unifi:site:1", "Büro", "default", "1", None, prov))
-    inv.add_device(InventoryDevice("unifi:device:fc:ec:da:00:00:01", "switch", "Café Switch",
-                                   "fc:ec:da:00:00:01", provenance=prov))  # fmt: skip
-    inv.clients.append(InventoryClient("unifi:client:a4:83:e7:00:00:02", "会議室 PC",
-                                       "a4:83:e7:00:00:02", provenance=prov))  # fmt: skip
+    inv.add_device(
+        InventoryDevice(
+            "unifi:device:fc:ec:da:00:00:01",
+            "switch",
+            "Café Switch",
+            "fc:ec:da:00:00:01",
+            provenance=prov,
+        )
+    )
+    inv.clients.append(
+        InventoryClient(
+            "unifi:client:a4:83:e7:00:00:02", "会議室 PC", "a4:83:e7:00:00:02", provenance=prov
+        )
+    )
     return inv
 
 

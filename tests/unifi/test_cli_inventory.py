@@ -18,23 +18,52 @@ def _write(tmp_path: Path, name: str, document: object) -> str:
     return str(path)
 
 
-DEVICES = {"meta": {"rc": "ok"}, "data": [
-    {"_id": "d1", "mac": "78:8a:20:33:44:55", "serial": "788A20334455", "model": "UGW3",
-     "type": "ugw", "name": "USG", "ip": "1.2.3.4", "site_id": "s1"},
-    {"_id": "d2", "mac": "80:2a:a8:00:01:02", "model": "U7PG2", "type": "uap", "name": "Büro-AP",
-     "site_id": "s1", "uplink": {"uplink_mac": "78:8a:20:33:44:55"}},
-    {"_id": "d3", "mac": "not-a-mac", "model": "US8", "type": "usw", "name": "Café Switch"},
-]}  # fmt: skip
-CLIENTS = {"meta": {"rc": "ok"}, "data": [
-    {"_id": "c1", "mac": "b8:ca:3a:00:00:01", "hostname": "LAPTOP-1", "ip": "10.0.0.5",
-     "ap_mac": "80:2a:a8:00:01:02", "site_id": "s1"},
-]}  # fmt: skip
+DEVICES = {
+    "meta": {"rc": "ok"},
+    "data": [
+        {
+            "_id": "d1",
+            "mac": "78:8a:20:33:44:55",
+            "serial": "788A20334455",
+            "model": "UGW3",
+            "type": "ugw",
+            "name": "USG",
+            "ip": "1.2.3.4",
+            "site_id": "s1",
+        },
+        {
+            "_id": "d2",
+            "mac": "80:2a:a8:00:01:02",
+            "model": "U7PG2",
+            "type": "uap",
+            "name": "Büro-AP",
+            "site_id": "s1",
+            "uplink": {"uplink_mac": "78:8a:20:33:44:55"},
+        },
+        {"_id": "d3", "mac": "not-a-mac", "model": "US8", "type": "usw", "name": "Café Switch"},
+    ],
+}
+CLIENTS = {
+    "meta": {"rc": "ok"},
+    "data": [
+        {
+            "_id": "c1",
+            "mac": "b8:ca:3a:00:00:01",
+            "hostname": "LAPTOP-1",
+            "ip": "10.0.0.5",
+            "ap_mac": "80:2a:a8:00:01:02",
+            "site_id": "s1",
+        },
+    ],
+}
 SITES = {"meta": {"rc": "ok"}, "data": [{"_id": "s1", "name": "default", "desc": "Zentrale"}]}
 
 
 def test_text_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    files = [_write(tmp_path, n, d) for n, d in
-             (("dev.json", DEVICES), ("sta.json", CLIENTS), ("sites.json", SITES))]  # fmt: skip
+    files = [
+        _write(tmp_path, n, d)
+        for n, d in (("dev.json", DEVICES), ("sta.json", CLIENTS), ("sites.json", SITES))
+    ]
     assert main(["inventory", *files]) == 0
     out = capsys.readouterr().out
     assert "cmdb_ci_ip_router" in out and "cmdb_ci_computer" in out and "cmn_location" in out
@@ -46,8 +75,11 @@ def test_json_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     files = [_write(tmp_path, "dev.json", DEVICES), _write(tmp_path, "sta.json", CLIENTS)]
     assert main(["inventory", "--json", *files]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["records"] == {"cmdb_ci_computer": 1, "cmdb_ci_ip_router": 1,
-                              "cmdb_ci_wap_network": 1}  # fmt: skip
+    assert doc["records"] == {
+        "cmdb_ci_computer": 1,
+        "cmdb_ci_ip_router": 1,
+        "cmdb_ci_wap_network": 1,
+    }
     assert doc["files"][files[0]] == "network.devices"
     (held,) = doc["quarantined"]
     assert held["reasons"][0]["rule"] == "mac_format" and held["reasons"][0]["value"] == "not-a-mac"
@@ -55,10 +87,15 @@ def test_json_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [(None, "no such file"), ("{not json", "not JSON"), ('{"hello": 1}', "not a response of a known")],
+    [
+        (None, "no such file"),
+        ("{not json", "not JSON"),
+        ('{"hello": 1}', "not a response of a known"),
+    ],
 )
-def test_unreadable_files_exit_2_with_message(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                               content: str | None, message: str) -> None:  # fmt: skip
+def test_unreadable_files_exit_2_with_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None, message: str
+) -> None:
     path = tmp_path / "x.json"
     if content is not None:
         path.write_text(content)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
 import pytest
 import structlog
@@ -30,9 +29,12 @@ def _network(server: LabServer, retry: RetryManager, **kw: object) -> NetworkApp
     return NetworkAppCollector(server.network, USERNAME, PASSWORD, retry_manager=retry, **kw)  # type: ignore[arg-type]
 
 
-def test_sitemanager_collects_with_next_token_paging(lab_server: LabServer, retry_manager: RetryManager) -> None:
-    collector = SiteManagerCollector(lab_server.sitemanager, API_KEY, page_size=1,
-                                     retry_manager=retry_manager)  # fmt: skip
+def test_sitemanager_collects_with_next_token_paging(
+    lab_server: LabServer, retry_manager: RetryManager
+) -> None:
+    collector = SiteManagerCollector(
+        lab_server.sitemanager, API_KEY, page_size=1, retry_manager=retry_manager
+    )
     inv = collector.collect()
     assert inv.counts() | {"clients": 0} == inv.counts()
     assert len(inv.sites) == 2 and len(inv.gateways) == 2
@@ -41,7 +43,9 @@ def test_sitemanager_collects_with_next_token_paging(lab_server: LabServer, retr
     assert all(d.site_source_id for d in inv.devices())
 
 
-def test_network_app_logs_in_once_and_reuses_session(lab_server: LabServer, retry_manager: RetryManager) -> None:
+def test_network_app_logs_in_once_and_reuses_session(
+    lab_server: LabServer, retry_manager: RetryManager
+) -> None:
     inv = _network(lab_server, retry_manager).collect()
     assert lab_server.app.logins == 1
     assert len(inv.sites) == 2
@@ -49,7 +53,9 @@ def test_network_app_logs_in_once_and_reuses_session(lab_server: LabServer, retr
     assert len(inv.gateways) == 2 and all(g.ip and g.ip.startswith("10.") for g in inv.gateways)
 
 
-def test_network_app_relogs_once_after_session_expiry(lab_server: LabServer, retry_manager: RetryManager) -> None:
+def test_network_app_relogs_once_after_session_expiry(
+    lab_server: LabServer, retry_manager: RetryManager
+) -> None:
     collector = _network(lab_server, retry_manager)
     collector.collect()
     lab_server.app.expire_sessions()
@@ -58,9 +64,13 @@ def test_network_app_relogs_once_after_session_expiry(lab_server: LabServer, ret
 
 
 def test_network_app_falls_back_to_classic_login(retry_manager: RetryManager) -> None:
-    app = lab_app(generate_lab(LabConfig(sites=1, clients_per_site=5)), username=USERNAME,
-                  password=PASSWORD, unifi_os=False)  # fmt: skip
-    for server in serve(app):
+    app = lab_app(
+        generate_lab(LabConfig(sites=1, clients_per_site=5)),
+        username=USERNAME,
+        password=PASSWORD,
+        unifi_os=False,
+    )
+    with serve(app) as server:
         collector = _network(server, retry_manager)
         inv = collector.collect()
         assert collector.unifi_os is False and len(inv.clients) >= 5
@@ -71,15 +81,18 @@ def test_network_app_falls_back_to_classic_login(retry_manager: RetryManager) ->
 def test_wrong_password_is_an_authentication_error_without_the_secret(
     lab_server: LabServer, retry_manager: RetryManager
 ) -> None:
-    collector = NetworkAppCollector(lab_server.network, USERNAME, "wrong-Secret-123",
-                                    retry_manager=retry_manager)  # fmt: skip
+    collector = NetworkAppCollector(
+        lab_server.network, USERNAME, "wrong-Secret-123", retry_manager=retry_manager
+    )
     with pytest.raises(AuthorizationError) as info:
         collector.collect()
     assert "wrong-Secret-123" not in str(info.value)
     assert "read-only local account" in str(info.value)  # says what to do
 
 
-def test_wrong_api_key_is_an_authentication_error(lab_server: LabServer, retry_manager: RetryManager) -> None:
+def test_wrong_api_key_is_an_authentication_error(
+    lab_server: LabServer, retry_manager: RetryManager
+) -> None:
     with pytest.raises(AuthenticationError) as info:
         IntegrationCollector(lab_server.network, "nope-key", retry_manager=retry_manager).collect()
     assert info.value.context.http_status == 401 and "nope-key" not in str(info.value)
@@ -87,9 +100,12 @@ def test_wrong_api_key_is_an_authentication_error(lab_server: LabServer, retry_m
         SiteManagerCollector(lab_server.sitemanager, "nope", retry_manager=retry_manager).collect()
 
 
-def test_integration_pages_until_total_count(lab_server: LabServer, retry_manager: RetryManager) -> None:
-    inv = IntegrationCollector(lab_server.network, API_KEY, page_size=7,
-                               retry_manager=retry_manager).collect()  # fmt: skip
+def test_integration_pages_until_total_count(
+    lab_server: LabServer, retry_manager: RetryManager
+) -> None:
+    inv = IntegrationCollector(
+        lab_server.network, API_KEY, page_size=7, retry_manager=retry_manager
+    ).collect()
     assert len(inv.clients) == 60
     client_pages = [r for r in lab_server.app.requests if r.endswith("/clients")]
     assert len(client_pages) == 2 * 5  # ceil(30 / 7) pages per site
@@ -111,18 +127,14 @@ def test_5xx_is_retried(lab_server: LabServer, retry_manager: RetryManager, slee
     assert len(sleeps.calls) == 2 and inv.gateways
 
 
-def _capture() -> Iterator[list[dict[str, object]]]:
-    with structlog.testing.capture_logs() as logs:
-        yield logs
-
-
 def test_source_down_returns_cached_inventory_marked_stale(
     lab_server: LabServer, retry_manager: RetryManager
 ) -> None:
     now = [1_000.0]
     cache = LastKnownGoodCache(clock=lambda: now[0])
-    collector = IntegrationCollector(lab_server.network, API_KEY, retry_manager=retry_manager,
-                                     cache=cache)  # fmt: skip
+    collector = IntegrationCollector(
+        lab_server.network, API_KEY, retry_manager=retry_manager, cache=cache
+    )
     fresh = collector.collect()
     assert not fresh.stale
     lab_server.app.down = True
@@ -136,7 +148,9 @@ def test_source_down_returns_cached_inventory_marked_stale(
     assert events and events[0]["log_level"] == "warning" and events[0]["age_seconds"] == 3600
 
 
-def test_source_down_without_cache_says_what_to_do(lab_server: LabServer, retry_manager: RetryManager) -> None:
+def test_source_down_without_cache_says_what_to_do(
+    lab_server: LabServer, retry_manager: RetryManager
+) -> None:
     lab_server.app.down = True
     with pytest.raises(SourceUnavailableError) as info:
         SiteManagerCollector(lab_server.sitemanager, API_KEY, retry_manager=retry_manager).collect()
@@ -147,10 +161,12 @@ def test_source_down_without_cache_says_what_to_do(lab_server: LabServer, retry_
 def test_open_breaker_answers_from_cache_without_calling(
     lab_server: LabServer, retry_manager: RetryManager
 ) -> None:
-    breaker = CircuitBreaker(failure_threshold=1, recovery_timeout_seconds=600, name="unifi-test",
-                             log_transitions=False)  # fmt: skip
-    collector = SiteManagerCollector(lab_server.sitemanager, API_KEY, retry_manager=retry_manager,
-                                     breaker=breaker)  # fmt: skip
+    breaker = CircuitBreaker(
+        failure_threshold=1, recovery_timeout_seconds=600, name="unifi-test", log_transitions=False
+    )
+    collector = SiteManagerCollector(
+        lab_server.sitemanager, API_KEY, retry_manager=retry_manager, breaker=breaker
+    )
     collector.collect()
     lab_server.app.down = True
     collector.collect()  # fails after retries → breaker opens, cache answers
@@ -160,7 +176,9 @@ def test_open_breaker_answers_from_cache_without_calling(
     assert inv.stale and len(lab_server.app.requests) == calls  # breaker open: no request
 
 
-def test_unknown_site_name_is_a_configuration_error(lab_server: LabServer, retry_manager: RetryManager) -> None:
+def test_unknown_site_name_is_a_configuration_error(
+    lab_server: LabServer, retry_manager: RetryManager
+) -> None:
     collector = _network(lab_server, retry_manager, sites=["Default Site"])
     with pytest.raises(Exception, match="short name"):
         collector.collect()
@@ -176,13 +194,16 @@ def _broken_integration(environ, start_response):  # type: ignore[no-untyped-def
 
 
 def test_integration_count_mismatch_is_detected(retry_manager: RetryManager) -> None:
-    for server in serve(_broken_integration):  # type: ignore[arg-type]
-        with pytest.raises(UnexpectedResponseError, match="count 2 != 1"):
-            IntegrationCollector(server.url, API_KEY, retry_manager=retry_manager).collect()
+    with (
+        serve(_broken_integration) as server,
+        pytest.raises(UnexpectedResponseError, match="count 2 != 1"),
+    ):
+        IntegrationCollector(server.url, API_KEY, retry_manager=retry_manager).collect()
 
 
-def test_secrets_never_reach_the_log(lab_server: LabServer, retry_manager: RetryManager,
-                                     caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+def test_secrets_never_reach_the_log(
+    lab_server: LabServer, retry_manager: RetryManager, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     with structlog.testing.capture_logs() as logs:
         _network(lab_server, retry_manager).collect()
@@ -191,9 +212,13 @@ def test_secrets_never_reach_the_log(lab_server: LabServer, retry_manager: Retry
     assert PASSWORD not in text and API_KEY not in text
 
 
-def test_merged_inventory_from_all_three_apis(lab_server: LabServer, retry_manager: RetryManager) -> None:
+def test_merged_inventory_from_all_three_apis(
+    lab_server: LabServer, retry_manager: RetryManager
+) -> None:
     parts = [
-        SiteManagerCollector(lab_server.sitemanager, API_KEY, retry_manager=retry_manager).collect(),
+        SiteManagerCollector(
+            lab_server.sitemanager, API_KEY, retry_manager=retry_manager
+        ).collect(),
         _network(lab_server, retry_manager).collect(),
         IntegrationCollector(lab_server.network, API_KEY, retry_manager=retry_manager).collect(),
     ]
@@ -201,3 +226,19 @@ def test_merged_inventory_from_all_three_apis(lab_server: LabServer, retry_manag
     # Integration UUID sites fold into the legacy/Site Manager ObjectId sites (same short name).
     assert len({s.source_id for s in merged.sites}) == 2
     assert {p.source for p in merged.provenance} == {"sitemanager", "network", "integration"}
+
+
+def test_classic_wrong_password_is_an_authentication_error(retry_manager: RetryManager) -> None:
+    app = lab_app(
+        generate_lab(LabConfig(sites=1, clients_per_site=1)),
+        username=USERNAME,
+        password=PASSWORD,
+        unifi_os=False,
+    )
+    with serve(app) as server:
+        collector = NetworkAppCollector(
+            server.network, USERNAME, "nope-Secret-9", retry_manager=retry_manager
+        )
+        with pytest.raises(AuthenticationError, match="rejected the username or password") as info:
+            collector.collect()
+    assert "nope-Secret-9" not in str(info.value)

@@ -6,12 +6,14 @@ import time
 
 import pytest
 
-from snowkit.unifi.lab import LabConfig, generate_lab
-from snowkit.unifi.lab import catalog
+from snowkit.unifi.lab import LabConfig, catalog, generate_lab
 from snowkit.unifi.models.common import is_randomized_mac, normalize_mac
 
-KNOWN_CODES = {m.code for group in (catalog.GATEWAYS, catalog.SWITCHES, catalog.ACCESS_POINTS,
-                                    catalog.OTHER_GEAR) for m in group}  # fmt: skip
+KNOWN_CODES = {
+    m.code
+    for group in (catalog.GATEWAYS, catalog.SWITCHES, catalog.ACCESS_POINTS, catalog.OTHER_GEAR)
+    for m in group
+}
 
 
 def test_same_seed_same_lab_and_different_seed_differs() -> None:
@@ -51,15 +53,20 @@ def test_clients_have_vendors_uplinks_and_some_randomized_macs() -> None:
 
 
 def test_defect_and_duplicate_rates_are_honoured() -> None:
-    lab = generate_lab(LabConfig(sites=2, clients_per_site=2000, defect_rate=0.1,
-                                 duplicate_rate=0.05))  # fmt: skip
+    lab = generate_lab(
+        LabConfig(sites=2, clients_per_site=2000, defect_rate=0.1, duplicate_rate=0.05)
+    )
     clients = [c for s in lab.sites for c in lab.clients(s.index)]
     defects = sum(1 for c in clients if c.defect)
     duplicates = sum(1 for c in clients if c.duplicate)
     assert 0.07 * len(clients) < defects < 0.13 * len(clients)
     assert 0.03 * len(clients) < duplicates < 0.07 * len(clients)
     assert {c.defect for c in clients if c.defect} == {
-        "bad_mac", "bad_ip", "missing_name_and_mac", "empty_serial", "absurd_value"}
+        "bad_mac",
+        "bad_ip",
+        "missing_name_and_mac",
+        "absurd_value",
+    }
 
 
 def test_no_defects_at_rate_zero() -> None:

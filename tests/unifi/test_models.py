@@ -53,14 +53,38 @@ def test_sitemanager_quirks_null_reported_state_and_empty_timestamps() -> None:
 
 
 def test_site_manager_devices_map_to_site_of_their_host_and_serial_from_host() -> None:
-    hosts = [{"id": "H1", "reportedState": {"hardware": {"mac": "F4E2C6C23F13",
-                                                         "serialno": "f4e2c6c23f13"}}}]
-    sites = [{"siteId": "661de833b6b2463f0c20b319", "hostId": "H1",
-              "meta": {"name": "default", "desc": "Büro"}}]
-    devices = [{"hostId": "H1", "devices": [
-        {"id": "F4E2C6C23F13", "mac": "F4E2C6C23F13", "model": "UDM SE", "shortname": "UDMPROSE"},
-        {"id": "AABBCCDDEEF0", "mac": "AABBCCDDEEF0", "model": "USW Flex Mini",
-         "shortname": "USMINI"}]}]  # fmt: skip
+    hosts = [
+        {
+            "id": "H1",
+            "reportedState": {"hardware": {"mac": "F4E2C6C23F13", "serialno": "f4e2c6c23f13"}},
+        }
+    ]
+    sites = [
+        {
+            "siteId": "661de833b6b2463f0c20b319",
+            "hostId": "H1",
+            "meta": {"name": "default", "desc": "Büro"},
+        }
+    ]
+    devices = [
+        {
+            "hostId": "H1",
+            "devices": [
+                {
+                    "id": "F4E2C6C23F13",
+                    "mac": "F4E2C6C23F13",
+                    "model": "UDM SE",
+                    "shortname": "UDMPROSE",
+                },
+                {
+                    "id": "AABBCCDDEEF0",
+                    "mac": "AABBCCDDEEF0",
+                    "model": "USW Flex Mini",
+                    "shortname": "USMINI",
+                },
+            ],
+        }
+    ]
     inv = from_sitemanager(hosts, sites, devices, Provenance("sitemanager"))
     gateway, switch = inv.gateways[0], inv.switches[0]
     assert gateway.source_id == "unifi:device:f4:e2:c6:c2:3f:13"
@@ -126,8 +150,11 @@ def test_stat_sta_object_id_is_not_taken_for_a_mac() -> None:
 
 
 def test_bad_items_are_rejected_with_reason_and_others_kept() -> None:
-    devices = [{"_id": "a", "mac": "fc:ec:da:11:22:33", "type": "usw", "model": "US8"},
-               "not an object", {"_id": "b", "mac": "fc:ec:da:11:22:34", "uplink": "bad"}]  # fmt: skip
+    devices = [
+        {"_id": "a", "mac": "fc:ec:da:11:22:33", "type": "usw", "model": "US8"},
+        "not an object",
+        {"_id": "b", "mac": "fc:ec:da:11:22:34", "uplink": "bad"},
+    ]
     inv = from_network([], devices, [], Provenance("network"))
     assert len(inv.switches) == 1
     reasons = [r.reason for r in inv.rejected]
@@ -135,12 +162,28 @@ def test_bad_items_are_rejected_with_reason_and_others_kept() -> None:
 
 
 def test_integration_uplinks_resolve_device_uuid_to_mac() -> None:
-    devices = [{"id": "dev-1", "macAddress": "AA:BB:CC:00:00:01", "model": "U6 Pro",
-                "features": ["accessPoint"]}]  # fmt: skip
-    clients = [{"id": "c1", "macAddress": "a4:83:e7:00:00:02", "uplinkDeviceId": "dev-1",
-                "type": "WIRELESS"}]  # fmt: skip
-    inv = from_integration([{"id": "s1", "internalReference": "default", "name": "Default"}],
-                           {"s1": devices}, {"s1": clients}, Provenance("integration"))  # fmt: skip
+    devices = [
+        {
+            "id": "dev-1",
+            "macAddress": "AA:BB:CC:00:00:01",
+            "model": "U6 Pro",
+            "features": ["accessPoint"],
+        }
+    ]
+    clients = [
+        {
+            "id": "c1",
+            "macAddress": "a4:83:e7:00:00:02",
+            "uplinkDeviceId": "dev-1",
+            "type": "WIRELESS",
+        }
+    ]
+    inv = from_integration(
+        [{"id": "s1", "internalReference": "default", "name": "Default"}],
+        {"s1": devices},
+        {"s1": clients},
+        Provenance("integration"),
+    )
     assert inv.clients[0].uplink_source_id == "unifi:device:aa:bb:cc:00:00:01"
     assert inv.clients[0].is_wired is False
     assert inv.access_points[0].site_source_id == "unifi:site:s1"

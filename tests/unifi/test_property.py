@@ -8,25 +8,77 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from snowkit.cli.inventory import UnreadableFileError, build_inventory, detect
-from snowkit.cli.inventory import SavedResponses
+from snowkit.cli.inventory import SavedResponses, UnreadableFileError, build_inventory, detect
 from snowkit.cmdb import transform
 from snowkit.unifi.models.inventory import Provenance
 from snowkit.unifi.models.normalize import from_integration, from_network, from_sitemanager
 
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**40), 2**40),
-                    st.floats(allow_nan=False), st.text(max_size=40),
-                    st.sampled_from(["", "zz:zz", "FCECDA112233", "fc:ec:da:11:22:33",
-                                     "999.1.1.1", "10.0.0.1", "x" * 300, "a\x00b"]))  # fmt: skip
-values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                      st.dictionaries(st.text(max_size=8), inner, max_size=3)), max_leaves=6)  # fmt: skip
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**40), 2**40),
+    st.floats(allow_nan=False),
+    st.text(max_size=40),
+    st.sampled_from(
+        [
+            "",
+            "zz:zz",
+            "FCECDA112233",
+            "fc:ec:da:11:22:33",
+            "999.1.1.1",
+            "10.0.0.1",
+            "x" * 300,
+            "a\x00b",
+        ]
+    ),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
 
-DEVICE_KEYS = ["_id", "mac", "serial", "model", "type", "name", "ip", "version", "site_id",
-               "uplink", "state", "lan_ip"]  # fmt: skip
-CLIENT_KEYS = ["_id", "mac", "hostname", "name", "ip", "oui", "is_wired", "ap_mac", "sw_mac",
-               "site_id", "os_name"]  # fmt: skip
-INT_KEYS = ["id", "name", "model", "macAddress", "ipAddress", "features", "uplinkDeviceId",
-            "type", "connectedAt", "firmwareVersion"]  # fmt: skip
+DEVICE_KEYS = [
+    "_id",
+    "mac",
+    "serial",
+    "model",
+    "type",
+    "name",
+    "ip",
+    "version",
+    "site_id",
+    "uplink",
+    "state",
+    "lan_ip",
+]
+CLIENT_KEYS = [
+    "_id",
+    "mac",
+    "hostname",
+    "name",
+    "ip",
+    "oui",
+    "is_wired",
+    "ap_mac",
+    "sw_mac",
+    "site_id",
+    "os_name",
+]
+INT_KEYS = [
+    "id",
+    "name",
+    "model",
+    "macAddress",
+    "ipAddress",
+    "features",
+    "uplinkDeviceId",
+    "type",
+    "connectedAt",
+    "firmwareVersion",
+]
 SM_KEYS = ["id", "mac", "name", "model", "shortname", "ip", "version", "isConsole", "startupTime"]
 
 
@@ -56,15 +108,25 @@ def test_network_payloads(sites: list[Any], devices: list[Any], clients: list[An
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(items(["id", "internalReference", "name"]), items(INT_KEYS), items(INT_KEYS))
 def test_integration_payloads(sites: list[Any], devices: list[Any], clients: list[Any]) -> None:
-    _check(from_integration(sites, {"s": devices, None: devices[:1]}, {"s": clients},
-                            Provenance("integration")))  # fmt: skip
+    _check(
+        from_integration(
+            sites, {"s": devices, None: devices[:1]}, {"s": clients}, Provenance("integration")
+        )
+    )
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(items(["id", "type", "reportedState", "registrationTime"]),
-       items(["siteId", "hostId", "meta"]),
-       st.lists(st.one_of(st.fixed_dictionaries({"hostId": st.text(max_size=5),
-                                                 "devices": items(SM_KEYS)}), values), max_size=3))  # fmt: skip
+@given(
+    items(["id", "type", "reportedState", "registrationTime"]),
+    items(["siteId", "hostId", "meta"]),
+    st.lists(
+        st.one_of(
+            st.fixed_dictionaries({"hostId": st.text(max_size=5), "devices": items(SM_KEYS)}),
+            values,
+        ),
+        max_size=3,
+    ),
+)
 def test_sitemanager_payloads(hosts: list[Any], sites: list[Any], groups: list[Any]) -> None:
     _check(from_sitemanager(hosts, sites, groups, Provenance("sitemanager")))
 
@@ -79,6 +141,9 @@ def test_any_json_document_is_detected_or_refused_cleanly(document: Any) -> None
         assert str(exc)
         return
     saved = SavedResponses()
-    getattr(saved, {"sitemanager": "sm_", "network": "net_", "integration": "int_"}[
-        kind.split(".")[0]] + kind.split(".")[1]).extend(found)
+    getattr(
+        saved,
+        {"sitemanager": "sm_", "network": "net_", "integration": "int_"}[kind.split(".")[0]]
+        + kind.split(".")[1],
+    ).extend(found)
     _check(build_inventory(saved))

@@ -23,6 +23,7 @@ from snowkit.ops.breaker import CircuitBreaker, CircuitOpenError
 from snowkit.ops.errors import (
     AuthenticationError,
     AuthorizationError,
+    ConfigurationError,
     DeadlineExceededError,
     ErrorCategory,
     NetworkError,
@@ -31,6 +32,7 @@ from snowkit.ops.errors import (
     RetryBudgetExhaustedError,
     TransientServerError,
 )
+from snowkit.ops.logging import get_logger
 from snowkit.ops.redaction import secrets as secret_registry
 from snowkit.ops.retry import RetryManager, RetryPolicy, parse_retry_after
 from snowkit.unifi.cache import LastKnownGoodCache
@@ -51,17 +53,6 @@ SOURCE_DOWN_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def get_logger(name: str) -> Any:
-    """``snowkit.ops.logging.get_logger`` once it exists; structlog's until then."""
-    try:
-        from snowkit.ops.logging import get_logger as ops_get_logger
-    except ImportError:  # pragma: no cover - the logging module is written in parallel
-        import structlog
-
-        return structlog.get_logger(name)
-    return ops_get_logger(name)
-
-
 def secret(value: str | SecretStr) -> SecretStr:
     """Wrap and register a secret so no sink can print it."""
     wrapped = value if isinstance(value, SecretStr) else SecretStr(value)
@@ -79,14 +70,6 @@ class SourceUnavailableError(OperationalError):
     """A source is down and there is no cached copy to fall back on."""
 
     default_category = ErrorCategory.NETWORK
-
-
-def _breaker_logs() -> bool:
-    try:
-        import snowkit.ops.logging  # noqa: F401
-    except ImportError:  # pragma: no cover
-        return False
-    return True
 
 
 class BaseCollector(ABC):
@@ -114,13 +97,16 @@ class BaseCollector(ABC):
             RetryPolicy(max_attempts=4, base_delay_seconds=0.5, max_delay_seconds=10.0)
         )
         self.breaker = breaker or CircuitBreaker(
-            name=f"unifi-{self.source}", failure_threshold=5, recovery_timeout_seconds=60,
-            log_transitions=_breaker_logs(),
-        )  # fmt: skip
+            name=f"unifi-{self.source}",
+            failure_threshold=5,
+            recovery_timeout_seconds=60,
+        )
         self.cache = cache or LastKnownGoodCache(clock=wall_clock)
         self.use_cache = use_cache
         self.session = session or requests.Session()
-        self.session.verify = verify  # a CA bundle path for self-signed consoles, or a bool
+        # A CA bundle path for self-signed consoles, or a bool. Passed on every request: a
+        # Session attribute would lose against REQUESTS_CA_BUNDLE in the environment.
+        self.verify = verify
         self.session.headers["User-Agent"] = USER_AGENT
         self.max_pages = max_pages
         self.log = get_logger(f"snowkit.unifi.{self.source}")
@@ -137,9 +123,11 @@ class BaseCollector(ABC):
         if self.use_cache:
             self.cache.save(self.source, inventory)
         self.log.info(
-            "unifi_collect_complete", source=self.source, duration_ms=round((time.monotonic() - started) * 1000, 1),
+            "unifi_collect_complete",
+            source=self.source,
+            duration_ms=round((time.monotonic() - started) * 1000, 1),
             **inventory.counts(),
-        )  # fmt: skip
+        )
         return inventory
 
     def close(self) -> None:
@@ -174,10 +162,16 @@ class BaseCollector(ABC):
         def attempt() -> requests.Response:
             try:
                 response = self.session.request(
-                    method, url, params=params, json=json, headers=headers, timeout=self.timeout
+                    method,
+                    url,
+                    params=params,
+                    json=json,
+                    headers=headers,
+                    timeout=self.timeout,
+                    verify=self.verify,
                 )
             except requests.exceptions.SSLError as exc:
-                raise NetworkError(
+                raise ConfigurationError(  # not "down": retrying or stale data would hide it
                     f"TLS verification failed for {self.source} at {self.base_url}",
                     operation=name,
                     guidance="Pass verify=<path to the console's CA certificate> (or verify=False "
@@ -218,18 +212,28 @@ class BaseCollector(ABC):
             message += f": {detail}"
         if status == 429:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            raise RateLimitError(message, operation=operation, http_status=status,
-                                 details={"retry_after": retry_after})  # fmt: skip
+            raise RateLimitError(
+                message,
+                operation=operation,
+                http_status=status,
+                details={"retry_after": retry_after},
+            )
         if status >= 500:
             raise TransientServerError(message, operation=operation, http_status=status)
         if status == 401:
-            raise AuthenticationError(message, operation=operation, http_status=status,
-                                      guidance=self.auth_guidance)  # fmt: skip
+            raise AuthenticationError(
+                message, operation=operation, http_status=status, guidance=self.auth_guidance
+            )
         if status == 403:
-            raise AuthorizationError(message, operation=operation, http_status=status,
-                                     guidance=self.auth_guidance)  # fmt: skip
-        raise UnexpectedResponseError(message, operation=operation, http_status=status,
-                                      guidance="Check the base URL and the site name.")  # fmt: skip
+            raise AuthorizationError(
+                message, operation=operation, http_status=status, guidance=self.auth_guidance
+            )
+        raise UnexpectedResponseError(
+            message,
+            operation=operation,
+            http_status=status,
+            guidance="Check the base URL and the site name.",
+        )
 
     auth_guidance: ClassVar[str] = "Check the credentials configured for this UniFi source."
 
@@ -252,9 +256,13 @@ class BaseCollector(ABC):
         )
         inventory.warnings.append(warning)
         self.log.warning(
-            "stale_data", source=self.source, age_seconds=round(cached.age_seconds, 1),
-            saved_at=saved, reason=type(exc).__name__, error=str(exc),
-        )  # fmt: skip
+            "stale_data",
+            source=self.source,
+            age_seconds=round(cached.age_seconds, 1),
+            saved_at=saved,
+            reason=type(exc).__name__,
+            error=str(exc),
+        )
         return inventory
 
 

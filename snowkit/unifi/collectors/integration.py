@@ -45,9 +45,11 @@ class IntegrationCollector(BaseCollector):
         operation = f"unifi.integration{path}"
         for _ in range(self.max_pages):
             body = self.get_json(
-                PREFIX + path, params={"offset": offset, "limit": self.page_size},
-                headers=self._headers(), operation=operation,
-            )  # fmt: skip
+                PREFIX + path,
+                params={"offset": offset, "limit": self.page_size},
+                headers=self._headers(),
+                operation=operation,
+            )
             try:
                 page = Page.model_validate(body)
             except ValidationError as exc:
@@ -85,5 +87,7 @@ class IntegrationCollector(BaseCollector):
                 continue  # from_integration rejected it with a reason
             devices = self.fetch(f"/sites/{site_id}/devices")
             clients = self.fetch(f"/sites/{site_id}/clients")
-            inventory.absorb(from_integration([], {site_id: devices}, {site_id: clients}, provenance))
+            inventory.absorb(
+                from_integration([], {site_id: devices}, {site_id: clients}, provenance)
+            )
         return inventory

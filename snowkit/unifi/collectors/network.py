@@ -56,17 +56,23 @@ class NetworkAppCollector(BaseCollector):
         return "/proxy/network/api" if self.unifi_os else "/api"
 
     def login(self) -> None:
-        body = {"username": self.username, "password": self._password.get_secret_value(),
-                "rememberMe": True}  # fmt: skip
+        body = {
+            "username": self.username,
+            "password": self._password.get_secret_value(),
+            "rememberMe": True,
+        }
         order = {None: (True, False), True: (True,), False: (False,)}[self.unifi_os]
         for unifi_os in order:
             path = UNIFI_OS_LOGIN if unifi_os else CLASSIC_LOGIN
-            response = self.request("POST", path, json=body, operation="unifi.network.login",
-                                    allow_status=(404,))  # fmt: skip
+            response = self.request(
+                "POST", path, json=body, operation="unifi.network.login", allow_status=(404,)
+            )
             if response.status_code == 404:
                 continue  # not UniFi OS: try the classic path
             self.unifi_os = unifi_os
-            self._csrf = response.headers.get("X-CSRF-Token") or self.session.cookies.get("csrf_token")
+            self._csrf = response.headers.get("X-CSRF-Token") or self.session.cookies.get(
+                "csrf_token"
+            )
             self._logged_in = True
             self.logins += 1
             self.log.info("unifi_login", source=self.source, unifi_os=unifi_os)
@@ -81,9 +87,25 @@ class NetworkAppCollector(BaseCollector):
     def raise_for_status(self, response: requests.Response, operation: str) -> None:
         if response.status_code == 400 and b"api.err.NoSiteContext" in response.content:
             raise ConfigurationError(
-                "the console does not know that site", operation=operation, http_status=400,
+                "the console does not know that site",
+                operation=operation,
+                http_status=400,
                 guidance="Use the site's short name (e.g. 'default'), not its description.",
-            )  # fmt: skip
+            )
+        if response.status_code == 400 and b"api.err.Ubic2faTokenRequired" in response.content:
+            raise AuthenticationError(
+                "the console asks for a 2FA token",
+                operation=operation,
+                http_status=400,
+                guidance="Use a dedicated local read-only admin without MFA for snowkit.",
+            )
+        if response.status_code == 400 and b"api.err.Invalid" in response.content:
+            raise AuthenticationError(
+                "the console rejected the username or password",
+                operation=operation,
+                http_status=400,
+                guidance=self.auth_guidance,
+            )
         super().raise_for_status(response, operation)
 
     def _headers(self) -> dict[str, str]:
@@ -95,18 +117,21 @@ class NetworkAppCollector(BaseCollector):
             self.login()
         for attempt in (1, 2):
             try:
-                response = self.request("GET", f"{self.api_prefix}/{path}", headers=self._headers(),
-                                        operation=f"unifi.network.{path.rsplit('/', 1)[-1]}")  # fmt: skip
+                response = self.request(
+                    "GET",
+                    f"{self.api_prefix}/{path}",
+                    headers=self._headers(),
+                    operation=f"unifi.network.{path.rsplit('/', 1)[-1]}",
+                )
+                updated = response.headers.get("X-Updated-CSRF-Token")
+                if updated:
+                    self._csrf = updated
+                return self._data(response, path)
             except AuthenticationError:
                 if attempt == 2:
                     raise
                 self._logged_in = False
                 self.login()
-                continue
-            updated = response.headers.get("X-Updated-CSRF-Token")
-            if updated:
-                self._csrf = updated
-            return self._data(response, path)
         raise AssertionError("unreachable")  # pragma: no cover
 
     @staticmethod
@@ -121,9 +146,14 @@ class NetworkAppCollector(BaseCollector):
             msg = envelope.meta.msg or "unknown error"
             if msg == "api.err.NoSiteContext":
                 raise ConfigurationError(
-                    f"unknown site in /{path}", operation="unifi.network",
+                    f"unknown site in /{path}",
+                    operation="unifi.network",
                     guidance="Use the site's short name (e.g. 'default'), not its description.",
-                )  # fmt: skip
+                )
+            if msg == "api.err.LoginRequired":
+                raise AuthenticationError(
+                    f"Network app /{path}: session expired", operation="unifi.network"
+                )
             raise UnexpectedResponseError(f"Network app /{path}: {msg}", operation="unifi.network")
         return envelope.data
 

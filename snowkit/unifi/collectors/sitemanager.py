@@ -48,8 +48,9 @@ class SiteManagerCollector(BaseCollector):
             params: dict[str, Any] = {"pageSize": str(self.page_size)}
             if token:
                 params["nextToken"] = token
-            body = self.get_json(f"/{self.api_version}/{resource}", params=params,
-                                 headers=self._headers())  # fmt: skip
+            body = self.get_json(
+                f"/{self.api_version}/{resource}", params=params, headers=self._headers()
+            )
             try:
                 envelope = sm.Envelope.model_validate(body)
             except ValidationError as exc:

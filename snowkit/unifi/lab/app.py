@@ -45,8 +45,7 @@ class Fault:
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(data), status=status, headers=headers,
-                    mimetype="application/json")  # fmt: skip
+    return Response(orjson.dumps(data), status=status, headers=headers, mimetype="application/json")
 
 
 def _trace() -> str:
@@ -63,12 +62,23 @@ def _sm_mac(mac: str | None) -> str | None:
 def network_device(dev: LabDevice, site: LabSite) -> dict[str, Any]:
     entry = dev.entry
     body: dict[str, Any] = {
-        "_id": dev.object_id, "mac": dev.mac, "serial": dev.serial, "model": entry.code,
-        "type": entry.device_type, "name": dev.name, "ip": dev.ip, "version": dev.firmware,
-        "displayable_version": dev.firmware, "adopted": True, "state": 1, "uptime": 86400 + dev.index,
-        "site_id": site.object_id, "last_seen": 1767225600, "board_rev": 3,
+        "_id": dev.object_id,
+        "mac": dev.mac,
+        "serial": dev.serial,
+        "model": entry.code,
+        "type": entry.device_type,
+        "name": dev.name,
+        "ip": dev.ip,
+        "version": dev.firmware,
+        "displayable_version": dev.firmware,
+        "adopted": True,
+        "state": 1,
+        "uptime": 86400 + dev.index,
+        "site_id": site.object_id,
+        "last_seen": 1767225600,
+        "board_rev": 3,
         "uplink": {"uplink_mac": dev.uplink_mac, "type": "wire"} if dev.uplink_mac else {},
-    }  # fmt: skip
+    }
     if dev.kind == "gateway":
         body["lan_ip"] = dev.ip
         body["connect_request_ip"] = dev.ip
@@ -82,10 +92,17 @@ def network_device(dev: LabDevice, site: LabSite) -> dict[str, Any]:
 
 def network_client(c: LabClient, site: LabSite) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "_id": c.object_id, "mac": c.mac, "ip": c.ip, "oui": c.profile.vendor,
-        "is_wired": c.is_wired, "is_guest": False, "site_id": site.object_id,
-        "first_seen": 1764547200, "last_seen": 1767225600, "network": "Default",
-    }  # fmt: skip
+        "_id": c.object_id,
+        "mac": c.mac,
+        "ip": c.ip,
+        "oui": c.profile.vendor,
+        "is_wired": c.is_wired,
+        "is_guest": False,
+        "site_id": site.object_id,
+        "first_seen": 1764547200,
+        "last_seen": 1767225600,
+        "network": "Default",
+    }
     if c.hostname is not None:
         body["hostname"] = c.hostname
     if c.name:
@@ -100,55 +117,99 @@ def network_client(c: LabClient, site: LabSite) -> dict[str, Any]:
 
 
 def integration_device(dev: LabDevice) -> dict[str, Any]:
-    features = {"gateway": ["gateway", "switching"], "switch": ["switching"],
-                "access_point": ["accessPoint"], "other": []}[dev.kind]  # fmt: skip
+    features = {
+        "gateway": ["gateway", "switching"],
+        "switch": ["switching"],
+        "access_point": ["accessPoint"],
+        "other": [],
+    }[dev.kind]
     return {
-        "id": dev.uuid, "name": dev.name, "model": dev.entry.model_name, "macAddress": dev.mac,
-        "ipAddress": dev.ip, "state": "ONLINE", "features": features,
+        "id": dev.uuid,
+        "name": dev.name,
+        "model": dev.entry.model_name,
+        "macAddress": dev.mac,
+        "ipAddress": dev.ip,
+        "state": "ONLINE",
+        "features": features,
         "interfaces": ["ports"] if dev.entry.ports else ["radios"],
-    }  # fmt: skip
+    }
 
 
 def integration_client(c: LabClient, uplink_uuid: str | None) -> dict[str, Any]:
     return {
-        "id": c.uuid, "type": "WIRED" if c.is_wired else "WIRELESS",
-        "name": c.name or c.hostname or c.mac, "connectedAt": _NOW, "ipAddress": c.ip,
-        "macAddress": c.mac, "uplinkDeviceId": uplink_uuid, "access": {"type": "DEFAULT"},
-    }  # fmt: skip
+        "id": c.uuid,
+        "type": "WIRED" if c.is_wired else "WIRELESS",
+        "name": c.name or c.hostname or c.mac,
+        "connectedAt": _NOW,
+        "ipAddress": c.ip,
+        "macAddress": c.mac,
+        "uplinkDeviceId": uplink_uuid,
+        "access": {"type": "DEFAULT"},
+    }
 
 
 def sitemanager_device(dev: LabDevice) -> dict[str, Any]:
     return {
-        "id": _sm_mac(dev.mac), "mac": _sm_mac(dev.mac), "name": dev.name,
-        "model": dev.entry.model_name, "shortname": dev.entry.code, "ip": dev.ip,
-        "productLine": "network", "status": "online", "version": dev.firmware,
-        "firmwareStatus": "upToDate", "updateAvailable": None, "isConsole": dev.index == 0,
-        "isManaged": True, "startupTime": _NOW, "adoptionTime": None, "note": None,
-    }  # fmt: skip
+        "id": _sm_mac(dev.mac),
+        "mac": _sm_mac(dev.mac),
+        "name": dev.name,
+        "model": dev.entry.model_name,
+        "shortname": dev.entry.code,
+        "ip": dev.ip,
+        "productLine": "network",
+        "status": "online",
+        "version": dev.firmware,
+        "firmwareStatus": "upToDate",
+        "updateAvailable": None,
+        "isConsole": dev.index == 0,
+        "isManaged": True,
+        "startupTime": _NOW,
+        "adoptionTime": None,
+        "note": None,
+    }
 
 
 def sitemanager_host(site: LabSite, gateway: LabDevice) -> dict[str, Any]:
     return {
-        "id": site.host_id, "hardwareId": site.uuid, "type": "console", "ipAddress": gateway.ip,
-        "owner": True, "isBlocked": False, "registrationTime": _NOW,
-        "lastConnectionStateChange": _NOW, "latestBackupTime": "", "userData": None,
+        "id": site.host_id,
+        "hardwareId": site.uuid,
+        "type": "console",
+        "ipAddress": gateway.ip,
+        "owner": True,
+        "isBlocked": False,
+        "registrationTime": _NOW,
+        "lastConnectionStateChange": _NOW,
+        "latestBackupTime": "",
+        "userData": None,
         "reportedState": {
-            "hostname": f"console-{site.name}", "name": gateway.name, "version": "4.1.13",
-            "hardware": {"name": gateway.entry.model_name, "mac": _sm_mac(gateway.mac),
-                         "serialno": (gateway.mac or "").replace(":", ""),
-                         "shortname": gateway.entry.code, "firmwareVersion": gateway.firmware},
+            "hostname": f"console-{site.name}",
+            "name": gateway.name,
+            "version": "4.1.13",
+            "hardware": {
+                "name": gateway.entry.model_name,
+                "mac": _sm_mac(gateway.mac),
+                "serialno": (gateway.mac or "").replace(":", ""),
+                "shortname": gateway.entry.code,
+                "firmwareVersion": gateway.firmware,
+            },
         },
-    }  # fmt: skip
+    }
 
 
 def sitemanager_site(site: LabSite, gateway: LabDevice) -> dict[str, Any]:
     return {
-        "siteId": site.object_id, "hostId": site.host_id,
-        "meta": {"desc": site.desc, "name": site.name, "timezone": site.timezone,
-                 "gatewayMac": gateway.mac},
+        "siteId": site.object_id,
+        "hostId": site.host_id,
+        "meta": {
+            "desc": site.desc,
+            "name": site.name,
+            "timezone": site.timezone,
+            "gatewayMac": gateway.mac,
+        },
         "statistics": {"counts": {"totalDevice": 0}, "gateway": {"shortname": gateway.entry.code}},
-        "permission": "admin", "isOwner": True,
-    }  # fmt: skip
+        "permission": "admin",
+        "isOwner": True,
+    }
 
 
 class LabApp:
@@ -180,8 +241,9 @@ class LabApp:
         self._uuid_by_mac = {d.mac: d.uuid for d in lab.all_devices() if d.mac}
 
     # -- knobs ---------------------------------------------------------------------------
-    def inject(self, status: int, count: int = 1, retry_after: float | None = None,
-               path_contains: str = "") -> None:  # fmt: skip
+    def inject(
+        self, status: int, count: int = 1, retry_after: float | None = None, path_contains: str = ""
+    ) -> None:
         """Answer the next ``count`` matching requests with ``status`` (429 adds Retry-After)."""
         with self._lock:
             self._faults.extend(Fault(status, retry_after, path_contains) for _ in range(count))
@@ -191,7 +253,9 @@ class LabApp:
             self._sessions.clear()
 
     # -- WSGI ----------------------------------------------------------------------------
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
         request = Request(environ)
         return self.dispatch(request)(environ, start_response)
 
@@ -211,17 +275,29 @@ class LabApp:
             return _json({"code": "SERVER_ERROR", "message": "service unavailable"}, 503)
         fault = self._take_fault(path)
         if fault is not None:
-            headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else None
-            body = {"code": "rate_limit", "httpStatusCode": 429,
-                    "message": "rate limit exceeded", "traceId": _trace()}  # fmt: skip
+            headers = (
+                {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else None
+            )
+            body = {
+                "code": "rate_limit",
+                "httpStatusCode": 429,
+                "message": "rate limit exceeded",
+                "traceId": _trace(),
+            }
             if fault.status != 429:
-                body = {"code": "SERVER_ERROR", "httpStatusCode": fault.status,
-                        "message": "injected failure", "traceId": _trace()}  # fmt: skip
+                body = {
+                    "code": "SERVER_ERROR",
+                    "httpStatusCode": fault.status,
+                    "message": "injected failure",
+                    "traceId": _trace(),
+                }
             return _json(body, fault.status, headers)
         if path.startswith("/sitemanager/"):
             return self._sitemanager(request, path.removeprefix("/sitemanager"))
         if path.startswith("/network/proxy/network/integration/"):
-            return self._integration(request, path.removeprefix("/network/proxy/network/integration"))
+            return self._integration(
+                request, path.removeprefix("/network/proxy/network/integration")
+            )
         if path.startswith("/network/"):
             return self._network(request, path.removeprefix("/network"))
         return _json({"error": "not found"}, 404)
@@ -230,8 +306,15 @@ class LabApp:
     def _sitemanager(self, request: Request, path: str) -> Response:
         key = request.headers.get("X-API-Key", "")
         if not hmac.compare_digest(key.encode(), self.sitemanager_key.encode()):
-            return _json({"code": "unauthorized", "httpStatusCode": 401,
-                          "message": "unauthorized", "traceId": _trace()}, 401)  # fmt: skip
+            return _json(
+                {
+                    "code": "unauthorized",
+                    "httpStatusCode": 401,
+                    "message": "unauthorized",
+                    "traceId": _trace(),
+                },
+                401,
+            )
         version, _, resource = path.strip("/").partition("/")
         if version not in ("v1", "ea"):
             return _json({"code": "NOT_FOUND", "httpStatusCode": 404, "message": "not found"}, 404)
@@ -243,26 +326,44 @@ class LabApp:
             items = [sitemanager_site(s, gateways[s.index]) for s in self.lab.sites]
         elif resource == "devices":
             items = [
-                {"hostId": s.host_id, "hostName": f"console-{s.name}",
-                 "devices": [sitemanager_device(d) for d in self.lab.devices[s.index]],
-                 "updatedAt": _NOW}
+                {
+                    "hostId": s.host_id,
+                    "hostName": f"console-{s.name}",
+                    "devices": [sitemanager_device(d) for d in self.lab.devices[s.index]],
+                    "updatedAt": _NOW,
+                }
                 for s in self.lab.sites
-            ]  # fmt: skip
+            ]
         else:
-            return _json({"code": "NOT_FOUND", "httpStatusCode": 404,
-                          "message": f"thing not found: {resource}", "traceId": _trace()}, 404)  # fmt: skip
+            return _json(
+                {
+                    "code": "NOT_FOUND",
+                    "httpStatusCode": 404,
+                    "message": f"thing not found: {resource}",
+                    "traceId": _trace(),
+                },
+                404,
+            )
         try:
             size = min(int(request.args.get("pageSize", "25")), SM_MAX_PAGE)
             start = int(request.args.get("nextToken") or "0", 16)
             if size < 1 or start < 0:
                 raise ValueError
         except ValueError:
-            return _json({"code": "parameter_invalid", "httpStatusCode": 400,
-                          "message": "invalid pageSize or nextToken", "traceId": _trace()}, 400)  # fmt: skip
+            return _json(
+                {
+                    "code": "parameter_invalid",
+                    "httpStatusCode": 400,
+                    "message": "invalid pageSize or nextToken",
+                    "traceId": _trace(),
+                },
+                400,
+            )
         page = items[start : start + size]
         next_token = f"{start + size:x}" if start + size < len(items) else ""
-        return _json({"data": page, "httpStatusCode": 200, "traceId": _trace(),
-                      "nextToken": next_token})  # fmt: skip
+        return _json(
+            {"data": page, "httpStatusCode": 200, "traceId": _trace(), "nextToken": next_token}
+        )
 
     # -- local Network app ---------------------------------------------------------------
     def _network(self, request: Request, path: str) -> Response:
@@ -283,15 +384,25 @@ class LabApp:
             return _json({"meta": {"rc": "error", "msg": "api.err.InvalidCSRF"}, "data": []}, 403)
         rest = path.removeprefix(prefix)
         if rest == "self/sites":
-            data = [{"_id": s.object_id, "name": s.name, "desc": s.desc, "role": "admin",
-                     "attr_hidden_id": s.name, "attr_no_delete": s.index == 0}
-                    for s in self.lab.sites]  # fmt: skip
+            data = [
+                {
+                    "_id": s.object_id,
+                    "name": s.name,
+                    "desc": s.desc,
+                    "role": "admin",
+                    "attr_hidden_id": s.name,
+                    "attr_no_delete": s.index == 0,
+                }
+                for s in self.lab.sites
+            ]
             return _json({"meta": {"rc": "ok"}, "data": data})
         parts = rest.split("/")
         if len(parts) == 4 and parts[0] == "s" and parts[2] == "stat":
             site = self._site_by_name.get(parts[1])
             if site is None:
-                return _json({"meta": {"rc": "error", "msg": "api.err.NoSiteContext"}, "data": []}, 400)
+                return _json(
+                    {"meta": {"rc": "error", "msg": "api.err.NoSiteContext"}, "data": []}, 400
+                )
             if parts[3] == "device":
                 return _json({"meta": {"rc": "ok"}, "data": list(self._devices_json(site))})
             if parts[3] == "sta":
@@ -310,17 +421,27 @@ class LabApp:
         )
         if not ok:
             if self.unifi_os:  # UniFi OS answers wrong credentials with 403 (see the reference)
-                return _json({"code": "AUTHENTICATION_FAILED_INVALID_CREDENTIALS",
-                              "message": "Invalid username or password"}, 403)  # fmt: skip
+                return _json(
+                    {
+                        "code": "AUTHENTICATION_FAILED_INVALID_CREDENTIALS",
+                        "message": "Invalid username or password",
+                    },
+                    403,
+                )
             return _json({"meta": {"rc": "error", "msg": "api.err.Invalid"}, "data": []}, 400)
         token, csrf = secrets.token_hex(16), secrets.token_hex(16)
         with self._lock:
             self._sessions[token] = csrf
             self.logins += 1
         if self.unifi_os:
-            response = _json({"unique_id": "lab-admin", "username": self.username,
-                              "roles": [{"name": "Super Administrator"}]},
-                             headers={"X-CSRF-Token": csrf})  # fmt: skip
+            response = _json(
+                {
+                    "unique_id": "lab-admin",
+                    "username": self.username,
+                    "roles": [{"name": "Super Administrator"}],
+                },
+                headers={"X-CSRF-Token": csrf},
+            )
             response.set_cookie("TOKEN", token, httponly=True, samesite="Strict")
         else:
             response = _json({"meta": {"rc": "ok"}, "data": []})
@@ -344,47 +465,88 @@ class LabApp:
 
     # -- Integration API -----------------------------------------------------------------
     def _integration(self, request: Request, path: str) -> Response:
-        if not hmac.compare_digest(request.headers.get("X-API-KEY", "").encode(), self.api_key.encode()):
+        if not hmac.compare_digest(
+            request.headers.get("X-API-KEY", "").encode(), self.api_key.encode()
+        ):
             status = 401
-            return _json({"statusCode": status, "statusName": "UNAUTHORIZED",
-                          "code": "api.authentication.missing-credentials",
-                          "message": "Missing credentials", "timestamp": datetime.now(UTC).isoformat(),
-                          "requestPath": "/integration" + path, "requestId": _trace()}, status)  # fmt: skip
+            return _json(
+                {
+                    "statusCode": status,
+                    "statusName": "UNAUTHORIZED",
+                    "code": "api.authentication.missing-credentials",
+                    "message": "Missing credentials",
+                    "timestamp": datetime.now(UTC).isoformat(),
+                    "requestPath": "/integration" + path,
+                    "requestId": _trace(),
+                },
+                status,
+            )
         try:
             offset = int(request.args.get("offset", "0"))
             limit = min(int(request.args.get("limit", str(INT_DEFAULT_LIMIT))), INT_MAX_LIMIT)
             if offset < 0 or limit < 1:
                 raise ValueError
         except ValueError:
-            return _json({"statusCode": 400, "statusName": "BAD_REQUEST",
-                          "code": "api.request.argument-type-mismatch",
-                          "message": "offset and limit must be non-negative integers"}, 400)  # fmt: skip
+            return _json(
+                {
+                    "statusCode": 400,
+                    "statusName": "BAD_REQUEST",
+                    "code": "api.request.argument-type-mismatch",
+                    "message": "offset and limit must be non-negative integers",
+                },
+                400,
+            )
         parts = path.strip("/").split("/")
         if parts == ["v1", "sites"]:
             sites = self.lab.sites
-            rows = [{"id": s.uuid, "internalReference": s.name, "name": s.desc}
-                    for s in sites[offset : offset + limit]]  # fmt: skip
+            rows = [
+                {"id": s.uuid, "internalReference": s.name, "name": s.desc}
+                for s in sites[offset : offset + limit]
+            ]
             return self._page(offset, limit, rows, len(sites))
         if len(parts) == 4 and parts[:2] == ["v1", "sites"] and parts[3] in ("devices", "clients"):
             site = self._site_by_uuid.get(parts[2])
             if site is None:
-                return _json({"statusCode": 404, "statusName": "NOT_FOUND",
-                              "code": "api.site.not-found", "message": "Site not found"}, 404)  # fmt: skip
+                return _json(
+                    {
+                        "statusCode": 404,
+                        "statusName": "NOT_FOUND",
+                        "code": "api.site.not-found",
+                        "message": "Site not found",
+                    },
+                    404,
+                )
             if parts[3] == "devices":
                 devices = self.lab.devices[site.index]
                 rows = [integration_device(d) for d in devices[offset : offset + limit]]
                 return self._page(offset, limit, rows, len(devices))
             total = self.lab.client_count(site.index)
-            rows = [integration_client(c, self._uuid_by_mac.get(c.uplink_mac))
-                    for c in self.lab.clients(site.index, offset, offset + limit)]  # fmt: skip
+            rows = [
+                integration_client(c, self._uuid_by_mac.get(c.uplink_mac))
+                for c in self.lab.clients(site.index, offset, offset + limit)
+            ]
             return self._page(offset, limit, rows, total)
-        return _json({"statusCode": 404, "statusName": "NOT_FOUND", "code": "api.not-found",
-                      "message": "Not found"}, 404)  # fmt: skip
+        return _json(
+            {
+                "statusCode": 404,
+                "statusName": "NOT_FOUND",
+                "code": "api.not-found",
+                "message": "Not found",
+            },
+            404,
+        )
 
     @staticmethod
     def _page(offset: int, limit: int, rows: list[dict[str, Any]], total: int) -> Response:
-        return _json({"offset": offset, "limit": limit, "count": len(rows),
-                      "totalCount": total, "data": rows})  # fmt: skip
+        return _json(
+            {
+                "offset": offset,
+                "limit": limit,
+                "count": len(rows),
+                "totalCount": total,
+                "data": rows,
+            }
+        )
 
 
 def lab_app(

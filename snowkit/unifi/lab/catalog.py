@@ -53,14 +53,34 @@ OTHER_GEAR: tuple[ModelEntry, ...] = (
 )
 
 UBIQUITI_OUIS: tuple[str, ...] = (
-    "24:5a:4c", "74:ac:b9", "78:8a:20", "80:2a:a8", "fc:ec:da", "f0:9f:c2", "68:d7:9a",
-    "b4:fb:e4", "e0:63:da", "18:e8:29", "70:a7:41", "d8:b3:70", "9c:05:d6", "ac:8b:a9",
-)  # fmt: skip
+    "24:5a:4c",
+    "74:ac:b9",
+    "78:8a:20",
+    "80:2a:a8",
+    "fc:ec:da",
+    "f0:9f:c2",
+    "68:d7:9a",
+    "b4:fb:e4",
+    "e0:63:da",
+    "18:e8:29",
+    "70:a7:41",
+    "d8:b3:70",
+    "9c:05:d6",
+    "ac:8b:a9",
+)
 
 SITE_NAMES: tuple[str, ...] = (
-    "Zentrale Zürich", "Büro München", "東京オフィス", "Café Lisboa", "Oficina Málaga",
-    "Filiale Köln", "Biuro Kraków", "Kontor Århus", "Bureau Genève", "Sede São Paulo",
-)  # fmt: skip
+    "Zentrale Zürich",
+    "Büro München",
+    "東京オフィス",
+    "Café Lisboa",
+    "Oficina Málaga",
+    "Filiale Köln",
+    "Biuro Kraków",
+    "Kontor Århus",
+    "Bureau Genève",
+    "Sede São Paulo",
+)
 
 DEVICE_NAME_STEMS: dict[str, tuple[str, ...]] = {
     "gateway": ("Gateway", "Router", "Dream Machine"),
@@ -86,32 +106,115 @@ class ClientProfile:
 
 
 CLIENT_PROFILES: tuple[ClientProfile, ...] = (
-    ClientProfile("laptop", "Dell Inc.", ("b8:ca:3a", "d4:81:d7", "f8:bc:12"),
-                  ("LAPTOP-{n}", "DESKTOP-{n}"), 0.3, 0.0, 1, 1, 14),
-    ClientProfile("laptop", "LCFC(HeFei) Electronics Technology co., ltd", ("54:ee:75", "e8:6a:64"),
-                  ("ThinkPad-{who}", "LAPTOP-{n}"), 0.2, 0.0, 1, 1, 10),
-    ClientProfile("laptop", "Apple, Inc.", ("a4:83:e7", "f0:18:98", "3c:22:fb"),
-                  ("MacBook-Pro-von-{who}", "{who}s-MacBook-Air", "iMac-{who}"), 0.1, 0.1, 24, 1,
-                  10),
-    ClientProfile("phone", "Apple, Inc.", ("a4:83:e7", "f0:18:98"),
-                  ("{who}s-iPhone", "iPhone-{who}", "iPad-{who}"), 0.0, 0.6, 25, 6, 18),
-    ClientProfile("phone", "Samsung Electronics Co.,Ltd", ("8c:f5:a3", "5c:e8:eb"),
-                  ("Galaxy-S23-{who}", "Galaxy-A54", "android-{n}"), 0.0, 0.6, 56, 6, 14),
-    ClientProfile("printer", "HP Inc.", ("3c:d9:2b", "a0:d3:c1"),
-                  ("HP{n}", "NPI{n}"), 0.8, 0.0, 33, 9, 4),
-    ClientProfile("printer", "Brother Industries, LTD.", ("30:05:5c",),
-                  ("BRN30055C{n}",), 0.7, 0.0, 33, 9, 2),
-    ClientProfile("iot", "Espressif Inc.", ("24:0a:c4", "a4:cf:12", "84:f3:eb"),
-                  ("ESP_{n}", "shelly1-{n}", "tasmota-{n}"), 0.0, 0.0, None, 51, 10),
+    ClientProfile(
+        "laptop",
+        "Dell Inc.",
+        ("b8:ca:3a", "d4:81:d7", "f8:bc:12"),
+        ("LAPTOP-{n}", "DESKTOP-{n}"),
+        0.3,
+        0.0,
+        1,
+        1,
+        14,
+    ),
+    ClientProfile(
+        "laptop",
+        "LCFC(HeFei) Electronics Technology co., ltd",
+        ("54:ee:75", "e8:6a:64"),
+        ("ThinkPad-{who}", "LAPTOP-{n}"),
+        0.2,
+        0.0,
+        1,
+        1,
+        10,
+    ),
+    ClientProfile(
+        "laptop",
+        "Apple, Inc.",
+        ("a4:83:e7", "f0:18:98", "3c:22:fb"),
+        ("MacBook-Pro-von-{who}", "{who}s-MacBook-Air", "iMac-{who}"),
+        0.1,
+        0.1,
+        24,
+        1,
+        10,
+    ),
+    ClientProfile(
+        "phone",
+        "Apple, Inc.",
+        ("a4:83:e7", "f0:18:98"),
+        ("{who}s-iPhone", "iPhone-{who}", "iPad-{who}"),
+        0.0,
+        0.6,
+        25,
+        6,
+        18,
+    ),
+    ClientProfile(
+        "phone",
+        "Samsung Electronics Co.,Ltd",
+        ("8c:f5:a3", "5c:e8:eb"),
+        ("Galaxy-S23-{who}", "Galaxy-A54", "android-{n}"),
+        0.0,
+        0.6,
+        56,
+        6,
+        14,
+    ),
+    ClientProfile(
+        "printer", "HP Inc.", ("3c:d9:2b", "a0:d3:c1"), ("HP{n}", "NPI{n}"), 0.8, 0.0, 33, 9, 4
+    ),
+    ClientProfile(
+        "printer", "Brother Industries, LTD.", ("30:05:5c",), ("BRN30055C{n}",), 0.7, 0.0, 33, 9, 2
+    ),
+    ClientProfile(
+        "iot",
+        "Espressif Inc.",
+        ("24:0a:c4", "a4:cf:12", "84:f3:eb"),
+        ("ESP_{n}", "shelly1-{n}", "tasmota-{n}"),
+        0.0,
+        0.0,
+        None,
+        51,
+        10,
+    ),
     ClientProfile("iot", "Signify B.V.", ("00:17:88",), ("Philips-hue",), 1.0, 0.0, None, 51, 3),
-    ClientProfile("iot", "Sonos, Inc.", ("5c:aa:fd", "b8:e9:37"), ("Sonos-{n}",), 0.3, 0.0,
-                  None, 8, 4),
-    ClientProfile("server", "Super Micro Computer, Inc.", ("ac:1f:6b",),
-                  ("nas-{n}", "srv-{n}"), 1.0, 0.0, 3, 1, 2),
-    ClientProfile("camera", "Hangzhou Hikvision Digital Technology Co.,Ltd.", ("c0:56:e3",),
-                  ("camera-{n}",), 1.0, 0.0, None, 7, 3),
-)  # fmt: skip
+    ClientProfile(
+        "iot", "Sonos, Inc.", ("5c:aa:fd", "b8:e9:37"), ("Sonos-{n}",), 0.3, 0.0, None, 8, 4
+    ),
+    ClientProfile(
+        "server",
+        "Super Micro Computer, Inc.",
+        ("ac:1f:6b",),
+        ("nas-{n}", "srv-{n}"),
+        1.0,
+        0.0,
+        3,
+        1,
+        2,
+    ),
+    ClientProfile(
+        "camera",
+        "Hangzhou Hikvision Digital Technology Co.,Ltd.",
+        ("c0:56:e3",),
+        ("camera-{n}",),
+        1.0,
+        0.0,
+        None,
+        7,
+        3,
+    ),
+)
 
 FIRST_NAMES: tuple[str, ...] = (
-    "Anna", "Jörg", "Zoë", "Kenji", "Chloé", "Łukasz", "Sören", "Ines", "Mateo", "Yuki",
-)  # fmt: skip
+    "Anna",
+    "Jörg",
+    "Zoë",
+    "Kenji",
+    "Chloé",
+    "Łukasz",
+    "Sören",
+    "Ines",
+    "Mateo",
+    "Yuki",
+)

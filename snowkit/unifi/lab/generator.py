@@ -19,6 +19,7 @@ from snowkit.unifi.lab import catalog
 from snowkit.unifi.lab.catalog import ClientProfile, ModelEntry
 
 DEFECTS = ("bad_mac", "bad_ip", "missing_name_and_mac", "empty_serial", "absurd_value")
+CLIENT_DEFECTS = tuple(d for d in DEFECTS if d != "empty_serial")  # clients have no serial
 _CLIENT_WEIGHTS = [p.weight for p in catalog.CLIENT_PROFILES]
 
 
@@ -173,17 +174,33 @@ class Lab:
             "name": f"{who}s Laptop" if rng.random() < 0.05 else "",
             "ip": f"{site.subnet}.{(host // 254) % 254 + 1}.{host % 254 + 1}",
         }
-        defect = rng.choice(DEFECTS) if rng.random() < cfg.defect_rate else None
+        defect = rng.choice(CLIENT_DEFECTS) if rng.random() < cfg.defect_rate else None
         if defect:
             _apply_defect(rng, defect, record)
         return LabClient(
-            site_index, index, profile, record["mac"], record["hostname"],  # type: ignore[arg-type]
-            record["name"] or "", str(record["ip"]), is_wired, uplink, _object_id(rng),  # type: ignore[arg-type]
-            _uuid(rng), defect, rng.random() < cfg.duplicate_rate,
-        )  # fmt: skip
+            site_index,
+            index,
+            profile,
+            record["mac"],
+            record["hostname"],  # type: ignore[arg-type]
+            record["name"] or "",
+            str(record["ip"]),
+            is_wired,
+            uplink,
+            _object_id(rng),  # type: ignore[arg-type]
+            _uuid(rng),
+            defect,
+            rng.random() < cfg.duplicate_rate,
+        )
 
-    def clients(self, site_index: int, start: int = 0, stop: int | None = None) -> Iterator[LabClient]:
-        end = self.client_count(site_index) if stop is None else min(stop, self.client_count(site_index))
+    def clients(
+        self, site_index: int, start: int = 0, stop: int | None = None
+    ) -> Iterator[LabClient]:
+        end = (
+            self.client_count(site_index)
+            if stop is None
+            else min(stop, self.client_count(site_index))
+        )
         for i in range(start, end):
             yield self.client(site_index, i)
 
@@ -223,10 +240,15 @@ def generate_lab(config: LabConfig | None = None) -> Lab:
         gateway_mac_hex = f"{rng.getrandbits(48):012X}"
         host_id = f"{gateway_mac_hex}{rng.getrandbits(160):040X}:{rng.randrange(10**9):09d}"
         site = LabSite(
-            s, _object_id(rng), _uuid(rng), _site_name(rng, s), desc, host_id,
+            s,
+            _object_id(rng),
+            _uuid(rng),
+            _site_name(rng, s),
+            desc,
+            host_id,
             rng.choice(("Europe/Zurich", "Europe/Berlin", "Asia/Tokyo", "Europe/Lisbon")),
             f"10.{s % 256}",
-        )  # fmt: skip
+        )
         lab.sites.append(site)
         devices: list[LabDevice] = []
         for d in range(config.devices_per_site):
@@ -246,11 +268,20 @@ def generate_lab(config: LabConfig | None = None) -> Lab:
                 _apply_defect(rng, defect, record)
             devices.append(
                 LabDevice(
-                    s, d, kind, entry, record["mac"], str(record["serial"]),  # type: ignore[arg-type]
-                    record["name"], str(record["ip"]), rng.choice(entry.firmware),  # type: ignore[arg-type]
-                    _object_id(rng), _uuid(rng), defect=defect,
+                    s,
+                    d,
+                    kind,
+                    entry,
+                    record["mac"],
+                    str(record["serial"]),  # type: ignore[arg-type]
+                    record["name"],
+                    str(record["ip"]),
+                    rng.choice(entry.firmware),  # type: ignore[arg-type]
+                    _object_id(rng),
+                    _uuid(rng),
+                    defect=defect,
                     duplicate=rng.random() < config.duplicate_rate,
-                )  # fmt: skip
+                )
             )
         gateway = devices[0].mac
         switches = [d.mac for d in devices if d.kind == "switch" and d.mac]

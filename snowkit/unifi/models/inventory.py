@@ -118,6 +118,8 @@ class InventorySite:
     host_id: str | None = None
     provenance: Provenance | None = None
 
+    kind: str = "site"
+
 
 @dataclass(slots=True)
 class InventoryDevice:
@@ -214,7 +216,7 @@ class Inventory:
         }
 
     def absorb(self, other: Inventory) -> None:
-        """Append another part of the *same* collection (items, rejects, warnings; not provenance)."""
+        """Append another part of the *same* collection (not its provenance)."""
         self.sites.extend(other.sites)
         for device in other.devices():
             self.add_device(device)
@@ -278,8 +280,10 @@ class Inventory:
     def to_dict(self) -> dict[str, Any]:
         """Plain dicts (slow for big inventories; the cache uses :meth:`to_jsonable`)."""
         data = self.to_jsonable()
-        return {key: [asdict(x) for x in value] if key != "warnings" else list(value)
-                for key, value in data.items()}  # fmt: skip
+        return {
+            key: [asdict(x) for x in value] if key != "warnings" else list(value)
+            for key, value in data.items()
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Inventory:

@@ -37,8 +37,11 @@ def summarize(raw: Any) -> dict[str, Any]:
     """A few identifying fields of a raw item, for quarantine reports (never the whole item)."""
     if not isinstance(raw, dict):
         return {"value": repr(raw)[:80]}
-    return {k: repr(raw[k])[:80] if not isinstance(raw[k], str) else raw[k][:80]
-            for k in _SUMMARY_KEYS if k in raw}
+    return {
+        k: repr(raw[k])[:80] if not isinstance(raw[k], str) else raw[k][:80]
+        for k in _SUMMARY_KEYS
+        if k in raw
+    }
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -97,8 +100,14 @@ def from_sitemanager(
         meta = site.meta or sm.SiteMeta()
         sid = site_source_id(site.siteId)
         inv.sites.append(
-            InventorySite(sid, _text(meta.desc) or _text(meta.name), meta.name, site.siteId,
-                          site.hostId, provenance)
+            InventorySite(
+                sid,
+                _text(meta.desc) or _text(meta.name),
+                meta.name,
+                site.siteId,
+                site.hostId,
+                provenance,
+            )
         )
         if site.hostId and (site.hostId not in site_by_host or meta.name == "default"):
             site_by_host[site.hostId] = sid
@@ -145,8 +154,14 @@ def from_network(
     source = provenance.source
     for site in parse_items(nm.NetworkSite, sites, source, "site", inv):
         inv.sites.append(
-            InventorySite(site_source_id(site.id), _text(site.desc) or _text(site.name),
-                          site.name, site.id, None, provenance)
+            InventorySite(
+                site_source_id(site.id),
+                _text(site.desc) or _text(site.name),
+                site.name,
+                site.id,
+                None,
+                provenance,
+            )
         )
     fallback_site = None
     if site_id_by_name and len(site_id_by_name) == 1:
@@ -218,8 +233,14 @@ def from_integration(
     source = provenance.source
     for site in parse_items(im.IntegrationSite, sites, source, "site", inv):
         inv.sites.append(
-            InventorySite(site_source_id(site.id), _text(site.name), site.internalReference,
-                          site.id, None, provenance)
+            InventorySite(
+                site_source_id(site.id),
+                _text(site.name),
+                site.internalReference,
+                site.id,
+                None,
+                provenance,
+            )
         )
     mac_by_device_id: dict[str, str] = {}
     for site_id, raw_devices in devices_by_site.items():

@@ -1,0 +1,72 @@
+"""`snowkit load | setup | outbox | rollback` end to end on the embedded instance."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from snowkit.cli import main
+from snowkit.cmdb.outbox import OP_CREATE, Outbox
+
+LAB = ["--lab-sites", "1", "--lab-devices", "3", "--lab-clients", "4", "--batch-size", "5"]
+
+
+def test_load_json_then_rerun_then_rollback(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["load", "--json", *LAB]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["status"] == "success"
+    assert report["run_id"]
+    assert report["totals"]["create"] > 0
+    assert report["applied"]["created"] == report["totals"]["create"]
+    assert Path(report["paths"]["audit"]).exists()
+    assert Path(report["paths"]["log"]).exists()
+    assert Path(report["paths"]["report"]).exists()
+
+    assert main(["load", "--no-progress", *LAB]) == 0
+    out = capsys.readouterr().out
+    assert "success" in out and f"no_change {report['totals']['create']}" in out
+
+    assert main(["rollback", report["run_id"], "--json"]) == 0
+    undone = json.loads(capsys.readouterr().out)
+    assert undone["ok"] and undone["deleted"] == (
+        report["applied"]["created"] + report["relationships"]["created"]
+    )
+    assert main(["load", "--json", *LAB]) == 0  # the CMDB was emptied: everything again
+    assert json.loads(capsys.readouterr().out)["totals"]["create"] == report["totals"]["create"]
+
+
+def test_dry_run_json_and_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["load", "--dry-run", "--json", *LAB]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["status"] == "dry_run"
+    assert Path(report["paths"]["plan"]).exists()
+
+
+def test_setup_and_outbox_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["setup", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["ok"] and sorted(status["created"] + status["present"]) == [
+        "cmdb_ci.u_unifi_source_id",
+        "cmn_location.u_unifi_source_id",
+    ]
+    with Outbox() as box:
+        box.enqueue("r1", OP_CREATE, "cmn_location", source_id="site:x", values={"name": "X"})
+    assert main(["outbox", "show", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["summary"] == {"pending": 1}
+    assert shown["entries"][0]["source_id"] == "site:x"
+    assert main(["outbox", "replay", "--json"]) == 0
+    replayed = json.loads(capsys.readouterr().out)
+    assert replayed["created"] == 1 and replayed["remaining"] == 0
+    assert main(["outbox", "replay"]) == 0
+    assert "empty" in capsys.readouterr().out
+
+
+def test_errors_are_clear(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["rollback", "20990101T000000Z-000000"]) == 1
+    assert "no writes for run" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["load", "--batch-size", "0"])
+    assert info.value.code == 2
