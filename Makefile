@@ -31,11 +31,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -n 2 --dist loadgroup tests
+	$(BIN)/python -m pytest -n 2 --dist loadfile tests
 	$(BIN)/python -m pytest --nbmake --nbmake-timeout=300 -n 2 notebooks/
 
 test-lib: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadgroup tests
+	$(BIN)/python -m pytest -n 2 --dist loadfile tests
 
 test-notebooks: $(STAMP)
 	$(BIN)/python -m pytest --nbmake --nbmake-timeout=300 -n 2 notebooks/

@@ -34,6 +34,8 @@ from snowkit.unifi import (
 
 
 class _Quiet(WSGIRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as real consoles and api.ui.com do
+
     def log_request(self, *args: object, **kwargs: object) -> None:
         pass
 

@@ -52,6 +52,17 @@ REF_SUFFIX = "_OP_REF"
 AUTH_ORDER = ("api_key", "oauth", "basic")
 OP_INSTALL_HINT = "https://developer.1password.com/docs/cli/get-started/"
 
+# 1Password service accounts are rate limited (1 000-10 000 reads an hour): a reference is
+# read at most once per process, whichever CredentialManager asks.
+_OP_CACHE: dict[str, SecretStr] = {}
+_OP_CACHE_LOCK = threading.Lock()
+
+
+def clear_op_cache() -> None:
+    """Forget values read from 1Password (tests; or after rotating a secret)."""
+    with _OP_CACHE_LOCK:
+        _OP_CACHE.clear()
+
 
 def normalize_instance(value: str) -> str:
     """``acme`` → ``https://acme.service-now.com``; URLs lose a trailing slash."""
@@ -470,6 +481,10 @@ class CredentialManager:
 
     def read_op(self, reference: str) -> SecretStr:
         """``op read --no-newline <reference>``; the value only travels over the child's stdout."""
+        with _OP_CACHE_LOCK:
+            cached = _OP_CACHE.get(reference)
+        if cached is not None:
+            return cached
         if not reference.startswith("op://"):
             raise CredentialUnavailableError(
                 "A 1Password reference must start with op://.",
@@ -504,6 +519,8 @@ class CredentialManager:
             )
         value = SecretStr(result.stdout)
         secrets.register(value)
+        with _OP_CACHE_LOCK:
+            _OP_CACHE[reference] = value
         return value
 
     # -- auth --------------------------------------------------------------------------------
@@ -638,5 +655,6 @@ __all__ = [
     "BasicAuth",
     "CredentialManager",
     "OAuthAuth",
+    "clear_op_cache",
     "normalize_instance",
 ]

@@ -14,3 +14,13 @@ def snowkit_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("SNOWKIT_HOME", str(home))
     monkeypatch.setenv("SNOWKIT_REPORTS", str(tmp_path / "reports"))
     return home
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--run-drills``: run the long reliability drills in tests/drills (``make drill``)."""
+    parser.addoption(
+        "--run-drills",
+        action="store_true",
+        default=False,
+        help="run the long reliability drills (make drill)",
+    )

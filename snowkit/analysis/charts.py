@@ -273,8 +273,9 @@ def health_history_chart(health: pd.DataFrame, *, ax: Axes | None = None) -> Fig
 def data_quality_chart(issues: pd.DataFrame, *, ax: Axes | None = None) -> Figure:
     """Data-quality issues per validation rule (weighted by ``affected_records`` if present).
 
-    Takes a frame with a ``rule`` (or ``issue_type``) column: the sync engine's quality frame,
-    or the ``data_quality_issue`` events of a log.
+    Takes a frame with a ``rule`` (or ``issue_type``) column: the sync engine's quality frame
+    (one row per issue), ``pd.DataFrame(report["data_quality"]["by_rule"])`` (a ``count``
+    per rule), or the ``data_quality_issue`` events of a log (``affected_records``).
     """
     fig, ax = _axes(ax)
     title = "Data-quality issues by rule"
@@ -284,9 +285,10 @@ def data_quality_chart(issues: pd.DataFrame, *, ax: Axes | None = None) -> Figur
     column = next((c for c in ("rule", "issue_type") if _has(data, c)), None)
     if column is None:
         return _no_data(fig, ax, title)
+    weight_column = next((c for c in ("affected_records", "count") if c in data.columns), None)
     weights = (
-        pd.to_numeric(data["affected_records"], errors="coerce").fillna(1)
-        if "affected_records" in data.columns
+        pd.to_numeric(data[weight_column], errors="coerce").fillna(1)
+        if weight_column
         else pd.Series(1, index=data.index)
     )
     counts = weights.groupby(data[column].fillna("unknown").astype(str)).sum().sort_values()

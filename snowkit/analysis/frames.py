@@ -89,9 +89,18 @@ HISTORY_COLUMNS = (
 )
 
 
-def logs_frame(path_or_paths: PathLike | Iterable[PathLike]) -> pd.DataFrame:
-    """Structured log lines (one file, a rotated family's members, or a run's ``log.jsonl``)."""
-    return read_jsonl_frame(as_paths(path_or_paths), ensure=LOG_COLUMNS)
+def logs_frame(
+    path_or_paths: PathLike | Iterable[PathLike], *, rotated: bool = False
+) -> pd.DataFrame:
+    """Structured log lines from one file or several (in the order given).
+
+    ``rotated=True`` with one path also reads its rotated siblings (``snowkit.jsonl.1``, ...),
+    oldest first, so the frame covers everything the rotating handler still keeps.
+    """
+    paths = as_paths(path_or_paths)
+    if rotated and len(paths) == 1:
+        paths = rotated_family(paths[0])
+    return read_jsonl_frame(paths, ensure=LOG_COLUMNS)
 
 
 def errors_frame(path: PathLike) -> pd.DataFrame:

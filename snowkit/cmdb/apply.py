@@ -679,9 +679,9 @@ class SyncEngine:
                 self._mark_unreachable(exc)
                 self._queue(chunk)
                 return
+            status = getattr(getattr(exc, "context", None), "http_status", None)
             for op in chunk:
-                self._fail(op, _describe(exc), getattr(exc.context, "http_status", None)
-                           if hasattr(exc, "context") else None)  # fmt: skip
+                self._fail(op, _describe(exc), status)
             return
         with self._lock:
             self._stats.batches += 1

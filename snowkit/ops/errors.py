@@ -502,6 +502,7 @@ class ErrorHandler:
             "transaction_id": _header(response, "X-Transaction-ID"),
             "method": method,
             "url": _safe_url(getattr(response, "url", None)),
+            "table_name": _table_of(getattr(response, "url", None), sn_message),
         }
         text = sn_message or (getattr(response, "reason", "") or "")
         summary = f"HTTP {status} from ServiceNow during {operation}"
@@ -585,6 +586,7 @@ class ErrorHandler:
             dict(details) if isinstance(details, Mapping) else {"reason": details or ""}
         )
         info["auth_method"] = auth_method
+        info.setdefault("method", auth_method)  # the seed's recovery strategy reads "method"
         status = info.get("http_status") or info.get("status")
         status = int(status) if isinstance(status, int | str) and str(status).isdigit() else None
         if status == 403:
@@ -702,6 +704,17 @@ def _sent_before_failure(exc: BaseException) -> bool:
             stack.extend([item.__cause__, item.__context__, getattr(item, "reason", None)])
             stack.extend(a for a in item.args if isinstance(a, BaseException))
     return False
+
+
+def _table_of(url: Any, message: str) -> str | None:
+    """The table a Table API call addressed (the seed's table fallback reads ``table_name``)."""
+    path = str(url or "").split("?", 1)[0]
+    marker = "/api/now/table/"
+    if marker in path:
+        return path.split(marker, 1)[1].split("/", 1)[0] or None
+    if message.lower().startswith("invalid table "):
+        return message.split()[-1]
+    return None
 
 
 def _auth_method_of(request: Any) -> str | None:

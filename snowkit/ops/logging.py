@@ -35,22 +35,26 @@ DEFAULT_BACKUP_COUNT = 5
 
 
 # -- processors --------------------------------------------------------------------------------
-def add_logger_name(logger: WrappedLogger, _: str, event_dict: EventDict) -> EventDict:
+_LEVEL_NAMES = {"warn": "warning", "exception": "error", "fatal": "critical", "msg": "info"}
+
+
+def add_standard_fields(
+    logger: WrappedLogger, method_name: str, event_dict: EventDict
+) -> EventDict:
+    """``logger``, ``level`` and ``timestamp`` (ISO 8601 UTC with offset), in one pass."""
     if "logger" not in event_dict:
         event_dict["logger"] = getattr(logger, "name", "snowkit")
-    return event_dict
-
-
-def add_timestamp(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-    """ISO 8601 in UTC with offset, the project-wide convention."""
-    event_dict.setdefault("timestamp", datetime.now(UTC).isoformat())
-    return event_dict
-
-
-def add_level(_: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
     if "level" not in event_dict:
-        level = "warning" if method_name == "warn" else method_name
-        event_dict["level"] = "error" if level == "exception" else level
+        event_dict["level"] = _LEVEL_NAMES.get(method_name, method_name)
+    if "timestamp" not in event_dict:
+        event_dict["timestamp"] = datetime.now(UTC).isoformat()
+    return event_dict
+
+
+def render_stack_info(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """``stack_info=True`` → a formatted ``stack`` field (cheap no-op otherwise)."""
+    if event_dict.pop("stack_info", None):
+        return structlog.processors.StackInfoRenderer()(_, __, event_dict | {"stack_info": True})
     return event_dict
 
 
@@ -67,10 +71,8 @@ def _to_sink(_: WrappedLogger, __: str, event_dict: EventDict) -> tuple[tuple[An
 # (structlog's dict_tracebacks and ConsoleRenderer would include them by default).
 PROCESSORS: list[Any] = [
     structlog.contextvars.merge_contextvars,
-    add_logger_name,
-    add_level,
-    add_timestamp,
-    structlog.processors.StackInfoRenderer(),
+    add_standard_fields,
+    render_stack_info,
     structlog.processors.format_exc_info,
     redact_event,
     _to_sink,

@@ -135,3 +135,27 @@ def test_relationship_chart_counts_created_and_existing_as_linked(b: Any) -> Non
     assert bars == {"linked": 30, "orphans": 2, "failed": 1}
     frame = pd.DataFrame({"status": ["linked", "linked", "orphans"]})
     assert [p.get_height() for p in relationship_chart(frame).axes[0].patches] == [2, 1]
+
+
+def test_data_quality_chart_weights_by_count_or_affected_records(
+    inputs: dict[str, Any], b: Any
+) -> None:
+    from_logs = data_quality_chart(inputs["logs"]).axes[0]
+    widths = {
+        t.get_text(): p.get_width()
+        for t, p in zip(from_logs.get_yticklabels(), from_logs.patches, strict=True)
+    }
+    assert widths == b.log_records().quality
+    by_rule = pd.DataFrame([{"rule": "bad_ip", "count": 4}, {"rule": "missing_mac", "count": 1}])
+    assert sorted(p.get_width() for p in data_quality_chart(by_rule).axes[0].patches) == [1, 4]
+
+
+def test_charts_from_a_real_metrics_collector() -> None:
+    metrics = pytest.importorskip("snowkit.ops.metrics")
+    collector = metrics.MetricsCollector()
+    for i in range(30):
+        collector.record_request("GET", "query" if i % 2 else "create", 200, 10.0 + i, table="t")
+    samples = samples_frame(collector.snapshot())
+    for chart in (latency_percentiles_chart, throughput_chart):
+        fig = chart(samples)
+        assert _drawn(fig) > 0 and _png(fig).startswith(PNG)

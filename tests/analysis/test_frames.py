@@ -218,3 +218,16 @@ def test_nan_and_infinity_written_by_stdlib_json_are_read(tmp_path: Path) -> Non
     frame = logs_frame(path)
     assert frame.attrs["skipped_lines"] == 0 and pd.isna(frame["value"].iloc[0])
     assert frame["top"].iloc[0] == float("inf")
+
+
+def test_logs_frame_reads_a_rotated_family_oldest_first(tmp_path: Path, b: ModuleType) -> None:
+    log = tmp_path / "snowkit.jsonl"
+    for name, second in (("snowkit.jsonl.2", 0), ("snowkit.jsonl.1", 1), ("snowkit.jsonl", 2)):
+        b.write_jsonl(tmp_path / name, [{"timestamp": b.ts(second), "event": name}])
+    (tmp_path / "snowkit.jsonl.bak").write_text("not part of the family\n")
+    assert logs_frame(log, rotated=True)["event"].tolist() == [
+        "snowkit.jsonl.2",
+        "snowkit.jsonl.1",
+        "snowkit.jsonl",
+    ]
+    assert len(logs_frame(log)) == 1

@@ -204,7 +204,10 @@ class FakeOp:
 
 
 @pytest.fixture
-def fake_op(tmp_path: Path) -> FakeOp:
+def fake_op(tmp_path: Path) -> Iterator[FakeOp]:
+    from snowkit.credentials import clear_op_cache
+
+    clear_op_cache()  # values are cached per process; each test has its own fake vault
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     target = bin_dir / "op"
@@ -216,4 +219,5 @@ def fake_op(tmp_path: Path) -> FakeOp:
         "FAKE_OP_ARGV_LOG": str(argv_log),
         "FAKE_OP_SECRETS": "{}",
     }
-    return FakeOp(bin_dir=bin_dir, argv_log=argv_log, env=env)
+    yield FakeOp(bin_dir=bin_dir, argv_log=argv_log, env=env)
+    clear_op_cache()

@@ -43,6 +43,15 @@ def test_op_read_is_canonical_and_cached(fake_op, canary, log_capture) -> None:
     assert canary not in log_capture.all_text()
 
 
+def test_a_reference_is_read_once_per_process(fake_op, canary) -> None:
+    fake_op.set_secrets({REF: canary})
+    env = {**fake_op.env, "SERVICENOW_PASSWORD_OP_REF": REF}
+    first, second = CredentialManager(env=env), CredentialManager(env=env)
+    assert first.get("password") == second.get("password")
+    reads = [argv for argv in fake_op.invocations() if argv[0] == "read"]
+    assert reads == [["read", "--no-newline", REF]]
+
+
 def test_op_stdin_is_closed(fake_op, canary) -> None:
     fake_op.set_secrets({REF: canary})
     seen = {}

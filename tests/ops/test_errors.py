@@ -64,6 +64,7 @@ def test_envelope_and_transaction_id_are_parsed(canned_server, handler) -> None:
     assert ctx.details["transaction_id"] == "abc123"
     assert ctx.details["servicenow_message"] == "Invalid table cmdb_ci_x"
     assert ctx.details["status"] == "failure"
+    assert ctx.details["table_name"] == "cmdb_ci_x"
     assert "Invalid table" in ctx.error_message
     with pytest.raises(InvalidTableError):
         handler.raise_for(ctx)
@@ -263,6 +264,7 @@ def test_correlation_id_comes_from_the_scope(handler) -> None:
 def test_authentication_guidance_names_what_to_set(handler, method, names) -> None:
     ctx = handler.handle_authentication_error(method, "401 from instance")
     assert ctx.category is ErrorCategory.AUTHENTICATION and not ctx.retryable
+    assert ctx.details["method"] == method  # what the seed's recovery strategy reads
     for name in names:
         assert name in ctx.guidance
 

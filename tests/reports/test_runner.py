@@ -221,3 +221,19 @@ def test_reports_list_on_an_empty_folder_says_how_to_start(
 ) -> None:
     assert main(["reports", "list", "--reports-dir", str(tmp_path / "none")]) == 0
     assert "snowkit run" in capsys.readouterr().out
+
+
+def test_a_report_that_cannot_render_still_leaves_html_and_run_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import snowkit.reports.html as html
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("template exploded")
+
+    monkeypatch.setattr(html, "write_html", broken)
+    result = run(NOTEBOOKS / "failing.ipynb", reports_dir=tmp_path)
+    assert result.exit_code == EXIT_FAILED
+    page = result.html.read_text()
+    assert "template exploded" in page and "RuntimeError" in page and "executed notebook" in page
+    assert json.loads(result.run_json.read_text())["error"]["ename"] == "RuntimeError"

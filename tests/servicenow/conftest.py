@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from snowkit.credentials import CredentialManager
+from snowkit.ops.logging import configure_logging
 from snowkit.sandbox import Sandbox
 from snowkit.servicenow import ServiceNowAPIClient
 
@@ -53,6 +54,12 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+@pytest.fixture(autouse=True)
+def default_logging() -> None:
+    """JSON log lines on stderr (some tests read them), whatever an earlier test configured."""
+    configure_logging()
 
 
 @pytest.fixture(scope="module")
