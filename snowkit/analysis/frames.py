@@ -24,6 +24,7 @@ from snowkit.analysis._jsonl import (
     rotated_family,
     to_utc,
 )
+from snowkit.ops.audit import audit_segments
 
 LOG_COLUMNS = ("timestamp", "level", "event", "logger", "run_id", "correlation_id")
 ERROR_COLUMNS = (
@@ -116,7 +117,9 @@ def audit_frame(path: PathLike, *, keep_chain: bool = False, rotated: bool = Tru
     the chain is ``snowkit audit verify``'s job, not this frame's.
     """
     base = Path(path)
-    paths = rotated_family(base) if rotated else [base]
+    # Audit segments number up with age (.1 oldest), the reverse of log rotation: the trail's
+    # own ordering keeps the chain in sequence.
+    paths = (audit_segments(base) or [base]) if rotated else [base]
     frame = read_jsonl_frame(paths, ensure=AUDIT_COLUMNS + CHAIN_COLUMNS + ("type",))
     is_checkpoint = frame["type"].eq("checkpoint").fillna(False).astype(bool)
     checkpoints = int(is_checkpoint.sum())

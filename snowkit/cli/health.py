@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -148,7 +147,3 @@ def render_table(checks: dict[str, Any], overall: str) -> str:
     lines.append("")
     lines.append(f"overall: {overall}")
     return "\n".join(lines)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(run_health(argparse.Namespace()))

@@ -19,7 +19,8 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections import ChainMap
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,11 +53,14 @@ from snowkit.cmdb.relationships import (
     plan_links,
 )
 from snowkit.cmdb.report import ItemFailure, RunReport, suggestions_from
+from snowkit.ops.logging import StructuredLogger
 from snowkit.servicenow.batch import BatchRequest
 from snowkit.servicenow.query import Query
 
 #: Kinds the transform gives client devices; everything else non-location is network gear.
 CLIENT_KINDS = frozenset({"client", "wired_client", "wireless_client"})
+#: Fields the engine adds that verification does not compare.
+_META_FIELDS = frozenset({SOURCE_ID_FIELD, "sys_class_name"})
 #: Per-item statuses worth another attempt (after a lookup, for creates).
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 _RETURN_FIELDS = f"sysparm_fields=sys_id,{SOURCE_ID_FIELD}&sysparm_exclude_reference_link=true"
@@ -105,7 +109,8 @@ class WriteOp:
     key: str
     action: str  # create | update | retire | relate
     table: str  # the table written (after any fallback)
-    body: dict[str, str]
+    values: Mapping[str, str]  # shared with the plan item: never mutated, never copied
+    extra: dict[str, str] = field(default_factory=dict)  # resolved references, source id...
     source_id: str | None = None
     sys_id: str | None = None
     item: PlanItem | None = None
@@ -113,6 +118,11 @@ class WriteOp:
     pending_refs: dict[str, str] = field(default_factory=dict)
     spec: Any = None
     class_name: str | None = None  # the intended class when written through a fallback
+
+    @property
+    def body(self) -> dict[str, str]:
+        """The JSON body, composed when sent (keeps 50,000 pending writes small)."""
+        return {**self.values, **self.extra} if self.extra else dict(self.values)
 
     @property
     def method(self) -> str:
@@ -165,7 +175,6 @@ class SyncEngine:
         workers: int = 4,
         limiter: Any = None,
         logger: Any = None,
-        metrics: Any = None,
         retire_after_days: float | None = None,
         max_attempts: int = 3,
         on_batch: Callable[[int], None] | None = None,
@@ -181,8 +190,7 @@ class SyncEngine:
         self.batch_size = batch_size
         self.workers = workers
         self.limiter = limiter
-        self.logger = logger
-        self.metrics = metrics
+        self.logger = logger or StructuredLogger("snowkit.cmdb.sync")
         self.retire_after_days = retire_after_days
         self.max_attempts = max(1, max_attempts)
         self.on_batch = on_batch
@@ -198,7 +206,7 @@ class SyncEngine:
         self._sys_ids: dict[str, str] = {}
         self._fallbacks: dict[str, str] = {}
         self._failures: list[ItemFailure] = []
-        self._written: list[WriteOp] = []
+        self._written: list[tuple[str, str, Mapping[str, str], tuple[tuple[str, str], ...]]] = []
         self._stats = _Stats()
         self._batches_done = 0
         self.rel_types = RelTypeCache(client)
@@ -226,7 +234,7 @@ class SyncEngine:
             return None
 
         candidates = [(t,) for t in sorted(set(tables) - {CI_TABLE, LOCATION_TABLE})]
-        return {t for t in planning._parallel(probe, candidates, self.workers) if t}
+        return {t for t in planning.parallel_map(probe, candidates, self.workers) if t}
 
     def plan(
         self,
@@ -275,8 +283,11 @@ class SyncEngine:
         writes = plan.writes
         self._ire_specs = list(plan.relationships) if self.ire else []
         t0 = self._clock()
+        context = {"run_id": self.run_id, "writes": len(writes), "ire": self.ire}
+        self.logger.log_operation_start("cmdb_apply", context)
         for index, phase in enumerate(dependency_phases(writes)):
             desc = f"phase {index + 1}"
+            self.logger.event("sync_phase", phase=index + 1, records=len(phase))
             if self.ire:
                 locations = [i for i in phase if i.table == LOCATION_TABLE]
                 cis = [i for i in phase if i.table != LOCATION_TABLE]
@@ -292,34 +303,39 @@ class SyncEngine:
         report.timings["relationships"] = round(self._clock() - t0, 3)
         report.timings["apply_total"] = round(self._clock() - started, 3)
         self._fill_report(report)
+        self.logger.log_operation_complete(
+            "cmdb_apply",
+            report.timings["apply_total"] * 1000,
+            report.status == "success",
+            {**context, "status": report.status, **report.applied},
+        )
         return report
 
     def _op_for(self, item: PlanItem) -> WriteOp:
-        body = dict(item.values)
+        extra: dict[str, str] = {}
         pending: dict[str, str] = {}
         for fld, target in item.references.items():
             sys_id = self._sys_ids.get(target)
             if sys_id:
-                body[fld] = sys_id
+                extra[fld] = sys_id
             else:
                 pending[fld] = target
         table = item.table
         class_name = None
         if table in self._fallbacks:
             table, class_name = self._fallbacks[table], item.table
-            body["sys_class_name"] = item.table
         if item.action == CREATE:
-            body[SOURCE_ID_FIELD] = item.source_id
-        elif item.sys_id and item.action in (UPDATE, RETIRE):
-            if table != LOCATION_TABLE and class_name is None:
-                # the CI may be held under another class: address it through cmdb_ci
-                table = CI_TABLE if item.class_change else table
-            body.pop("sys_class_name", None)
+            extra[SOURCE_ID_FIELD] = item.source_id
+            if class_name:
+                extra["sys_class_name"] = class_name
+        elif item.class_change and class_name is None and table != LOCATION_TABLE:
+            table = CI_TABLE  # held under another class: address the update through cmdb_ci
         return WriteOp(
             key=str(next(self._keys)),
             action=item.action,
             table=table,
-            body=body,
+            values=item.values,
+            extra=extra,
             source_id=item.source_id,
             sys_id=item.sys_id,
             item=item,
@@ -344,7 +360,7 @@ class SyncEngine:
             for fld, target in list(op.pending_refs.items()):
                 sys_id = self._sys_ids.get(target)
                 if sys_id:
-                    op.body[fld] = sys_id
+                    op.extra[fld] = sys_id
                     del op.pending_refs[fld]
         chunks = [ops[i : i + self.batch_size] for i in range(0, len(ops), self.batch_size)]
         with bar(len(ops), desc, enabled=progress) as pbar:
@@ -534,7 +550,7 @@ class SyncEngine:
         op.class_name = intended
         op.table = CI_TABLE
         if op.action == CREATE:
-            op.body["sys_class_name"] = intended
+            op.extra["sys_class_name"] = intended
 
     def _mark_unreachable(self, exc: BaseException) -> None:
         with self._lock:
@@ -557,7 +573,9 @@ class SyncEngine:
             if op.source_id and sys_id and op.action != "relate":
                 self._sys_ids[op.source_id] = sys_id
             op.sys_id = sys_id
-            self._written.append(op)
+            if op.action != "relate" and op.source_id:
+                refs = tuple((k, v) for k, v in op.extra.items() if k not in _META_FIELDS)
+                self._written.append((op.table, op.source_id, op.values, refs))
         action = "create" if op.action in (CREATE, "relate") else "update"
         self._audit(action, op.table, sys_id, op.source_id, op.before, op.body, "success")
 
@@ -651,11 +669,10 @@ class SyncEngine:
     def _ire_op_for(self, item: PlanItem, plan: Plan) -> WriteOp:
         op = self._op_for(item)
         record = plan.records.get(item.source_id)
-        if record is not None:  # IRE needs the identifying attributes, not only the diff
-            full = dict(record.values)
-            full.update(op.body)
-            op.body = full
-        op.body.pop(SOURCE_ID_FIELD, None)
+        full = dict(record.values) if record is not None else {}
+        full.update(op.body)  # IRE needs the identifying attributes, not only the diff
+        full.pop(SOURCE_ID_FIELD, None)
+        op.values, op.extra = full, {}
         op.class_name = item.table
         return op
 
@@ -697,7 +714,7 @@ class SyncEngine:
                         self._sys_ids[op.source_id] = outcome.sys_id
                 continue
             op.action = CREATE if outcome.operation.startswith("INSERT") else UPDATE
-            op.body[SOURCE_ID_FIELD] = op.source_id or ""
+            op.extra[SOURCE_ID_FIELD] = op.source_id or ""
             self._succeed(op, outcome.sys_id)
         for name, n in ire_mode.relation_operations(result).items():
             with self._lock:
@@ -741,7 +758,7 @@ class SyncEngine:
                 key=str(next(self._keys)),
                 action="relate",
                 table=REL_TABLE,
-                body=body,
+                values=body,
                 spec=spec,
             )
             for spec, body in link_plan.to_create
@@ -765,7 +782,7 @@ class SyncEngine:
                     key=str(next(self._keys)),
                     action="relate",
                     table=REL_TABLE,
-                    body={"type": type_id or ""},
+                    values={"type": type_id or ""},
                     spec=spec,
                 )
             )
@@ -893,15 +910,10 @@ class SyncEngine:
         """Read back every record this engine wrote and compare field by field."""
         from snowkit.cmdb.verify import Expectation, verify
 
-        expectations = [
-            Expectation(
-                op.table,
-                op.source_id,
-                {k: v for k, v in op.body.items() if k not in ("sys_class_name", SOURCE_ID_FIELD)},
-            )
-            for op in self._written
-            if op.action != "relate" and op.source_id
-        ]
+        expectations = (
+            Expectation(table, source_id, ChainMap(dict(refs), values) if refs else values)
+            for table, source_id, values, refs in self._written
+        )
         return verify(self.client, expectations, workers=self.workers)
 
     def rollback(self, run_id: str, *, audit_path: Any = None) -> Any:
@@ -913,8 +925,8 @@ class SyncEngine:
 
     # -- results for verification --------------------------------------------------------
     @property
-    def written(self) -> list[WriteOp]:
-        """Every write that landed this run (for verification)."""
+    def written(self) -> list[tuple[str, str, Mapping[str, str], tuple[tuple[str, str], ...]]]:
+        """(table, source id, values, resolved references) of every record write that landed."""
         return list(self._written)
 
     @property

@@ -273,6 +273,7 @@ def run_load(
             from snowkit.cmdb.transform import transform
 
             result = transform(inventory)
+            inventory = None  # the records are all we need now: free the raw inventory
             report.timings["transform"] = round(clock() - t0, 3)
             report.data_quality = quality_summary(result)
             report.stale_data = list(getattr(result, "warnings", []) or [])

@@ -461,7 +461,7 @@ def read_snapshot(
                 jobs.append((table, f"{SOURCE_ID_FIELD}ISNOTEMPTY", base | lacking))
     loc_fields = base | fields_by_table.get(LOCATION_TABLE, set()) | {"name"}
     jobs.append((LOCATION_TABLE, f"{SOURCE_ID_FIELD}ISNOTEMPTY", loc_fields))
-    for (table, _q, _w), rows in zip(jobs, _parallel(read, jobs, workers), strict=True):
+    for (table, _q, _w), rows in zip(jobs, parallel_map(read, jobs, workers), strict=True):
         for row in rows:
             if table == LOCATION_TABLE:
                 row["sys_class_name"] = LOCATION_TABLE
@@ -490,7 +490,7 @@ def read_snapshot(
             if query is not None:
                 jobs.append((LOCATION_TABLE, query, loc_fields))
     seen_candidates: set[str] = set()
-    for (table, _q, _w), rows in zip(jobs, _parallel(read, jobs, workers), strict=True):
+    for (table, _q, _w), rows in zip(jobs, parallel_map(read, jobs, workers), strict=True):
         for row in rows:
             if table == LOCATION_TABLE:
                 snapshot.locations_by_name.setdefault(row.get("name", ""), row)
@@ -506,8 +506,9 @@ def _any_without_source_id(client: Any, table: str) -> bool:
     return any(True for _ in itertools.islice(rows, 1))
 
 
-def _parallel(fn: Any, jobs: Sequence[tuple], workers: int) -> list[Any]:
-    """``fn(*job)`` for every job, ``workers`` at a time; results in job order."""
+def parallel_map(fn: Any, jobs: Sequence[tuple], workers: int) -> list[Any]:
+    """``fn(*job)`` for every job, ``workers`` at a time; results in job order (reads only:
+    the client is thread-safe and each read is independent)."""
     if len(jobs) <= 1 or workers <= 1:
         return [fn(*job) for job in jobs]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="snowkit-read") as pool:

@@ -8,7 +8,7 @@ that differs, every record that cannot be found, and fields a fallback table can
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +17,7 @@ from snowkit.cmdb.report import Mismatch
 from snowkit.servicenow.query import Query
 
 SOURCE_ID_FIELD = "u_unifi_source_id"
-_SKIP = frozenset({"sys_class_name", "sys_id"})
+_SKIP = frozenset({"sys_class_name", "sys_id", SOURCE_ID_FIELD})
 
 
 @dataclass
@@ -26,7 +26,7 @@ class Expectation:
 
     table: str
     source_id: str
-    values: dict[str, str]
+    values: Mapping[str, str]
 
 
 @dataclass
@@ -60,7 +60,8 @@ def verify(
     in_chunk: int = 100,
     workers: int = 4,
 ) -> VerifyResult:
-    """Compare what the CMDB holds with ``expectations``.
+    """Compare what the CMDB holds with ``expectations``, one chunk of records at a time
+    (``workers`` chunks in flight), so 50,000 records never sit in memory as rows.
 
     A field the table does not return at all (no such column) is listed in
     ``unstored_fields`` rather than as a mismatch.
@@ -68,45 +69,49 @@ def verify(
     result = VerifyResult()
     by_table: dict[str, dict[str, Expectation]] = {}
     for exp in expectations:
-        merged = by_table.setdefault(exp.table, {}).get(exp.source_id)
-        if merged is None:
-            by_table[exp.table][exp.source_id] = Expectation(
-                exp.table, exp.source_id, dict(exp.values)
-            )
+        table = by_table.setdefault(exp.table, {})
+        earlier = table.get(exp.source_id)
+        if earlier is None:
+            table[exp.source_id] = exp
         else:  # several writes to one record (e.g. create then update): the last value wins
-            merged.values.update(exp.values)
+            table[exp.source_id] = Expectation(
+                exp.table, exp.source_id, {**earlier.values, **exp.values}
+            )
     for table, wanted in sorted(by_table.items()):
         fields = sorted({f for e in wanted.values() for f in e.values} - _SKIP)
         sids = [s for s in wanted if "," not in s and "^" not in s]
-        found: dict[str, dict[str, Any]] = {}
-        chunks = [(table, sids[i : i + in_chunk], fields) for i in range(0, len(sids), in_chunk)]
-        for rows in _parallel(lambda job: _read(client, *job, in_chunk), chunks, workers):
-            for row in rows:
-                found[_str(row.get(SOURCE_ID_FIELD))] = row
-        for sid, exp in wanted.items():
-            result.checked += 1
-            row = found.get(sid)
-            if row is None:
-                result.missing.append(sid)
-                continue
-            clean = True
-            for fld, expected in exp.values.items():
-                if fld in _SKIP:
-                    continue
-                if fld not in row:
-                    # not returned although asked for: the table has no such column (a custom
-                    # field nobody created, or a fallback table); listed, not a mismatch
-                    unstored = result.unstored_fields.setdefault(table, [])
-                    if fld not in unstored:
-                        unstored.append(fld)
-                    continue
-                actual = _str(row.get(fld))
-                if actual != _str(expected):
-                    clean = False
-                    result.mismatches.append(Mismatch(sid, table, fld, _str(expected), actual))
-            if clean:
-                result.matched += 1
+        chunks = [sids[i : i + in_chunk] for i in range(0, len(sids), in_chunk)]
+        jobs = [(table, chunk, fields) for chunk in chunks]
+        reads = _parallel(lambda job: _read(client, *job, in_chunk), jobs, workers)
+        for chunk, rows in zip(chunks, reads, strict=True):
+            found = {_str(row.get(SOURCE_ID_FIELD)): row for row in rows}
+            for sid in chunk:
+                _compare(result, table, wanted[sid], found.get(sid))
     return result
+
+
+def _compare(result: VerifyResult, table: str, exp: Expectation, row: dict | None) -> None:
+    result.checked += 1
+    if row is None:
+        result.missing.append(exp.source_id)
+        return
+    clean = True
+    for fld, expected in exp.values.items():
+        if fld in _SKIP:
+            continue
+        if fld not in row:
+            # not returned although asked for: the table has no such column (a custom field
+            # nobody created, or a fallback table); listed, not a mismatch
+            unstored = result.unstored_fields.setdefault(table, [])
+            if fld not in unstored:
+                unstored.append(fld)
+            continue
+        actual = _str(row.get(fld))
+        if actual != _str(expected):
+            clean = False
+            result.mismatches.append(Mismatch(exp.source_id, table, fld, _str(expected), actual))
+    if clean:
+        result.matched += 1
 
 
 def _read(client: Any, table: str, sids: list[str], fields: list[str], size: int) -> list[dict]:

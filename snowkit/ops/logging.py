@@ -305,9 +305,10 @@ def get_logger(name: str = "snowkit", **initial_values: Any) -> Any:
 
 
 # -- run and correlation ids --------------------------------------------------------------------
-def new_run_id() -> str:
-    """``YYYYmmddTHHMMSSZ-<6 hex>``."""
-    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{_secrets.token_hex(3)}"
+def new_run_id(now: datetime | None = None) -> str:
+    """``YYYYmmddTHHMMSSZ-<6 hex>``: sorts by start time, unique enough within one second."""
+    moment = (now or datetime.now(UTC)).astimezone(UTC)
+    return f"{moment:%Y%m%dT%H%M%SZ}-{_secrets.token_hex(3)}"
 
 
 def bind_run_id(run_id: str | None = None) -> str:

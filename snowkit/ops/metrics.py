@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 import threading
 import time
 from collections import deque
@@ -35,6 +34,7 @@ import psutil
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import write_to_textfile as _prom_write_textfile
 
+from snowkit.files import write_atomic
 from snowkit.ops.redaction import redact
 
 #: Histogram buckets in seconds; ServiceNow cancels transactions at 60 s (and some at 300 s).
@@ -548,18 +548,7 @@ class MetricsCollector:
 
     def write_snapshot(self, path: str | os.PathLike[str]) -> Path:
         """Write :meth:`snapshot` as JSON atomically (temp file in the same dir + rename)."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        data = orjson.dumps(self.snapshot(), option=orjson.OPT_INDENT_2)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return target
+        return write_atomic(path, orjson.dumps(self.snapshot(), option=orjson.OPT_INDENT_2))
 
     @staticmethod
     def load_snapshot(path: str | os.PathLike[str]) -> MetricsSnapshot:

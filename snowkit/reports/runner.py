@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import platform
 import re
-import secrets as _random
 import sys
 import time
 from collections.abc import Mapping
@@ -32,6 +31,8 @@ import orjson
 from nbformat import NotebookNode
 
 from snowkit import paths
+from snowkit.files import write_atomic
+from snowkit.ops.logging import new_run_id
 from snowkit.ops.redaction import is_secret_key, redact
 from snowkit.reports.emit import RUN_DIR_ENV
 from snowkit.reports.figures import extract_figures
@@ -104,12 +105,6 @@ def resolve_parameter(value: str) -> Any:
         except ValueError:
             continue
     return value
-
-
-def new_run_id(now: datetime | None = None) -> str:
-    """``YYYYmmddTHHMMSSZ-<6 hex>`` (docs/architecture.md conventions)."""
-    moment = (now or datetime.now(UTC)).astimezone(UTC)
-    return f"{moment:%Y%m%dT%H%M%SZ}-{_random.token_hex(3)}"
 
 
 def check_parameters(parameters: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -279,9 +274,7 @@ def _fallback_html(stem: str, rid: str, error: RunError | None, exc: Exception) 
 
 def _write_json(path: Path, doc: Mapping[str, Any]) -> None:
     payload = orjson.dumps(redact(dict(doc)), default=str, option=orjson.OPT_INDENT_2)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_bytes(payload + b"\n")
-    tmp.replace(path)
+    write_atomic(path, payload + b"\n")
 
 
 def run(

@@ -39,7 +39,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -73,6 +73,7 @@ from snowkit.servicenow.transport import (
     Timeouts,
     build_session,
     normalize_instance_url,
+    request_was_sent,
     resolve_proxies,
     resolve_verify,
 )
@@ -90,9 +91,9 @@ class _AuthState:
 
     index: int
     name: str
-    auth: Any
-    headers: Mapping[str, str]
-    session: requests.Session | None
+    auth: Any = field(repr=False)
+    headers: Mapping[str, str] = field(repr=False)  # may hold x-sn-apikey / Authorization
+    session: requests.Session | None = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -766,7 +767,10 @@ class ServiceNowAPIClient:
                 new = self._first_usable_auth(failed.index + 1)
             if new is None:
                 return None
-            self.logger.event("auth_fallback", level="WARNING", old=failed.name, new=new.name)
+            if new.index == failed.index:
+                self.logger.event("auth_refreshed", method=new.name)
+            else:
+                self.logger.event("auth_fallback", level="WARNING", old=failed.name, new=new.name)
             self._auth = new
             self._auth_confirmed = False
             return new
@@ -774,7 +778,7 @@ class ServiceNowAPIClient:
     def _auth_exhausted(self, call: _Call) -> AuthenticationError:
         names = [str(getattr(m, "name", m)) for m in self._methods] or ["none"]
         ctx = self.error_handler.handle_authentication_error(
-            names[-1],
+            names[0] if len(names) == 1 else "any configured method",
             {
                 "reason": "ServiceNow rejected every configured credential "
                 f"(tried: {', '.join(names)})",
@@ -790,7 +794,7 @@ class ServiceNowAPIClient:
     def _network_error(
         self, call: _Call, exc: requests.RequestException, attempt: int
     ) -> OperationalError:
-        sent = _request_was_sent(exc)
+        sent = request_was_sent(exc)
         if sent and not call.idempotent:
             return self._ambiguous(call, f"no answer arrived ({type(exc).__name__})", None)
         tls = isinstance(exc, requests.exceptions.SSLError)
@@ -1034,27 +1038,3 @@ def _plain(value: Any) -> str | None:
     if isinstance(value, Mapping):
         value = value.get("value")
     return None if value is None else str(value)
-
-
-def _request_was_sent(exc: BaseException) -> bool:
-    """False only when the failure provably happened before the request left (connect phase)."""
-    if isinstance(exc, requests.exceptions.ConnectTimeout | requests.exceptions.SSLError):
-        return False
-    if isinstance(exc, requests.exceptions.ReadTimeout):
-        return True
-    seen: set[int] = set()
-    stack: list[Any] = [exc]
-    while stack:
-        item = stack.pop()
-        if item is None or id(item) in seen:
-            continue
-        seen.add(id(item))
-        name = type(item).__name__
-        if name in {"NewConnectionError", "NameResolutionError", "ConnectTimeoutError"}:
-            return False
-        if isinstance(item, ConnectionRefusedError):
-            return False
-        if isinstance(item, BaseException):
-            stack.extend([item.__cause__, item.__context__, getattr(item, "reason", None)])
-            stack.extend(a for a in item.args if isinstance(a, BaseException))
-    return True

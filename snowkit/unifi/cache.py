@@ -2,13 +2,11 @@
 
 When a console or the cloud API is down, yesterday's inventory marked stale is more useful than
 no run at all; the staleness (age) travels with the data into the run report. Written
-atomically (temp file + ``os.replace``) so a crash never leaves a half-written cache.
+atomically (:func:`snowkit.files.write_atomic`) so a crash never leaves a half-written cache.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +15,7 @@ from pathlib import Path
 import orjson
 
 from snowkit import paths
+from snowkit.files import write_atomic
 from snowkit.unifi.models.inventory import Inventory
 
 FORMAT_VERSION = 1
@@ -45,25 +44,13 @@ class LastKnownGoodCache:
         return self.directory / f"{safe}.json"
 
     def save(self, source: str, inventory: Inventory) -> Path:
-        target = self.path(source)
-        target.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "version": FORMAT_VERSION,
             "source": source,
             "saved_at": self._clock(),
             "inventory": inventory.to_jsonable(),
         }
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(orjson.dumps(payload))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return target
+        return write_atomic(self.path(source), orjson.dumps(payload), fsync=True)
 
     def load(self, source: str) -> CachedInventory | None:
         """The cached inventory marked stale with its age, or None (absent or unreadable)."""

@@ -100,6 +100,17 @@ def test_audit_frame_spans_rotated_files_and_drops_checkpoints_and_chain(
     assert len(audit_frame(state["audit"], rotated=False)) == 6
 
 
+def test_audit_frame_reads_rotated_segments_in_chain_order(tmp_path: Path, b: ModuleType) -> None:
+    # Audit segments number up with age (.1 is the oldest), unlike rotated logs.
+    first, last = b.audit_records(n=2, checkpoint_every=10)
+    second, last = b.audit_records(n=2, checkpoint_every=10, start_seq=3, prev_hash=last)
+    third, _ = b.audit_records(n=2, checkpoint_every=10, start_seq=5, prev_hash=last)
+    b.write_jsonl(tmp_path / "audit.jsonl.1", first)
+    b.write_jsonl(tmp_path / "audit.jsonl.2", second)
+    current = b.write_jsonl(tmp_path / "audit.jsonl", third)
+    assert audit_frame(current)["seq"].tolist() == [1, 2, 3, 4, 5, 6]
+
+
 def test_metrics_and_samples_frames(state: dict[str, Path]) -> None:
     ops = metrics_frame(state["metrics"])
     assert ops["operation_name"].tolist() == ["query", "create", "update"]

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from snowkit import paths
 from snowkit.credentials import ApiKeyAuth, BasicAuth, CredentialManager, OAuthAuth
 from snowkit.ops.errors import AuthenticationError
 from snowkit.sandbox import Sandbox
@@ -77,6 +78,11 @@ def test_all_rejected_gives_guidance_and_no_secret(
         assert secret not in text
         assert secret not in capsys.readouterr().err
     assert info.value.context.http_status == 401
+    persisted = paths.errors_path().read_text()
+    assert "authentication" in persisted
+    for secret in (BAD_KEY, BAD_TOKEN, BAD_PASSWORD):
+        assert secret not in persisted
+        assert secret not in repr(c.__dict__)
 
 
 def test_oauth_grant_that_fails_is_skipped(sb: Sandbox) -> None:

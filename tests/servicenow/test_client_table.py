@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import requests
 
 from snowkit.credentials import CredentialManager
 from snowkit.ops.audit import AuditTrail, read_audit, verify_audit
@@ -197,3 +198,27 @@ def test_proxies_explicit_from_environment_and_never_for_loopback(monkeypatch) -
     monkeypatch.setenv("NO_PROXY", "internal.example")
     assert resolve_proxies("https://acme.service-now.com")["https"] == "http://envproxy:8080"
     assert "https" not in resolve_proxies("https://x.internal.example")
+
+
+def _wrapped(inner: BaseException) -> requests.exceptions.ConnectionError:
+    from urllib3.exceptions import MaxRetryError, ProtocolError
+
+    if isinstance(inner, ConnectionResetError):
+        inner = ProtocolError("Connection aborted.", inner)
+    return requests.exceptions.ConnectionError(MaxRetryError(None, "/x", inner))
+
+
+@pytest.mark.parametrize(
+    ("exc", "sent"),
+    [
+        (requests.exceptions.ConnectTimeout(), False),
+        (requests.exceptions.ReadTimeout(), True),
+        (_wrapped(ConnectionRefusedError(111, "refused")), False),
+        (_wrapped(ConnectionResetError(104, "reset by peer")), True),
+        (requests.exceptions.ConnectionError("something else"), True),  # unknown: assume sent
+    ],
+)
+def test_request_was_sent_decides_ambiguity(exc: BaseException, sent: bool) -> None:
+    from snowkit.servicenow.transport import request_was_sent
+
+    assert request_was_sent(exc) is sent

@@ -80,12 +80,14 @@ def test_keyset_paging_has_no_duplicates_or_misses_while_another_thread_inserts(
 ) -> None:
     existing = _seed(client, "problem", 2500, "pre")
     stop = threading.Event()
+    tick = threading.Event()
     inserted: list[str] = []
 
     def writer() -> None:
         with ServiceNowAPIClient(sb.url, client.credentials, verify=str(sb.ca_path)) as other:
-            while not stop.is_set() and len(inserted) < 500:
+            while not stop.is_set() and len(inserted) < 2000:
                 inserted.append(_random_insert(other, "new-x"))
+                tick.set()
 
     thread = threading.Thread(target=writer)
     thread.start()
@@ -97,15 +99,20 @@ def test_keyset_paging_has_no_duplicates_or_misses_while_another_thread_inserts(
             .or_()
             .starts_with("short_description", "new-")
         )
-        for row in client.query("problem", query, fields=["short_description"], page_size=100):
+        started_with = len(inserted)
+        rows = client.query("problem", query, fields=["short_description"], page_size=100)
+        for i, row in enumerate(rows):
             seen.append(row["sys_id"])
-        during_scan = len(inserted)
+            if i % 100 == 99:  # at each page boundary, let the writer land an insert
+                tick.clear()
+                tick.wait(5)
+        during_scan = len(inserted) - started_with
     finally:
         stop.set()
         thread.join(30)
     assert len(seen) == len(set(seen)), "a record came back twice"
     assert existing <= set(seen), f"{len(existing - set(seen))} pre-existing records missed"
-    assert during_scan > 0, "the writer thread made no inserts during the scan"
+    assert during_scan >= 20, "the writer thread made too few inserts during the scan"
     assert seen == sorted(seen)
 
 

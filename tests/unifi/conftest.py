@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -10,20 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from werkzeug.serving import WSGIRequestHandler, make_server
 
 from snowkit.ops.retry import RetryManager, RetryPolicy
 from snowkit.unifi.lab import LabApp, LabConfig, generate_lab, lab_app
+from tests.helpers.http import serve_wsgi
 
 SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "reference" / "unifi-samples"
 API_KEY = "test-api-key-9f8e7d"
 USERNAME = "lab-admin"
 PASSWORD = "S3cret-lab-Passw0rd!"
-
-
-class QuietHandler(WSGIRequestHandler):
-    def log_request(self, *args: object, **kwargs: object) -> None:
-        pass
 
 
 @dataclass
@@ -43,14 +37,8 @@ class LabServer:
 @contextmanager
 def serve(app: Any) -> Iterator[LabServer]:
     """Serve a WSGI app on an ephemeral 127.0.0.1 port for the duration of the block."""
-    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield LabServer(app, f"http://127.0.0.1:{server.server_port}")
-    finally:
-        server.shutdown()
-        thread.join(5)
+    with serve_wsgi(app) as url:
+        yield LabServer(app, url)
 
 
 @pytest.fixture

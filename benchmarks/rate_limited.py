@@ -1,0 +1,187 @@
+"""Benchmark: a load against a rate-limited instance with a concurrency cap: adaptive vs fixed.
+
+The embedded instance (its own process) gets a rate-limit rule (N requests per W-second window,
+per user: 429 with Retry-After until the window resets) and a concurrency cap smaller than the
+loader's worker count (an excess request queues ``queue_timeout_ms``, then gets 429 with
+Retry-After: 1), plus 50 ms + 0-10 ms latency. Both contenders are the sync engine
+(``SyncEngine.sync``: plan, Batch API writes, relationships, verification) with the same
+workers and batch size; the only difference is the write path's concurrency:
+
+- **fixed**: ``workers`` batch requests in flight, whatever the instance answers;
+- **adaptive**: the same, under ``AdaptiveLimiter(initial=workers, maximum=workers)``, which
+  halves its limit on a 429 (or a latency jump) and creeps back up after good answers.
+
+Every request the client makes (reads, writes, retries) is counted by its MetricsCollector:
+429s, retries and failures. Goal: no failed record or link in either mode (every 429 is waited
+out), and fewer 429s with the adaptive limiter. Contenders alternate over ``--reps``
+repetitions, each on a fresh instance; the table shows medians.
+
+    .venv/bin/python benchmarks/rate_limited.py           # 2,000 CIs, 3 repetitions
+    .venv/bin/python benchmarks/rate_limited.py --quick   # 60 CIs, small latency
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from load_throughput import (
+    Instance,
+    client_for,
+    collect,
+    machine_summary,
+    median,
+    print_table,
+    sandbox_process,
+    snowkit_home,
+    trust_only_explicit_cas,
+    workload,
+)
+
+MODES = ("fixed", "adaptive")
+
+
+def run_engine(
+    instance: Instance, result: Any, *, mode: str, workers: int, batch_size: int
+) -> dict[str, Any]:
+    """One sync with the engine as ``run_load`` builds it, plus (or not) the adaptive limiter."""
+    from snowkit import paths
+    from snowkit.cmdb.apply import SyncEngine
+    from snowkit.cmdb.outbox import Outbox
+    from snowkit.cmdb.schema import ensure_schema
+    from snowkit.ops.audit import AuditTrail
+    from snowkit.ops.metrics import MetricsCollector
+    from snowkit.servicenow import AdaptiveLimiter
+
+    metrics = MetricsCollector()
+    limiter = (
+        AdaptiveLimiter(initial=workers, minimum=1, maximum=workers)
+        if mode == "adaptive"
+        else None
+    )
+    start = time.perf_counter()
+    with client_for(instance, metrics=metrics) as client:
+        ensure_schema(client, create=True)
+        audit, outbox = AuditTrail(paths.audit_path()), Outbox()
+        try:
+            engine = SyncEngine(
+                client,
+                audit=audit,
+                outbox=outbox,
+                batch_size=batch_size,
+                workers=workers,
+                limiter=limiter,
+            )
+            _plan, report = engine.sync(result, progress=False)
+        finally:
+            audit.close()
+            outbox.close()
+    seconds = time.perf_counter() - start
+    ops = metrics.all_operation_metrics()
+    by_op = {m.operation_name: m.rate_limited for m in ops if m.rate_limited}
+    return {
+        "seconds": seconds,
+        "status": report.status,
+        "message": report.message,
+        "created": report.applied.get("created", 0),
+        "failed": report.applied.get("failed", 0) + report.relationships.failed,
+        "queued": report.applied.get("queued", 0) + report.relationships.queued,
+        "links": report.relationships.created,
+        "requests": sum(m.total_requests for m in ops),
+        "throttled": sum(m.rate_limited for m in ops),
+        "throttled_by_op": by_op,
+        "retries": sum(m.retries for m in ops),
+        "limiter_cuts": limiter.cuts if limiter else 0,
+        "limiter_final": limiter.limit if limiter else workers,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke-sized run (seconds)")
+    parser.add_argument("--cis", type=int, default=None, help="CIs (default 2000)")
+    parser.add_argument("--reps", type=int, default=None, help="repetitions (default 3)")
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--cap", type=int, default=4, help="the instance's concurrency cap")
+    parser.add_argument("--queue-timeout-ms", type=float, default=50.0)
+    parser.add_argument("--rate-requests", type=int, default=None, help="rule: requests ...")
+    parser.add_argument("--rate-window", type=float, default=None, help="... per window (s)")
+    parser.add_argument("--latency-ms", type=float, default=None)
+    args = parser.parse_args(argv)
+    cis = args.cis or (60 if args.quick else 2000)
+    reps = args.reps or (1 if args.quick else 3)
+    latency = args.latency_ms if args.latency_ms is not None else (5.0 if args.quick else 50.0)
+    rate_requests = args.rate_requests or (40 if args.quick else 100)
+    rate_window = args.rate_window or (2 if args.quick else 5)
+    faults = {
+        "seed": 7,
+        "latency_ms": latency,
+        "latency_jitter_ms": latency / 5,
+        "max_concurrency": args.cap,
+        "queue_timeout_ms": args.queue_timeout_ms,
+        "rate_limit": {"requests": rate_requests, "window_seconds": rate_window},
+    }
+    trust_only_explicit_cas()
+    print(machine_summary(), flush=True)
+    print(f"instance faults: {json.dumps(faults)}; workers={args.workers} "
+          f"batch_size={args.batch_size}", flush=True)  # fmt: skip
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
+    with snowkit_home() as state:
+        result = workload(collect(cis))
+        print(f"workload: {len(result.records)} records, {len(result.relationships)} links",
+              flush=True)  # fmt: skip
+        for rep in range(reps):
+            for mode in MODES if rep % 2 == 0 else tuple(reversed(MODES)):
+                with sandbox_process(faults, Path(state) / f"sb-{mode}-{rep}") as instance:
+                    run = run_engine(
+                        instance, result, mode=mode, workers=args.workers,
+                        batch_size=args.batch_size,
+                    )  # fmt: skip
+                runs[mode].append(run)
+                print(f"  rep {rep + 1} {mode:<8} {run['seconds']:6.2f} s, {run['status']}, "
+                      f"429s {run['throttled']} {run['throttled_by_op']}, retries "
+                      f"{run['retries']}, failed {run['failed']}, queued {run['queued']}, "
+                      f"limiter cuts {run['limiter_cuts']}", flush=True)  # fmt: skip
+    print()
+    print(f"{cis} CIs; medians of {reps} alternating repetitions; "
+          f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
+    rows = []
+    for mode in MODES:
+        rs = runs[mode]
+        rows.append([
+            f"{mode} ({args.workers} workers" + (", AdaptiveLimiter)" if mode == "adaptive"
+                                                  else ")"),
+            f"{median([r['seconds'] for r in rs]):.2f}",
+            f"{median([r['requests'] for r in rs]):.0f}",
+            f"{median([r['throttled'] for r in rs]):.0f}",
+            f"{median([r['retries'] for r in rs]):.0f}",
+            f"{max(r['failed'] for r in rs)}",
+            f"{max(r['queued'] for r in rs)}",
+            ", ".join(sorted({r['status'] for r in rs})),
+        ])  # fmt: skip
+    print_table(
+        ["mode", "time s", "requests", "429s", "retries", "failed (max)", "queued (max)",
+         "status"],
+        rows,
+    )  # fmt: skip
+    t_ratio = median(
+        [f["seconds"] / a["seconds"] for f, a in zip(runs["fixed"], runs["adaptive"], strict=True)]
+    )
+    fewer = median([r["throttled"] for r in runs["adaptive"]]) <= median(
+        [r["throttled"] for r in runs["fixed"]]
+    )
+    failures = sum(r["failed"] + r["queued"] for rs in runs.values() for r in rs)
+    print(f"time fixed / adaptive (median of pairs): {t_ratio:.2f}")
+    print(f"fewer 429s with the adaptive limiter: {'yes' if fewer else 'NO'}")
+    print(f"failures: {failures} (goal 0) {'met' if failures == 0 else 'MISSED'}")
+    return 0 if failures == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Outage: the instance goes away in the middle of a load and comes back later.
+
+The sandbox's outage fault closes its listening socket (connection refused) and resets open
+connections; the drill starts it from the load's own ``on_batch`` hook after the second batch,
+so it always lands mid-write. Then:
+
+- the circuit breaker opens (a ``breaker_state_change`` to ``open`` in the run's log) and the
+  run ends ``queued`` with a message naming ``snowkit outbox replay``;
+- the writes not sent are in the outbox file (read back through a fresh connection);
+- ``snowkit outbox replay`` during the outage keeps them and exits 4 (queued);
+- after the window ``snowkit outbox replay`` sends them all (exit 0) and the CMDB equals the
+  expected state exactly; the next load writes nothing; the audit trail verifies and holds
+  one create per record.
+
+Waiting out the outage is real time (2 s fast, 30 s long): it is the fault under test, not a
+back-off; the client's own back-offs use a no-op sleep.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from snowkit import paths
+from snowkit.cli import main
+from snowkit.cmdb.job import run_load
+from snowkit.cmdb.outbox import Outbox
+from snowkit.ops.audit import read_audit, verify_audit
+from snowkit.sandbox import Sandbox
+from snowkit.unifi import LabConfig
+
+FAST_LAB = LabConfig(sites=2, devices_per_site=5, clients_per_site=25, seed=21)
+LONG_LAB = LabConfig(sites=3, devices_per_site=8, clients_per_site=60, seed=21)
+
+
+def cli(args: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(args)
+    return code, out.getvalue(), err.getvalue()
+
+
+def breaker_opened(run_id: str) -> bool:
+    log = paths.runs_dir() / run_id / "log.jsonl"
+    for line in log.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(ValueError):
+            event = json.loads(line)
+            if event.get("event") == "breaker_state_change" and event.get("new") == "open":
+                return True
+    return False
+
+
+def wait_until(predicate: Any, timeout: float) -> float:
+    """Poll (bounded) until ``predicate()``; returns the seconds it took."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if predicate():
+            return time.monotonic() - started
+        time.sleep(0.02)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+def outage_drill(drill: Any, monkeypatch: pytest.MonkeyPatch, outage_s: float) -> None:
+    with Sandbox.start() as sb:
+        drill.setup_schema(sb)
+        inventory, result = drill.lab_result(sb, drill.size(FAST_LAB, LONG_LAB))
+        monkeypatch.setenv("SERVICENOW_USERNAME", "admin")
+        monkeypatch.setenv("SERVICENOW_PASSWORD", sb.users["admin"])
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(sb.ca_path))
+
+        def start_outage(done: int) -> None:
+            if done == 2:
+                sb.set_faults({"outage": {"after_seconds": 0, "duration_seconds": outage_s}})
+                wait_until(lambda: not sb.accepting, 5)
+
+        report = run_load(
+            sandbox=sb,
+            inventory=inventory,
+            progress=False,
+            batch_size=10,
+            workers=1,
+            on_batch=start_outage,
+            client_options={"sleep": drill.no_sleep},
+        )
+        down_at = time.monotonic()
+        assert report.status == "queued", report.message
+        assert "snowkit outbox replay" in report.message
+        assert breaker_opened(report.run_id), "the breaker never opened"
+        with Outbox() as box:  # a fresh connection: the queue is on disk
+            queued = box.count()
+            assert queued == report.outbox["pending"] > 0
+        landed_before = len(result.records) - len(drill.compare(sb.store, result).lost)
+
+        if not drill.long or outage_s > 5:  # still down: replay keeps everything queued
+            code, _out, err = cli(["outbox", "replay", "--instance", sb.url])
+            assert code == 4, err
+            assert "outbox replay" in err
+            with Outbox() as box:
+                assert box.count() == queued
+
+        wait_until(lambda: sb.accepting, outage_s + 15)
+        back_at = time.monotonic()
+        sb.set_faults(None)
+        code, out, err = cli(["outbox", "replay", "--instance", sb.url, "--json"])
+        replayed_at = time.monotonic()
+        assert code == 0, (out, err)
+        replay = json.loads(out)
+        assert replay["remaining"] == 0 and not replay["failed"], replay
+        final = drill.compare(sb.store, result)
+        assert final.exact, final.summary()
+
+        again = run_load(sandbox=sb, inventory=inventory, progress=False)
+        assert again.status == "success", again.message
+        assert again.applied["batches"] == 0 and again.action_totals()["create"] == 0
+
+    check = verify_audit(paths.audit_path())
+    assert check.ok, check.message
+    creates = collections.Counter(
+        e["source_id"] for e in read_audit() if e["action"] == "create" and e.get("source_id")
+    )
+    assert set(creates) == {r.source_id for r in result.records}
+    assert max(creates.values()) == 1
+    drill.figures(
+        "outage",
+        variant="long" if drill.long else "fast",
+        outage_seconds=outage_s,
+        records=len(result.records),
+        relationships=final.expected_links,
+        landed_before_outage=landed_before,
+        queued_in_outbox=queued,
+        replayed=replay["sent"],
+        lost=len(final.lost),
+        duplicated=len(final.duplicated) + len(final.links_duplicated),
+        seconds_down_observed=round(back_at - down_at, 2),
+        replay_seconds_after_recovery=round(replayed_at - back_at, 2),
+        audit_entries=check.entries,
+    )
+
+
+def test_outage_fast(drill: Any, monkeypatch: pytest.MonkeyPatch, snowkit_home: Path) -> None:
+    outage_drill(drill, monkeypatch, outage_s=2.0)
+
+
+@pytest.mark.drill
+def test_outage_long(drill: Any, monkeypatch: pytest.MonkeyPatch, snowkit_home: Path) -> None:
+    outage_drill(drill, monkeypatch, outage_s=30.0)
