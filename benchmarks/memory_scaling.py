@@ -58,16 +58,20 @@ def rss_now_mb() -> float:
 
 def serve_lab(cis: int) -> None:
     """Child mode: serve a lab of ``cis`` CIs on loopback until interrupted."""
+    from load_throughput import lab_config
     from werkzeug.serving import make_server
 
-    from load_throughput import lab_config
     from snowkit.unifi import generate_lab, lab_app
 
     quiet_logs()
     app = lab_app(generate_lab(lab_config(cis)))
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    print(json.dumps({"port": server.server_port, "username": app.username,
-                      "password": app.password}), flush=True)  # fmt: skip
+    print(
+        json.dumps(
+            {"port": server.server_port, "username": app.username, "password": app.password}
+        ),
+        flush=True,
+    )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
@@ -110,7 +114,11 @@ def collect_from(lab: dict[str, Any]) -> Any:
 def one_load(cis: int, workers: int, batch_size: int) -> dict[str, Any]:
     """Child mode: one load of ``cis`` CIs; returns the figures (printed as JSON)."""
     trust_only_explicit_cas()
-    with snowkit_home() as state, lab_process(cis) as lab, sandbox_process(None, state / "sb") as sb:
+    with (
+        snowkit_home() as state,
+        lab_process(cis) as lab,
+        sandbox_process(None, state / "sb") as sb,
+    ):
         base_mb = rss_now_mb()
         start = time.perf_counter()
         inventory = collect_from(lab)
@@ -132,8 +140,16 @@ def one_load(cis: int, workers: int, batch_size: int) -> dict[str, Any]:
 
 
 def run_child(cis: int, args: argparse.Namespace) -> dict[str, Any]:
-    cmd = [sys.executable, str(HERE), "--child", str(cis),
-           "--workers", str(args.workers), "--batch-size", str(args.batch_size)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(HERE),
+        "--child",
+        str(cis),
+        "--workers",
+        str(args.workers),
+        "--batch-size",
+        str(args.batch_size),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
     if out.returncode != 0 or not lines:
@@ -163,17 +179,23 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(s) for s in (args.sizes or default).split(",")]
     reps = args.reps or (1 if args.quick else 2)
     print(machine_summary(), flush=True)
-    print(f"no injected latency; workers={args.workers} batch_size={args.batch_size}; "
-          "instance and lab in their own processes", flush=True)  # fmt: skip
+    print(
+        f"no injected latency; workers={args.workers} batch_size={args.batch_size}; "
+        "instance and lab in their own processes",
+        flush=True,
+    )
     results: dict[int, list[dict[str, Any]]] = {n: [] for n in sizes}
     for rep in range(reps):
         for cis in sizes if rep % 2 == 0 else list(reversed(sizes)):
             figures = run_child(cis, args)
             results[cis].append(figures)
-            print(f"  round {rep + 1}: {cis} CIs: job {figures['job_s']:.2f} s, peak RSS "
-                  f"{figures['peak_mb']:.0f} MB (baseline {figures['baseline_mb']:.0f} MB)",
-                  flush=True)  # fmt: skip
+            print(
+                f"  round {rep + 1}: {cis} CIs: job {figures['job_s']:.2f} s, peak RSS "
+                f"{figures['peak_mb']:.0f} MB (baseline {figures['baseline_mb']:.0f} MB)",
+                flush=True,
+            )
     rows = []
+    previous: tuple[int, float] | None = None
     first = sizes[0]
     per_ci_first = median([r["job_s"] for r in results[first]]) / first
     for cis in sizes:
@@ -181,27 +203,47 @@ def main(argv: list[str] | None = None) -> int:
         job_s = median([r["job_s"] for r in rs])
         peak = median([r["peak_mb"] for r in rs])
         base = median([r["baseline_mb"] for r in rs])
-        rows.append([
-            f"{cis:,}", f"{rs[0]['records']:,} + {rs[0]['links']:,}",
-            f"{median([r['collect_s'] for r in rs]):.2f}", f"{job_s:.2f}",
-            f"{job_s / cis * 1000:.3f}", f"{job_s / cis / per_ci_first:.2f}",
-            f"{peak:.0f}", f"{peak - base:.0f}", f"{(peak - base) / cis * 1024:.1f}",
-        ])  # fmt: skip
+        rows.append(
+            [
+                f"{cis:,}",
+                f"{rs[0]['records']:,} + {rs[0]['links']:,}",
+                f"{median([r['collect_s'] for r in rs]):.2f}",
+                f"{job_s:.2f}",
+                f"{job_s / cis * 1000:.3f}",
+                f"{job_s / cis / per_ci_first:.2f}",
+                f"{peak:.0f}",
+                f"{peak - base:.0f}",
+                "-"
+                if previous is None
+                else f"{(peak - previous[1]) / (cis - previous[0]) * 1024:.1f}",
+            ]
+        )
+        previous = (cis, peak)
     print()
     print(f"medians of {reps} round(s); load average {__import__('os').getloadavg()[0]:.2f}")
     print_table(
-        ["CIs", "records + links", "collect s", "load s", "ms / CI",
-         f"time/CI vs {first:,}", "peak RSS MB", "above baseline MB", "KB / CI"],
+        [
+            "CIs",
+            "records + links",
+            "collect s",
+            "load s",
+            "ms / CI",
+            f"time/CI vs {first:,}",
+            "peak RSS MB",
+            "above baseline MB",
+            "marginal KB / CI",
+        ],
         rows,
-    )  # fmt: skip
+    )
     largest = sizes[-1]
     peak_largest = median([r["peak_mb"] for r in results[largest]])
     if args.quick:
         print(f"peak RSS at {largest:,} CIs: {peak_largest:.0f} MB (quick mode: not judged)")
     else:
         verdict = "met" if peak_largest <= GOAL_MB else "MISSED"
-        print(f"peak RSS at {largest:,} CIs: {peak_largest:.0f} MB (goal <= {GOAL_MB:.0f}) "
-              f"{verdict}")  # fmt: skip
+        print(
+            f"peak RSS at {largest:,} CIs: {peak_largest:.0f} MB (goal <= {GOAL_MB:.0f}) {verdict}"
+        )
     return 0
 
 

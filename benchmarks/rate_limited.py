@@ -60,9 +60,7 @@ def run_engine(
 
     metrics = MetricsCollector()
     limiter = (
-        AdaptiveLimiter(initial=workers, minimum=1, maximum=workers)
-        if mode == "adaptive"
-        else None
+        AdaptiveLimiter(initial=workers, minimum=1, maximum=workers) if mode == "adaptive" else None
     )
     start = time.perf_counter()
     with client_for(instance, metrics=metrics) as client:
@@ -107,18 +105,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cis", type=int, default=None, help="CIs (default 2000)")
     parser.add_argument("--reps", type=int, default=None, help="repetitions (default 3)")
     parser.add_argument("--workers", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--batch-size", type=int, default=None, help="default 50; quick 5")
     parser.add_argument("--cap", type=int, default=4, help="the instance's concurrency cap")
-    parser.add_argument("--queue-timeout-ms", type=float, default=50.0)
+    parser.add_argument("--queue-timeout-ms", type=float, default=10.0)
     parser.add_argument("--rate-requests", type=int, default=None, help="rule: requests ...")
     parser.add_argument("--rate-window", type=float, default=None, help="... per window (s)")
     parser.add_argument("--latency-ms", type=float, default=None)
     args = parser.parse_args(argv)
     cis = args.cis or (60 if args.quick else 2000)
+    args.batch_size = args.batch_size or (5 if args.quick else 50)
     reps = args.reps or (1 if args.quick else 3)
     latency = args.latency_ms if args.latency_ms is not None else (5.0 if args.quick else 50.0)
-    rate_requests = args.rate_requests or (40 if args.quick else 100)
-    rate_window = args.rate_window or (2 if args.quick else 5)
+    rate_requests = args.rate_requests or (30 if args.quick else 100)
+    rate_window = args.rate_window or (1 if args.quick else 5)
     faults = {
         "seed": 7,
         "latency_ms": latency,
@@ -129,47 +128,61 @@ def main(argv: list[str] | None = None) -> int:
     }
     trust_only_explicit_cas()
     print(machine_summary(), flush=True)
-    print(f"instance faults: {json.dumps(faults)}; workers={args.workers} "
-          f"batch_size={args.batch_size}", flush=True)  # fmt: skip
+    print(
+        f"instance faults: {json.dumps(faults)}; workers={args.workers} "
+        f"batch_size={args.batch_size}",
+        flush=True,
+    )
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
     with snowkit_home() as state:
         result = workload(collect(cis))
-        print(f"workload: {len(result.records)} records, {len(result.relationships)} links",
-              flush=True)  # fmt: skip
+        print(
+            f"workload: {len(result.records)} records, {len(result.relationships)} links",
+            flush=True,
+        )
         for rep in range(reps):
             for mode in MODES if rep % 2 == 0 else tuple(reversed(MODES)):
                 with sandbox_process(faults, Path(state) / f"sb-{mode}-{rep}") as instance:
                     run = run_engine(
-                        instance, result, mode=mode, workers=args.workers,
+                        instance,
+                        result,
+                        mode=mode,
+                        workers=args.workers,
                         batch_size=args.batch_size,
-                    )  # fmt: skip
+                    )
                 runs[mode].append(run)
-                print(f"  rep {rep + 1} {mode:<8} {run['seconds']:6.2f} s, {run['status']}, "
-                      f"429s {run['throttled']} {run['throttled_by_op']}, retries "
-                      f"{run['retries']}, failed {run['failed']}, queued {run['queued']}, "
-                      f"limiter cuts {run['limiter_cuts']}", flush=True)  # fmt: skip
+                print(
+                    f"  rep {rep + 1} {mode:<8} {run['seconds']:6.2f} s, {run['status']}, "
+                    f"429s {run['throttled']} {run['throttled_by_op']}, retries "
+                    f"{run['retries']}, failed {run['failed']}, queued {run['queued']}, "
+                    f"limiter cuts {run['limiter_cuts']}",
+                    flush=True,
+                )
     print()
-    print(f"{cis} CIs; medians of {reps} alternating repetitions; "
-          f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
+    print(
+        f"{cis} CIs; medians of {reps} alternating repetitions; "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
     rows = []
     for mode in MODES:
         rs = runs[mode]
-        rows.append([
-            f"{mode} ({args.workers} workers" + (", AdaptiveLimiter)" if mode == "adaptive"
-                                                  else ")"),
-            f"{median([r['seconds'] for r in rs]):.2f}",
-            f"{median([r['requests'] for r in rs]):.0f}",
-            f"{median([r['throttled'] for r in rs]):.0f}",
-            f"{median([r['retries'] for r in rs]):.0f}",
-            f"{max(r['failed'] for r in rs)}",
-            f"{max(r['queued'] for r in rs)}",
-            ", ".join(sorted({r['status'] for r in rs})),
-        ])  # fmt: skip
+        rows.append(
+            [
+                f"{mode} ({args.workers} workers"
+                + (", AdaptiveLimiter)" if mode == "adaptive" else ")"),
+                f"{median([r['seconds'] for r in rs]):.2f}",
+                f"{median([r['requests'] for r in rs]):.0f}",
+                f"{median([r['throttled'] for r in rs]):.0f}",
+                f"{median([r['retries'] for r in rs]):.0f}",
+                f"{max(r['failed'] for r in rs)}",
+                f"{max(r['queued'] for r in rs)}",
+                ", ".join(sorted({r["status"] for r in rs})),
+            ]
+        )
     print_table(
-        ["mode", "time s", "requests", "429s", "retries", "failed (max)", "queued (max)",
-         "status"],
+        ["mode", "time s", "requests", "429s", "retries", "failed (max)", "queued (max)", "status"],
         rows,
-    )  # fmt: skip
+    )
     t_ratio = median(
         [f["seconds"] / a["seconds"] for f, a in zip(runs["fixed"], runs["adaptive"], strict=True)]
     )

@@ -117,8 +117,11 @@ def main(argv: list[str] | None = None) -> int:
 
     trust_only_explicit_cas()
     print(machine_summary(), flush=True)
-    print(f"instance faults: {json.dumps(faults)}; workers={args.workers} "
-          f"batch_size={args.batch_size}", flush=True)  # fmt: skip
+    print(
+        f"instance faults: {json.dumps(faults)}; workers={args.workers} "
+        f"batch_size={args.batch_size}",
+        flush=True,
+    )
     pairs = []
     with snowkit_home() as state:
         inventory = collect(cis)
@@ -146,19 +149,25 @@ def main(argv: list[str] | None = None) -> int:
     print_table(
         ["run", "time s", "writes (store / audit / engine)"],
         [
-            ["initial load (run_load)", f"{median([p['initial_s'] for p in pairs]):.2f}",
-             f"{pairs[0]['created']} records + {pairs[0]['links']} links"],
-            ["no-change rerun (run_load)", f"{median([p['rerun_s'] for p in pairs]):.2f}",
-             f"{writes}"],
+            [
+                "initial load (run_load)",
+                f"{median([p['initial_s'] for p in pairs]):.2f}",
+                f"{pairs[0]['created']} records + {pairs[0]['links']} links",
+            ],
+            [
+                "no-change rerun (run_load)",
+                f"{median([p['rerun_s'] for p in pairs]):.2f}",
+                f"{writes}",
+            ],
         ],
-    )  # fmt: skip
+    )
     phases = pairs[len(pairs) // 2]["rerun_timings"]
     print("rerun phases (s): " + ", ".join(f"{k} {v:.2f}" for k, v in phases.items() if v))
     print(f"store after: {pairs[-1]['store_after']}")
     judged = not args.quick
     ok_speed = ratio >= GOAL_SPEEDUP
-    print(f"rerun speed-up: {ratio:.1f}x (goal >= {GOAL_SPEEDUP:.0f}x) "
-          f"{'met' if ok_speed else 'MISSED' if judged else '(quick mode: not judged)'}")  # fmt: skip
+    verdict = ("met" if ok_speed else "MISSED") if judged else "(quick mode: not judged)"
+    print(f"rerun speed-up: {ratio:.1f}x (goal >= {GOAL_SPEEDUP:.0f}x) {verdict}")
     print(f"writes on rerun: {writes} (goal 0) {'met' if writes == 0 else 'MISSED'}")
     return 0 if writes == 0 else 1
 

@@ -41,8 +41,8 @@ if TYPE_CHECKING:
 
 EMBEDDED = "embedded"
 HEALTH_HISTORY = "health.jsonl"
-#: Statuses a load may end with that still count as "the notebook ran" (see raise_for_status).
-RAN_STATUSES = ("success", "partial", "queued", "dry_run")
+#: Load statuses that do not fail a load notebook (see raise_for_status).
+RAN_STATUSES = ("success", "partial", "dry_run")
 
 _sessions: dict[tuple[str, bool], Session] = {}
 _sessions_lock = threading.Lock()
@@ -365,10 +365,11 @@ class LoadFailedError(RuntimeError):
 
 
 def raise_for_status(report: RunReport | Mapping[str, Any]) -> None:
-    """Fail the notebook when the load failed (after its report has been shown).
+    """Fail the notebook when the load failed or only queued its writes (the instance was
+    unreachable), after its report has been shown, so a scheduler sees a non-zero exit.
 
-    ``partial`` and ``queued`` are not failures of the notebook: the report says which items
-    failed or wait in the outbox, and the next run picks them up.
+    ``partial`` (some items failed, listed in the report) does not fail the notebook; the next
+    run retries those items. Queued writes are kept in the outbox either way.
     """
     data = report.to_dict() if hasattr(report, "to_dict") else dict(report)
     status = data.get("status")
@@ -639,6 +640,11 @@ class History:
                 f"embedded instance ({runs} small loads, faults injected) in {where}. Run "
                 "`snowkit load` or the load notebook to analyse your own runs."
             )
+        if not runs:
+            return (
+                f"No load runs recorded in {where} yet, so the charts below say *no data*. "
+                "Run `snowkit load` or the load notebook first."
+            )
         return f"Analysing {runs} recorded load run(s) in {where}."
 
 
@@ -721,7 +727,7 @@ def run_trend_chart(runs: pd.DataFrame, *, ax: Any = None) -> Figure:
     ax.set_title(f"{title} (red: not successful)")
     ax.set_xlabel("started (UTC)")
     ax.set_ylabel("seconds")
-    ax.legend(loc="upper left", fontsize="small")
+    ax.legend(loc="best", fontsize="small")
     return fig
 
 
@@ -877,11 +883,15 @@ def generate_sample(
         sandbox.set_faults(dict(faults) if faults else None)
         # short back-off so the sample takes seconds; the faults still cause real retries
         fast = RetryManager(RetryPolicy(max_attempts=5, base_delay_seconds=0.02))
-        changed = dataclasses.replace(lab, seed=lab.seed + 1)  # some devices differ: writes
+        grown = dataclasses.replace(  # new devices and clients, some changed: real writes
+            lab,
+            devices_per_site=lab.devices_per_site + 1,
+            clients_per_site=lab.clients_per_site + 2,
+        )
         reports.append(
             run_load(
                 sandbox=sandbox,
-                lab=changed,
+                lab=grown,
                 progress=False,
                 client_options={"retry_manager": fast},
             )

@@ -52,7 +52,9 @@ def test_quick_mode_runs(name: str, tmp_path: Path) -> None:
         timeout=110,
         check=False,
     )
-    assert done.returncode == 0, f"{name} --quick failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, (
+        f"{name} --quick failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    )
     assert done.stdout.strip(), f"{name} --quick printed nothing"
     if name in EXPECTED:
         assert EXPECTED[name] in done.stdout, done.stdout[-3000:]

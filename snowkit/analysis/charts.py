@@ -104,9 +104,7 @@ def throughput_chart(
     for column in ("ok", "failed"):
         if column in binned.columns:
             ax.plot(binned.index, binned[column], label=column, color=colors[column])
-    ax.set_title(title)
-    ax.set_xlabel("time (UTC)")
-    ax.set_ylabel("requests")
+    ax.set(title=title, xlabel="time (UTC)", ylabel="requests")
     ax.legend(loc="upper left")
     return fig
 
@@ -123,9 +121,7 @@ def latency_percentiles_chart(samples: pd.DataFrame, *, ax: Axes | None = None) 
     grouped = durations.groupby(durations["operation"].fillna("unknown").astype(str))["duration_ms"]
     table = pd.DataFrame({f"p{q}": grouped.quantile(q / 100) for q in (50, 95, 99)})
     table.plot.bar(ax=ax, color=["tab:green", "tab:orange", "tab:red"], rot=0)
-    ax.set_title(title)
-    ax.set_xlabel("operation")
-    ax.set_ylabel("latency (ms)")
+    ax.set(title=title, xlabel="operation", ylabel="latency (ms)")
     return fig
 
 
@@ -150,9 +146,7 @@ def errors_over_time_chart(
     step = max(1, len(binned) // 12)
     for i, label in enumerate(ax.get_xticklabels()):
         label.set_visible(i % step == 0)
-    ax.set_title(title)
-    ax.set_xlabel("interval start (UTC)")
-    ax.set_ylabel("errors")
+    ax.set(title=title, xlabel="interval start (UTC)", ylabel="errors")
     ax.legend(title=by, fontsize="small")
     return fig
 
@@ -170,9 +164,7 @@ def errors_by_category_severity_chart(errors: pd.DataFrame, *, ax: Axes | None =
     order = [s for s in ("low", "medium", "high", "critical") if s in table.columns]
     table = table[order + [c for c in table.columns if c not in order]]
     table.plot.barh(ax=ax, stacked=True)
-    ax.set_title(title)
-    ax.set_xlabel("errors")
-    ax.set_ylabel("category")
+    ax.set(title=title, xlabel="errors", ylabel="category")
     ax.legend(title="severity", fontsize="small")
     return fig
 
@@ -199,9 +191,7 @@ def success_rate_chart(report: pd.DataFrame, *, ax: Axes | None = None) -> Figur
     colors = ["tab:green" if r >= 99 else "tab:orange" if r >= 90 else "tab:red" for r in rate]
     ax.barh(rate.index.astype(str), rate.to_numpy(), color=colors)
     ax.set_xlim(0, 100)
-    ax.set_title(title)
-    ax.set_xlabel("attempted writes that succeeded (%)")
-    ax.set_ylabel("class")
+    ax.set(title=title, xlabel="attempted writes that succeeded (%)", ylabel="class")
     return fig
 
 
@@ -218,9 +208,7 @@ def retries_chart(logs: pd.DataFrame, *, freq: str | None = None, ax: Axes | Non
     for column, color in (("retries", "tab:orange"), ("429 rate limited", "tab:red")):
         if column in binned.columns:
             ax.step(binned.index, binned[column], where="post", label=column, color=color)
-    ax.set_title(title)
-    ax.set_xlabel("time (UTC)")
-    ax.set_ylabel("events")
+    ax.set(title=title, xlabel="time (UTC)", ylabel="events")
     ax.legend(loc="upper left")
     return fig
 
@@ -293,9 +281,7 @@ def data_quality_chart(issues: pd.DataFrame, *, ax: Axes | None = None) -> Figur
     )
     counts = weights.groupby(data[column].fillna("unknown").astype(str)).sum().sort_values()
     ax.barh(counts.index, counts.to_numpy(), color="tab:purple")
-    ax.set_title(title)
-    ax.set_xlabel("records affected")
-    ax.set_ylabel("rule")
+    ax.set(title=title, xlabel="records affected", ylabel="rule")
     return fig
 
 

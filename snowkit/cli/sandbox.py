@@ -51,7 +51,11 @@ def _serve(args: argparse.Namespace) -> int:
             port=args.port, db=db, https=not args.http, faults=args.faults, host=args.host
         )
     except (OSError, ValueError) as exc:
-        print(f"snowkit sandbox: {exc}", file=sys.stderr)
+        print(
+            f"snowkit sandbox: could not start: {exc}. Pick a free --port (0 chooses one), "
+            "check that --db is writable and that --faults is a valid profile (docs/sandbox.md).",
+            file=sys.stderr,
+        )
         return 1
     stop = threading.Event()
 

@@ -475,6 +475,7 @@ class SyncEngine:
         started = self._clock()
         try:
             results = self.client.batch(requests)
+            throttled = any(_throttled(r) for r in results)
         except Exception as exc:
             throttled = type(exc).__name__ == "RateLimitError"
             raise
@@ -967,6 +968,12 @@ def _whole_batch_failure(results: dict[str, Any], ops: list[WriteOp]) -> Any:
             return None
         first = first or res
     return first
+
+
+def _throttled(result: Any) -> bool:
+    """A 429 on the batch or the item: the limiter should back off."""
+    category = getattr(getattr(result, "error", None), "category", None)
+    return result.status_code == 429 or str(getattr(category, "value", "")) == "rate_limit"
 
 
 def _unreachable_context(result: Any) -> bool:

@@ -29,6 +29,7 @@ from snowkit.ops import logging as sklog
 from snowkit.ops.audit import AuditTrail
 from snowkit.ops.errors import ConfigurationError
 from snowkit.ops.metrics import MetricsCollector
+from snowkit.servicenow.limiter import AdaptiveLimiter
 
 EMBEDDED = "embedded"
 SOURCES = ("lab", "sitemanager", "network", "integration")
@@ -303,6 +304,10 @@ def run_load(
                 retire_after_days=retire_after_days,
                 on_batch=on_batch,
                 ire=ire,
+                # batches vary in cost: back off on 429s and big slowdowns, not on jitter
+                limiter=AdaptiveLimiter(
+                    initial=workers, minimum=1, maximum=workers, latency_factor=5.0
+                ),
             )
             ledger = NotSeenLedger()
             _plan, sync_report = engine.sync(

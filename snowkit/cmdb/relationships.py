@@ -51,6 +51,21 @@ class RelTypeCache:
             self._ids[name] = sys_id
         return sys_id
 
+    def prefetch(self, names: Iterable[str]) -> None:
+        """Read many types in one query (names not found are remembered as missing)."""
+        with self._lock:
+            wanted = sorted({n for n in names if n and n not in self._ids and "," not in n})
+        if not wanted:
+            return
+        found: dict[str, str] = {}
+        for row in self._client.query(
+            REL_TYPE_TABLE, Query().in_("name", wanted), fields=["sys_id", "name"]
+        ):
+            found.setdefault(_value(row.get("name")), _value(row.get("sys_id")))
+        with self._lock:
+            for name in wanted:
+                self._ids[name] = found.get(name)
+
     def require(self, name: str) -> str:
         sys_id = self.get(name)
         if sys_id is None:
@@ -128,6 +143,7 @@ def plan_links(
 ) -> LinkPlan:
     """Decide each relationship: create, already there, orphan (an end unknown), unknown type."""
     plan = LinkPlan(wanted=len(specs))
+    types.prefetch(spec.type_name for spec in specs)
     seen: set[LinkKey] = set()
     for spec in specs:
         parent = sys_ids.get(spec.parent_source_id)

@@ -3,7 +3,7 @@
 Every write the sync engine makes is audited with what the record looked like before. Rolling
 a run back walks that run's entries newest first: what it created is deleted, fields it changed
 are put back to their before values, records it deleted are recreated (with their sys_id, so
-references to them hold again). Each step first reads the current state and skips what is
+references to them hold again). Each chunk first reads the current state and skips what is
 already as it should be, so a rollback can be rerun safely (after a crash, or twice by mistake).
 Rollback writes are themselves audited (``rollback_delete``, ``rollback_update``,
 ``rollback_create``) under the rolled-back run's id.
@@ -11,13 +11,15 @@ Rollback writes are themselves audited (``rollback_delete``, ``rollback_update``
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from snowkit.cmdb.outbox import is_unreachable_error
 from snowkit.ops.audit import read_audit
+from snowkit.servicenow.batch import BatchRequest
+from snowkit.servicenow.query import Query
 
 UNDOABLE = frozenset({"create", "update", "delete"})
 
@@ -71,8 +73,14 @@ def rollback(
     audit: Any = None,
     audit_path: Path | str | None = None,
     entries: Iterable[dict[str, Any]] | None = None,
+    chunk_size: int = 100,
 ) -> RollbackResult:
-    """Put the CMDB back as it was before ``run_id``; see the module docstring."""
+    """Put the CMDB back as it was before ``run_id``; see the module docstring.
+
+    Entries are undone newest first, in chunks: one ``sys_idIN`` read per table and chunk tells
+    what still needs undoing, and the deletes / restores go through the Batch API, so undoing
+    a 5,000-CI load takes a few hundred requests rather than tens of thousands.
+    """
     todo = list(entries) if entries is not None else run_entries(run_id, audit_path)
     if not todo:
         raise NothingToRollBackError(
@@ -80,61 +88,135 @@ def rollback(
             "`snowkit audit` or look under .snowkit/runs/"
         )
     result = RollbackResult(run_id=run_id, entries=len(todo))
-    for entry in sorted(todo, key=lambda e: e.get("seq", 0), reverse=True):
+    newest_first = sorted(todo, key=lambda e: e.get("seq", 0), reverse=True)
+    for chunk in _chunks(newest_first, chunk_size):
         try:
-            _undo(client, entry, result, audit, run_id)
+            _undo_chunk(client, chunk, result, audit, run_id)
         except Exception as exc:
             if is_unreachable_error(exc):
                 raise
-            result.failed.append(
-                {
-                    "seq": entry.get("seq"),
-                    "action": entry.get("action"),
-                    "table": entry.get("table"),
-                    "sys_id": entry.get("sys_id"),
-                    "error": f"{type(exc).__name__}: {exc}",
-                }
-            )
+            for entry in chunk:
+                _failed(result, entry, f"{type(exc).__name__}: {exc}")
     return result
 
 
-def _undo(client: Any, entry: dict[str, Any], result: RollbackResult, audit: Any, run_id: str):
-    action, table, sys_id = entry["action"], entry["table"], entry.get("sys_id")
-    before = entry.get("before") or {}
-    if not sys_id:
-        result.skipped += 1
+def _chunks(entries: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    """Runs of one action, at most ``size`` long, never touching one record twice (so a batch
+    never holds two restores of the same record whose order would matter)."""
+    chunk: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for entry in entries:
+        key = f"{entry.get('table')}/{entry.get('sys_id')}"
+        if chunk and (len(chunk) >= size or key in seen or entry["action"] != chunk[0]["action"]):
+            yield chunk
+            chunk, seen = [], set()
+        chunk.append(entry)
+        seen.add(key)
+    if chunk:
+        yield chunk
+
+
+def _undo_chunk(
+    client: Any, chunk: list[dict[str, Any]], result: RollbackResult, audit: Any, run_id: str
+) -> None:
+    action = chunk[0]["action"]
+    todo = [e for e in chunk if e.get("sys_id") and (action != "update" or e.get("before"))]
+    result.skipped += len(chunk) - len(todo)
+    if action == "delete":
+        for entry in todo:
+            _recreate(client, entry, result, audit, run_id)
         return
-    if action == "create":
-        current = client.get(table, sys_id)
-        if current is None:
+    current = _current(client, todo, action)
+    requests, planned = [], []
+    for entry in todo:
+        row = current.get((entry["table"], entry["sys_id"]))
+        if action == "create":
+            if row is None:
+                result.skipped += 1
+                continue
+            url = f"/api/now/table/{entry['table']}/{entry['sys_id']}"
+            requests.append(BatchRequest("DELETE", url, id=str(len(requests) + 1)))
+            planned.append((entry, _plain(row), None))
+            continue
+        before = {k: _str(v) for k, v in entry["before"].items()}
+        if row is None:
+            _failed(result, entry, "the record no longer exists; cannot restore its fields")
+            continue
+        now = {k: _str(row.get(k)) for k in before}
+        if now == before:
             result.skipped += 1
-            return
-        client.delete(table, sys_id, before=_plain(current))
-        result.deleted += 1
-        _record(audit, "rollback_delete", table, sys_id, entry, _plain(current), None, run_id)
-    elif action == "update":
-        if not before:
-            result.skipped += 1
-            return
-        current = client.get(table, sys_id, fields=["sys_id", *before])
-        if current is None:
-            raise LookupError(f"{table}/{sys_id} no longer exists; cannot restore its fields")
-        now = {k: _str(current.get(k)) for k in before}
-        if now == {k: _str(v) for k, v in before.items()}:
-            result.skipped += 1
-            return
-        client.update(table, sys_id, dict(before), before=now)
-        result.restored += 1
-        _record(audit, "rollback_update", table, sys_id, entry, now, dict(before), run_id)
-    elif action == "delete":
+            continue
+        url = f"/api/now/table/{entry['table']}/{entry['sys_id']}?sysparm_fields=sys_id"
+        requests.append(BatchRequest("PATCH", url, body=before, id=str(len(requests) + 1)))
+        planned.append((entry, now, before))
+    if not requests:
+        return
+    outcomes = client.batch(requests)
+    for (entry, was, now), outcome in zip(planned, outcomes, strict=True):
+        if action == "create" and outcome.status_code == 404:
+            result.skipped += 1  # gone meanwhile: nothing to undo
+        elif not outcome.ok:
+            _failed(result, entry, outcome.error_message or f"HTTP {outcome.status_code}")
+        elif action == "create":
+            result.deleted += 1
+            _record(audit, "rollback_delete", entry["table"], entry["sys_id"], entry, was, None,
+                    run_id)  # fmt: skip
+        else:
+            result.restored += 1
+            _record(audit, "rollback_update", entry["table"], entry["sys_id"], entry, was, now,
+                    run_id)  # fmt: skip
+
+
+def _current(
+    client: Any, entries: list[dict[str, Any]], action: str
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """The records the entries touch, as they are now (one query per table)."""
+    by_table: dict[str, list[dict[str, Any]]] = {}
+    for entry in entries:
+        by_table.setdefault(entry["table"], []).append(entry)
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for table, group in by_table.items():
+        ids = sorted({e["sys_id"] for e in group})
+        fields = None
+        if action == "update":
+            fields = sorted({"sys_id", *(k for e in group for k in e["before"])})
+        query = Query().in_("sys_id", ids)
+        for row in client.query(table, query, fields=fields, page_size=len(ids) + 1):
+            out[(table, _str(row.get("sys_id")))] = row
+    return out
+
+
+def _recreate(
+    client: Any, entry: dict[str, Any], result: RollbackResult, audit: Any, run_id: str
+) -> None:
+    table, sys_id = entry["table"], entry["sys_id"]
+    try:
         if client.get(table, sys_id) is not None:
             result.skipped += 1
             return
+        before = entry.get("before") or {}
         values = {k: v for k, v in before.items() if not k.startswith("sys_") or k == "sys_id"}
         values["sys_id"] = sys_id
         client.create(table, values, source_id=entry.get("source_id"))
-        result.recreated += 1
-        _record(audit, "rollback_create", table, sys_id, entry, None, values, run_id)
+    except Exception as exc:
+        if is_unreachable_error(exc):
+            raise
+        _failed(result, entry, f"{type(exc).__name__}: {exc}")
+        return
+    result.recreated += 1
+    _record(audit, "rollback_create", table, sys_id, entry, None, values, run_id)
+
+
+def _failed(result: RollbackResult, entry: dict[str, Any], error: str) -> None:
+    result.failed.append(
+        {
+            "seq": entry.get("seq"),
+            "action": entry.get("action"),
+            "table": entry.get("table"),
+            "sys_id": entry.get("sys_id"),
+            "error": error,
+        }
+    )
 
 
 def _record(

@@ -72,14 +72,24 @@ def field_exists(client: Any, table: str, element: str) -> bool:
 
 
 def check_schema(client: Any) -> SchemaStatus:
-    """Read-only check of every required field."""
+    """Read-only check of every required field (one ``sys_dictionary`` query)."""
+    tables = sorted({table for table, _ in REQUIRED_FIELDS})
+    elements = sorted({element for _, element in REQUIRED_FIELDS})
+    query = Query().in_("name", tables).in_("element", elements)
+    found = {
+        (_str(row.get("name")), _str(row.get("element")))
+        for row in client.query("sys_dictionary", query, fields=["sys_id", "name", "element"])
+    }
     status = SchemaStatus()
-    for table, element in REQUIRED_FIELDS:
-        if field_exists(client, table, element):
-            status.present.append((table, element))
-        else:
-            status.missing.append((table, element))
+    for wanted in REQUIRED_FIELDS:
+        (status.present if wanted in found else status.missing).append(wanted)
     return status
+
+
+def _str(value: Any) -> str:
+    if isinstance(value, dict):
+        value = value.get("value", "")
+    return "" if value is None else str(value)
 
 
 def ensure_schema(client: Any, *, create: bool = True) -> SchemaStatus:

@@ -35,19 +35,19 @@ Rotation (``max_bytes``, a soft limit: one larger entry is still written whole):
 file is sealed with a ``rotate`` checkpoint and renamed to ``audit.jsonl.<n>`` where *n* grows
 with age order (``.1`` is the oldest segment); the next entry in the new file chains to the last
 entry of the previous segment.
+
+Layout: this module is the writer (and re-exports the rest); the format primitives are in
+:mod:`snowkit.ops.audit_chain`, the verifier in :mod:`snowkit.ops.audit_verify`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
 import os
-import re
 import threading
 import weakref
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
@@ -56,185 +56,30 @@ import orjson
 from pydantic import SecretStr
 
 from snowkit import paths
+from snowkit.ops.audit_chain import (
+    GENESIS_HASH,
+    KEY_ENV,
+    SEGMENT_NAME,
+    AuditError,
+    IncompleteAuditLineError,
+    audit_segments,
+    canonical,
+    checkpoint_mac,
+    default_key_file,
+    entry_hash,
+    key_bytes,
+    load_audit_key,
+    read_audit,
+)
+from snowkit.ops.audit_verify import PROBLEMS, AuditVerification, verify_audit
+from snowkit.ops.logging import current_correlation_id, current_run_id
 from snowkit.ops.redaction import redact, secrets
 
-GENESIS_HASH = "0" * 64
-KEY_ENV = "SNOWKIT_AUDIT_KEY"
 _TAIL_CHUNK = 64 * 1024
 # Room kept for the sealing checkpoint so a rotated segment stays within ``max_bytes``.
 _CHECKPOINT_RESERVE = 320
-_SEGMENT = re.compile(r"^(?P<base>.+)\.(?P<n>\d+)$")
-
-#: Problem kinds reported by :func:`verify_audit`.
-PROBLEMS = (
-    "edited",
-    "deleted",
-    "reordered",
-    "truncated",
-    "bad_signature",
-    "checkpoint_mismatch",
-    "incomplete_last_line",
-    "missing",
-)
-
-
-class AuditError(Exception):
-    """Base class for audit trail problems a person has to act on."""
-
-
-class IncompleteAuditLineError(AuditError):
-    """The trail ends with a half-written line; appending after it would bury the damage."""
-
-
-@dataclass
-class AuditVerification:
-    """The outcome of :func:`verify_audit`. ``line_number`` is 1-based within ``file``."""
-
-    ok: bool
-    entries: int
-    first_bad_seq: int | None = None
-    line_number: int | None = None
-    problem: str | None = None
-    message: str = ""
-    file: str | None = None
-    checkpoints: int = 0
-    warnings: list[str] = field(default_factory=list)
-
-
-# ---------------------------------------------------------------------- canonical form
-
-
-def canonical(obj: Mapping[str, Any]) -> bytes:
-    """The exact bytes hashed and written: orjson, sorted keys, no whitespace."""
-    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
-
-
-def entry_hash(entry: Mapping[str, Any]) -> str:
-    """SHA-256 over the canonical entry without its ``hash`` field."""
-    body = {k: v for k, v in entry.items() if k != "hash"}
-    return hashlib.sha256(canonical(body)).hexdigest()
-
-
-def checkpoint_mac(checkpoint: Mapping[str, Any], key: bytes) -> str:
-    """HMAC-SHA256 over the canonical checkpoint without its ``hmac`` field."""
-    body = {k: v for k, v in checkpoint.items() if k != "hmac"}
-    return hmac.new(key, canonical(body), hashlib.sha256).hexdigest()
-
-
-def _key_bytes(key: bytes | str | SecretStr) -> bytes:
-    if isinstance(key, SecretStr):
-        key = key.get_secret_value()
-    raw = key.encode("utf-8") if isinstance(key, str) else bytes(key)
-    if not raw:
-        raise ValueError("the audit key is empty; set SNOWKIT_AUDIT_KEY or use a key file")
-    return raw
-
-
-def default_key_file() -> Path:
-    return paths.state_dir() / "audit" / "audit.key"
-
-
-def load_audit_key(
-    key_file: str | os.PathLike[str] | None = None,
-    *,
-    env: Mapping[str, str] | None = None,
-    create: bool = True,
-) -> bytes:
-    """The HMAC key: ``$SNOWKIT_AUDIT_KEY``, else the key file (generated 0600 if ``create``)."""
-    environ = os.environ if env is None else env
-    value = environ.get(KEY_ENV)
-    if value:
-        secrets.register(value)
-        return value.encode("utf-8")
-    path = Path(key_file) if key_file else default_key_file()
-    if not path.exists():
-        if not create:
-            raise AuditError(
-                f"no audit key: set {KEY_ENV} or pass --key-file (looked for {path}). "
-                "Use the same key that wrote the trail."
-            )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(os.urandom(32).hex())
-    text = path.read_text().strip()
-    secrets.register(text)
-    return text.encode("utf-8")
-
-
-# ---------------------------------------------------------------------- segments
-
-
-def audit_segments(path: str | os.PathLike[str]) -> list[Path]:
-    """The trail's files oldest first: ``audit.jsonl.1``, ``.2``, ... then ``audit.jsonl``."""
-    current = Path(path)
-    numbered: list[tuple[int, Path]] = []
-    if current.parent.exists():
-        for candidate in current.parent.iterdir():
-            match = _SEGMENT.match(candidate.name)
-            if match and match.group("base") == current.name:
-                numbered.append((int(match.group("n")), candidate))
-    ordered = [p for _, p in sorted(numbered)]
-    if current.exists():
-        ordered.append(current)
-    return ordered
-
-
-def _split_lines(data: bytes) -> tuple[list[bytes], bytes | None]:
-    """Complete lines, and the trailing bytes without a newline (None if the file ends cleanly)."""
-    if not data:
-        return [], None
-    parts = data.split(b"\n")
-    tail = parts.pop()
-    return parts, (tail if tail else None)
-
-
-def read_audit(
-    path: str | os.PathLike[str] | None = None,
-    run_id: str | None = None,
-    *,
-    include_checkpoints: bool = False,
-) -> Iterator[dict[str, Any]]:
-    """Entries across rotated files, oldest first; skips a half-written last line.
-
-    For display and analysis; it does not verify anything (use :func:`verify_audit`).
-    """
-    for segment in audit_segments(path or paths.audit_path()):
-        lines, _partial = _split_lines(segment.read_bytes())
-        for raw in lines:
-            if not raw.strip():
-                continue
-            try:
-                record = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                continue
-            if not isinstance(record, dict):
-                continue
-            if record.get("type") == "checkpoint":
-                if include_checkpoints:
-                    yield record
-                continue
-            if run_id is None or record.get("run_id") == run_id:
-                yield record
-
 
 # ---------------------------------------------------------------------- writer
-
-
-def _current_correlation_id() -> str | None:
-    try:
-        from snowkit.ops.logging import current_correlation_id
-    except ImportError:  # logging not available: no ambient correlation id
-        return None
-    return current_correlation_id()
-
-
-def _current_run_id() -> str | None:
-    try:
-        from snowkit.ops.logging import current_run_id
-    except ImportError:  # logging not available: no ambient run id
-        return None
-    return current_run_id()
 
 
 def quarantine_incomplete_tail(path: str | os.PathLike[str]) -> Path | None:
@@ -311,7 +156,7 @@ class AuditTrail:
         recover: bool = False,
     ) -> None:
         self.path = Path(path) if path is not None else paths.audit_path()
-        self._key = _key_bytes(key) if key is not None else load_audit_key()
+        self._key = key_bytes(key) if key is not None else load_audit_key()
         secrets.register(self._key.decode("utf-8", "ignore"))
         self.actor = actor
         self.checkpoint_every = max(1, int(checkpoint_every))
@@ -368,9 +213,9 @@ class AuditTrail:
                 {
                     "seq": self._seq + 1,
                     "timestamp": datetime.now(UTC).isoformat(),
-                    "run_id": run_id if run_id is not None else _current_run_id(),
+                    "run_id": run_id if run_id is not None else current_run_id(),
                     "correlation_id": (
-                        correlation_id if correlation_id is not None else _current_correlation_id()
+                        correlation_id if correlation_id is not None else current_correlation_id()
                     ),
                     "actor": self.actor,
                     "action": action,
@@ -496,7 +341,7 @@ class AuditTrail:
         self._write_checkpoint("rotate")
         self._sync(force=True)
         self._handle.close()
-        numbers = [_SEGMENT.match(p.name) for p in audit_segments(self.path)]
+        numbers = [SEGMENT_NAME.match(p.name) for p in audit_segments(self.path)]
         existing = [int(m.group("n")) for m in numbers if m]
         target = self.path.with_name(f"{self.path.name}.{max(existing, default=0) + 1}")
         os.replace(self.path, target)
@@ -621,242 +466,6 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-# ---------------------------------------------------------------------- verifier
-
-
-def verify_audit(
-    path: str | os.PathLike[str] | None = None,
-    key: bytes | str | SecretStr | None = None,
-    *,
-    allow_unsealed_tail: bool = False,
-) -> AuditVerification:
-    """Check the whole trail (all rotated segments) and name the first bad entry.
-
-    ``allow_unsealed_tail`` turns "entries after the last checkpoint" from a failure into a
-    warning (use it only when you know the writer crashed).
-    """
-    target = Path(path) if path is not None else paths.audit_path()
-    key_bytes = _key_bytes(key) if key is not None else load_audit_key(create=False)
-    segments = audit_segments(target)
-    if not segments:
-        return AuditVerification(
-            ok=False,
-            entries=0,
-            problem="missing",
-            message=f"no audit trail at {target}",
-            file=str(target),
-        )
-    loaded = [(seg, *_split_lines(seg.read_bytes())) for seg in segments]
-    return _Verifier(key_bytes, loaded, allow_unsealed_tail).run()
-
-
-class _Verifier:
-    """One pass over every line; stops at the first problem."""
-
-    def __init__(
-        self,
-        key: bytes,
-        loaded: list[tuple[Path, list[bytes], bytes | None]],
-        allow_unsealed_tail: bool,
-    ) -> None:
-        self.key = key
-        self.loaded = loaded
-        self.allow_unsealed_tail = allow_unsealed_tail
-        self.entries = 0
-        self.checkpoints = 0
-        self.warnings: list[str] = []
-        self.all_seqs = self._collect_seqs()
-
-    def _collect_seqs(self) -> set[int]:
-        seqs: set[int] = set()
-        for _seg, lines, _partial in self.loaded:
-            for raw in lines:
-                try:
-                    record = orjson.loads(raw)
-                except orjson.JSONDecodeError:
-                    continue
-                if isinstance(record, dict) and record.get("type") != "checkpoint":
-                    seq = record.get("seq")
-                    if isinstance(seq, int):
-                        seqs.add(seq)
-        return seqs
-
-    def fail(
-        self,
-        problem: str,
-        message: str,
-        seq: int | None,
-        segment: Path,
-        line_no: int | None,
-        subject: str = "entry",
-    ) -> AuditVerification:
-        where = f"{segment.name} line {line_no}" if line_no else segment.name
-        seq_text = f"{subject} seq {seq}" if seq is not None else f"an {subject}"
-        return AuditVerification(
-            ok=False,
-            entries=self.entries,
-            first_bad_seq=seq,
-            problem=problem,
-            message=f"{problem}: {seq_text} ({where}): {message}",
-            line_number=line_no,
-            file=str(segment),
-            checkpoints=self.checkpoints,
-            warnings=self.warnings,
-        )
-
-    def run(self) -> AuditVerification:
-        head = GENESIS_HASH
-        expected = 1
-        sealed_seq = 0
-        last_segment, last_line_no = self.loaded[-1][0], 0
-        for index, (segment, lines, partial) in enumerate(self.loaded):
-            is_last_segment = index == len(self.loaded) - 1
-            for line_no, raw in enumerate(lines, start=1):
-                last_segment, last_line_no = segment, line_no
-                if not raw.strip():
-                    return self.fail(
-                        "edited", "blank line in the trail", expected, segment, line_no
-                    )
-                try:
-                    record = orjson.loads(raw)
-                except orjson.JSONDecodeError:
-                    return self.fail("edited", "line is not valid JSON", expected, segment, line_no)
-                if not isinstance(record, dict):
-                    return self.fail("edited", "line is not an object", expected, segment, line_no)
-                if record.get("type") == "checkpoint":
-                    bad = self._check_checkpoint(record, head, expected - 1, segment, line_no)
-                    if bad is not None:
-                        return bad
-                    sealed_seq = expected - 1
-                    continue
-                bad = self._check_entry(record, head, expected, segment, line_no)
-                if bad is not None:
-                    return bad
-                head = record["hash"]
-                expected += 1
-                self.entries += 1
-            if partial is not None:
-                if is_last_segment:
-                    return AuditVerification(
-                        ok=False,
-                        entries=self.entries,
-                        first_bad_seq=expected,
-                        problem="incomplete_last_line",
-                        message=(
-                            f"incomplete_last_line: {segment.name} line {len(lines) + 1} is "
-                            f"half-written ({len(partial)} bytes, no newline): a crash during a "
-                            f"write. The {self.entries} entries before it verify."
-                        ),
-                        line_number=len(lines) + 1,
-                        file=str(segment),
-                        checkpoints=self.checkpoints,
-                        warnings=self.warnings,
-                    )
-                return self.fail(
-                    "edited",
-                    "a rotated segment ends without a newline",
-                    expected,
-                    segment,
-                    len(lines) + 1,
-                )
-        unsealed = (expected - 1) - sealed_seq
-        if unsealed > 0:
-            message = (
-                f"{unsealed} entries (seq {sealed_seq + 1}..{expected - 1}) follow the last "
-                "checkpoint: the tail was truncated (its final checkpoint removed) or the writer "
-                "crashed before closing"
-            )
-            if not self.allow_unsealed_tail:
-                return self.fail(
-                    "truncated", message, sealed_seq + 1, last_segment, last_line_no or None
-                )
-            self.warnings.append(message)
-        return AuditVerification(
-            ok=True,
-            entries=self.entries,
-            message=(
-                f"ok: {self.entries} entries, {self.checkpoints} checkpoints, "
-                f"{len(self.loaded)} file(s); head {head[:16]}"
-            ),
-            file=str(self.loaded[-1][0]),
-            checkpoints=self.checkpoints,
-            warnings=self.warnings,
-        )
-
-    def _check_entry(
-        self, record: dict[str, Any], head: str, expected: int, segment: Path, line_no: int
-    ) -> AuditVerification | None:
-        seq = record.get("seq")
-        if not isinstance(seq, int) or not isinstance(record.get("hash"), str):
-            return self.fail("edited", "entry lacks seq or hash", expected, segment, line_no)
-        if entry_hash(record) != record["hash"]:
-            return self.fail("edited", "content does not match its hash", seq, segment, line_no)
-        if seq != expected:
-            if seq > expected:
-                missing = [s for s in range(expected, seq) if s in self.all_seqs]
-                if missing:
-                    return self.fail(
-                        "reordered",
-                        f"found seq {seq} where seq {expected} was expected "
-                        f"(seq {expected} appears later)",
-                        expected,
-                        segment,
-                        line_no,
-                    )
-                return self.fail(
-                    "deleted",
-                    f"seq {expected}..{seq - 1} missing before seq {seq}",
-                    expected,
-                    segment,
-                    line_no,
-                )
-            return self.fail(
-                "reordered",
-                f"seq {seq} appears again or out of order (expected {expected})",
-                seq,
-                segment,
-                line_no,
-            )
-        if record.get("prev_hash") != head:
-            return self.fail(
-                "edited",
-                "prev_hash does not match the previous entry (chain broken)",
-                seq,
-                segment,
-                line_no,
-            )
-        return None
-
-    def _check_checkpoint(
-        self, record: dict[str, Any], head: str, covered: int, segment: Path, line_no: int
-    ) -> AuditVerification | None:
-        mac = record.get("hmac")
-        if not isinstance(mac, str) or not hmac.compare_digest(
-            checkpoint_mac(record, self.key), mac
-        ):
-            return self.fail(
-                "bad_signature",
-                "checkpoint HMAC does not verify with this key (content rewritten without the "
-                "key, or the wrong key)",
-                record.get("seq") if isinstance(record.get("seq"), int) else covered,
-                segment,
-                line_no,
-                subject="checkpoint covering",
-            )
-        if record.get("seq") != covered or record.get("covers_hash") != head:
-            return self.fail(
-                "checkpoint_mismatch",
-                f"signed checkpoint covers seq {record.get('seq')} but the chain here ends at "
-                f"seq {covered} (entries removed, inserted or moved)",
-                covered + 1 if covered < (record.get("seq") or 0) else covered,
-                segment,
-                line_no,
-                subject="checkpoint after",
-            )
-        self.checkpoints += 1
-        return None
 
 
 __all__ = [

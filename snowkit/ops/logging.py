@@ -272,7 +272,7 @@ def configure_logging(
         _generation += 1
 
 
-def configure_from_config(config: Any, run_dir: Path | None = None) -> None:
+def configure_from_config(config: Any) -> None:
     """Apply ``OperationalConfig.logging`` (level and format per environment)."""
     from snowkit import paths
 

@@ -99,7 +99,7 @@ class OperationMetrics:
         values = dict(data)
         stamp = values.get("last_updated")
         values["last_updated"] = datetime.fromisoformat(stamp) if stamp else None
-        known = {f for f in cls.__dataclass_fields__}
+        known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
@@ -119,7 +119,7 @@ class SystemMetrics:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SystemMetrics:
-        known = {f for f in cls.__dataclass_fields__}
+        known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 
 

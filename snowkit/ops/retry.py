@@ -23,13 +23,13 @@ from typing import Any, TypeVar
 import requests
 import tenacity
 
+from snowkit.ops.classify import classify
 from snowkit.ops.errors import (
     AmbiguousWriteError,
     DeadlineExceededError,
     OperationalError,
     RateLimitError,
     RetryBudgetExhaustedError,
-    classify,
 )
 from snowkit.ops.redaction import redact_text
 

@@ -1,9 +1,11 @@
-"""WSGI application of the embedded instance: routing, faults, auth and the REST APIs.
+"""WSGI application of the embedded instance: routing, faults, auth, Batch and IRE.
 
 We answer the Table, Batch and Identification & Reconciliation APIs and ``/oauth_token.do`` with
 the status codes, headers and error envelopes a real instance uses (see
 ``reference/servicenow-api.md``), because the client and pysnc are tested against this server and
 any shortcut here would hide a bug there. Plain WSGI over ``environ`` keeps each request cheap.
+The Table API handlers live in ``table_api.py``; ``Call``/``Reply`` and the shared error
+envelopes in ``calls.py``.
 """
 
 from __future__ import annotations
@@ -13,27 +15,32 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from http import HTTPStatus
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlsplit
-
-import orjson
+from urllib.parse import parse_qsl, urlsplit
 
 from snowkit.sandbox import ire
-from snowkit.sandbox.auth import AuthService, Identity
+from snowkit.sandbox.auth import AuthService
 from snowkit.sandbox.batch import BatchRequestError, SubResponse, run_batch
+from snowkit.sandbox.calls import (
+    Call,
+    Reply,
+    acl_denied,
+    bad_json,
+    error_reply,
+    json_object,
+    json_reply,
+    not_authenticated,
+    phrase,
+)
 from snowkit.sandbox.faults import FaultInjector
-from snowkit.sandbox.render import render_record
-from snowkit.sandbox.store import Store, TableNotFound, WriteRejected
+from snowkit.sandbox.store import Store
+from snowkit.sandbox.table_api import TableAPI
 
 log = logging.getLogger(__name__)
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 MAX_BODY_BYTES = 10 * 1024 * 1024
-DEFAULT_LIMIT = 10000
-JSON_TYPE = "application/json;charset=UTF-8"
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 _TABLE_PATH = re.compile(r"^/api/now/(?:(v1|v2)/)?table/([^/]+)(?:/([^/]*))?/?$")
@@ -64,75 +71,10 @@ class DropConnection(ConnectionResetError):
     """Raised inside the app to make the server drop the connection without a response."""
 
 
-@dataclass
-class Reply:
-    """One HTTP answer before it is written: status, extra headers, body."""
-
-    status: int
-    body: bytes = b""
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    content_type: str = JSON_TYPE
-
-
-def json_reply(status: int, payload: Any, headers: list[tuple[str, str]] | None = None) -> Reply:
-    return Reply(status, orjson.dumps(payload), headers or [])
-
-
-def error_reply(
-    status: int, message: str, detail: str | None, headers: list[tuple[str, str]] | None = None
-) -> Reply:
-    """The ServiceNow error envelope ``{"error": {"message", "detail"}, "status": "failure"}``."""
-    body = {"error": {"message": message, "detail": detail}, "status": "failure"}
-    return json_reply(status, body, headers)
-
-
-def _not_authenticated() -> Reply:
-    return error_reply(
-        401,
-        "User Not Authenticated",
-        "Required to provide Auth information",
-        [("WWW-Authenticate", 'BASIC realm="Service-now"')],
-    )
-
-
-def _acl_denied(action: str) -> Reply:
-    return error_reply(
-        403, "Operation Failed", f"ACL Exception {action} Failed due to security constraints"
-    )
-
-
-def _not_found() -> Reply:
-    return error_reply(
-        404, "No Record found", "Record doesn't exist or ACL restricts the record retrieval"
-    )
-
-
-def _bad_json(detail: str = "The payload is not valid JSON.") -> Reply:
-    return error_reply(400, "Exception while reading request", detail)
-
-
-def _invalid_table(table: str) -> Reply:
-    return error_reply(400, f"Invalid table {table}", None)
-
-
 class _BodyTooLarge(Exception):
     def __init__(self, size: int) -> None:
         super().__init__(size)
         self.size = size
-
-
-@dataclass
-class Call:
-    """One API call after transport concerns are settled (also used for batch items)."""
-
-    method: str
-    path: str
-    params: dict[str, str]
-    headers: dict[str, str]
-    body: bytes
-    identity: Identity
-    base_url: str
-    top_level: bool = True
 
 
 class SandboxApp:
@@ -143,6 +85,7 @@ class SandboxApp:
         self.auth = auth
         self.faults = faults
         self._mounts: list[tuple[str, WSGIApp]] = []
+        self._tables = TableAPI(store)
         self._ire_lock = threading.Lock()
 
     def mount(self, prefix: str, app: WSGIApp) -> None:
@@ -198,7 +141,7 @@ class SandboxApp:
             headers.append(("Content-Length", str(len(body))))
         if method == "HEAD":
             body = b""
-        start_response(f"{reply.status} {_phrase(reply.status)}", headers)
+        start_response(f"{reply.status} {phrase(reply.status)}", headers)
         return [body]
 
     # -- request pipeline --------------------------------------------------------------------
@@ -229,7 +172,7 @@ class SandboxApp:
         api_key = environ.get("HTTP_X_SN_APIKEY") or params.pop("x-sn-apikey", None)
         identity = self.auth.authenticate(environ.get("HTTP_AUTHORIZATION"), api_key)
         if identity is None:
-            return _not_authenticated()
+            return not_authenticated()
 
         decision = faults.check_rate_limit(identity.user)
         if not decision.allowed:
@@ -254,7 +197,7 @@ class SandboxApp:
             status = faults.error_status()
             if status is not None:
                 return error_reply(
-                    status, _phrase(status), "Injected by the sandbox fault profile (error_rate)."
+                    status, phrase(status), "Injected by the sandbox fault profile (error_rate)."
                 )
             call = Call(
                 method=method,
@@ -286,7 +229,7 @@ class SandboxApp:
         """Route an authenticated call to the API that serves its path."""
         match = _TABLE_PATH.match(call.path)
         if match:
-            return self._table(call, match.group(1), match.group(2), match.group(3) or None)
+            return self._tables.handle(call, match.group(1), match.group(2), match.group(3) or None)
         if _BATCH_PATH.match(call.path):
             if call.method != "POST":
                 return error_reply(405, "Method not Supported", "The Batch API accepts POST only")
@@ -302,172 +245,10 @@ class SandboxApp:
 
     # -- Table API ---------------------------------------------------------------------------
 
-    def _table(self, call: Call, version: str | None, table: str, sys_id: str | None) -> Reply:
-        method = call.method
-        if method == "POST" and table == "sys_dictionary" and sys_id is None:
-            return self._add_field(call)
-        try:
-            if not self.store.table_exists(table):
-                return _invalid_table(table)
-            if method in ("GET", "HEAD"):
-                if sys_id is None:
-                    return self._list(call, version, table)
-                return self._get(call, table, sys_id)
-            if method == "POST" and sys_id is None:
-                return self._insert(call, table)
-            if method in ("PUT", "PATCH") and sys_id is not None:
-                return self._update(call, table, sys_id)
-            if method == "DELETE" and sys_id is not None:
-                return self._delete(call, table, sys_id)
-        except TableNotFound:
-            return _invalid_table(table)
-        except WriteRejected as exc:
-            return error_reply(400, "Operation Failed", str(exc))
-        return error_reply(405, "Method not Supported", f"{method} is not supported on this path")
-
-    def _renderer(self, call: Call, table: str) -> Callable[[dict[str, str]], dict[str, Any]]:
-        """A function rendering records of ``table`` as the call's sysparm_* options ask."""
-        params = call.params
-        display = (params.get("sysparm_display_value") or "false").lower()
-        if display not in ("true", "false", "all"):
-            display = "false"
-        exclude = (params.get("sysparm_exclude_reference_link") or "").lower() == "true"
-        schema, fields, store, base_url = (
-            self.store.schema(),
-            _fields(params),
-            self.store,
-            call.base_url,
-        )
-
-        def render(record: dict[str, str]) -> dict[str, Any]:
-            return render_record(
-                record,
-                table,
-                schema,
-                base_url=base_url,
-                display_value=display,
-                exclude_reference_link=exclude,
-                fields=fields,
-                store=store,
-            )
-
-        return render
-
-    def _render(self, call: Call, record: dict[str, str], table: str) -> dict[str, Any]:
-        return self._renderer(call, table)(record)
-
-    def _list(self, call: Call, version: str | None, table: str) -> Reply:
-        params = call.params
-        limit = _int_param(params.get("sysparm_limit"), DEFAULT_LIMIT, minimum=0)
-        offset = _int_param(params.get("sysparm_offset"), 0, minimum=0)
-        filters = {
-            k: v
-            for k, v in params.items()
-            if not k.startswith("sysparm_") and v != "" and k != "x-sn-apikey"
-        }
-        rows, total = self.store.list(
-            table,
-            params.get("sysparm_query") or "",
-            limit=limit,
-            offset=offset,
-            filters=filters or None,
-        )
-        headers = [("X-Total-Count", str(total))]
-        suppress = (params.get("sysparm_suppress_pagination_header") or "").lower() == "true"
-        if not suppress and limit > 0:
-            headers.append(("Link", _link_header(call, limit, offset, total)))
-        if version == "v1" and not rows:
-            reply = _not_found()
-            reply.headers.extend(headers)
-            return reply
-        render = self._renderer(call, table)
-        result = [render(row) for row in rows]
-        return json_reply(200, {"result": result}, headers)
-
-    def _get(self, call: Call, table: str, sys_id: str) -> Reply:
-        record = self.store.get(table, sys_id)
-        if record is None:
-            return _not_found()
-        return json_reply(200, {"result": self._render(call, record, table)})
-
-    def _insert(self, call: Call, table: str) -> Reply:
-        if not call.identity.can_write:
-            return _acl_denied("Insert")
-        values = _json_object(call.body, allow_list=True)
-        if isinstance(values, Reply):
-            return values
-        record = self.store.insert(table, values, user=call.identity.user)
-        location = f"{call.base_url}/api/now/table/{table}/{record.get('sys_id', '')}"
-        return self._write_reply(call, 201, record, table, [("Location", location)])
-
-    def _update(self, call: Call, table: str, sys_id: str) -> Reply:
-        if not call.identity.can_write:
-            return _acl_denied("Update")
-        values = _json_object(call.body, allow_list=False)
-        if isinstance(values, Reply):
-            return values
-        record = self.store.update(table, sys_id, values, user=call.identity.user)
-        if record is None:
-            return _not_found()
-        return self._write_reply(call, 200, record, table, [])
-
-    def _delete(self, call: Call, table: str, sys_id: str) -> Reply:
-        if not call.identity.can_write:
-            return _acl_denied("Delete")
-        if not self.store.delete(table, sys_id):
-            return _not_found()
-        return Reply(204)
-
-    def _write_reply(
-        self,
-        call: Call,
-        status: int,
-        record: dict[str, str],
-        table: str,
-        headers: list[tuple[str, str]],
-    ) -> Reply:
-        if call.headers.get("x-no-response-body", "").lower() == "true":
-            return Reply(status, b"", headers)
-        return json_reply(status, {"result": self._render(call, record, table)}, headers)
-
-    def _add_field(self, call: Call) -> Reply:
-        """``POST /table/sys_dictionary``: an admin creates a column, as on a real instance."""
-        if not call.identity.can_write:
-            return _acl_denied("Insert")
-        values = _json_object(call.body, allow_list=False)
-        if isinstance(values, Reply):
-            return values
-        table, element = values.get("name", ""), values.get("element", "")
-        if not table or not element:
-            return error_reply(
-                400,
-                "Operation Failed",
-                "A sys_dictionary entry needs 'name' (the table) and 'element' (the column)",
-            )
-        try:
-            max_length = int(values.get("max_length") or 255)
-            record = self.store.add_field(
-                table,
-                element,
-                internal_type=values.get("internal_type") or "string",
-                max_length=max_length,
-            )
-        except TableNotFound:
-            return _invalid_table(table)
-        except ValueError as exc:
-            return error_reply(400, "Operation Failed", str(exc))
-        try:
-            rendered: Any = self._render(call, record, "sys_dictionary")
-        except TableNotFound:
-            rendered = record
-        sys_id = record.get("sys_id", "")
-        location = f"{call.base_url}/api/now/table/sys_dictionary/{sys_id}"
-        return json_reply(201, {"result": rendered}, [("Location", location)])
-
     # -- Batch API ---------------------------------------------------------------------------
 
     def _batch(self, call: Call) -> Reply:
-        payload = _json_object(call.body, allow_list=False)
+        payload = json_object(call.body, allow_list=False)
         if isinstance(payload, Reply):
             return payload
 
@@ -496,15 +277,15 @@ class SandboxApp:
                 payload, run_item, leave_unserviced=self.faults.should_leave_unserviced
             )
         except BatchRequestError as exc:
-            return _bad_json(str(exc))
+            return bad_json(str(exc))
         return json_reply(200, result)
 
     # -- IRE ---------------------------------------------------------------------------------
 
     def _identify_reconcile(self, call: Call, *, dry_run: bool) -> Reply:
         if not dry_run and not call.identity.can_write:
-            return _acl_denied("Insert")
-        payload = _json_object(call.body, allow_list=False)
+            return acl_denied("Insert")
+        payload = json_object(call.body, allow_list=False)
         if isinstance(payload, Reply):
             return payload
         try:
@@ -548,21 +329,6 @@ def _read_body(environ: dict[str, Any]) -> bytes:
         chunks.append(chunk)
 
 
-def _json_object(body: bytes, *, allow_list: bool) -> dict[str, Any] | Reply:
-    """Decode a JSON object body, or the error reply a real instance gives for it."""
-    if not body.strip():
-        return _bad_json("The request body is empty; send a JSON object.")
-    try:
-        value = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return _bad_json()
-    if allow_list and isinstance(value, list) and value and isinstance(value[0], dict):
-        value = value[0]  # the Table API inserts the first record of an array, ignores the rest
-    if not isinstance(value, dict):
-        return _bad_json("The payload must be a JSON object.")
-    return value
-
-
 def _request_headers(environ: dict[str, Any]) -> dict[str, str]:
     return {
         key[5:].lower().replace("_", "-"): value
@@ -576,42 +342,3 @@ def _base_url(environ: dict[str, Any]) -> str:
         f"{environ.get('SERVER_NAME', '127.0.0.1')}:{environ.get('SERVER_PORT', '')}"
     )
     return f"{environ.get('wsgi.url_scheme', 'http')}://{host}"
-
-
-def _fields(params: dict[str, str]) -> list[str] | None:
-    raw = params.get("sysparm_fields") or ""
-    names = [name.strip() for name in raw.split(",") if name.strip()]
-    return names or None
-
-
-def _int_param(value: str | None, default: int, *, minimum: int) -> int:
-    if value is None or not value.strip():
-        return default
-    try:
-        return max(int(value), minimum)
-    except ValueError:
-        return default
-
-
-def _link_header(call: Call, limit: int, offset: int, total: int) -> str:
-    """RFC 5988 ``Link`` as a real instance writes it (``prev`` even on the first page)."""
-    kept = [(k, v) for k, v in call.params.items() if k not in ("sysparm_limit", "sysparm_offset")]
-    prefix = f"{call.base_url}{call.path}?"
-    common = "".join(f"{quote(k, safe='')}={quote(v, safe='')}&" for k, v in kept)
-
-    def url(at: int) -> str:
-        return f"<{prefix}{common}sysparm_limit={limit}&sysparm_offset={at}>"
-
-    last = max(total - 1, 0) // limit * limit
-    links = [f'{url(0)};rel="first"', f'{url(offset - limit)};rel="prev"']
-    if offset + limit < total:
-        links.append(f'{url(offset + limit)};rel="next"')
-    links.append(f'{url(last)};rel="last"')
-    return ",".join(links)
-
-
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Unknown"

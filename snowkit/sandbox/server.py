@@ -69,9 +69,11 @@ class _Handler(WSGIRequestHandler):
             environ["wsgi.input"] = stream
         started: list[Any] = []
 
-        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None):
+        def start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Callable[[bytes], None]:
             started[:] = [status, headers]
-            return lambda data: chunks.append(data)
+            return chunks.append
 
         chunks: list[bytes] = []
         try:

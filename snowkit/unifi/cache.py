@@ -31,7 +31,9 @@ class CachedInventory:
 class LastKnownGoodCache:
     """``<cache_dir>/<source>.json`` per source; ``clock`` is wall-clock seconds (injectable)."""
 
-    def __init__(self, directory: Path | None = None, clock: Callable[[], float] = time.time):
+    def __init__(
+        self, directory: Path | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
         self._directory = directory
         self._clock = clock
 

@@ -135,3 +135,19 @@ def test_progress_bars_only_where_someone_can_see_them() -> None:
     with bar(10, "load", enabled=True) as b:
         b.update(3)
     assert type(b).__name__ == "_NullBar" and b.n == 3
+
+
+def test_not_seen_ledger_keeps_the_first_miss_and_forgets_returning_cis() -> None:
+    from snowkit.cmdb.job import NotSeenLedger
+    from snowkit.cmdb.plan import Plan, PlanItem
+
+    ledger = NotSeenLedger()
+    assert ledger.load() == {}
+    gone = PlanItem("dev:gone", "cmdb_ci_netgear", "not_seen", sys_id="G")
+    ledger.update(Plan(items=[gone]))
+    first = ledger.load()["dev:gone"]
+    ledger.update(Plan(items=[gone]))
+    assert ledger.load() == {"dev:gone": first}  # the grace period counts from the first miss
+    back = PlanItem("dev:gone", "cmdb_ci_netgear", "no_change", sys_id="G")
+    ledger.update(Plan(items=[back]))
+    assert ledger.load() == {}

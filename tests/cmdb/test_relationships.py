@@ -18,7 +18,9 @@ class TypeTable:
     def query(self, table: str, query: Any = "", fields: Any = None, **kw: Any) -> Iterator[dict]:
         self.lookups += 1
         assert table == "cmdb_rel_type"
-        if str(query) == "name=Connects to::Connected by":
+        text = str(query)
+        names = text[len("nameIN") :].split(",") if text.startswith("nameIN") else [text[5:]]
+        if "Connects to::Connected by" in names:
             yield {"sys_id": "T1", "name": "Connects to::Connected by"}
 
 
@@ -51,3 +53,12 @@ def test_type_cache_reads_each_name_once() -> None:
     assert types.get("Nope::Nope") is None
     assert types.get("Nope::Nope") is None
     assert table.lookups == 2
+
+
+def test_prefetch_reads_many_types_in_one_query() -> None:
+    table = TypeTable()
+    types = RelTypeCache(table)
+    types.prefetch([C, "Nope::Nope", C])
+    assert table.lookups == 1
+    assert (types.get(C), types.get("Nope::Nope")) == ("T1", None)
+    assert table.lookups == 1

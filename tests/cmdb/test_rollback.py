@@ -105,3 +105,25 @@ def test_rollback_recreates_deleted_records(client: ServiceNowAPIClient) -> None
 def test_unknown_run_says_what_to_check(client: ServiceNowAPIClient) -> None:
     with pytest.raises(NothingToRollBackError, match="no writes for run nope"):
         rollback(client, "nope")
+
+
+def test_two_updates_of_one_record_unwind_to_the_first_before(
+    client: ServiceNowAPIClient,
+) -> None:
+    row = client.create("cmdb_ci_ip_switch", {"name": "c"})
+    sys_id = row["sys_id"]
+
+    def entry(seq: int, before: str, after: str) -> dict:
+        return {
+            "seq": seq,
+            "action": "update",
+            "table": "cmdb_ci_ip_switch",
+            "sys_id": sys_id,
+            "before": {"name": before},
+            "after": {"name": after},
+            "outcome": "success",
+        }
+
+    result = rollback(client, "r", entries=[entry(1, "a", "b"), entry(2, "b", "c")])
+    assert result.ok and result.restored == 2
+    assert client.get("cmdb_ci_ip_switch", sys_id)["name"] == "a"

@@ -12,21 +12,14 @@ from hypothesis import strategies as st
 
 from snowkit.sandbox import OAuthClient, Sandbox
 from snowkit.sandbox.auth import AuthService
+from tests.helpers.clocks import FakeClock
 
 TOKEN_ERROR = {"error_description": "access_denied", "error": "server_error"}
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture(scope="module")
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(start=1_800_000_000.0)
 
 
 @pytest.fixture(scope="module")

@@ -17,16 +17,9 @@ from hypothesis import strategies as st
 
 from snowkit.sandbox import FaultProfile, Sandbox
 from snowkit.sandbox.faults import FaultInjector
+from tests.helpers.clocks import FakeClock
 
 from .conftest import session_for
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class GatedSleep:
@@ -44,7 +37,7 @@ class GatedSleep:
 
 @pytest.fixture(scope="module")
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(start=1_700_000_000.0)
 
 
 @pytest.fixture(scope="module")
