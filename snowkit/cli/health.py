@@ -11,8 +11,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from snowkit.ops.health import HealthCheck
 
 EXIT_CODES = {"pass": 0, "warn": 1, "fail": 2}
 
@@ -40,26 +43,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_health(args: argparse.Namespace) -> int:
-    from snowkit.ops.health import HealthCheck, HealthMonitor, HealthStatus, to_health_json
+    # Imports stay inside the functions so `snowkit --help` does not load the ops layer.
+    from snowkit.ops.health import HealthMonitor
     from snowkit.ops.metrics import MetricsCollector
 
     _quiet_console_logging()
     try:
         config = _load_config(args)
     except Exception as exc:  # a ConfigurationError: report it as a failed check
-        checks = {"configuration": _failed("configuration", str(exc), HealthCheck, HealthStatus)}
-        return _report(checks, args.json, to_health_json)
+        return _report({"configuration": _failed("configuration", str(exc))}, args.json)
     instance = args.instance or getattr(config.servicenow, "instance", None) or "embedded"
     metrics = MetricsCollector()
     with _connect(instance, config, metrics) as (client, credentials, problem):
         if problem is not None:
-            checks = {"servicenow": _failed("servicenow", problem, HealthCheck, HealthStatus)}
+            checks = {"servicenow": _failed("servicenow", problem)}
             monitor = HealthMonitor(credentials=credentials, metrics=metrics)
             checks.update(monitor.run_all_checks_sync(timeout_seconds=args.timeout))
         else:
             monitor = HealthMonitor(client=client, credentials=credentials, metrics=metrics)
             checks = monitor.run_all_checks_sync(timeout_seconds=args.timeout)
-    return _report(checks, args.json, to_health_json)
+    return _report(checks, args.json)
 
 
 def _quiet_console_logging() -> None:
@@ -90,6 +93,7 @@ def _connect(instance: str, config: Any, metrics: Any) -> Iterator[tuple[Any, An
     """(client, credentials, problem): problem is a message when no client could be built."""
     from snowkit.credentials import CredentialManager
     from snowkit.servicenow import ServiceNowAPIClient
+    from snowkit.servicenow.transport import display_url
 
     if instance == "embedded":
         from snowkit.sandbox import Sandbox
@@ -109,18 +113,25 @@ def _connect(instance: str, config: Any, metrics: Any) -> Iterator[tuple[Any, An
             instance, credentials, config, metrics=metrics, verify=credentials.verify_setting()
         )
     except Exception as exc:  # bad URL, missing CA bundle, unusable credentials
-        yield None, credentials, f"cannot connect to {instance}: {exc}"
+        # never echo the raw argument: it may carry user:password@ or an api key in a query
+        yield None, credentials, f"cannot connect to {display_url(instance)}: {exc}"
         return
     with client:
         yield client, credentials, None
 
 
-def _failed(name: str, message: str, check_cls: Any, status_cls: Any) -> Any:
-    return check_cls(name=name, status=status_cls.UNHEALTHY, message=message)
+def _failed(name: str, message: str) -> HealthCheck:
+    """A failed check for something that went wrong before the checks could run."""
+    from snowkit.ops.health import HealthCheck, HealthStatus
+
+    return HealthCheck(name=name, status=HealthStatus.UNHEALTHY, message=message)
 
 
-def _report(checks: dict[str, Any], as_json: bool, to_health_json: Any) -> int:
-    document = to_health_json(checks)
+def _report(checks: Mapping[str, HealthCheck], as_json: bool) -> int:
+    """Print the checks (table or health+json) and return the exit code for their status."""
+    from snowkit.ops.health import to_health_json
+
+    document = to_health_json(dict(checks))
     if as_json:
         print(json.dumps(document, indent=2, default=str))
     else:
@@ -128,7 +139,7 @@ def _report(checks: dict[str, Any], as_json: bool, to_health_json: Any) -> int:
     return EXIT_CODES.get(document["status"], 2)
 
 
-def render_table(checks: dict[str, Any], overall: str) -> str:
+def render_table(checks: Mapping[str, HealthCheck], overall: str) -> str:
     """A fixed-width table: check, status, response time, message (wrapped at 100 columns)."""
     from snowkit.ops.redaction import redact_text
 

@@ -108,9 +108,7 @@ class AuthChain:
             if new.index == failed.index:
                 self._logger.event("auth_refreshed", method=new.name)
             else:
-                self._logger.event(
-                    "auth_fallback", level="WARNING", old=failed.name, new=new.name
-                )
+                self._logger.event("auth_fallback", level="WARNING", old=failed.name, new=new.name)
             self._state = new
             self._confirmed = False
             return new

@@ -23,12 +23,13 @@ from typing import Any
 
 import orjson
 
+from snowkit.servicenow.transport import IDEMPOTENT_METHODS
+
 BATCH_PATH = "/api/now/v1/batch"
 MAX_ITEM_BYTES = 5 * 1024 * 1024
 DEFAULT_MAX_BATCH_BYTES = 6 * 1024 * 1024  # well under the 10 MB default request cap
 DEFAULT_MAX_ITEMS = 100
 _ENVELOPE_OVERHEAD = 64  # the outer {"batch_request_id":..,"rest_requests":[..]}
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 WRITE_ACTIONS = {"POST": "create", "PATCH": "update", "PUT": "update", "DELETE": "delete"}
 _TABLE_URL = re.compile(r"^/api/now/(?:v\d+/)?table/([a-z0-9_]+)(?:/([A-Za-z0-9_-]+))?/?(?:\?|$)")
 

@@ -34,6 +34,7 @@ from snowkit.ops.errors import (
     make_context,
 )
 from snowkit.ops.logging import StructuredLogger
+from snowkit.servicenow.batch import BatchResult
 from snowkit.servicenow.hibernation import GUIDANCE as HIBERNATION_GUIDANCE
 from snowkit.servicenow.hibernation import is_hibernation_page
 from snowkit.servicenow.transport import request_was_sent
@@ -178,14 +179,12 @@ class FailureMapper:
         self.error_handler.record(ctx)
         return HibernatingInstanceError(ctx) if hibernating else OperationalError(ctx)
 
-    def batch_item(
-        self, status: int | None, body: bytes, headers: Mapping[str, str], method: str, url: str
-    ) -> ErrorContext:
+    def batch_item(self, result: BatchResult) -> ErrorContext:
         """Classify one failed Batch API item as if it had been answered on its own."""
         answer = requests.Response()
-        answer.status_code = status or 0
-        answer._content = body
-        answer.headers.update(headers)
+        answer.status_code = result.status_code or 0
+        answer._content = result.raw_body
+        answer.headers.update(result.headers)
         answer.headers.setdefault("Content-Type", "application/json")
-        answer.url = self.instance_url + url
-        return self.error_handler.handle_servicenow_error(answer, f"batch {method}")
+        answer.url = self.instance_url + result.request.url
+        return self.error_handler.handle_servicenow_error(answer, f"batch {result.request.method}")

@@ -20,11 +20,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
+
+from snowkit.servicenow.query import plain_value
 
 KEY_FIELD = "sys_id"
 
 
 class PagingMode(StrEnum):
+    """``keyset`` (default: stable while others write) or ``offset`` (any order, quiet tables)."""
+
     KEYSET = "keyset"
     OFFSET = "offset"
 
@@ -54,6 +59,24 @@ def split_groups(encoded: str) -> tuple[list[str], list[str]]:
         if text:
             groups.append(text)
     return groups, order
+
+
+def order_of(encoded: str) -> list[tuple[str, bool]]:
+    """The ``(field, descending)`` ORDERBY clauses of a raw encoded query, in order."""
+    _, clauses = split_groups(encoded)
+    out = []
+    for clause in clauses:
+        if clause.startswith("ORDERBYDESC"):
+            out.append((clause[len("ORDERBYDESC") :], True))
+        else:
+            out.append((clause[len("ORDERBY") :], False))
+    return out
+
+
+def choose_mode(ordering: list[tuple[str, bool]], order_field: str, descending: bool) -> PagingMode:
+    """Keyset whenever the requested order is ascending sys_id (the only order it supports)."""
+    keyset = order_field == KEY_FIELD and not descending and ordering in ([], [(KEY_FIELD, False)])
+    return PagingMode.KEYSET if keyset else PagingMode.OFFSET
 
 
 def keyset_query(encoded: str, after: str | None) -> str:
@@ -113,6 +136,7 @@ class Pager:
         return self._done
 
     def next_request(self) -> PageRequest | None:
+        """The next page to ask for, or None when the scan is complete."""
         if self._done:
             return None
         size = self.page_size
@@ -124,16 +148,14 @@ class Pager:
             offset_query(self.encoded, self.order_by, self.descending), size, self._offset
         )
 
-    def advance(self, request: PageRequest, rows: list[dict]) -> None:
+    def advance(self, request: PageRequest, rows: list[dict[str, Any]]) -> None:
         """Record a page's rows (as returned by the server, before any client-side filter)."""
         self._offset += len(rows)
         if rows:
-            last = rows[-1].get(KEY_FIELD)
-            if isinstance(last, dict):
-                last = last.get("value")
+            last = plain_value(rows[-1].get(KEY_FIELD))
             if self.mode is PagingMode.KEYSET and not last:
                 raise ValueError("keyset paging needs sys_id in every row (add it to fields)")
-            self._after = str(last) if last else self._after
+            self._after = last or self._after
         if len(rows) < request.limit:
             self._done = True
 

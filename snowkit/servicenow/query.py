@@ -274,7 +274,7 @@ class Query:
 
     def matches_exact(self, record: Mapping[str, Any]) -> bool:
         """Apply the :meth:`eq_exact` post-filters to a returned record (plain or display=all)."""
-        return all(_plain(record.get(f.field)) == f.value for f in self._exact)
+        return all(plain_value(record.get(f.field)) == f.value for f in self._exact)
 
     def encoded(self) -> str:
         """The ``sysparm_query`` string: groups joined by ``^NQ``, then ORDERBY clauses."""
@@ -300,7 +300,8 @@ def _encode_group(group: list[Condition]) -> str:
     return "".join(out)
 
 
-def _plain(value: Any) -> str | None:
+def plain_value(value: Any) -> str | None:
+    """A field as a plain string, whether read with ``display_value`` false or ``all``."""
     if isinstance(value, Mapping):
         value = value.get("value")
     return None if value is None else str(value)

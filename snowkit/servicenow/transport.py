@@ -33,6 +33,8 @@ from requests.adapters import HTTPAdapter
 from snowkit import __version__
 
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+#: Methods whose repeat has the same effect as one call: safe to resend after a lost answer.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 USER_AGENT = f"snowkit/{__version__} (+resilient ServiceNow client)"
 
 
@@ -50,22 +52,39 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def display_url(text: str) -> str:
+    """``text`` as it may appear in a message: no query, fragment or ``user:password@``."""
+    text = text.split("?", 1)[0].split("#", 1)[0]
+    scheme, sep, rest = text.rpartition("://") if "://" in text else ("", "", text)
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}"
+
+
 def normalize_instance_url(url: str) -> str:
-    """Validate and normalise to ``scheme://host[:port]`` (no trailing slash, no path)."""
+    """Validate and normalise to ``scheme://host[:port]`` (no trailing slash, no path).
+
+    Error messages never echo a query string or a ``user:password@`` part of the input.
+    """
     text = (url or "").strip()
     if not text:
         raise InstanceURLError(
             "no ServiceNow instance URL: set SERVICENOW_INSTANCE "
             "(e.g. https://dev12345.service-now.com) or use the embedded instance ('embedded')"
         )
+    shown = display_url(text)
+    if "@" in text.split("?", 1)[0].split("#", 1)[0]:
+        raise InstanceURLError(
+            f"instance URL {shown!r} carries a user name or password (user:password@): remove "
+            "it and give the credentials as SERVICENOW_USERNAME/SERVICENOW_PASSWORD, "
+            "SERVICENOW_API_KEY or OAuth settings instead (the URL appears in logs and reports)"
+        )
     if "://" not in text:
         if "." in text or ":" in text or "/" in text:
-            raise InstanceURLError(f"instance URL {text!r} has no scheme: write https://{text}")
+            raise InstanceURLError(f"instance URL {shown!r} has no scheme: write https://{shown}")
         text = f"https://{text}.service-now.com"
     parts = urlsplit(text)
     scheme = parts.scheme.lower()
     if not parts.hostname:
-        raise InstanceURLError(f"instance URL {url!r} has no host name")
+        raise InstanceURLError(f"instance URL {shown!r} has no host name")
     if scheme == "http":
         if not is_loopback(parts.hostname):
             raise InstanceURLError(
@@ -73,7 +92,7 @@ def normalize_instance_url(url: str) -> str:
                 "Use https:// (plain http is only allowed on 127.0.0.1/localhost/::1)"
             )
     elif scheme != "https":
-        raise InstanceURLError(f"instance URL {url!r}: scheme must be https")
+        raise InstanceURLError(f"instance URL {shown!r}: scheme must be https")
     return urlunsplit((scheme, parts.netloc, "", "", ""))
 
 

@@ -162,6 +162,8 @@ def test_embedded_session_is_reused_then_closed() -> None:
         assert nbk.connect("embedded") is session  # re-running the cell
         assert session.embedded and session.url.startswith("https://127.0.0.1:")
         assert session.client.ping() >= 0
+        assert repr(session) == f"Session(instance='embedded', url='{session.url}', open)"
+        assert session.sandbox.users["admin"] not in repr(session)
     finally:
         session.close()
     assert session.closed
@@ -170,3 +172,10 @@ def test_embedded_session_is_reused_then_closed() -> None:
         assert fresh is not session
     finally:
         fresh.close()
+
+
+def test_a_client_that_cannot_be_built_is_a_failed_health_check_not_a_crash() -> None:
+    checks = nbk.check_health("http://example.com", timeout_seconds=5)
+    assert checks["servicenow"].status.health_json == "fail"
+    assert "plain http" in checks["servicenow"].message
+    assert "system" in checks and "credentials" in checks

@@ -19,6 +19,9 @@ from snowkit.ops.metrics import (
     SystemMetrics,
 )
 
+#: The sample record of metrics.json (docs/architecture.md), in frame column order.
+SAMPLE_COLUMNS = ["timestamp", "operation", "table", "method", "status_code", "duration_ms", "ok"]
+
 
 def _samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return {
@@ -182,15 +185,7 @@ def test_frames() -> None:
     assert set(frame["table"]) == {"cmdb_ci", "cmdb_ci_ip_switch"}
     assert frame["total_requests"].sum() == 2
     samples = m.samples_frame()
-    assert list(samples.columns) == [
-        "timestamp",
-        "operation",
-        "table",
-        "method",
-        "status_code",
-        "duration_ms",
-        "ok",
-    ]
+    assert list(samples.columns) == SAMPLE_COLUMNS
     assert str(samples["timestamp"].dt.tz) == "UTC"
 
 
@@ -201,15 +196,7 @@ def test_snapshot_round_trip(tmp_path: Path) -> None:
     target = m.write_snapshot(tmp_path / "run" / "metrics.json")
     data = orjson.loads(target.read_bytes())
     assert set(data) >= {"operations", "system", "samples"}
-    assert set(data["samples"][0]) == {
-        "timestamp",
-        "operation",
-        "table",
-        "method",
-        "status_code",
-        "duration_ms",
-        "ok",
-    }
+    assert set(data["samples"][0]) == set(SAMPLE_COLUMNS)
     loaded = MetricsCollector.load_snapshot(target)
     assert isinstance(loaded.operations[0], OperationMetrics)
     assert loaded.operations[0].p50_response_time_ms == 2.0

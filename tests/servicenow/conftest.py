@@ -6,16 +6,20 @@ AuthMethod objects, e.g. an OAuth password grant) the tiny ``StaticCredentials``
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from snowkit.credentials import CredentialManager
+from snowkit.ops.audit import AuditTrail, read_audit
 from snowkit.ops.logging import configure_logging
 from snowkit.sandbox import Sandbox
 from snowkit.servicenow import ServiceNowAPIClient
+
+AUDIT_KEY = b"k" * 32
 
 
 @dataclass
@@ -98,3 +102,39 @@ def client(
 ) -> Iterator[ServiceNowAPIClient]:
     with ServiceNowAPIClient(sb.url, admin, verify=str(sb.ca_path), sleep=fake_sleep) as c:
         yield c
+
+
+@pytest.fixture
+def make_client(sb: Sandbox, admin: CredentialManager) -> Callable[..., ServiceNowAPIClient]:
+    """An admin client on the module's sandbox, with whatever else the test injects."""
+
+    def make(**kwargs: Any) -> ServiceNowAPIClient:
+        return ServiceNowAPIClient(sb.url, admin, verify=str(sb.ca_path), **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def audit_path(tmp_path: Path) -> Path:
+    return tmp_path / "audit.jsonl"
+
+
+@pytest.fixture
+def trail(audit_path: Path) -> Iterator[AuditTrail]:
+    """An audit trail without fsync; close it before reading (closing twice is safe)."""
+    audit = AuditTrail(audit_path, key=AUDIT_KEY, fsync=False)
+    yield audit
+    audit.close()
+
+
+def audit_entries(path: Path) -> list[dict[str, Any]]:
+    """The entries of an audit file, without its checkpoints."""
+    return [e for e in read_audit(path) if e.get("type") != "checkpoint"]
+
+
+def requests_sent(client: ServiceNowAPIClient, method: str, operation: str) -> int:
+    """How many HTTP requests ``client`` sent for ``operation`` (from its metric samples)."""
+    frame = client.metrics.samples_frame()
+    if frame.empty:
+        return 0
+    return int(((frame["method"] == method) & (frame["operation"] == operation)).sum())

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from snowkit.ops.audit import AuditTrail, read_audit, verify_audit
 from snowkit.sandbox import Sandbox
 from snowkit.servicenow import BatchRequest, ServiceNowAPIClient
 from snowkit.servicenow.batch import (
@@ -20,6 +21,8 @@ from snowkit.servicenow.batch import (
     envelope,
     is_idempotent,
 )
+
+from .conftest import AUDIT_KEY, audit_entries, requests_sent
 
 
 def post(i: int, size: int = 10) -> BatchRequest:
@@ -94,8 +97,7 @@ def test_only_all_idempotent_batches_may_be_resent_blindly() -> None:
 
 
 def batch_posts(client: ServiceNowAPIClient) -> int:
-    frame = client.metrics.samples_frame()
-    return int((frame["operation"] == "batch").sum())
+    return requests_sent(client, "POST", "batch")
 
 
 def test_batch_against_the_instance_with_per_item_errors(
@@ -146,11 +148,10 @@ def test_large_loads_are_chunked(client: ServiceNowAPIClient) -> None:
     assert batch_posts(client) >= 3  # 40 items x ~2.7 kB under a 30 kB cap
 
 
-def test_batch_writes_are_audited_in_one_checkpointed_block(sb: Sandbox, admin, tmp_path) -> None:
-    from snowkit.ops.audit import AuditTrail, read_audit, verify_audit
-
-    trail = AuditTrail(tmp_path / "audit.jsonl", key=b"k" * 32, fsync=False)
-    with ServiceNowAPIClient(sb.url, admin, verify=str(sb.ca_path), audit=trail) as c:
+def test_batch_writes_are_audited_in_one_checkpointed_block(
+    make_client, trail: AuditTrail, audit_path
+) -> None:
+    with make_client(audit=trail) as c:
         rec = c.create("incident", {"short_description": "to-patch"})
         results = c.batch(
             [
@@ -171,24 +172,19 @@ def test_batch_writes_are_audited_in_one_checkpointed_block(sb: Sandbox, admin, 
         )
     trail.close()
     assert all(r.ok for r in results)
-    entries = [e for e in read_audit(tmp_path / "audit.jsonl") if e.get("type") != "checkpoint"]
+    entries = audit_entries(audit_path)
     assert [e["action"] for e in entries] == ["create", "create", "update"]
     created, patched = entries[1], entries[2]
     assert created["source_id"] == "s-1" and created["sys_id"] == results[0].result["sys_id"]
     assert patched["before"]["short_description"] == "to-patch"
     assert patched["after"]["short_description"] == "patched"
-    assert verify_audit(tmp_path / "audit.jsonl", b"k" * 32).ok
+    assert verify_audit(audit_path, AUDIT_KEY).ok
 
 
 def test_a_lost_batch_answer_marks_its_writes_ambiguous_and_does_not_raise(
-    sb: Sandbox, admin, fake_sleep, tmp_path
+    sb: Sandbox, make_client, fake_sleep, trail: AuditTrail, audit_path
 ) -> None:
-    from snowkit.ops.audit import AuditTrail, read_audit
-
-    trail = AuditTrail(tmp_path / "audit.jsonl", key=b"k" * 32, fsync=False)
-    with ServiceNowAPIClient(
-        sb.url, admin, verify=str(sb.ca_path), audit=trail, sleep=fake_sleep
-    ) as c:
+    with make_client(audit=trail, sleep=fake_sleep) as c:
         sb.set_faults({"ambiguous_write_rate": 1.0})
         results = c.batch([post(1), post(2)])
         sb.set_faults(None)
@@ -196,7 +192,7 @@ def test_a_lost_batch_answer_marks_its_writes_ambiguous_and_does_not_raise(
         assert results[0].error.category.value == "ambiguous_write"
         assert batch_posts(c) == 1 and fake_sleep.calls == []  # not resent
     trail.close()
-    outcomes = [e["outcome"] for e in read_audit(tmp_path / "audit.jsonl") if "outcome" in e]
+    outcomes = [e["outcome"] for e in read_audit(audit_path) if "outcome" in e]
     assert outcomes == ["ambiguous", "ambiguous"]
 
 

@@ -23,14 +23,7 @@ from snowkit.ops.retry import RetryManager, RetryPolicy
 from snowkit.sandbox import Sandbox
 from snowkit.servicenow import Query, ServiceNowAPIClient
 
-from .conftest import FakeClock, FakeSleep
-
-
-def requests_sent(client: ServiceNowAPIClient, method: str, operation: str) -> int:
-    frame = client.metrics.samples_frame()
-    if frame.empty:
-        return 0
-    return int(((frame["method"] == method) & (frame["operation"] == operation)).sum())
+from .conftest import FakeClock, FakeSleep, requests_sent
 
 
 def heal_on_first_sleep(sb: Sandbox, fake_sleep: FakeSleep) -> None:
@@ -70,17 +63,11 @@ def test_server_error_on_a_create_is_ambiguous_and_not_resent(
 
 
 def test_write_statuses_can_be_opted_back_into_retry(
-    sb: Sandbox, admin: CredentialManager, fake_sleep: FakeSleep
+    sb: Sandbox, make_client, fake_sleep: FakeSleep
 ) -> None:
     sb.set_faults({"error_rate": 1.0})
     heal_on_first_sleep(sb, fake_sleep)
-    with ServiceNowAPIClient(
-        sb.url,
-        admin,
-        verify=str(sb.ca_path),
-        sleep=fake_sleep,
-        retry_write_statuses=(500, 502, 503),
-    ) as c:
+    with make_client(sleep=fake_sleep, retry_write_statuses=(500, 502, 503)) as c:
         created = c.create("incident", {"short_description": "opt-in"})
     assert created["short_description"] == "opt-in" and len(fake_sleep.calls) == 1
 
@@ -123,14 +110,11 @@ def test_rate_limit_headers_slow_the_client_down_before_the_429(
 
 
 def test_breaker_opens_at_threshold_and_a_half_open_trial_closes_it(
-    sb: Sandbox, admin: CredentialManager, fake_sleep: FakeSleep, fake_clock: FakeClock
+    sb: Sandbox, make_client, fake_sleep: FakeSleep, fake_clock: FakeClock
 ) -> None:
     breaker = CircuitBreaker(failure_threshold=3, recovery_timeout_seconds=30, clock=fake_clock)
     no_retry = RetryManager(RetryPolicy(max_attempts=1), sleep=fake_sleep, clock=fake_clock)
-    with ServiceNowAPIClient(
-        sb.url,
-        admin,
-        verify=str(sb.ca_path),
+    with make_client(
         circuit_breaker=breaker,
         retry_manager=no_retry,
         sleep=fake_sleep,
@@ -171,12 +155,9 @@ def test_reset_connection_on_a_write_is_ambiguous(
 
 
 def test_ambiguous_write_is_flagged_audited_and_not_duplicated(
-    sb: Sandbox, admin: CredentialManager, fake_sleep: FakeSleep, tmp_path
+    sb: Sandbox, make_client, fake_sleep: FakeSleep, trail: AuditTrail, audit_path
 ) -> None:
-    trail = AuditTrail(tmp_path / "audit.jsonl", key=b"k" * 32, fsync=False)
-    with ServiceNowAPIClient(
-        sb.url, admin, verify=str(sb.ca_path), sleep=fake_sleep, audit=trail
-    ) as c:
+    with make_client(sleep=fake_sleep, audit=trail) as c:
         sb.set_faults({"ambiguous_write_rate": 1.0})
         with pytest.raises(AmbiguousWriteError) as info:
             c.create(
@@ -190,7 +171,7 @@ def test_ambiguous_write_is_flagged_audited_and_not_duplicated(
         # the write did happen on the server; the client did not send it twice
         assert c.count("cmdb_ci_ip_switch", Query().eq("serial_number", "AMB1")) == 1
     trail.close()
-    (entry,) = [e for e in read_audit(tmp_path / "audit.jsonl") if e.get("action") == "create"]
+    (entry,) = [e for e in read_audit(audit_path) if e.get("action") == "create"]
     assert entry["outcome"] == "ambiguous" and entry["source_id"] == "AMB1"
 
 
@@ -226,15 +207,12 @@ def test_hibernating_instance_is_detected_with_what_to_do(
 
 
 def test_hibernation_wait_is_bounded_and_rechecks(
-    sb: Sandbox, admin: CredentialManager, fake_clock: FakeClock
+    sb: Sandbox, make_client, fake_clock: FakeClock
 ) -> None:
     sleep = FakeSleep()
     sleep.clock = fake_clock
     sb.set_faults({"hibernating": True})
-    with ServiceNowAPIClient(
-        sb.url,
-        admin,
-        verify=str(sb.ca_path),
+    with make_client(
         sleep=sleep,
         clock=fake_clock,
         hibernation_wait_seconds=60,

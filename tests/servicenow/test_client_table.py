@@ -6,7 +6,7 @@ import pytest
 import requests
 
 from snowkit.credentials import CredentialManager
-from snowkit.ops.audit import AuditTrail, read_audit, verify_audit
+from snowkit.ops.audit import AuditTrail, verify_audit
 from snowkit.ops.errors import (
     AuthorizationError,
     InvalidTableError,
@@ -14,6 +14,8 @@ from snowkit.ops.errors import (
 )
 from snowkit.sandbox import Sandbox
 from snowkit.servicenow import InstanceURLError, ServiceNowAPIClient
+
+from .conftest import AUDIT_KEY, audit_entries, requests_sent
 
 
 def test_crud_round_trip(client: ServiceNowAPIClient) -> None:
@@ -71,15 +73,14 @@ def test_names_are_validated_before_anything_is_sent(client: ServiceNowAPIClient
 
 
 def test_every_write_is_audited_with_before_and_after_images(
-    sb: Sandbox, admin: CredentialManager, tmp_path
+    make_client, trail: AuditTrail, audit_path
 ) -> None:
-    trail = AuditTrail(tmp_path / "audit.jsonl", key=b"k" * 32, fsync=False)
-    with ServiceNowAPIClient(sb.url, admin, verify=str(sb.ca_path), audit=trail) as c:
+    with make_client(audit=trail) as c:
         rec = c.create("cmdb_ci_ip_switch", {"name": "aud-1"}, source_id="unifi:aa:bb")
         c.update("cmdb_ci_ip_switch", rec["sys_id"], {"name": "aud-2"})
         c.delete("cmdb_ci_ip_switch", rec["sys_id"])
     trail.close()
-    entries = [e for e in read_audit(tmp_path / "audit.jsonl") if e.get("type") != "checkpoint"]
+    entries = audit_entries(audit_path)
     assert [e["action"] for e in entries] == ["create", "update", "delete"]
     create, update, delete = entries
     assert create["source_id"] == "unifi:aa:bb" and create["before"] is None
@@ -87,23 +88,16 @@ def test_every_write_is_audited_with_before_and_after_images(
     assert update["before"]["name"] == "aud-1" and update["after"]["name"] == "aud-2"
     assert delete["before"]["name"] == "aud-2" and delete["after"] is None
     assert all(e["outcome"] == "success" and e["correlation_id"] for e in entries)
-    assert verify_audit(tmp_path / "audit.jsonl", b"k" * 32).ok
+    assert verify_audit(audit_path, AUDIT_KEY).ok
 
 
 def test_before_image_is_not_fetched_when_given_or_not_audited(
     sb: Sandbox, client: ServiceNowAPIClient
 ) -> None:
     rec = client.create("incident", {"short_description": "b"})
-    gets_before = _count(client, "GET", "get")
+    gets_before = requests_sent(client, "GET", "get")
     client.update("incident", rec["sys_id"], {"short_description": "c"})
-    assert _count(client, "GET", "get") == gets_before  # no audit trail: no extra GET
-
-
-def _count(client: ServiceNowAPIClient, method: str, operation: str) -> int:
-    frame = client.metrics.samples_frame()
-    if frame.empty:
-        return 0
-    return int(((frame["method"] == method) & (frame["operation"] == operation)).sum())
+    assert requests_sent(client, "GET", "get") == gets_before  # no audit trail: no extra GET
 
 
 @pytest.mark.parametrize(
@@ -133,6 +127,21 @@ def test_instance_urls(url: str, expected: str, admin: CredentialManager) -> Non
 def test_bad_instance_urls_say_what_to_do(url: str, message: str, admin: CredentialManager) -> None:
     with pytest.raises(InstanceURLError, match=message):
         ServiceNowAPIClient(url, admin)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://admin:canary-pw-31@acme.service-now.com",
+        "admin:canary-pw-31@acme.service-now.com",
+        "acme.service-now.com/?api_key=canary-pw-31",
+    ],
+)
+def test_bad_instance_urls_never_echo_credentials(url: str, admin: CredentialManager) -> None:
+    with pytest.raises(InstanceURLError) as info:
+        ServiceNowAPIClient(url, admin)
+    assert "canary-pw-31" not in str(info.value)
+    assert "acme.service-now.com" in str(info.value)
 
 
 def test_session_is_pooled_to_workers_with_no_transport_retries(admin: CredentialManager) -> None:

@@ -82,13 +82,13 @@ def test_hibernating_instance_fails_with_how_to_wake_it(sb: Sandbox, env_for, ca
 
 def test_a_warning_exits_1_and_multi_line_messages_stay_in_their_column(capsys) -> None:
     from snowkit.cli.health import _report
-    from snowkit.ops.health import HealthCheck, HealthStatus, to_health_json
+    from snowkit.ops.health import HealthCheck, HealthStatus
 
     checks = {
         "servicenow": HealthCheck("servicenow", HealthStatus.HEALTHY, "ok", response_time_ms=3),
         "system": HealthCheck("system", HealthStatus.DEGRADED, "memory high\nclose notebooks"),
     }
-    assert _report(checks, False, to_health_json) == 1
+    assert _report(checks, False) == 1
     lines = capsys.readouterr().out.splitlines()
     assert lines[2].startswith("system") and lines[2].endswith("memory high")
     assert lines[3].strip() == "close notebooks" and lines[3].index("close") == lines[2].index(
@@ -107,3 +107,11 @@ def test_missing_environment_is_reported_not_crashed(monkeypatch, capsys) -> Non
     monkeypatch.delenv("BEAST_ENVIRONMENT", raising=False)
     assert main(["health", "--instance", "https://acme.service-now.com"]) == 2
     assert "BEAST_ENVIRONMENT" in capsys.readouterr().out
+
+
+def test_an_instance_url_with_credentials_is_refused_without_echoing_them(env_for, capsys) -> None:
+    env_for()
+    code = main(["health", "--instance", "https://admin:canary-health-19@acme.service-now.com"])
+    out = capsys.readouterr().out
+    assert code == 2 and "user name or password" in out
+    assert "canary-health-19" not in out

@@ -12,7 +12,7 @@ import orjson
 import requests
 from pydantic import SecretStr
 
-from snowkit.ops.errors import AuthenticationError, ConfigurationError
+from snowkit.ops.errors import AuthenticationError, ConfigurationError, OperationalError
 from snowkit.unifi.collectors.base import BaseCollector, UnexpectedResponseError, secret
 from snowkit.unifi.models.inventory import Inventory, Provenance
 from snowkit.unifi.models.network import Envelope
@@ -20,6 +20,29 @@ from snowkit.unifi.models.normalize import from_network
 
 UNIFI_OS_LOGIN = "/api/auth/login"
 CLASSIC_LOGIN = "/api/login"
+
+
+# (body marker, error, message, what to do; None: the collector's auth guidance), first match wins.
+_API_ERRORS_400: tuple[tuple[bytes, type[OperationalError], str, str | None], ...] = (
+    (
+        b"api.err.NoSiteContext",
+        ConfigurationError,
+        "the console does not know that site",
+        "Use the site's short name (e.g. 'default'), not its description.",
+    ),
+    (
+        b"api.err.Ubic2faTokenRequired",
+        AuthenticationError,
+        "the console asks for a 2FA token",
+        "Use a dedicated local read-only admin without MFA for snowkit.",
+    ),
+    (
+        b"api.err.Invalid",
+        AuthenticationError,
+        "the console rejected the username or password",
+        None,
+    ),
+)
 
 
 class NetworkAppCollector(BaseCollector):
@@ -85,27 +108,17 @@ class NetworkAppCollector(BaseCollector):
         )
 
     def raise_for_status(self, response: requests.Response, operation: str) -> None:
-        if response.status_code == 400 and b"api.err.NoSiteContext" in response.content:
-            raise ConfigurationError(
-                "the console does not know that site",
-                operation=operation,
-                http_status=400,
-                guidance="Use the site's short name (e.g. 'default'), not its description.",
-            )
-        if response.status_code == 400 and b"api.err.Ubic2faTokenRequired" in response.content:
-            raise AuthenticationError(
-                "the console asks for a 2FA token",
-                operation=operation,
-                http_status=400,
-                guidance="Use a dedicated local read-only admin without MFA for snowkit.",
-            )
-        if response.status_code == 400 and b"api.err.Invalid" in response.content:
-            raise AuthenticationError(
-                "the console rejected the username or password",
-                operation=operation,
-                http_status=400,
-                guidance=self.auth_guidance,
-            )
+        """The classic controller answers 400 with an ``api.err.*`` code for several problems
+        that need different actions; name each one before the generic handling."""
+        if response.status_code == 400:
+            for marker, error_class, message, guidance in _API_ERRORS_400:
+                if marker in response.content:
+                    raise error_class(
+                        message,
+                        operation=operation,
+                        http_status=400,
+                        guidance=guidance or self.auth_guidance,
+                    )
         super().raise_for_status(response, operation)
 
     def _headers(self) -> dict[str, str]:

@@ -1,0 +1,199 @@
+"""The one path every ServiceNow request takes, wrapped once by each resilience layer.
+
+    hibernation wait (optional, bounded)
+      └─ retry (RetryManager: full jitter, Retry-After, deadline, shared budget)
+           └─ per attempt: rate-limit pacing → circuit breaker → auth fallback → HTTP
+                └─ metrics, one ``request`` log line, and an error (failures.py) for anything
+                   that is not an expected answer
+
+Like requests' ``Session`` vs its adapter: the client holds the state and the public methods,
+this module holds the mechanics of one exchange. Per-call state lives in a
+:class:`~snowkit.servicenow.failures.RequestSpec` and locals, so one pipeline serves any number
+of threads; the only shared mutable state is the auth chain (swapped under its lock), the
+pacer and the collaborators' own (locked) counters.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import requests
+
+from snowkit.ops.breaker import CircuitBreaker
+from snowkit.ops.errors import AuthenticationError, OperationalError
+from snowkit.ops.logging import StructuredLogger
+from snowkit.ops.metrics import MetricsCollector
+from snowkit.ops.retry import RetryManager, RetryPolicy
+from snowkit.servicenow.auth import JSON_CONTENT, AuthChain
+from snowkit.servicenow.failures import FailureMapper, RequestSpec
+from snowkit.servicenow.hibernation import HibernationWait, is_unexpected_html
+from snowkit.servicenow.limiter import RateLimitPacer
+from snowkit.servicenow.transport import Timeouts
+
+
+class RequestPipeline:
+    """Runs :class:`RequestSpec`s through retry → pacing → breaker → auth → HTTP → observe."""
+
+    def __init__(
+        self,
+        *,
+        session: requests.Session,
+        auth: AuthChain,
+        timeouts: Timeouts,
+        retry_manager: RetryManager,
+        circuit_breaker: CircuitBreaker,
+        pacer: RateLimitPacer,
+        hibernation: HibernationWait,
+        failures: FailureMapper,
+        metrics: MetricsCollector,
+        logger: StructuredLogger,
+        sleep: Callable[[float], None],
+        clock: Callable[[], float],
+    ) -> None:
+        self.session = session
+        self.auth = auth
+        self.timeouts = timeouts
+        self.retry_manager = retry_manager
+        self.circuit_breaker = circuit_breaker
+        self.pacer = pacer
+        self.hibernation = hibernation
+        self.failures = failures
+        self.metrics = metrics
+        self.logger = logger
+        self._sleep = sleep
+        self._clock = clock
+        retry_manager.add_hook(self._on_retry)
+
+    def execute(self, spec: RequestSpec, policy: RetryPolicy | None = None) -> requests.Response:
+        """The response to ``spec`` (2xx, or a status in ``ok_statuses``), else raise."""
+        return self.hibernation.run(
+            lambda: self._with_retry(spec, policy),
+            clock=self._clock,
+            sleep=self._sleep,
+            on_wait=lambda seconds: self.logger.event(
+                "hibernation_wait",
+                level="WARNING",
+                operation=spec.operation,
+                recheck_in_s=seconds,
+            ),
+        )
+
+    def _with_retry(self, spec: RequestSpec, policy: RetryPolicy | None) -> requests.Response:
+        attempt = 0
+
+        def one_attempt() -> requests.Response:
+            nonlocal attempt
+            attempt += 1
+            self._pace()
+            number = attempt
+            return self.circuit_breaker.call(lambda: self._attempt(spec, number), spec.operation)
+
+        return self.retry_manager.execute_with_retry(one_attempt, policy, spec.operation)
+
+    def _pace(self) -> None:
+        delay = self.pacer.delay()
+        if delay > 0:
+            self.logger.event("rate_limit_pacing", delay_s=round(delay, 3))
+            self._sleep(delay)
+
+    def _attempt(self, spec: RequestSpec, attempt: int) -> requests.Response:
+        """One HTTP exchange (with auth fallback), observed and classified."""
+        started = time.perf_counter()
+        try:
+            response = self._send_authenticated(spec, attempt)
+        except requests.RequestException as exc:
+            duration = (time.perf_counter() - started) * 1000.0
+            self.metrics.record_error(spec.method, spec.operation, exc, spec.table, duration)
+            self._log_request(spec, attempt, None, duration, error=type(exc).__name__)
+            raise self.failures.network(spec, exc, attempt) from exc
+        duration = (time.perf_counter() - started) * 1000.0
+        status = response.status_code
+        self.metrics.record_request(spec.method, spec.operation, status, duration, spec.table)
+        self.pacer.observe(response.headers)
+        ok = status < 400 or status in spec.ok_statuses
+        self._log_request(spec, attempt, status, duration, ok=ok)
+        if status < 300:
+            if is_unexpected_html(response):
+                raise self.failures.html(spec, response)
+            return response
+        if status in spec.ok_statuses:
+            return response
+        if status == 404 and spec.allow_404_on_retry and attempt > 1:
+            return response  # an earlier attempt did the delete; its answer was lost
+        error = self.failures.response(spec, response)
+        if status == 429:
+            retry_after = error.context.details.get("retry_after")
+            self.metrics.record_rate_limit(spec.operation, retry_after)
+        raise error
+
+    def _send_authenticated(self, spec: RequestSpec, attempt: int) -> requests.Response:
+        """Send; on 401 refresh (OAuth, once) or fall back to the next method and re-send."""
+        state = self.auth.current
+        refreshed: set[int] = set()
+        while True:
+            if state is None:
+                headers = JSON_CONTENT if spec.body is not None else None
+                auth = None
+            else:
+                headers = (state.json_headers if spec.body is not None else state.headers) or None
+                auth = state.auth
+            try:
+                response: requests.Response | None = self.session.request(
+                    spec.method,
+                    spec.url,
+                    params=spec.params,
+                    data=spec.body,
+                    headers=headers,
+                    auth=auth,
+                    timeout=self.timeouts.for_attempt(attempt),
+                )
+            except AuthenticationError as exc:  # e.g. a lazy OAuth token fetch was refused
+                if state is None:
+                    raise
+                self.logger.log_credential_access(state.name, False, exc.context.error_message)
+                response = None
+            if response is not None and (response.status_code != 401 or state is None):
+                if state is not None and response.status_code < 400:
+                    self.auth.confirm(state)
+                return response
+            assert state is not None
+            if response is not None:
+                elapsed_ms = response.elapsed.total_seconds() * 1000.0
+                self.metrics.record_request(
+                    spec.method, spec.operation, 401, elapsed_ms, spec.table
+                )
+                self.logger.log_credential_access(state.name, False, "rejected with HTTP 401")
+                response.close()
+            refresh = state.index not in refreshed and self.auth.can_refresh(state)
+            refreshed.add(state.index)
+            next_state = self.auth.advance(state, refresh=refresh)
+            if next_state is None:
+                raise self.auth.exhausted(spec.operation, self.failures.error_handler)
+            state = next_state
+
+    def _log_request(
+        self,
+        spec: RequestSpec,
+        attempt: int,
+        status: int | None,
+        duration_ms: float,
+        error: str | None = None,
+        ok: bool = False,
+    ) -> None:
+        fields: dict[str, Any] = {
+            "method": spec.method,
+            "table": spec.table,
+            "operation": spec.operation,
+            "status_code": status,
+            "duration_ms": round(duration_ms, 3),
+            "attempt": attempt,
+        }
+        if error:
+            fields["error"] = error
+        self.logger.event("request", level="INFO" if ok else "WARNING", **fields)
+
+    def _on_retry(self, attempt: int, delay: float, exc: BaseException, operation: str) -> None:
+        reason = exc.category.value if isinstance(exc, OperationalError) else type(exc).__name__
+        self.metrics.record_retry(operation, reason)
