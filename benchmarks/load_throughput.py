@@ -220,21 +220,31 @@ def median(values: Sequence[float]) -> float:
 
 
 @contextlib.contextmanager
-def snowkit_home() -> Iterator[Path]:
-    """A throw-away SNOWKIT_HOME (runs, audit, outbox, logs) for this benchmark process."""
-    with tempfile.TemporaryDirectory(prefix="snowkit-bench-") as tmp:
-        old = os.environ.get("SNOWKIT_HOME")
-        os.environ["SNOWKIT_HOME"] = str(Path(tmp) / "home")
-        from snowkit.ops.logging import configure_logging
+def use_home(home: Path) -> Iterator[Path]:
+    """Point SNOWKIT_HOME (runs, audit, outbox, sync state, logs) at ``home`` for a while.
 
-        configure_logging(file_path=Path(tmp) / "bench.jsonl", console=False)
-        try:
-            yield Path(tmp)
-        finally:
-            if old is None:
-                os.environ.pop("SNOWKIT_HOME", None)
-            else:
-                os.environ["SNOWKIT_HOME"] = old
+    Each load that stands for a first run gets its own, so no state of an earlier repetition
+    (the sync state a rerun reads, the audit chain, the outbox) leaks into it.
+    """
+    from snowkit.ops.logging import configure_logging
+
+    old = os.environ.get("SNOWKIT_HOME")
+    os.environ["SNOWKIT_HOME"] = str(home)
+    configure_logging(file_path=home / "bench.jsonl", console=False)
+    try:
+        yield home
+    finally:
+        if old is None:
+            os.environ.pop("SNOWKIT_HOME", None)
+        else:
+            os.environ["SNOWKIT_HOME"] = old
+
+
+@contextlib.contextmanager
+def snowkit_home() -> Iterator[Path]:
+    """A throw-away directory for this benchmark process, also its SNOWKIT_HOME."""
+    with tempfile.TemporaryDirectory(prefix="snowkit-bench-") as tmp, use_home(Path(tmp) / "home"):
+        yield Path(tmp)
 
 
 # ----------------------------------------------------------------------------------------
@@ -373,6 +383,10 @@ class Run:
     timings: dict[str, float]
 
 
+def instance_home(state: Path, prefix: str) -> Path:
+    return state / f"{prefix}-{time.monotonic_ns()}"
+
+
 def timed(
     instance: Instance, fn: Callable[[], int]
 ) -> tuple[float, int, float, float]:  # wall, writes, server CPU, client CPU
@@ -405,7 +419,8 @@ def one_run(
                 holder["report"] = report
                 return report.applied["created"] + report.relationships.created
 
-            wall, writes, srv, cpu = timed(instance, job)
+            with use_home(instance_home(state, "home-snowkit")):
+                wall, writes, srv, cpu = timed(instance, job)
             timings = dict(holder["report"].timings)
             for slow in holder["report"].slow_operations:
                 if slow.get("operation") == "batch":

@@ -1,23 +1,29 @@
-"""Benchmark: a load against a rate-limited instance with a concurrency cap: adaptive vs fixed.
+"""Benchmark: a load against a rate-limited, concurrency-capped instance: adaptive vs fixed.
 
-The embedded instance (its own process) gets a rate-limit rule (N requests per W-second window,
-per user: 429 with Retry-After until the window resets) and a concurrency cap smaller than the
-loader's worker count (an excess request queues ``queue_timeout_ms``, then gets 429 with
-Retry-After: 1), plus 50 ms + 0-10 ms latency. Both contenders are the sync engine
-(``SyncEngine.sync``: plan, Batch API writes, relationships, verification) with the same
-workers and batch size; the only difference is the write path's concurrency:
+Three instances (each its own process, 50 ms + 0-10 ms latency), so each kind of 429 shows on
+its own and together:
+- **cap**: at most ``--cap`` requests in progress; an excess request queues
+  ``--queue-timeout-ms``, then gets 429 with Retry-After: 1;
+- **rule**: a rate-limit rule of N requests per W-second window, per user (429 with
+  Retry-After = seconds until the window resets);
+- **rule+cap**: both (the issue's scenario).
 
+Both contenders are the sync engine (``SyncEngine.sync``: plan, Batch API writes,
+relationships, verification, built as ``run_load`` builds it) with the same workers and batch
+size; the only difference is the write path's concurrency:
 - **fixed**: ``workers`` batch requests in flight, whatever the instance answers;
-- **adaptive**: the same, under ``AdaptiveLimiter(initial=workers, maximum=workers)``, which
-  halves its limit on a 429 (or a latency jump) and creeps back up after good answers.
+- **adaptive**: the same under ``AdaptiveLimiter(initial=workers, maximum=workers)``, which
+  halves its limit on a 429 (or a latency jump) and adds one after good answers.
+(The limiter wraps only the engine's write batches; plan and verification reads run at
+``workers`` either way.)
 
-Every request the client makes (reads, writes, retries) is counted by its MetricsCollector:
-429s, retries and failures. Goal: no failed record or link in either mode (every 429 is waited
-out), and fewer 429s with the adaptive limiter. Contenders alternate over ``--reps``
-repetitions, each on a fresh instance; the table shows medians.
+Every request the client makes (reads, writes, retries) is counted by its MetricsCollector.
+Goal: no failed or queued record or link in either mode (every 429 is waited out), fewer 429s
+with the adaptive limiter, and the time. Modes alternate over ``--reps`` repetitions, each on a
+fresh instance; the table shows medians. ``--quick`` runs only rule+cap, once, small.
 
     .venv/bin/python benchmarks/rate_limited.py           # 2,000 CIs, 3 repetitions
-    .venv/bin/python benchmarks/rate_limited.py --quick   # 60 CIs, small latency
+    .venv/bin/python benchmarks/rate_limited.py --quick   # 60 CIs, 5 ms latency
 """
 
 from __future__ import annotations
@@ -81,7 +87,10 @@ def run_engine(
             outbox.close()
     seconds = time.perf_counter() - start
     ops = metrics.all_operation_metrics()
-    by_op = {m.operation_name: m.rate_limited for m in ops if m.rate_limited}
+    by_op: dict[str, int] = {}
+    for m in ops:  # one entry per (operation, table)
+        if m.rate_limited:
+            by_op[m.operation_name] = by_op.get(m.operation_name, 0) + m.rate_limited
     return {
         "seconds": seconds,
         "status": report.status,
@@ -118,22 +127,22 @@ def main(argv: list[str] | None = None) -> int:
     latency = args.latency_ms if args.latency_ms is not None else (5.0 if args.quick else 50.0)
     rate_requests = args.rate_requests or (30 if args.quick else 100)
     rate_window = args.rate_window or (1 if args.quick else 5)
-    faults = {
-        "seed": 7,
-        "latency_ms": latency,
-        "latency_jitter_ms": latency / 5,
-        "max_concurrency": args.cap,
-        "queue_timeout_ms": args.queue_timeout_ms,
-        "rate_limit": {"requests": rate_requests, "window_seconds": rate_window},
+    base = {"seed": 7, "latency_ms": latency, "latency_jitter_ms": latency / 5}
+    cap = {"max_concurrency": args.cap, "queue_timeout_ms": args.queue_timeout_ms}
+    rule = {"rate_limit": {"requests": rate_requests, "window_seconds": rate_window}}
+    scenarios = {
+        "cap": {**base, **cap},
+        "rule": {**base, **rule},
+        "rule+cap": {**base, **cap, **rule},
     }
+    if args.quick:
+        scenarios = {"rule+cap": scenarios["rule+cap"]}
     trust_only_explicit_cas()
     print(machine_summary(), flush=True)
-    print(
-        f"instance faults: {json.dumps(faults)}; workers={args.workers} "
-        f"batch_size={args.batch_size}",
-        flush=True,
-    )
-    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
+    print(f"workers={args.workers} batch_size={args.batch_size}; scenarios:", flush=True)
+    for name, faults in scenarios.items():
+        print(f"  {name}: {json.dumps(faults)}", flush=True)
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
     with snowkit_home() as state:
         result = workload(collect(cis))
         print(
@@ -141,57 +150,72 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         for rep in range(reps):
-            for mode in MODES if rep % 2 == 0 else tuple(reversed(MODES)):
-                with sandbox_process(faults, Path(state) / f"sb-{mode}-{rep}") as instance:
-                    run = run_engine(
-                        instance,
-                        result,
-                        mode=mode,
-                        workers=args.workers,
-                        batch_size=args.batch_size,
+            for scenario, faults in scenarios.items():
+                for mode in MODES if rep % 2 == 0 else tuple(reversed(MODES)):
+                    where = Path(state) / f"sb-{scenario}-{mode}-{rep}"
+                    with sandbox_process(faults, where) as instance:
+                        run = run_engine(
+                            instance,
+                            result,
+                            mode=mode,
+                            workers=args.workers,
+                            batch_size=args.batch_size,
+                        )
+                    runs.setdefault((scenario, mode), []).append(run)
+                    print(
+                        f"  rep {rep + 1} {scenario:<8} {mode:<8} {run['seconds']:6.2f} s, "
+                        f"{run['status']}, 429s {run['throttled']} {run['throttled_by_op']}, "
+                        f"retries {run['retries']}, failed {run['failed']}, "
+                        f"queued {run['queued']}, limiter cuts {run['limiter_cuts']}",
+                        flush=True,
                     )
-                runs[mode].append(run)
-                print(
-                    f"  rep {rep + 1} {mode:<8} {run['seconds']:6.2f} s, {run['status']}, "
-                    f"429s {run['throttled']} {run['throttled_by_op']}, retries "
-                    f"{run['retries']}, failed {run['failed']}, queued {run['queued']}, "
-                    f"limiter cuts {run['limiter_cuts']}",
-                    flush=True,
-                )
     print()
     print(
-        f"{cis} CIs; medians of {reps} alternating repetitions; "
-        f"load average {os.getloadavg()[0]:.2f}"
+        f"{cis} CIs, {args.workers} workers, batch {args.batch_size}; medians of {reps} "
+        f"alternating repetitions; load average {os.getloadavg()[0]:.2f}"
     )
     rows = []
-    for mode in MODES:
-        rs = runs[mode]
+    for (scenario, mode), rs in runs.items():
         rows.append(
             [
-                f"{mode} ({args.workers} workers"
-                + (", AdaptiveLimiter)" if mode == "adaptive" else ")"),
+                scenario,
+                mode,
                 f"{median([r['seconds'] for r in rs]):.2f}",
                 f"{median([r['requests'] for r in rs]):.0f}",
                 f"{median([r['throttled'] for r in rs]):.0f}",
                 f"{median([r['retries'] for r in rs]):.0f}",
+                f"{median([r['limiter_cuts'] for r in rs]):.0f}",
                 f"{max(r['failed'] for r in rs)}",
                 f"{max(r['queued'] for r in rs)}",
                 ", ".join(sorted({r["status"] for r in rs})),
             ]
         )
     print_table(
-        ["mode", "time s", "requests", "429s", "retries", "failed (max)", "queued (max)", "status"],
+        [
+            "instance",
+            "mode",
+            "time s",
+            "requests",
+            "429s",
+            "retries",
+            "limiter cuts",
+            "failed (max)",
+            "queued (max)",
+            "status",
+        ],
         rows,
     )
-    t_ratio = median(
-        [f["seconds"] / a["seconds"] for f, a in zip(runs["fixed"], runs["adaptive"], strict=True)]
-    )
-    fewer = median([r["throttled"] for r in runs["adaptive"]]) <= median(
-        [r["throttled"] for r in runs["fixed"]]
-    )
+    for scenario in scenarios:
+        fixed, adaptive = runs[(scenario, "fixed")], runs[(scenario, "adaptive")]
+        t_ratio = median(
+            [f["seconds"] / a["seconds"] for f, a in zip(fixed, adaptive, strict=True)]
+        )
+        fewer = median([r["throttled"] for r in adaptive]) < median([r["throttled"] for r in fixed])
+        print(
+            f"{scenario}: time fixed / adaptive (median of pairs) {t_ratio:.2f}; "
+            f"fewer 429s with the adaptive limiter: {'yes' if fewer else 'no'}"
+        )
     failures = sum(r["failed"] + r["queued"] for rs in runs.values() for r in rs)
-    print(f"time fixed / adaptive (median of pairs): {t_ratio:.2f}")
-    print(f"fewer 429s with the adaptive limiter: {'yes' if fewer else 'NO'}")
     print(f"failures: {failures} (goal 0) {'met' if failures == 0 else 'MISSED'}")
     return 0 if failures == 0 else 1
 

@@ -38,6 +38,7 @@ from load_throughput import (
     sandbox_process,
     snowkit_home,
     trust_only_explicit_cas,
+    use_home,
 )
 
 GOAL_SPEEDUP = 10.0
@@ -71,7 +72,10 @@ def audited_writes(run_id: str) -> int:
 def one_pair(
     faults: dict[str, Any], inventory: Any, args: argparse.Namespace, state: Path, rep: int
 ) -> dict[str, Any]:
-    with sandbox_process(faults, state / f"sb-{rep}") as instance:
+    with (
+        sandbox_process(faults, state / f"sb-{rep}") as instance,
+        use_home(state / f"home-{rep}"),  # a first run: no state from an earlier pair
+    ):
         start = time.perf_counter()
         first = run_job(instance, inventory, workers=args.workers, batch_size=args.batch_size)
         initial_s = time.perf_counter() - start
@@ -82,6 +86,8 @@ def one_pair(
         rerun_s = time.perf_counter() - start
         require_success(again, "rerun")
         after = store_state(instance)
+        audited = audited_writes(again.run_id)
+        audited_initial = audited_writes(first.run_id)
     changed = {k: after[k] - before[k] for k in before if after[k] != before[k]}
     return {
         "initial_s": initial_s,
@@ -92,7 +98,8 @@ def one_pair(
         "rerun_links_created": again.relationships.created,
         "store_changes": changed,
         "store_after": after,
-        "audited": audited_writes(again.run_id),
+        "audited": audited,
+        "audited_initial": audited_initial,
         "rerun_timings": dict(again.timings),
         "initial_timings": dict(first.timings),
     }
@@ -132,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"  pair {rep + 1}: initial {pair['initial_s']:.2f} s "
                 f"({pair['created']} records, {pair['links']} links), "
                 f"rerun {pair['rerun_s']:.2f} s, store changes {pair['store_changes'] or 'none'}, "
-                f"audited writes {pair['audited']}",
+                f"audited writes {pair['audited']} (initial load: {pair['audited_initial']})",
                 flush=True,
             )
     load = os.getloadavg()[0]

@@ -25,6 +25,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
+from snowkit.cmdb import incremental
 from snowkit.cmdb import ire as ire_mode
 from snowkit.cmdb import plan as planning
 from snowkit.cmdb.outbox import (
@@ -48,9 +49,10 @@ from snowkit.cmdb.progress import bar
 from snowkit.cmdb.relationships import (
     REL_TABLE,
     RelTypeCache,
-    existing_links,
+    existing_link_rows,
     find_link,
     plan_links,
+    smaller_side,
 )
 from snowkit.cmdb.report import ItemFailure, RunReport, suggestions_from
 from snowkit.ops.logging import StructuredLogger
@@ -63,7 +65,11 @@ CLIENT_KINDS = frozenset({"client", "wired_client", "wireless_client"})
 _META_FIELDS = frozenset({SOURCE_ID_FIELD, "sys_class_name"})
 #: Per-item statuses worth another attempt (after a lookup, for creates).
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
-_RETURN_FIELDS = f"sysparm_fields=sys_id,{SOURCE_ID_FIELD}&sysparm_exclude_reference_link=true"
+#: Write answers carry the record's version, which the incremental snapshot remembers.
+_RETURN_FIELDS = (
+    f"sysparm_fields=sys_id,{SOURCE_ID_FIELD},sys_updated_on,sys_mod_count"
+    "&sysparm_exclude_reference_link=true"
+)
 
 
 def write_rank(item: PlanItem) -> int:
@@ -180,6 +186,8 @@ class SyncEngine:
         on_batch: Callable[[int], None] | None = None,
         ire: bool = False,
         clock: Callable[[], float] = time.perf_counter,
+        state_store: Any = None,
+        instance_key: str | None = None,
     ) -> None:
         if batch_size < 1 or workers < 1:
             raise ValueError("batch_size and workers must be at least 1")
@@ -210,6 +218,14 @@ class SyncEngine:
         self._stats = _Stats()
         self._batches_done = 0
         self.rel_types = RelTypeCache(client)
+        # incremental snapshot (snowkit.cmdb.incremental): off in IRE mode (no versions)
+        self.state_store = state_store if instance_key and not ire else None
+        self.instance_key = instance_key or ""
+        self._state: incremental.SyncState | None = None
+        self._state_since: dict[str, str | None] = {}
+        self._state_doubt: str | None = None
+        self._first_stamp: str | None = None
+        self._prefetched: Any = None
 
     # ------------------------------------------------------------------------------------
     # schema, plan
@@ -223,18 +239,19 @@ class SyncEngine:
     def missing_tables(self, tables: Iterable[str]) -> set[str]:
         """Class tables the instance does not have (plugin not installed)."""
 
-        def probe(table: str) -> str | None:
-            try:
-                for _ in self.client.query(table, "", fields=["sys_id"], page_size=1):
-                    break
-            except Exception as exc:
-                if type(exc).__name__ == "InvalidTableError":
-                    return table
-                raise
-            return None
+        candidates = [(t,) for t in _class_tables(tables)]
+        return {t for t in planning.parallel_map(self._probe, candidates, self.workers) if t}
 
-        candidates = [(t,) for t in sorted(set(tables) - {CI_TABLE, LOCATION_TABLE})]
-        return {t for t in planning.parallel_map(probe, candidates, self.workers) if t}
+    def _probe(self, table: str) -> str | None:
+        """``table`` when the instance does not have it, else None."""
+        try:
+            for _ in self.client.query(table, "", fields=["sys_id"], page_size=1):
+                break
+        except Exception as exc:
+            if type(exc).__name__ == "InvalidTableError":
+                return table
+            raise
+        return None
 
     def plan(
         self,
@@ -245,12 +262,9 @@ class SyncEngine:
         """Read what the CMDB holds for these records and diff (nothing is written)."""
         records = list(getattr(result, "records", result))
         relationships = list(getattr(result, "relationships", ()) or ())
-        missing = self.missing_tables(r.table for r in records)
+        missing, snapshot = self._read_cmdb(records)
         for table in missing:
             self._fallbacks[table] = CI_TABLE
-        snapshot = planning.read_snapshot(
-            self.client, records, missing_tables=missing, workers=self.workers
-        )
         plan = planning.build_plan(
             records,
             snapshot,
@@ -264,7 +278,83 @@ class SyncEngine:
                 f"with sys_class_name={table}"
             )
         plan.fallbacks = dict(self._fallbacks)
+        if self._state is not None:
+            self._state.class_tables = _class_tables(r.table for r in records)
+            self._state.rel_type_names = sorted({s.type_name for s in relationships})
         return plan
+
+    def _read_cmdb(self, records: list[Any]) -> tuple[set[str], planning.CMDBSnapshot]:
+        """Missing class tables and the snapshot: from the remembered state plus what changed
+        when possible (one round of small requests), else read in full."""
+        missing: set[str] | None = None
+        tables = _class_tables(r.table for r in records)
+        ahead, self._prefetched = self._prefetched, None
+        if ahead is not None:
+            state, listings, found = ahead.result()
+            if state.class_tables != tables:
+                found = [self._probe(t) for t in tables]
+        else:
+            state = self.state_store.load(self.instance_key) if self.state_store else None
+            if state is not None:
+                listings, found = self._list_changes(state, tables)
+        if state is not None:
+            missing = {t for t in found[: len(tables)] if t}
+            why = incremental.refresh_records(
+                self.client, state, listings, records, missing, workers=self.workers
+            )
+            if why is None:
+                ours = set(state.rows["ci"])
+                why_links = incremental.refresh_links(
+                    self.client, state, listings["rel"], ours, workers=self.workers
+                )
+                if why_links is not None:
+                    _forget_links(state)
+                snapshot = incremental.snapshot_of(state, records, missing)
+                planning.read_candidates(self.client, snapshot, records, workers=self.workers)
+                self._adopt_state(state)
+                self.logger.event(
+                    "incremental_snapshot",
+                    links=why_links or "remembered",
+                    listed={k: len(v.versions) for k, v in listings.items()},
+                )
+                return missing, snapshot
+            self.logger.event("incremental_snapshot_skipped", reason=why)
+        if missing is None:
+            missing = self.missing_tables(r.table for r in records)
+        snapshot = planning.read_snapshot(
+            self.client, records, missing_tables=missing, workers=self.workers
+        )
+        if self.state_store is not None:
+            self._adopt_state(incremental.state_from_full_read(snapshot, records, missing))
+        return missing, snapshot
+
+    def prefetch(self) -> None:
+        """Start reading what changed in the CMDB since the last run in the background, while
+        the caller collects the inventory. Only when nothing is written before planning: call
+        it with an empty outbox (``sync`` drops the read if the outbox replays anything)."""
+        if self.state_store is None:
+            return
+        state = self.state_store.load(self.instance_key)
+        if state is None:
+            return
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snowkit-prefetch")
+        self._prefetched = pool.submit(
+            lambda: (state, *self._list_changes(state, list(state.class_tables)))
+        )
+        pool.shutdown(wait=False)
+
+    def _list_changes(
+        self, state: incremental.SyncState, tables: list[str]
+    ) -> tuple[dict[str, incremental.Listing], list[Any]]:
+        """One round: the listings and counts, the class-table probes, the relationship types."""
+        extra: list[Callable[[], Any]] = [lambda t=t: self._probe(t) for t in tables]
+        names = list(state.rel_type_names)
+        extra.append(lambda: self.rel_types.prefetch(names))
+        return incremental.list_changes(self.client, state, workers=self.workers, extra=extra)
+
+    def _adopt_state(self, state: incremental.SyncState) -> None:
+        self._state = state
+        self._state_since = {k: v for k, v in state.watermarks.items() if v}
 
     # ------------------------------------------------------------------------------------
     # apply
@@ -436,7 +526,7 @@ class SyncEngine:
             for op in pending:
                 res = results.get(op.key)
                 if res is not None and res.ok:
-                    self._succeed(op, _sys_id_of(res))
+                    self._succeed(op, _sys_id_of(res), _version_of(res))
                     continue
                 status = None if res is None else res.status_code
                 message = _result_error(res)
@@ -506,7 +596,8 @@ class SyncEngine:
                 if sys_id:
                     with self._lock:
                         self._stats.adopted_after_ambiguity += 1
-                    self._succeed(op, sys_id)
+                        self._state_doubt = "a write was settled by lookup"
+                    self._succeed(op, sys_id, "")
                 else:
                     still.append(op)
         for op in relates:
@@ -560,7 +651,7 @@ class SyncEngine:
                 self._unreachable.set()
 
     # -- outcomes ------------------------------------------------------------------------
-    def _succeed(self, op: WriteOp, sys_id: str | None) -> None:
+    def _succeed(self, op: WriteOp, sys_id: str | None, version: str | None = None) -> None:
         sys_id = sys_id or op.sys_id
         with self._lock:
             if op.action == CREATE:
@@ -577,8 +668,35 @@ class SyncEngine:
             if op.action != "relate" and op.source_id:
                 refs = tuple((k, v) for k, v in op.extra.items() if k not in _META_FIELDS)
                 self._written.append((op.table, op.source_id, op.values, refs))
+            self._remember(op, sys_id, version)
         action = "create" if op.action in (CREATE, "relate") else "update"
         self._audit(action, op.table, sys_id, op.source_id, op.before, op.body, "success")
+
+    def _remember(self, op: WriteOp, sys_id: str | None, version: str | None) -> None:
+        """Keep the incremental state in step with a write that landed (call under the lock)."""
+        state = self._state
+        if state is None:
+            return
+        if not sys_id or not version or version.startswith("|"):
+            self._state_doubt = self._state_doubt or "a write's new version is unknown"
+            return
+        state.dirty = True
+        stamp = version.split("|", 1)[0]
+        if self._first_stamp is None or stamp < self._first_stamp:
+            self._first_stamp = stamp
+        if op.action == "relate":
+            state.rows["rel"][sys_id] = {k: str(op.body.get(k, "")) for k in ("parent", "child",
+                                                                              "type")}  # fmt: skip
+            state.versions["rel"][sys_id] = version
+            return
+        kind = "loc" if op.table == LOCATION_TABLE else "ci"
+        row = dict(state.rows[kind].get(sys_id) or {})
+        if not row:
+            row = {"sys_id": sys_id, "sys_class_name": op.class_name or op.table}
+        row.update(op.body)
+        row.update(zip(("sys_updated_on", "sys_mod_count"), version.split("|", 1), strict=True))
+        state.rows[kind][sys_id] = row
+        state.versions[kind][sys_id] = version
 
     def _fail(self, op: WriteOp, message: str, status: int | None) -> None:
         with self._lock:
@@ -733,10 +851,7 @@ class SyncEngine:
             stats.queued = self._stats.rel_queued
             return
         try:
-            known = self._sys_ids
-            parents = {known[s.parent_source_id] for s in specs if s.parent_source_id in known}
-            children = {known[s.child_source_id] for s in specs if s.child_source_id in known}
-            existing = existing_links(self.client, parents, children, workers=self.workers)
+            existing = self._existing_links(specs)
             link_plan = plan_links(specs, self._sys_ids, self.rel_types, existing)
         except Exception as exc:
             if not is_unreachable_error(exc):
@@ -768,6 +883,37 @@ class SyncEngine:
         stats.created = self._stats.rel_created
         stats.failed += self._stats.rel_failed
         stats.queued = self._stats.rel_queued
+
+    def _existing_links(self, specs: Sequence[Any]) -> set[tuple[str, str, str]]:
+        """The links already there between the ends of ``specs``: remembered ones, plus a read
+        (the smaller side, in ``IN`` chunks) for ends the remembered state does not cover."""
+        known = self._sys_ids
+        ends = [
+            (known[s.parent_source_id], known[s.child_source_id])
+            for s in specs
+            if s.parent_source_id in known and s.child_source_id in known
+        ]
+        state = self._state
+        if state is not None and not state.has_links:
+            _forget_links(state)
+        if state is not None:
+            ends = [
+                (p, c)
+                for p, c in ends
+                if p not in state.covered_parents and c not in state.covered_children
+            ]
+        side, ids = smaller_side((p for p, _ in ends), (c for _, c in ends))
+        rows = existing_link_rows(self.client, side, ids, workers=self.workers) if ids else {}
+        if state is None:
+            return {(r["parent"], r["child"], r["type"]) for r in rows.values()}
+        with self._lock:
+            state.dirty = True
+            for sys_id, row in rows.items():
+                state.rows["rel"][sys_id] = {k: row[k] for k in ("parent", "child", "type")}
+                state.versions["rel"][sys_id] = row["version"]
+            (state.covered_children if side == "child" else state.covered_parents).update(ids)
+            state.has_links = True
+            return incremental.link_keys(state)
 
     def _queue_relationships(self, specs: Sequence[Any]) -> None:
         ops = []
@@ -856,6 +1002,7 @@ class SyncEngine:
         if replay_outbox and self.outbox is not None and not dry_run:
             t0 = self._clock()
             if self.outbox.count():
+                self._prefetched = None  # read before the replay's writes: read again
                 replay = self.outbox.replay(self.client, audit=self.audit)
                 report.outbox = {"replayed": replay.to_dict()}
                 for failure in replay.failed:
@@ -904,8 +1051,42 @@ class SyncEngine:
                 if report.status == "success":
                     report.status = "partial"
             report.timings["verify"] = round(self._clock() - t0, 3)
+            self._settle_state(outcome)
+        elif not self.unreachable:
+            self._settle_state(None)
         report.finish(clock_s=self._clock() - started)
         return plan, report
+
+    def _settle_state(self, verified: Any) -> None:
+        """Keep the incremental state for the next run only if it is known to match the CMDB
+        (see ``snowkit.cmdb.incremental``); otherwise forget it (the next run reads all)."""
+        state, store = self._state, self.state_store
+        if state is None or store is None:
+            return
+        wrote = bool(self._written) or self._stats.rel_created > 0
+        why = self._state_doubt
+        if why is None and wrote and verified is None:
+            why = "writes were not verified"
+        if why is None and verified is not None and (verified.mismatches or verified.missing):
+            why = "verification found differences"
+        if why is None and verified is not None:
+            state.dirty = state.dirty or bool(verified.unstored_fields)
+            for table, flds in verified.unstored_fields.items():
+                kind = "loc" if table == LOCATION_TABLE else "ci"
+                for row in state.rows[kind].values():
+                    for fld in flds:
+                        row.pop(fld, None)
+        if why is None and wrote:
+            since = dict(self._state_since)
+            if since.get("rel") is None:
+                since["rel"] = since.get("ci") or self._first_stamp
+            ours = set(state.rows["ci"])
+            why = incremental.seal(self.client, state, since, ours, workers=self.workers)
+        if why is None:
+            store.save(self.instance_key, state, rows=state.dirty)
+        else:
+            self.logger.event("incremental_state_forgotten", reason=why)
+            store.forget(self.instance_key)
 
     def verify(self) -> Any:
         """Read back every record this engine wrote and compare field by field."""
@@ -941,6 +1122,25 @@ class SyncEngine:
     @property
     def unreachable(self) -> bool:
         return self._unreachable.is_set()
+
+
+def _class_tables(tables: Iterable[str]) -> list[str]:
+    """Class tables that may be missing on an instance (not cmdb_ci, not cmn_location)."""
+    return sorted(set(tables) - {CI_TABLE, LOCATION_TABLE})
+
+
+def _forget_links(state: incremental.SyncState) -> None:
+    state.dirty = True
+    state.has_links = False
+    state.rows["rel"].clear()
+    state.versions["rel"].clear()
+    state.covered_parents.clear()
+    state.covered_children.clear()
+
+
+def _version_of(res: Any) -> str | None:
+    result = res.result
+    return incremental.version_of(result) if isinstance(result, dict) else None
 
 
 def _new_run_id() -> str:

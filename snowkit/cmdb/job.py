@@ -25,6 +25,7 @@ from snowkit.cmdb.apply import SyncEngine
 from snowkit.cmdb.outbox import Outbox, is_unreachable_error
 from snowkit.cmdb.report import RunReport, suggestions_from
 from snowkit.cmdb.schema import ensure_schema
+from snowkit.cmdb.state import StateStore
 from snowkit.ops import logging as sklog
 from snowkit.ops.audit import AuditTrail
 from snowkit.ops.errors import ConfigurationError
@@ -34,6 +35,8 @@ from snowkit.servicenow.limiter import AdaptiveLimiter
 EMBEDDED = "embedded"
 SOURCES = ("lab", "sitemanager", "network", "integration")
 LAB_PREFIX = "/unifi"
+#: A schema check that passed is trusted this long for the same instance (seconds).
+SCHEMA_TTL_SECONDS = 900.0
 #: Environment variables for real UniFi sources (secrets are read, registered, never printed).
 UNIFI_ENV = {
     "url": "UNIFI_URL",
@@ -225,6 +228,8 @@ def run_load(
     on_batch: Callable[[int], None] | None = None,
     inventory: Any = None,
     run_id: str | None = None,
+    incremental: bool = True,
+    schema_ttl_seconds: float = SCHEMA_TTL_SECONDS,
 ) -> RunReport:
     """Run one load and return its report (also written to ``runs/<run_id>/report.json``).
 
@@ -232,6 +237,10 @@ def run_load(
     URL (credentials from the credential manager). ``setup_schema`` creates the source-id fields
     when missing (default: only on the embedded instance; elsewhere a missing field stops the
     run with what an admin must add). ``on_batch`` is a hook after every batch (tests).
+
+    ``incremental`` keeps the synced state locally (``snowkit.cmdb.state``) so a rerun reads
+    only what changed in the CMDB (``snowkit.cmdb.incremental``); a schema check that passed
+    is trusted for ``schema_ttl_seconds`` on the same instance (0: check every run).
     """
     run_id = run_id or sklog.new_run_id()
     run_dir = paths.ensure_dir(paths.runs_dir() / run_id)
@@ -253,6 +262,7 @@ def run_load(
         connection: Connection | None = None
         audit: AuditTrail | None = None
         outbox: Outbox | None = None
+        state: StateStore | None = None
         try:
             connection = connect(
                 instance,
@@ -265,6 +275,31 @@ def run_load(
             )
             if connection.sandbox is not None:
                 report.instance = connection.sandbox.url
+            if incremental:
+                state = StateStore()
+            key = instance_key(instance, connection)
+            if not dry_run:
+                audit = AuditTrail(paths.audit_path())
+                outbox = Outbox()
+            engine = SyncEngine(
+                connection.client,
+                audit=audit,
+                outbox=outbox,
+                run_id=run_id,
+                batch_size=batch_size,
+                workers=workers,
+                retire_after_days=retire_after_days,
+                on_batch=on_batch,
+                ire=ire,
+                state_store=state,
+                instance_key=key,
+                # batches vary in cost: back off on 429s and big slowdowns, not on jitter
+                limiter=AdaptiveLimiter(
+                    initial=workers, minimum=1, maximum=workers, latency_factor=5.0
+                ),
+            )
+            if outbox is None or not outbox.count():
+                engine.prefetch()  # what changed in the CMDB, read while the inventory comes in
             t0 = clock()
             if inventory is None:
                 inventory = collect_inventory(source, lab=lab, connection=connection)
@@ -282,33 +317,19 @@ def run_load(
                 setup_schema if setup_schema is not None else connection.sandbox is not None
             )
             t0 = clock()
-            if not dry_run:
+            if not dry_run and not (
+                state is not None and state.schema_checked_recently(key, schema_ttl_seconds)
+            ):
                 try:
                     ensure_schema(connection.client, create=create_fields)
+                    if state is not None:
+                        state.schema_passed(key)
                 except Exception as exc:
                     if not is_unreachable_error(exc):
                         raise
                     # the writes will be queued; the next run checks the schema before replaying
                     report.warnings.append(f"schema not checked, instance unreachable: {exc}")
             report.timings["schema"] = round(clock() - t0, 3)
-            if not dry_run:
-                audit = AuditTrail(paths.audit_path())
-                outbox = Outbox()
-            engine = SyncEngine(
-                connection.client,
-                audit=audit,
-                outbox=outbox,
-                run_id=run_id,
-                batch_size=batch_size,
-                workers=workers,
-                retire_after_days=retire_after_days,
-                on_batch=on_batch,
-                ire=ire,
-                # batches vary in cost: back off on 429s and big slowdowns, not on jitter
-                limiter=AdaptiveLimiter(
-                    initial=workers, minimum=1, maximum=workers, latency_factor=5.0
-                ),
-            )
             ledger = NotSeenLedger()
             _plan, sync_report = engine.sync(
                 result,
@@ -331,6 +352,8 @@ def run_load(
             _add_metric_suggestions(report, metrics, workers, batch_size)
             if audit is not None:
                 audit.close()
+            if state is not None:
+                state.close()
             if outbox is not None:
                 report.outbox["pending"] = outbox.count()
                 outbox.close()
@@ -348,6 +371,16 @@ def run_load(
                 totals=report.action_totals(),
             )
     return report
+
+
+def instance_key(instance: str, connection: Connection) -> str:
+    """What the remembered state is keyed by: the embedded instance's database file when this
+    job started it (its port changes every run), else the instance URL."""
+    if connection.owns_sandbox:
+        return f"embedded:{embedded_db_path()}"
+    if connection.sandbox is not None:
+        return str(connection.sandbox.url)
+    return instance.rstrip("/")
 
 
 def _merge(report: RunReport, other: RunReport) -> None:

@@ -404,6 +404,106 @@ def _in_query(fld: str, values: Iterable[str]) -> Query | None:
     return Query().in_(fld, clean).is_empty(SOURCE_ID_FIELD)
 
 
+def fields_by_table(records: Sequence[Any]) -> dict[str, set[str]]:
+    """The fields (values and references) the records carry, per table."""
+    out: dict[str, set[str]] = {}
+    for record in records:
+        out.setdefault(record.table, set()).update(record.values)
+        out[record.table].update(record_references(record))
+    return out
+
+
+def read_fields(records: Sequence[Any]) -> tuple[set[str], set[str]]:
+    """What to read of ``cmdb_ci`` and of ``cmn_location`` for these records (with the
+    version fields the incremental snapshot compares)."""
+    by_table = fields_by_table(records)
+    ci_fields = _BASE_FIELDS | set(IDENTIFICATION_ORDER)
+    for table, flds in by_table.items():
+        if table != LOCATION_TABLE:
+            ci_fields |= flds
+    loc_fields = _BASE_FIELDS | by_table.get(LOCATION_TABLE, set()) | {"name"}
+    return ci_fields, loc_fields
+
+
+#: Read with every row: identity, class, source id, retire fields, and the version
+#: (``sys_updated_on`` + ``sys_mod_count``) the incremental snapshot compares.
+_BASE_FIELDS = frozenset(
+    {"sys_id", "sys_class_name", SOURCE_ID_FIELD, *RETIRE_VALUES, "sys_updated_on", "sys_mod_count"}
+)
+
+
+def read_sourced(
+    client: QueryClient,
+    records: Sequence[Any],
+    *,
+    missing_tables: Iterable[str] = (),
+    sys_ids: Sequence[str] | None = None,
+    in_chunk: int = 100,
+    page_size: int | None = 1000,
+    workers: int = 4,
+) -> dict[str, dict[str, str]]:
+    """Rows carrying a source id, by sys_id (all of them, or only ``sys_ids``).
+
+    CIs are read through ``cmdb_ci`` with every mapped field; a class table is read as well
+    only for fields ``cmdb_ci`` does not have (rows merged by sys_id); missing class tables are
+    never read (their records live in ``cmdb_ci``); locations from ``cmn_location``.
+    """
+    missing = set(missing_tables)
+    by_table = fields_by_table(records)
+    ci_fields, loc_fields = read_fields(records)
+    sourced = f"{SOURCE_ID_FIELD}ISNOTEMPTY"
+    if sys_ids is None:
+        filters = [sourced]
+    else:
+        ids = sorted(set(sys_ids))
+        filters = [f"{sourced}^sys_idIN{','.join(c)}" for c in _chunks(ids, in_chunk)]
+    by_sys_id: dict[str, dict[str, str]] = {}
+    returned: set[str] = set()
+
+    def read(table: str, query: Any, wanted: set[str]) -> list[dict[str, str]]:
+        rows = client.query(table, query, fields=sorted(wanted), page_size=page_size)
+        return [_compact(row, wanted) for row in rows]
+
+    for rows in parallel_map(read, [(CI_TABLE, f, ci_fields) for f in filters], workers):
+        for row in rows:
+            returned.update(row)
+            by_sys_id[row["sys_id"]] = row
+    jobs: list[tuple[str, Any, set[str]]] = []
+    if by_sys_id:  # class-specific columns, only where cmdb_ci lacks some and CIs exist
+        for table, flds in sorted(by_table.items()):
+            if table in (CI_TABLE, LOCATION_TABLE) or table in missing:
+                continue
+            lacking = flds - returned
+            if lacking:
+                jobs.extend((table, f, _BASE_FIELDS | lacking) for f in filters)
+    jobs.extend((LOCATION_TABLE, f, loc_fields) for f in filters)
+    for (table, _q, _w), rows in zip(jobs, parallel_map(read, jobs, workers), strict=True):
+        for row in rows:
+            if table == LOCATION_TABLE:
+                row["sys_class_name"] = LOCATION_TABLE
+            by_sys_id.setdefault(row["sys_id"], {}).update(row)
+    return by_sys_id
+
+
+def _compact(row: dict, wanted: set[str]) -> dict[str, str]:
+    out = {k: _as_str(row.get(k)) for k in wanted if k in row}
+    out["sys_id"] = _as_str(row.get("sys_id"))
+    return out
+
+
+def snapshot_from_rows(
+    by_sys_id: Mapping[str, dict[str, str]], missing_tables: Iterable[str], records: Sequence[Any]
+) -> CMDBSnapshot:
+    """A snapshot (keyed by source id) from rows keyed by sys_id."""
+    tables = {r.table for r in records}
+    snapshot = CMDBSnapshot(partial_tables={t for t in missing_tables if t in tables})
+    for row in by_sys_id.values():
+        sid = row.get(SOURCE_ID_FIELD)
+        if sid:
+            snapshot.rows[sid] = row
+    return snapshot
+
+
 def read_snapshot(
     client: QueryClient,
     records: Sequence[Any],
@@ -415,67 +515,42 @@ def read_snapshot(
 ) -> CMDBSnapshot:
     """Read what the CMDB holds for this source, plus adoption candidates.
 
-    - every CI carrying a source id, through ``cmdb_ci`` with every mapped field (one paged
-      query; finds not-seen and reclassified CIs too); a class table is read as well only for
-      fields ``cmdb_ci`` does not have (rows merged by sys_id); missing class tables are never
-      read (their records live in ``cmdb_ci``);
-    - locations carrying a source id (``cmn_location`` is not a CI table);
-    - for records with no source-id match, CIs without a source id that share their serial
-      number, name or MAC (batched ``IN`` queries, ``workers`` at a time), skipped entirely when
-      the CMDB holds no CI without a source id.
+    - every CI and location carrying a source id (``read_sourced``: one paged query through
+      ``cmdb_ci``, plus class tables for fields ``cmdb_ci`` lacks; finds not-seen and
+      reclassified CIs too);
+    - adoption candidates (``read_candidates``).
     """
-    missing = set(missing_tables)
-    fields_by_table: dict[str, set[str]] = {}
-    for record in records:
-        fields_by_table.setdefault(record.table, set()).update(record.values)
-        fields_by_table[record.table].update(record_references(record))
-    base = {"sys_id", "sys_class_name", SOURCE_ID_FIELD, *RETIRE_VALUES}
-    snapshot = CMDBSnapshot(partial_tables={t for t in missing if t in fields_by_table})
-    by_sys_id: dict[str, dict[str, str]] = {}
-    returned: set[str] = set()
+    rows = read_sourced(
+        client, records, missing_tables=missing_tables, page_size=page_size, workers=workers
+    )
+    snapshot = snapshot_from_rows(rows, missing_tables, records)
+    read_candidates(client, snapshot, records, in_chunk=in_chunk, page_size=page_size,
+                    workers=workers)  # fmt: skip
+    return snapshot
 
-    def compact(row: dict, wanted: set[str]) -> dict[str, str]:
-        out = {k: _as_str(row.get(k)) for k in wanted if k in row}
-        out["sys_id"] = _as_str(row.get("sys_id"))
-        return out
+
+def read_candidates(
+    client: QueryClient,
+    snapshot: CMDBSnapshot,
+    records: Sequence[Any],
+    *,
+    in_chunk: int = 100,
+    page_size: int | None = 1000,
+    workers: int = 4,
+) -> None:
+    """For records with no source-id match, CIs without a source id that share their serial
+    number, name or MAC (batched ``IN`` queries, ``workers`` at a time), skipped entirely when
+    the CMDB holds no CI without a source id; locations by name likewise."""
+    ci_fields, loc_fields = read_fields(records)
 
     def read(table: str, query: Any, wanted: set[str]) -> list[dict[str, str]]:
         rows = client.query(table, query, fields=sorted(wanted), page_size=page_size)
-        return [compact(row, wanted) for row in rows]
+        return [_compact(row, wanted) for row in rows]
 
-    ci_fields = base | set(IDENTIFICATION_ORDER)
-    for table, flds in fields_by_table.items():
-        if table != LOCATION_TABLE:
-            ci_fields |= flds
-    for row in read(CI_TABLE, f"{SOURCE_ID_FIELD}ISNOTEMPTY", ci_fields):
-        returned.update(row)
-        by_sys_id[row["sys_id"]] = row
-
-    jobs: list[tuple[str, Any, set[str]]] = []
-    if by_sys_id:  # class-specific columns, only where cmdb_ci lacks some and CIs exist
-        for table, flds in sorted(fields_by_table.items()):
-            if table in (CI_TABLE, LOCATION_TABLE) or table in missing:
-                continue
-            lacking = flds - returned
-            if lacking:
-                jobs.append((table, f"{SOURCE_ID_FIELD}ISNOTEMPTY", base | lacking))
-    loc_fields = base | fields_by_table.get(LOCATION_TABLE, set()) | {"name"}
-    jobs.append((LOCATION_TABLE, f"{SOURCE_ID_FIELD}ISNOTEMPTY", loc_fields))
-    for (table, _q, _w), rows in zip(jobs, parallel_map(read, jobs, workers), strict=True):
-        for row in rows:
-            if table == LOCATION_TABLE:
-                row["sys_class_name"] = LOCATION_TABLE
-            by_sys_id.setdefault(row["sys_id"], {}).update(row)
-    for row in by_sys_id.values():
-        sid = row.get(SOURCE_ID_FIELD)
-        if sid:
-            snapshot.rows[sid] = row
-
-    # adoption candidates: CIs and locations not yet carrying a source id
     unmatched = [r for r in records if r.source_id not in snapshot.rows]
     ci_unmatched = [r for r in unmatched if r.table != LOCATION_TABLE]
     loc_unmatched = [r for r in unmatched if r.table == LOCATION_TABLE]
-    jobs = []
+    jobs: list[tuple[str, Any, set[str]]] = []
     if ci_unmatched and _any_without_source_id(client, CI_TABLE):
         for fld in IDENTIFICATION_ORDER:
             values = sorted({r.values[fld] for r in ci_unmatched if r.values.get(fld)})
@@ -497,7 +572,6 @@ def read_snapshot(
             elif row["sys_id"] not in seen_candidates:
                 seen_candidates.add(row["sys_id"])
                 snapshot.candidates.append(row)
-    return snapshot
 
 
 def _any_without_source_id(client: Any, table: str) -> bool:

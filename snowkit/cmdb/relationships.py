@@ -101,37 +101,57 @@ def existing_links(
     """Links whose parent is one of ``parent_sys_ids`` (or, when ``child_sys_ids`` is the
     smaller set, whose child is one of those): batched ``IN`` queries, ``workers`` at a time.
     Many clients hang off few devices, so querying the smaller side saves most requests."""
-    parents = sorted(set(parent_sys_ids))
-    children = sorted(set(child_sys_ids))
-    side, ids = (
-        ("child", children)
-        if children and len(children) < len(parents)
-        else (
-            "parent",
-            parents,
-        )
-    )
+    side, ids = smaller_side(parent_sys_ids, child_sys_ids)
+    rows = existing_link_rows(client, side, ids, in_chunk=in_chunk, workers=workers)
+    return {(r["parent"], r["child"], r["type"]) for r in rows.values()}
+
+
+def smaller_side(parents: Iterable[str], children: Iterable[str]) -> tuple[str, list[str]]:
+    """``("child", ids)`` when fewer distinct children than parents, else ``("parent", ids)``."""
+    p, c = sorted(set(parents)), sorted(set(children))
+    return ("child", c) if c and len(c) < len(p) else ("parent", p)
+
+
+def existing_link_rows(
+    client: QueryClient,
+    side: str,
+    ids: Sequence[str],
+    *,
+    in_chunk: int = 100,
+    workers: int = 4,
+) -> dict[str, dict[str, str]]:
+    """Links whose ``side`` (parent, child or sys_id) is one of ``ids``, by sys_id, with their
+    ``parent``, ``child``, ``type`` and ``version`` (``sys_updated_on|sys_mod_count``)."""
+    ids = sorted(set(ids))
     chunks = [ids[i : i + in_chunk] for i in range(0, len(ids), in_chunk)]
 
-    def read(chunk: list[str]) -> list[LinkKey]:
+    def read(chunk: list[str]) -> list[dict[str, str]]:
         rows = client.query(
             REL_TABLE,
             Query().in_(side, chunk),
-            fields=["sys_id", "parent", "child", "type"],
+            fields=["sys_id", "parent", "child", "type", "sys_updated_on", "sys_mod_count"],
             page_size=1000,
         )
         return [
-            (_value(r.get("parent")), _value(r.get("child")), _value(r.get("type"))) for r in rows
+            {
+                "sys_id": _value(r.get("sys_id")),
+                "parent": _value(r.get("parent")),
+                "child": _value(r.get("child")),
+                "type": _value(r.get("type")),
+                "version": f"{_value(r.get('sys_updated_on'))}|{_value(r.get('sys_mod_count'))}",
+            }
+            for r in rows
         ]
 
-    out: set[LinkKey] = set()
+    out: dict[str, dict[str, str]] = {}
     if len(chunks) <= 1 or workers <= 1:
-        for chunk in chunks:
-            out.update(read(chunk))
+        results: Iterable[list[dict[str, str]]] = map(read, chunks)
+        for rows in results:
+            out.update((r["sys_id"], r) for r in rows)
         return out
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="snowkit-links") as pool:
-        for keys in pool.map(read, chunks):
-            out.update(keys)
+        for rows in pool.map(read, chunks):
+            out.update((r["sys_id"], r) for r in rows)
     return out
 
 

@@ -78,8 +78,8 @@ def rollback(
     """Put the CMDB back as it was before ``run_id``; see the module docstring.
 
     Entries are undone newest first, in chunks: one ``sys_idIN`` read per table and chunk tells
-    what still needs undoing, and the deletes / restores go through the Batch API, so undoing
-    a 5,000-CI load takes a few hundred requests rather than tens of thousands.
+    what still needs undoing, and the deletes, restores and recreations go through the Batch
+    API, so undoing a 5,000-CI load takes a few hundred requests rather than tens of thousands.
     """
     todo = list(entries) if entries is not None else run_entries(run_id, audit_path)
     if not todo:
@@ -122,14 +122,28 @@ def _undo_chunk(
     action = chunk[0]["action"]
     todo = [e for e in chunk if e.get("sys_id") and (action != "update" or e.get("before"))]
     result.skipped += len(chunk) - len(todo)
-    if action == "delete":
-        for entry in todo:
-            _recreate(client, entry, result, audit, run_id)
-        return
     current = _current(client, todo, action)
     requests, planned = [], []
     for entry in todo:
         row = current.get((entry["table"], entry["sys_id"]))
+        if action == "delete":
+            if row is not None:
+                result.skipped += 1  # already back
+                continue
+            values = _recreated_values(entry)
+            url = f"/api/now/table/{entry['table']}?sysparm_fields=sys_id"
+            requests.append(
+                BatchRequest(
+                    "POST",
+                    url,
+                    body=values,
+                    id=str(len(requests) + 1),
+                    table=entry["table"],
+                    source_id=entry.get("source_id"),
+                )
+            )
+            planned.append((entry, None, values))
+            continue
         if action == "create":
             if row is None:
                 result.skipped += 1
@@ -157,6 +171,10 @@ def _undo_chunk(
             result.skipped += 1  # gone meanwhile: nothing to undo
         elif not outcome.ok:
             _failed(result, entry, outcome.error_message or f"HTTP {outcome.status_code}")
+        elif action == "delete":
+            result.recreated += 1
+            _record(audit, "rollback_create", entry["table"], entry["sys_id"], entry, None, now,
+                    run_id)  # fmt: skip
         elif action == "create":
             result.deleted += 1
             _record(audit, "rollback_delete", entry["table"], entry["sys_id"], entry, was, None,
@@ -170,14 +188,15 @@ def _undo_chunk(
 def _current(
     client: Any, entries: list[dict[str, Any]], action: str
 ) -> dict[tuple[str, str], dict[str, Any]]:
-    """The records the entries touch, as they are now (one query per table)."""
+    """The records the entries touch, as they are now (one query per table; only sys_id when
+    all that matters is whether they exist)."""
     by_table: dict[str, list[dict[str, Any]]] = {}
     for entry in entries:
         by_table.setdefault(entry["table"], []).append(entry)
     out: dict[tuple[str, str], dict[str, Any]] = {}
     for table, group in by_table.items():
         ids = sorted({e["sys_id"] for e in group})
-        fields = None
+        fields = ["sys_id"] if action == "delete" else None
         if action == "update":
             fields = sorted({"sys_id", *(k for e in group for k in e["before"])})
         query = Query().in_("sys_id", ids)
@@ -186,25 +205,13 @@ def _current(
     return out
 
 
-def _recreate(
-    client: Any, entry: dict[str, Any], result: RollbackResult, audit: Any, run_id: str
-) -> None:
-    table, sys_id = entry["table"], entry["sys_id"]
-    try:
-        if client.get(table, sys_id) is not None:
-            result.skipped += 1
-            return
-        before = entry.get("before") or {}
-        values = {k: v for k, v in before.items() if not k.startswith("sys_") or k == "sys_id"}
-        values["sys_id"] = sys_id
-        client.create(table, values, source_id=entry.get("source_id"))
-    except Exception as exc:
-        if is_unreachable_error(exc):
-            raise
-        _failed(result, entry, f"{type(exc).__name__}: {exc}")
-        return
-    result.recreated += 1
-    _record(audit, "rollback_create", table, sys_id, entry, None, values, run_id)
+def _recreated_values(entry: dict[str, Any]) -> dict[str, str]:
+    """The before-image of a deleted record, with its sys_id (so references to it hold again)
+    and without the system fields the instance sets itself."""
+    before = entry.get("before") or {}
+    values = {k: _str(v) for k, v in before.items() if not k.startswith("sys_")}
+    values["sys_id"] = entry["sys_id"]
+    return values
 
 
 def _failed(result: RollbackResult, entry: dict[str, Any], error: str) -> None:

@@ -114,6 +114,12 @@ class History:
         dirs = self.run_dirs()
         return orjson.loads((dirs[-1] / "report.json").read_bytes()) if dirs else {}
 
+    def slow_operations(self) -> pd.DataFrame:
+        """The newest run's slowest operations (by p99), as the load recorded them."""
+        columns = ["operation", "table", "requests", "p50_ms", "p99_ms", "max_ms"]
+        rows = self.latest_report().get("slow_operations") or []
+        return pd.DataFrame(rows, columns=columns)
+
     def metrics(self) -> pd.DataFrame:
         """Per-operation metrics of the newest run (``metrics_frame``)."""
         from snowkit.analysis import metrics_frame
@@ -247,7 +253,7 @@ def reports_root(reports_dir: str | Path | None = None) -> Path:
     return here.resolve() if here.is_dir() or not parent.is_dir() else parent.resolve()
 
 
-#: The sample's fault profile: some 5xx and resets so errors, retries and guidance show up.
+#: The sample's fault profile: some 5xx answers, so errors, retries and guidance show up.
 SAMPLE_FAULTS: dict[str, Any] = {"seed": 7, "error_rate": 0.08, "latency_ms": 2}
 
 

@@ -113,7 +113,10 @@ def assign_ids(requests: Sequence[BatchRequest]) -> list[EncodedItem]:
     for index, req in enumerate(requests):
         item_id = req.id if req.id is not None else str(index + 1)
         if item_id in seen:
-            raise ValueError(f"duplicate batch item id {item_id!r}")
+            raise ValueError(
+                f"duplicate batch item id {item_id!r}: give each BatchRequest a unique id, or "
+                "none (then its position is used)"
+            )
         seen.add(item_id)
         items.append(encode_item(req, item_id))
     return items

@@ -62,11 +62,11 @@ from snowkit.servicenow import batch as batch_api
 from snowkit.servicenow.auditing import WriteAudit
 from snowkit.servicenow.auth import AuthChain
 from snowkit.servicenow.batch import BatchRequest, BatchResult
-from snowkit.servicenow.failures import FailureMapper, RequestSpec
+from snowkit.servicenow.failures import FailureMapper
 from snowkit.servicenow.hibernation import HibernationWait
 from snowkit.servicenow.limiter import RateLimitPacer
 from snowkit.servicenow.paging import KEY_FIELD, Pager, PagingMode, choose_mode, order_of
-from snowkit.servicenow.pipeline import RequestPipeline
+from snowkit.servicenow.pipeline import RequestPipeline, RequestSpec
 from snowkit.servicenow.query import Query, plain_value
 from snowkit.servicenow.tables import (
     WRITE_PARAMS,

@@ -16,9 +16,7 @@ Every error context is recorded with the error handler (``errors.jsonl``) and re
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 
@@ -39,38 +37,14 @@ from snowkit.servicenow.hibernation import GUIDANCE as HIBERNATION_GUIDANCE
 from snowkit.servicenow.hibernation import is_hibernation_page
 from snowkit.servicenow.transport import request_was_sent
 
+if TYPE_CHECKING:
+    from snowkit.servicenow.pipeline import RequestSpec
+
 TLS_HINT = "TLS verification failed: set servicenow.ca_bundle or REQUESTS_CA_BUNDLE"
 HTML_GUIDANCE = (
     "Something between snowkit and the instance (an SSO login page, a proxy, a maintenance "
     "page) answered instead of the REST API. Check the instance URL and proxy settings."
 )
-
-
-@dataclass(frozen=True, slots=True)
-class RequestSpec:
-    """Everything about one logical request, shared by its attempts (never stored on a client).
-
-    ``idempotent`` decides whether a failure after sending may be retried; ``source_id`` is the
-    caller's key for the record, named in an ambiguous-write error; ``ok_statuses`` are answers
-    that are results, not errors (a 404 for ``get``); ``allow_404_on_retry``: a DELETE whose
-    first answer was lost may find the record already gone.
-    """
-
-    method: str
-    url: str
-    params: Mapping[str, Any] | None
-    body: bytes | None
-    table: str | None
-    operation: str
-    idempotent: bool
-    source_id: str | None
-    allow_404_on_retry: bool
-    ok_statuses: frozenset[int]
-
-    @property
-    def target(self) -> str:
-        """``METHOD table`` (or the URL for calls outside the Table API), for messages."""
-        return f"{self.method} {self.table or self.url}"
 
 
 class FailureMapper:

@@ -7,16 +7,16 @@
                    that is not an expected answer
 
 Like requests' ``Session`` vs its adapter: the client holds the state and the public methods,
-this module holds the mechanics of one exchange. Per-call state lives in a
-:class:`~snowkit.servicenow.failures.RequestSpec` and locals, so one pipeline serves any number
-of threads; the only shared mutable state is the auth chain (swapped under its lock), the
-pacer and the collaborators' own (locked) counters.
+this module holds the mechanics of one exchange. Per-call state lives in a :class:`RequestSpec`
+and locals, so one pipeline serves any number of threads; the only shared mutable state is the
+auth chain (swapped under its lock), the pacer and the collaborators' own (locked) counters.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -27,10 +27,37 @@ from snowkit.ops.logging import StructuredLogger
 from snowkit.ops.metrics import MetricsCollector
 from snowkit.ops.retry import RetryManager, RetryPolicy
 from snowkit.servicenow.auth import JSON_CONTENT, AuthChain
-from snowkit.servicenow.failures import FailureMapper, RequestSpec
+from snowkit.servicenow.failures import FailureMapper
 from snowkit.servicenow.hibernation import HibernationWait, is_unexpected_html
 from snowkit.servicenow.limiter import RateLimitPacer
 from snowkit.servicenow.transport import Timeouts
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSpec:
+    """Everything about one logical request, shared by its attempts (never stored on a client).
+
+    ``idempotent`` decides whether a failure after sending may be retried; ``source_id`` is the
+    caller's key for the record, named in an ambiguous-write error; ``ok_statuses`` are answers
+    that are results, not errors (a 404 for ``get``); ``allow_404_on_retry``: a DELETE whose
+    first answer was lost may find the record already gone.
+    """
+
+    method: str
+    url: str
+    params: Mapping[str, Any] | None
+    body: bytes | None
+    table: str | None
+    operation: str
+    idempotent: bool
+    source_id: str | None
+    allow_404_on_retry: bool
+    ok_statuses: frozenset[int]
+
+    @property
+    def target(self) -> str:
+        """``METHOD table`` (or the URL for calls outside the Table API), for messages."""
+        return f"{self.method} {self.table or self.url}"
 
 
 class RequestPipeline:

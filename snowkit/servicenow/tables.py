@@ -41,7 +41,10 @@ def table_path(table: str, sys_id: str | None = None) -> str:
     path = f"/api/now/table/{check_table(table)}"
     if sys_id is not None:
         if not isinstance(sys_id, str) or not SYS_ID.match(sys_id):
-            raise ValueError(f"invalid sys_id {sys_id!r}: expected 32 hexadecimal characters")
+            raise ValueError(
+                f"invalid sys_id {sys_id!r}: expected a record's sys_id (32 hexadecimal "
+                "characters), as returned in the 'sys_id' field"
+            )
         path += "/" + quote(sys_id, safe="")
     return path
 

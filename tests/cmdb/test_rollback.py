@@ -127,3 +127,53 @@ def test_two_updates_of_one_record_unwind_to_the_first_before(
     result = rollback(client, "r", entries=[entry(1, "a", "b"), entry(2, "b", "c")])
     assert result.ok and result.restored == 2
     assert client.get("cmdb_ci_ip_switch", sys_id)["name"] == "a"
+
+
+class CountingClient:
+    """The real client, counting the calls rollback makes."""
+
+    def __init__(self, client: ServiceNowAPIClient) -> None:
+        self._client = client
+        self.calls: dict[str, int] = {}
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def counted(*args, **kw):
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return attr(*args, **kw)
+
+        return counted
+
+
+def test_recreations_are_batched_checked_first_and_audited(client: ServiceNowAPIClient) -> None:
+    entries = []
+    for n in range(5):
+        record = client.create("cmdb_ci_ip_switch", {"name": f"sw{n}", "serial_number": f"S{n}"})
+        entries.append(
+            {
+                "seq": n + 1,
+                "action": "delete",
+                "table": "cmdb_ci_ip_switch",
+                "sys_id": record["sys_id"],
+                "source_id": f"src{n}",
+                "before": client.get("cmdb_ci_ip_switch", record["sys_id"]),
+                "outcome": "success",
+            }
+        )
+    for entry in entries[1:]:  # the first one is still there: nothing to recreate
+        client.delete("cmdb_ci_ip_switch", entry["sys_id"])
+    counting = CountingClient(client)
+    with AuditTrail() as audit:
+        result = rollback(counting, "r", entries=entries, audit=audit)
+    assert result.ok and result.recreated == 4 and result.skipped == 1
+    assert counting.calls == {"query": 1, "batch": 1}  # one existence read, one batch
+    for n, entry in enumerate(entries):
+        back = client.get("cmdb_ci_ip_switch", entry["sys_id"])
+        assert back is not None and back["name"] == f"sw{n}" and back["serial_number"] == f"S{n}"
+    audited = [e for e in read_audit(run_id="r") if e["action"] == "rollback_create"]
+    assert sorted(e["sys_id"] for e in audited) == sorted(e["sys_id"] for e in entries[1:])
+    again = rollback(client, "r", entries=entries)
+    assert again.ok and again.recreated == 0 and again.skipped == 5

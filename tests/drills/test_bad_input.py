@@ -118,8 +118,9 @@ def mutate(item: Any, rng: random.Random) -> Any:
 
 
 def damaged(items: list[Any], rng: random.Random) -> list[Any]:
-    out = [mutate(i, rng) if rng.random() < 0.5 or not isinstance(i, dict) else dict(i)
-           for i in items]  # fmt: skip
+    out = [
+        mutate(i, rng) if rng.random() < 0.5 or not isinstance(i, dict) else dict(i) for i in items
+    ]
     if out and rng.random() < 0.1:
         out.append(rng.choice(out))  # an exact duplicate
     return out
@@ -150,27 +151,32 @@ class Corpus:
 def build(corpus: Corpus, api: str, rng: random.Random) -> tuple[Any, int, dict[str, Any]]:
     """(inventory, number of input items, a saved-response document for the CLI)."""
     if api == "network":
-        sites, devs, cls = (damaged(x, rng) for x in (corpus.net_sites, corpus.net_devices,
-                                                        corpus.net_clients))  # fmt: skip
+        sites, devs, cls = (
+            damaged(x, rng) for x in (corpus.net_sites, corpus.net_devices, corpus.net_clients)
+        )
         inv = from_network(sites, devs, cls, Provenance("network"))
         doc = {"meta": {"rc": "ok"}, "data": rng.choice((devs, cls))}
         return inv, len(sites) + len(devs) + len(cls), doc
     if api == "integration":
-        sites, devs, cls = (damaged(x, rng) for x in (corpus.int_sites, corpus.int_devices,
-                                                        corpus.int_clients))  # fmt: skip
+        sites, devs, cls = (
+            damaged(x, rng) for x in (corpus.int_sites, corpus.int_devices, corpus.int_clients)
+        )
         inv = from_integration(sites, {None: devs}, {None: cls}, Provenance("integration"))
-        doc = {"offset": 0, "limit": 200, "count": len(devs), "totalCount": len(devs),
-               "data": devs}  # fmt: skip
+        doc = {"offset": 0, "limit": 200, "count": len(devs), "totalCount": len(devs), "data": devs}
         return inv, len(sites) + len(devs) + len(cls), doc
     hosts, sites = damaged(corpus.sm_hosts, rng), damaged(corpus.sm_sites, rng)
     groups = [
-        {**g, "devices": damaged(g["devices"], rng)} if isinstance(g, dict) and
-        isinstance(g.get("devices"), list) else g
+        {**g, "devices": damaged(g["devices"], rng)}
+        if isinstance(g, dict) and isinstance(g.get("devices"), list)
+        else g
         for g in damaged(corpus.sm_devices, rng)
-    ]  # fmt: skip
+    ]
     inv = from_sitemanager(hosts, sites, groups, Provenance("sitemanager"))
-    nested = sum(len(g["devices"]) for g in groups if isinstance(g, dict)
-                 and isinstance(g.get("devices"), list))  # fmt: skip
+    nested = sum(
+        len(g["devices"])
+        for g in groups
+        if isinstance(g, dict) and isinstance(g.get("devices"), list)
+    )
     doc = {"data": groups, "httpStatusCode": 200, "traceId": "t"}
     return inv, len(hosts) + len(sites) + nested, doc
 
@@ -228,8 +234,15 @@ def run_unifi(drill: Any, tmp_path: Path, payloads: int, seed: int) -> dict[str,
             assert code == 0 or (code == 2 and "snowkit inventory:" in err), (code, err[:500])
             if code == 0:
                 json.loads(out)
-    for junk in (b"\xff\xfe\x00garbage", b"{", b"[1, 2, 3]", b"null", b'"text"', b"",
-                 b"[" * 500 + b"]" * 500):  # fmt: skip
+    for junk in (
+        b"\xff\xfe\x00garbage",
+        b"{",
+        b"[1, 2, 3]",
+        b"null",
+        b'"text"',
+        b"",
+        b"[" * 500 + b"]" * 500,
+    ):
         file.write_bytes(junk)
         code, out, err = inventory_cli(file)
         totals["cli_runs"] += 1
@@ -467,21 +480,36 @@ def abuses(sb: Sandbox) -> list[tuple[str, Callable[[], bytes]]]:
                 + b"\r\nContent-Length: 9\r\n\r\n{}",
             ),
         ),
-        ("chunked garbage", lambda: send_raw(sb, request_bytes(
-            "POST", post, {**auth, "Transfer-Encoding": "chunked"}, b"zz\r\nxx\r\n0\r\n"))),
+        (
+            "chunked garbage",
+            lambda: send_raw(
+                sb,
+                request_bytes(
+                    "POST", post, {**auth, "Transfer-Encoding": "chunked"}, b"zz\r\nxx\r\n0\r\n"
+                ),
+            ),
+        ),
         ("invalid JSON", lambda: send_raw(sb, with_body(b'{"name": "x",,,}'))),
         ("JSON array", lambda: send_raw(sb, with_body(b"[1,2,3]"))),
         ("deep JSON", lambda: send_raw(sb, with_body(b"[" * 200_000 + b"]" * 200_000))),
-        ("deep JSON object", lambda: send_raw(sb, with_body(b'{"a":' * 50_000 + b"1" +
-                                                             b"}" * 50_000))),
+        (
+            "deep JSON object",
+            lambda: send_raw(sb, with_body(b'{"a":' * 50_000 + b"1" + b"}" * 50_000)),
+        ),
         ("11 MB body", lambda: send_raw(sb, with_body(b'{"name": "' + b"x" * 11_000_000 + b'"}'))),
-        ("binary junk", lambda: send_raw(sb, bytes(random.Random(1).randrange(256)
-                                                   for _ in range(65_536)))),
-        ("plain text to the TLS port", lambda: send_raw(sb, request_bytes("GET", "/", {}),
-                                                        tls=False)),
-        ("TLS junk handshake", lambda: send_raw(sb, b"\x16\x03\x01\x02\x00" + b"\x00" * 512,
-                                                tls=False)),
-    ]  # fmt: skip
+        (
+            "binary junk",
+            lambda: send_raw(sb, bytes(random.Random(1).randrange(256) for _ in range(65_536))),
+        ),
+        (
+            "plain text to the TLS port",
+            lambda: send_raw(sb, request_bytes("GET", "/", {}), tls=False),
+        ),
+        (
+            "TLS junk handshake",
+            lambda: send_raw(sb, b"\x16\x03\x01\x02\x00" + b"\x00" * 512, tls=False),
+        ),
+    ]
 
 
 def run_http(sb: Sandbox) -> dict[str, Any]:
@@ -513,8 +541,12 @@ def run_http(sb: Sandbox) -> dict[str, Any]:
                 sock.close()
     slowest = max(slowest, prompt_request(sb, session))
     session.close()
-    return {"http_abuses": len(answers), "slowloris_connections": 40,
-            "slowest_normal_request_s": round(slowest, 3), "answers": answers}  # fmt: skip
+    return {
+        "http_abuses": len(answers),
+        "slowloris_connections": 40,
+        "slowest_normal_request_s": round(slowest, 3),
+        "answers": answers,
+    }
 
 
 # ---------------------------------------------------------------------------------------------

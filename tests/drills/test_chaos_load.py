@@ -116,6 +116,10 @@ def chaos_run(drill: Any, seed: int, lab_size: dict[str, int], batch_size: int) 
         "links_missing": len(final.links_missing),
         "audit_entries": check.entries,
         "seconds": round(elapsed, 2),
+        "first_run": reports[0].status,
+        "first_run_failures": sorted(
+            {f"{f.action} {f.table}: {f.error[:120]}" for f in reports[0].failures}
+        )[:3],
     }
 
 
@@ -140,3 +144,36 @@ def test_chaos_load_fast(drill: Any, snowkit_home: Any, monkeypatch: pytest.Monk
 @pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
 def test_chaos_load_long(drill: Any, seed: int) -> None:
     check_seeds(drill, [seed], LONG_LAB, batch=25)
+
+
+def test_the_state_comparison_sees_every_kind_of_damage(drill: Any, sandbox: Sandbox) -> None:
+    """The drills' yardstick can fail: a duplicate, a lost record, a wrong field, a lost and
+    a doubled link are each reported."""
+    inventory, result = drill.lab_result(
+        sandbox, LabConfig(sites=1, devices_per_site=3, clients_per_site=4, seed=2)
+    )
+    report = run_load(
+        sandbox=sandbox,
+        inventory=inventory,
+        progress=False,
+        client_options={"sleep": drill.no_sleep},
+    )
+    assert report.status == "success", report.message
+    assert drill.compare(sandbox.store, result).exact
+    store = sandbox.store
+    ci = store.list("cmdb_ci", "u_unifi_source_idISNOTEMPTY", limit=-1)[0]
+    first, second = ci[0], ci[1]
+    store.insert(
+        first["sys_class_name"],
+        {**{k: first[k] for k in ("name", "u_unifi_source_id")}},
+        user="admin",
+    )
+    store.delete("cmdb_ci", second["sys_id"])
+    store.update("cmdb_ci", ci[2]["sys_id"], {"name": "renamed by hand"}, user="admin")
+    link = store.list("cmdb_rel_ci", "", limit=-1)[0][0]
+    store.insert("cmdb_rel_ci", {k: link[k] for k in ("parent", "child", "type")}, user="admin")
+    diff = drill.compare(store, result)
+    assert diff.duplicated == [first["u_unifi_source_id"]]
+    assert second["u_unifi_source_id"] in diff.lost
+    assert f"{ci[2]['u_unifi_source_id']}.name" in diff.field_mismatches
+    assert diff.links_duplicated and not diff.exact

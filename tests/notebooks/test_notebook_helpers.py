@@ -113,6 +113,7 @@ def test_empty_history_frames_are_empty_not_errors(tmp_path: Path) -> None:
     assert not history.has("runs") and not history.has("errors")
     assert history.runs_table().empty and history.samples().empty
     assert history.metrics().empty and history.latest_report() == {}
+    assert history.slow_operations().empty and history.errors().empty
     assert history.verify_audit().ok
     assert "No load runs recorded" in history.describe()
 

@@ -75,6 +75,12 @@ def errors_run(workspace: Path, load_run: RunResult) -> RunResult:
     return _run(workspace, "error_analysis", {"sample_error_rate": 0.4, "top": 2})
 
 
+@pytest.fixture(scope="module")
+def operations_run(workspace: Path, load_run: RunResult) -> RunResult:
+    # a threshold no request can stay under: every operation is reported as slow
+    return _run(workspace, "operations_report", {"p95_threshold_ms": 0.001})
+
+
 def _error(result: RunResult) -> str:
     return f"{result.error} (see {result.html})"
 
@@ -144,10 +150,24 @@ def test_error_analysis_with_other_parameters_lists_the_sample_errors(
     assert "generated a <strong>sample</strong>" in html
 
 
-def test_no_run_folder_contains_a_canary_secret(
-    load_run: RunResult, drill_run: RunResult, errors_run: RunResult
+def test_operations_report_applies_its_threshold_to_the_real_load(
+    operations_run: RunResult, load_run: RunResult
 ) -> None:
-    for result in (load_run, drill_run, errors_run):
+    assert operations_run.ok, _error(operations_run)
+    suggestions = pd.read_csv(operations_run.run_dir / "data" / "suggestions.csv")
+    assert suggestions["finding"].str.contains("p95 latency").any()
+    runs = pd.read_csv(operations_run.run_dir / "data" / "runs.csv")
+    assert list(runs["status"]) == ["dry_run", "success"]  # the load's runs, not a sample
+    html = operations_run.html.read_text()
+    assert "Audit chain" in html and "generated a <strong>sample</strong>" not in html
+    # the load notebook's own report folder shows up in the trend across notebook runs
+    assert load_run.run_id in html
+
+
+def test_no_run_folder_contains_a_canary_secret(
+    load_run: RunResult, drill_run: RunResult, errors_run: RunResult, operations_run: RunResult
+) -> None:
+    for result in (load_run, drill_run, errors_run, operations_run):
         files = [p for p in result.run_dir.rglob("*") if p.is_file()]
         assert len(files) >= 5
         for path in files:

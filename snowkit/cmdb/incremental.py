@@ -1,0 +1,296 @@
+"""Incremental snapshot: on a rerun, read only what changed in the CMDB since the last run.
+
+Why: a no-change rerun spent most of its time re-reading every CI, location and link of the
+source. With the last synced state kept locally (``snowkit.cmdb.state``), one parallel round of
+small requests tells what changed:
+
+- per table (``cmdb_ci`` and ``cmn_location`` rows carrying a source id, and ``cmdb_rel_ci``) a
+  *listing* of ``sys_id`` + version (``sys_updated_on``, ``sys_mod_count``) of the records
+  updated at or after the watermark minus ``OVERLAP_SECONDS``; a record whose version differs
+  from the remembered one is read in full (``sys_idIN`` chunks) — someone else's edit is seen;
+- per table a ``X-Total-Count`` count, to see deletions (a deleted record leaves no trace in a
+  listing): for CIs and locations the remembered ids plus the listed ids must make exactly the
+  count; for links (of which we remember only ours) the remembered total plus the links
+  created since must. Any difference, or a field set that changed, falls back to a full read.
+
+Correctness rests on server values only: watermarks are the server's ``sys_updated_on``, never
+the local clock, and are taken with an overlap (records stamped in the last seconds are listed
+again and compared by version, which also covers two updates in one second: ``sys_mod_count``
+differs). After a run that wrote, ``seal`` lists what changed since the plan's watermark and
+checks it against the versions our own write responses returned: anything else (a concurrent
+edit) makes the next run read everything. Verification mismatches, ambiguous writes resolved by
+lookup and IRE mode (no versions in its answers) do the same. Every doubt costs one full read,
+never a missed change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from snowkit.cmdb.plan import (
+    CI_TABLE,
+    LOCATION_TABLE,
+    SOURCE_ID_FIELD,
+    CMDBSnapshot,
+    fields_by_table,
+    parallel_map,
+    read_sourced,
+    snapshot_from_rows,
+)
+from snowkit.cmdb.relationships import REL_TABLE, LinkKey, existing_link_rows
+from snowkit.cmdb.state import SyncState
+
+#: Records stamped this close to the watermark are listed again (clock skew between nodes,
+#: transactions committed after the listing that stamped them).
+OVERLAP_SECONDS = 2.0
+#: Listings ask for this many light rows per page (the Table API allows up to 10,000).
+LISTING_PAGE = 10_000
+#: More changed records than this: a full read is as cheap as reading them by id.
+MAX_CHANGED = 2_000
+VERSION_FIELDS = ("sys_updated_on", "sys_mod_count")
+_STAMP = "%Y-%m-%d %H:%M:%S"
+_KIND_TABLE = {"ci": CI_TABLE, "loc": LOCATION_TABLE, "rel": REL_TABLE}
+
+
+def version_of(row: Mapping[str, Any]) -> str:
+    """A record's version: ``sys_updated_on|sys_mod_count`` (empty parts when not returned)."""
+    return f"{_str(row.get('sys_updated_on'))}|{_str(row.get('sys_mod_count'))}"
+
+
+def signature(records: Sequence[Any]) -> str:
+    """Names the fields a snapshot holds: a state read for other fields cannot be reused."""
+    parts = [f"{t}:{','.join(sorted(f))}" for t, f in sorted(fields_by_table(records).items())]
+    return ";".join(parts)
+
+
+def cut(watermark: str | None, overlap: float = OVERLAP_SECONDS) -> str | None:
+    """The watermark minus the overlap, in the server's format (None: no watermark)."""
+    if not watermark:
+        return None
+    try:
+        at = datetime.strptime(watermark, _STAMP)
+    except ValueError:
+        return None
+    return (at - timedelta(seconds=overlap)).strftime(_STAMP)
+
+
+def max_stamp(stamps: Iterable[str], start: str | None = None) -> str | None:
+    best = start or ""
+    for stamp in stamps:
+        if stamp and stamp > best:
+            best = stamp
+    return best or None
+
+
+@dataclass
+class Listing:
+    """Light rows of one table changed since a cut, and the table's current count."""
+
+    versions: dict[str, str] = field(default_factory=dict)
+    created: dict[str, str] = field(default_factory=dict)
+    count: int = 0
+
+    @property
+    def newest(self) -> str | None:
+        return max_stamp(v.split("|", 1)[0] for v in self.versions.values())
+
+
+def _list(client: Any, kind: str, since: str | None) -> dict[str, tuple[str, str]]:
+    query = "" if kind == "rel" else f"{SOURCE_ID_FIELD}ISNOTEMPTY"
+    if since:
+        query = f"{query}^sys_updated_on>={since}" if query else f"sys_updated_on>={since}"
+    fields = ["sys_id", *VERSION_FIELDS, "sys_created_on"]
+    rows = client.query(_KIND_TABLE[kind], query, fields=fields, page_size=LISTING_PAGE)
+    return {_str(r.get("sys_id")): (version_of(r), _str(r.get("sys_created_on"))) for r in rows}
+
+
+def _count(client: Any, kind: str) -> int:
+    query = "" if kind == "rel" else f"{SOURCE_ID_FIELD}ISNOTEMPTY"
+    return int(client.count(_KIND_TABLE[kind], query))
+
+
+def list_changes(
+    client: Any,
+    state: SyncState,
+    *,
+    workers: int,
+    extra: Sequence[Callable[[], Any]] = (),
+    kinds: Sequence[str] = ("ci", "loc", "rel"),
+) -> tuple[dict[str, Listing], list[Any]]:
+    """One parallel round: a listing and a count per kind (plus ``extra`` reads, e.g. the
+    class-table probes, so they share the round)."""
+    jobs: list[tuple[Callable[[], Any]]] = []
+    for kind in kinds:
+        since = cut(state.watermarks.get(kind))
+        jobs.append((lambda k=kind, s=since: _list(client, k, s),))
+        jobs.append((lambda k=kind: _count(client, k),))
+    jobs.extend((fn,) for fn in extra)
+    results = parallel_map(lambda fn: fn(), jobs, workers)
+    listings: dict[str, Listing] = {}
+    for n, kind in enumerate(kinds):
+        rows, count = results[2 * n], results[2 * n + 1]
+        listings[kind] = Listing(
+            versions={s: v for s, (v, _c) in rows.items()},
+            created={s: c for s, (_v, c) in rows.items()},
+            count=count,
+        )
+    return listings, results[2 * len(kinds) :]
+
+
+def refresh_records(
+    client: Any,
+    state: SyncState,
+    listings: Mapping[str, Listing],
+    records: Sequence[Any],
+    missing: set[str],
+    *,
+    workers: int,
+) -> str | None:
+    """Bring the remembered CI and location rows up to date; returns why it cannot (then the
+    caller reads everything) or None."""
+    if state.signature != signature(records):
+        return "the transform maps other fields than last time"
+    if set(state.missing_tables) != missing:
+        return "the class tables present on the instance changed"
+    changed: list[str] = []
+    for kind in ("ci", "loc"):
+        listing = listings[kind]
+        if len(set(state.rows[kind]) | set(listing.versions)) != listing.count:
+            return f"records carrying a source id were deleted or unsourced ({kind})"
+        known = state.versions[kind]
+        changed.extend(s for s, v in listing.versions.items() if known.get(s) != v)
+    if len(changed) > MAX_CHANGED:
+        return f"{len(changed)} records changed"
+    if changed:
+        rows = read_sourced(client, records, missing_tables=missing, sys_ids=changed,
+                            workers=workers)  # fmt: skip
+        if set(rows) != set(changed):
+            return "a changed record vanished while it was read"
+        state.dirty = True
+        for sys_id, row in rows.items():
+            kind = "loc" if row.get("sys_class_name") == LOCATION_TABLE else "ci"
+            other = "ci" if kind == "loc" else "loc"
+            state.rows[other].pop(sys_id, None)
+            state.versions[other].pop(sys_id, None)
+            state.rows[kind][sys_id] = row
+            state.versions[kind][sys_id] = version_of(row)
+    for kind in ("ci", "loc"):
+        state.watermarks[kind] = (
+            max_stamp([listings[kind].newest or ""], state.watermarks.get(kind)) or ""
+        )
+        state.counts[kind] = listings[kind].count
+    return None
+
+
+def refresh_links(
+    client: Any, state: SyncState, listing: Listing, our_sys_ids: set[str], *, workers: int
+) -> str | None:
+    """Bring the remembered links (those touching our CIs) up to date; returns why it cannot
+    (then the relationship phase reads the links as before) or None."""
+    if not state.has_links:
+        return "no links remembered"
+    since = cut(state.watermarks.get("rel")) or ""
+    new = {s for s, c in listing.created.items() if c >= since and s not in state.recent}
+    if state.counts.get("rel", -1) + len(new) != listing.count:
+        return "links were deleted"
+    known = state.versions["rel"]
+    changed = [s for s, v in listing.versions.items() if known.get(s) != v]
+    if len(changed) > MAX_CHANGED:
+        return f"{len(changed)} links changed"
+    if changed:
+        state.dirty = True
+        rows = existing_link_rows(client, "sys_id", changed, workers=workers)
+        for sys_id in changed:
+            row = rows.get(sys_id)
+            state.rows["rel"].pop(sys_id, None)
+            state.versions["rel"].pop(sys_id, None)
+            if row and (row["parent"] in our_sys_ids or row["child"] in our_sys_ids):
+                state.rows["rel"][sys_id] = {k: row[k] for k in ("parent", "child", "type")}
+                state.versions["rel"][sys_id] = row["version"]
+    take_link_marks(state, listing)
+    return None
+
+
+def take_link_marks(state: SyncState, listing: Listing) -> None:
+    """Watermark, count and the recently created ids the count includes, from a listing."""
+    state.watermarks["rel"] = max_stamp([listing.newest or ""], state.watermarks.get("rel")) or ""
+    since = cut(state.watermarks["rel"]) or ""
+    state.recent = {s for s, c in listing.created.items() if c >= since}
+    state.counts["rel"] = listing.count
+
+
+def link_keys(state: SyncState) -> set[LinkKey]:
+    return {(r["parent"], r["child"], r["type"]) for r in state.rows["rel"].values()}
+
+
+def snapshot_of(state: SyncState, records: Sequence[Any], missing: set[str]) -> CMDBSnapshot:
+    rows = {**state.rows["ci"], **state.rows["loc"]}
+    return snapshot_from_rows(dict(sorted(rows.items())), missing, records)
+
+
+def state_from_full_read(
+    snapshot: CMDBSnapshot, records: Sequence[Any], missing: set[str]
+) -> SyncState:
+    """A fresh state from a full read (watermarks: the newest stamps read)."""
+    state = SyncState(signature=signature(records), missing_tables=sorted(missing), dirty=True)
+    for row in snapshot.rows.values():
+        kind = "loc" if row.get("sys_class_name") == LOCATION_TABLE else "ci"
+        state.rows[kind][row["sys_id"]] = row
+        state.versions[kind][row["sys_id"]] = version_of(row)
+    for kind in ("ci", "loc"):
+        state.counts[kind] = len(state.rows[kind])
+        state.watermarks[kind] = (
+            max_stamp(v.split("|", 1)[0] for v in state.versions[kind].values()) or ""
+        )
+    return state
+
+
+def seal(
+    client: Any,
+    state: SyncState,
+    since: Mapping[str, str | None],
+    our_sys_ids: set[str],
+    *,
+    workers: int,
+) -> str | None:
+    """After writing: list what changed since the plan's watermarks and check every change is one of
+    ours (its version is the one our write returned). Returns why the state cannot be kept."""
+    kinds = ("ci", "loc", "rel") if state.has_links else ("ci", "loc")
+    probe = SyncState(watermarks={k: v or "" for k, v in since.items()})
+    listings, _ = list_changes(client, probe, workers=workers, kinds=kinds)
+    for kind in ("ci", "loc"):
+        listing = listings[kind]
+        known = state.versions[kind]
+        unknown = [s for s, v in listing.versions.items() if known.get(s) != v]
+        if unknown:
+            return f"{len(unknown)} record(s) changed by someone else during the run"
+        if len(known) != listing.count:
+            return f"the count of sourced records does not add up ({kind})"
+        state.watermarks[kind] = max_stamp([listing.newest or ""], state.watermarks.get(kind)) or ""
+        state.counts[kind] = listing.count
+    if state.has_links:
+        listing = listings["rel"]
+        known = state.versions["rel"]
+        if not since.get("rel"):
+            return "no link watermark"
+        # ours must carry our versions; others matter only if they touch our CIs
+        if any(s in known and known[s] != v for s, v in listing.versions.items()):
+            return "links changed by someone else during the run"
+        unknown = [s for s in listing.versions if s not in known]
+        if len(unknown) > MAX_CHANGED:
+            return "many links changed during the run"
+        if unknown:
+            rows = existing_link_rows(client, "sys_id", unknown, workers=workers)
+            if any(r["parent"] in our_sys_ids or r["child"] in our_sys_ids for r in rows.values()):
+                return "links to our CIs were added by someone else during the run"
+        take_link_marks(state, listing)
+    return None
+
+
+def _str(value: Any) -> str:
+    if isinstance(value, dict):
+        value = value.get("value", "")
+    return "" if value is None else str(value)

@@ -1,0 +1,229 @@
+"""The incremental snapshot: a rerun reads only what changed, yet misses no change by others."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from snowkit import paths
+from snowkit.cmdb import incremental
+from snowkit.cmdb.job import connect, run_load
+from snowkit.cmdb.state import StateStore, SyncState
+from snowkit.ops.audit import read_audit
+from snowkit.sandbox import Sandbox
+from snowkit.servicenow import ServiceNowAPIClient
+from snowkit.unifi import LabConfig
+
+LAB = LabConfig(sites=2, devices_per_site=3, clients_per_site=6, seed=3)
+FAST = {"sleep": lambda s: None}
+
+
+@pytest.fixture
+def sandbox() -> Iterator[Sandbox]:
+    with Sandbox.start() as sb:
+        yield sb
+
+
+@pytest.fixture
+def client(sandbox: Sandbox) -> Iterator[ServiceNowAPIClient]:
+    connection = connect(sandbox=sandbox, client_options=FAST)
+    yield connection.client
+    connection.close()
+
+
+def load(sb: Sandbox, **kw: Any):
+    kw.setdefault("lab", LAB)
+    kw.setdefault("progress", False)
+    kw.setdefault("batch_size", 7)
+    kw.setdefault("client_options", FAST)
+    report = run_load(sandbox=sb, **kw)
+    assert report.status == "success", (report.message, report.warnings)
+    return report
+
+
+def events(run_id: str, name: str) -> list[dict]:
+    lines = (paths.runs_dir() / run_id / "log.jsonl").read_text().splitlines()
+    return [e for e in map(json.loads, lines) if e.get("event") == name]
+
+
+def writes_sent(run_id: str) -> int:
+    metrics = json.loads((paths.runs_dir() / run_id / "metrics.json").read_text())
+    return sum(1 for s in metrics["samples"] if s["method"] in ("POST", "PATCH", "DELETE"))
+
+
+def a_client_ci(client: ServiceNowAPIClient) -> dict:
+    rows = client.query(
+        "cmdb_ci",
+        "u_unifi_source_idSTARTSWITHunifi:client",
+        fields=["sys_id", "name", "u_unifi_source_id", "sys_class_name"],
+    )
+    return next(iter(rows))
+
+
+def test_no_change_rerun_is_incremental_and_writes_nothing(sandbox: Sandbox) -> None:
+    first = load(sandbox)
+    assert not events(first.run_id, "incremental_snapshot")  # nothing remembered yet
+    second = load(sandbox)
+    assert events(second.run_id, "incremental_snapshot")
+    assert second.action_totals()["no_change"] == first.action_totals()["create"]
+    assert second.relationships.existing == first.relationships.created
+    assert second.applied["batches"] == 0 and second.relationships.created == 0
+    assert list(read_audit(run_id=second.run_id)) == []
+    assert writes_sent(second.run_id) == 0
+    assert "schema" not in {s for s, v in second.timings.items() if v}  # checked recently
+
+
+def test_field_edited_by_someone_else_is_repaired_alone(sandbox: Sandbox, client) -> None:
+    load(sandbox)
+    ci = a_client_ci(client)
+    client.update(ci["sys_class_name"], ci["sys_id"], {"name": "renamed by hand"})
+    again = load(sandbox)
+    assert events(again.run_id, "incremental_snapshot")
+    assert again.applied["updated"] == 1 and again.applied["created"] == 0
+    (entry,) = read_audit(run_id=again.run_id)
+    assert entry["sys_id"] == ci["sys_id"] and entry["before"] == {"name": "renamed by hand"}
+    assert set(entry["after"]) == {"name"}
+    assert client.get("cmdb_ci", ci["sys_id"], fields=["name"])["name"] == ci["name"]
+    quiet = load(sandbox)
+    assert quiet.applied["batches"] == 0 and writes_sent(quiet.run_id) == 0
+
+
+def test_ci_deleted_by_someone_else_is_recreated(sandbox: Sandbox, client) -> None:
+    load(sandbox)
+    ci = a_client_ci(client)
+    client.delete(ci["sys_class_name"], ci["sys_id"])
+    again = load(sandbox)
+    assert again.applied["created"] == 1, again.applied
+    assert again.relationships.created >= 1  # its link went with it: relinked
+    found = list(
+        client.query("cmdb_ci", f"u_unifi_source_id={ci['u_unifi_source_id']}", fields=["sys_id"])
+    )
+    assert len(found) == 1
+    assert load(sandbox).applied["batches"] == 0
+
+
+def test_link_deleted_by_someone_else_is_recreated(sandbox: Sandbox, client) -> None:
+    first = load(sandbox)
+    link = next(iter(client.query("cmdb_rel_ci", "", fields=["sys_id"])))
+    client.delete("cmdb_rel_ci", link["sys_id"])
+    again = load(sandbox)
+    assert again.relationships.created == 1
+    assert again.relationships.existing == first.relationships.created - 1
+    assert client.count("cmdb_rel_ci") == first.relationships.created
+
+
+def test_a_link_added_by_someone_else_is_not_duplicated(sandbox: Sandbox, client) -> None:
+    first = load(sandbox)
+    link = next(iter(client.query("cmdb_rel_ci", "", fields=["parent", "child", "type"])))
+    body = {k: (v["value"] if isinstance(v, dict) else v) for k, v in link.items()}
+    client.delete("cmdb_rel_ci", next(iter(client.query("cmdb_rel_ci", "")))["sys_id"])
+    client.create("cmdb_rel_ci", body)  # the same link, put back by hand
+    again = load(sandbox)
+    assert again.relationships.created == 0
+    assert client.count("cmdb_rel_ci") == first.relationships.created
+
+
+def test_unsourcing_a_ci_falls_back_to_a_full_read(sandbox: Sandbox, client) -> None:
+    load(sandbox)
+    ci = a_client_ci(client)
+    client.update(ci["sys_class_name"], ci["sys_id"], {"u_unifi_source_id": ""})
+    again = load(sandbox)
+    assert not events(again.run_id, "incremental_snapshot")
+    assert events(again.run_id, "incremental_snapshot_skipped")
+    assert again.applied["created"] == 0  # adopted back by identification, not duplicated
+
+
+def test_without_incremental_every_run_reads_everything(sandbox: Sandbox) -> None:
+    load(sandbox, incremental=False)
+    again = load(sandbox, incremental=False)
+    assert not events(again.run_id, "incremental_snapshot")
+    assert again.applied["batches"] == 0
+
+
+# -- the pieces, against a scripted client ---------------------------------------------------
+
+
+class ScriptedClient:
+    """Answers listings and counts from fixed rows; records every query it is asked."""
+
+    def __init__(self, rows: dict[str, list[dict]], counts: dict[str, int]) -> None:
+        self.rows, self.counts, self.queries = rows, counts, []
+
+    def query(self, table: str, query: Any = "", fields: Any = None, **kw: Any):
+        self.queries.append((table, str(query)))
+        return iter(self.rows.get(table, []))
+
+    def count(self, table: str, query: Any = "") -> int:
+        return self.counts[table]
+
+
+def test_watermarks_come_from_the_server_with_an_overlap() -> None:
+    state = SyncState(watermarks={"ci": "2001-01-01 10:00:00"})
+    client = ScriptedClient(
+        {"cmdb_ci": [{"sys_id": "A", "sys_updated_on": "2001-01-01 10:00:05", "sys_mod_count": 3}]},
+        {"cmdb_ci": 1, "cmn_location": 0, "cmdb_rel_ci": 0},
+    )
+    listings, _ = incremental.list_changes(client, state, workers=1)
+    assert ("cmdb_ci", "u_unifi_source_idISNOTEMPTY^sys_updated_on>=2001-01-01 09:59:58") in (
+        client.queries
+    )
+    assert listings["ci"].versions == {"A": "2001-01-01 10:00:05|3"}
+    assert listings["ci"].newest == "2001-01-01 10:00:05"
+    assert incremental.cut("not a time") is None
+
+
+def test_same_second_edits_are_told_apart_by_mod_count() -> None:
+    state = SyncState(signature="", missing_tables=[])
+    state.rows["ci"]["A"] = {"sys_id": "A", "u_unifi_source_id": "a"}
+    state.versions["ci"]["A"] = "2001-01-01 10:00:05|3"
+    listing = incremental.Listing(versions={"A": "2001-01-01 10:00:05|4"}, count=1)
+    listings = {"ci": listing, "loc": incremental.Listing(), "rel": incremental.Listing()}
+    fetched = {"cmdb_ci": [{"sys_id": "A", "u_unifi_source_id": "a", "name": "new"}]}
+    client = ScriptedClient(fetched, {})
+    assert incremental.refresh_records(client, state, listings, [], set(), workers=1) is None
+    assert state.rows["ci"]["A"]["name"] == "new"
+    assert any("sys_idINA" in q for _t, q in client.queries)
+
+
+def test_a_deletion_is_seen_by_the_count() -> None:
+    state = SyncState()
+    state.rows["ci"] = {"A": {"sys_id": "A"}, "B": {"sys_id": "B"}}
+    listings = {"ci": incremental.Listing(count=1), "loc": incremental.Listing()}
+    why = incremental.refresh_records(ScriptedClient({}, {}), state, listings, [], set(), workers=1)
+    assert why is not None and "deleted" in why
+
+
+def test_state_store_round_trip_and_forget() -> None:
+    store = StateStore()
+    state = SyncState(signature="s", watermarks={"ci": "2001-01-01 10:00:00"}, has_links=True)
+    state.rows["ci"]["A"] = {"sys_id": "A", "name": "x"}
+    state.versions["ci"]["A"] = "v"
+    state.covered_parents = {"A"}
+    store.save("https://i", state)
+    back = store.load("https://i")
+    assert back is not None and back.rows["ci"] == state.rows["ci"]
+    assert back.versions["ci"] == {"A": "v"} and back.covered_parents == {"A"}
+    back.watermarks["ci"] = "2001-01-01 11:00:00"
+    store.save("https://i", back, rows=False)  # head only: rows kept
+    again = store.load("https://i")
+    assert again is not None and again.rows["ci"] == state.rows["ci"]
+    assert again.watermarks["ci"] == "2001-01-01 11:00:00"
+    assert store.load("https://other") is None
+    store.forget("https://i")
+    assert store.load("https://i") is None
+    store.close()
+
+
+def test_schema_check_is_trusted_for_its_ttl_only() -> None:
+    now = [1000.0]
+    store = StateStore(wall_clock=lambda: now[0])
+    assert not store.schema_checked_recently("https://i", 60)
+    store.schema_passed("https://i")
+    now[0] += 59
+    assert store.schema_checked_recently("https://i", 60)
+    now[0] += 2
+    assert not store.schema_checked_recently("https://i", 60)
+    store.close()
