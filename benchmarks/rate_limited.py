@@ -12,8 +12,9 @@ Both contenders are the sync engine (``SyncEngine.sync``: plan, Batch API writes
 relationships, verification, built as ``run_load`` builds it) with the same workers and batch
 size; the only difference is the write path's concurrency:
 - **fixed**: ``workers`` batch requests in flight, whatever the instance answers;
-- **adaptive**: the same under ``AdaptiveLimiter(initial=workers, maximum=workers)``, which
-  halves its limit on a 429 (or a latency jump) and adds one after good answers.
+- **adaptive**: the same under ``AdaptiveLimiter(initial=workers, maximum=workers,
+  latency_factor=5)`` (what ``run_load`` uses), which halves its limit on a 429 (or a 5x
+  latency jump) and adds one after good answers.
 (The limiter wraps only the engine's write batches; plan and verification reads run at
 ``workers`` either way.)
 
@@ -65,9 +66,9 @@ def run_engine(
     from snowkit.servicenow import AdaptiveLimiter
 
     metrics = MetricsCollector()
-    limiter = (
-        AdaptiveLimiter(initial=workers, minimum=1, maximum=workers) if mode == "adaptive" else None
-    )
+    limiter = None
+    if mode == "adaptive":  # as run_load builds it
+        limiter = AdaptiveLimiter(initial=workers, minimum=1, maximum=workers, latency_factor=5.0)
     start = time.perf_counter()
     with client_for(instance, metrics=metrics) as client:
         ensure_schema(client, create=True)

@@ -3,7 +3,9 @@
 Instances that enforce IRE (or reconcile several discovery sources) want CIs inserted through
 ``/api/now/identifyreconcile`` so their identification rules, not ours, decide insert vs update.
 This module turns plan items into IRE payloads (``className`` + ``values``, relations by item
-index when both ends are in the same payload) and reads the per-item answers back.
+index when both ends are in the same payload), reads the per-item answers back, and
+``IRELoader`` sends chunks of CIs that way (locations still go through the Table API: they are
+not CIs).
 """
 
 from __future__ import annotations
@@ -12,7 +14,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-SOURCE_ID_FIELD = "u_unifi_source_id"
+from snowkit.cmdb.ledger import RunLedger
+from snowkit.cmdb.outbox import is_unreachable_error
+from snowkit.cmdb.plan import CREATE, SOURCE_ID_FIELD, UPDATE
+from snowkit.cmdb.writes import WriteOp, describe
+
 #: Attributes the Hardware identification rule matches on; always sent so IRE can identify.
 IDENTIFYING = ("serial_number", "name", "mac_address")
 UNKNOWN = "Unknown"
@@ -115,3 +121,66 @@ def relation_operations(result: Mapping[str, Any]) -> dict[str, int]:
             op = "ERROR"
         counts[op] = counts.get(op, 0) + 1
     return counts
+
+
+class IRELoader:
+    """Sends chunks of CI writes through ``identify_reconcile`` and books the outcomes in the
+    ledger (a ``BatchRunner`` chunk runner)."""
+
+    def __init__(self, client: Any, ledger: RunLedger, relationships: Sequence[Any]) -> None:
+        self.client = client
+        self.ledger = ledger
+        self.relationships = list(relationships)
+
+    @staticmethod
+    def prepare(op: WriteOp, record: Any) -> WriteOp:
+        """IRE needs the identifying attributes, not only the diff: send the whole record."""
+        full = dict(record.values) if record is not None else {}
+        full.update(op.body)
+        full.pop(SOURCE_ID_FIELD, None)
+        intended = op.item.table if op.item is not None else op.table
+        op.values, op.extra, op.class_name = full, {}, intended
+        return op
+
+    def run_chunk(self, chunk: list[WriteOp]) -> None:
+        audit = self.ledger.audit
+        if audit is None:
+            self._write(chunk)
+            return
+        with audit.batch():
+            self._write(chunk)
+
+    def _write(self, chunk: list[WriteOp]) -> None:
+        ledger = self.ledger
+        if ledger.unreachable:
+            ledger.queue(chunk)
+            return
+        entries = [(op.class_name or op.table, op.source_id or "", op.body) for op in chunk]
+        payload = build_payload(entries, self.relationships)
+        try:
+            result = self.client.identify_reconcile(payload)
+        except Exception as exc:
+            if is_unreachable_error(exc):
+                ledger.mark_unreachable(exc)
+                ledger.queue(chunk)
+                return
+            status = getattr(getattr(exc, "context", None), "http_status", None)
+            for op in chunk:
+                ledger.fail(op, describe(exc), status)
+            return
+        ledger.add("batches")
+        for op, outcome in zip(chunk, parse_result(result, len(chunk)), strict=True):
+            ledger.count_ire(outcome.operation)
+            if not outcome.ok:
+                ledger.fail(op, "; ".join(outcome.errors) or outcome.operation, None)
+                continue
+            if outcome.operation == "NO_CHANGE":
+                with ledger.lock:
+                    if op.source_id and outcome.sys_id:
+                        ledger.sys_ids[op.source_id] = outcome.sys_id
+                continue
+            op.action = CREATE if outcome.operation.startswith("INSERT") else UPDATE
+            op.extra[SOURCE_ID_FIELD] = op.source_id or ""
+            ledger.succeed(op, outcome.sys_id)
+        for name, n in relation_operations(result).items():
+            ledger.count_ire(f"relation_{name}", n)

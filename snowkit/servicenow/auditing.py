@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from snowkit.ops.errors import AmbiguousWriteError
 from snowkit.ops.logging import current_correlation_id
@@ -19,7 +19,28 @@ from snowkit.servicenow.paging import KEY_FIELD
 from snowkit.servicenow.query import plain_value
 
 
+class AuditSink(Protocol):
+    """What the client needs of an audit trail (``snowkit.ops.audit.AuditTrail`` has it).
+
+    A sink may also offer ``batch()``, a context manager grouping entries under one fsync.
+    """
+
+    def record(
+        self,
+        action: str,
+        table: str,
+        sys_id: str | None,
+        source_id: str | None = None,
+        before: Mapping[str, Any] | None = None,
+        after: Mapping[str, Any] | None = None,
+        outcome: str = "success",
+        run_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> Any: ...
+
+
 def outcome_of(error: BaseException | None) -> str:
+    """The audit outcome of a write that raised ``error`` (None: it succeeded)."""
     if error is None:
         return "success"
     return "ambiguous" if isinstance(error, AmbiguousWriteError) else "failure"
@@ -28,7 +49,7 @@ def outcome_of(error: BaseException | None) -> str:
 class WriteAudit:
     """Writes audit entries to ``trail`` (an ``AuditTrail``); does nothing without one."""
 
-    def __init__(self, trail: Any) -> None:
+    def __init__(self, trail: AuditSink | None) -> None:
         self.trail = trail
 
     @property
@@ -90,6 +111,7 @@ class WriteAudit:
         after: dict[str, Any] | None,
         outcome: str,
     ) -> None:
+        assert self.trail is not None
         self.trail.record(
             action,
             table,

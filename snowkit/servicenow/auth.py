@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import requests
 
@@ -25,6 +25,18 @@ from snowkit.ops.errors import AuthenticationError, ErrorHandler
 from snowkit.ops.logging import StructuredLogger
 
 JSON_CONTENT = {"Content-Type": "application/json"}
+
+
+class AuthMethodLike(Protocol):
+    """What the chain needs of an auth method (``snowkit.credentials.AuthMethod`` has it).
+
+    ``apply`` attaches the method to a session (``session.auth`` and/or headers); an optional
+    ``refresh() -> bool`` fetches new credentials after a 401 (OAuth).
+    """
+
+    name: str
+
+    def apply(self, session: requests.Session, instance_url: str | None = None) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +65,7 @@ class AuthChain:
 
     def __init__(
         self,
-        methods: Sequence[Any],
+        methods: Sequence[AuthMethodLike],
         *,
         instance_url: str,
         verify: bool | str,
@@ -67,7 +79,7 @@ class AuthChain:
         self._logger = logger
         self._lock = threading.Lock()
         self._confirmed = False
-        self._state: AuthState | None = self._first_usable(0) if self._methods else None
+        self._state: AuthState | None = self._first_usable(0)
 
     @property
     def current(self) -> AuthState | None:

@@ -6,56 +6,19 @@ test waits out a back-off.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from snowkit.cmdb.apply import CrashSimulation, SyncEngine
 from snowkit.cmdb.outbox import Outbox
-from snowkit.cmdb.schema import ensure_schema
 from snowkit.cmdb.transform import CMDBRecord, RelationshipSpec, TransformResult
-from snowkit.credentials import CredentialManager
 from snowkit.ops.audit import AuditTrail, read_audit
 from snowkit.sandbox import Sandbox
-from snowkit.sandbox.server import OUTAGE_POLL_SECONDS
 from snowkit.servicenow import ServiceNowAPIClient
 
 CONNECTS = "Connects to::Connected by"
 SID = "u_unifi_source_id"
-
-
-def make_client(sb: Sandbox, **kw: Any) -> ServiceNowAPIClient:
-    creds = CredentialManager.static(basic=("admin", sb.users["admin"]))
-    return ServiceNowAPIClient(sb.url, creds, verify=str(sb.ca_path), sleep=lambda s: None, **kw)
-
-
-@pytest.fixture
-def sandbox() -> Iterator[Sandbox]:
-    with Sandbox.start() as sb:
-        with make_client(sb) as client:
-            ensure_schema(client)
-        yield sb
-
-
-@pytest.fixture
-def client(sandbox: Sandbox) -> Iterator[ServiceNowAPIClient]:
-    with make_client(sandbox) as c:
-        yield c
-
-
-def heal(sb: Sandbox) -> None:
-    """End the faults; wait (bounded) until the socket has stayed open for a few supervisor
-    ticks, so a tick that began during the outage cannot close it again under the next run."""
-    sb.set_faults(None)
-    steady = 0
-    for _ in range(500):
-        steady = steady + 1 if sb.accepting else 0
-        if steady >= 3 * int(OUTAGE_POLL_SECONDS / 0.02 + 1):
-            return
-        time.sleep(0.02)
-    raise AssertionError("the sandbox did not reopen its socket")
 
 
 def estate(sites: int = 2, devices: int = 4, clients: int = 6) -> TransformResult:
@@ -229,7 +192,9 @@ def test_partial_batch_failure_is_reported_item_by_item(client: ServiceNowAPICli
     assert "404" in report.failures[0].error
 
 
-def test_outage_queues_writes_then_replay_converges(sandbox: Sandbox, client) -> None:
+def test_outage_queues_writes_then_replay_converges(
+    sandbox: Sandbox, client, heal, new_client
+) -> None:
     result = estate(sites=2, devices=3, clients=3)
     outbox = Outbox()
     eng = engine(client, outbox=outbox)
@@ -242,7 +207,7 @@ def test_outage_queues_writes_then_replay_converges(sandbox: Sandbox, client) ->
     assert queued >= 1
     assert outbox.count() == queued
     heal(sandbox)
-    with make_client(sandbox) as fresh:  # the next run: a new client, its breaker closed
+    with new_client(sandbox) as fresh:  # the next run: a new client, its breaker closed
         replay = outbox.replay(fresh)
         assert replay.complete, replay.to_dict()
         assert replay.failed == []
@@ -254,7 +219,7 @@ def test_outage_queues_writes_then_replay_converges(sandbox: Sandbox, client) ->
         assert report2.relationships.existing == len(result.relationships)
 
 
-def test_next_run_replays_the_outbox_first(sandbox: Sandbox, client) -> None:
+def test_next_run_replays_the_outbox_first(sandbox: Sandbox, client, heal, new_client) -> None:
     result = estate(sites=1, devices=2, clients=2)
     outbox = Outbox()
     eng = engine(client, outbox=outbox)
@@ -262,7 +227,7 @@ def test_next_run_replays_the_outbox_first(sandbox: Sandbox, client) -> None:
     sandbox.set_faults({"outage": {"after_seconds": 0, "duration_seconds": 3600}})
     assert eng.apply(plan, progress=False).status == "queued"
     heal(sandbox)
-    with make_client(sandbox) as fresh:
+    with new_client(sandbox) as fresh:
         _, plan2, report = load(fresh, result, outbox=outbox)
         assert report.outbox["replayed"]["remaining"] == 0
         assert report.status == "success"

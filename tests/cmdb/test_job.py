@@ -3,54 +3,20 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Iterator
-from typing import Any
-
-import pytest
 
 from snowkit import paths
 from snowkit.cmdb.apply import CrashSimulation
-from snowkit.cmdb.job import Connection, collect_inventory, run_load
+from snowkit.cmdb.job import Connection, collect_inventory
 from snowkit.cmdb.outbox import Outbox
 from snowkit.ops.audit import read_audit
 from snowkit.sandbox import Sandbox
-from snowkit.sandbox.server import OUTAGE_POLL_SECONDS
 from snowkit.unifi import LabConfig
 
-LAB = LabConfig(sites=2, devices_per_site=3, clients_per_site=6, seed=3)
-FAST = {"sleep": lambda s: None}
 
-
-@pytest.fixture
-def sandbox() -> Iterator[Sandbox]:
-    with Sandbox.start() as sb:
-        yield sb
-
-
-def heal(sb: Sandbox) -> None:
-    """End the faults; wait (bounded) until the socket has stayed open for a few supervisor
-    ticks, so a tick that began during the outage cannot close it again under the next run."""
-    sb.set_faults(None)
-    steady = 0
-    for _ in range(500):
-        steady = steady + 1 if sb.accepting else 0
-        if steady >= 3 * int(OUTAGE_POLL_SECONDS / 0.02 + 1):
-            return
-        time.sleep(0.02)
-    raise AssertionError("the sandbox did not reopen its socket")
-
-
-def load(sb: Sandbox, **kw: Any):
-    kw.setdefault("lab", LAB)
-    kw.setdefault("progress", False)
-    kw.setdefault("batch_size", 7)
-    kw.setdefault("client_options", FAST)
-    return run_load(sandbox=sb, **kw)
-
-
-def test_load_writes_report_metrics_log_and_rerun_writes_nothing(sandbox: Sandbox) -> None:
-    first = load(sandbox)
+def test_load_writes_report_metrics_log_and_rerun_writes_nothing(
+    sandbox: Sandbox, load_lab
+) -> None:
+    first = load_lab(sandbox)
     assert first.status == "success", first.message
     run_dir = paths.runs_dir() / first.run_id
     report = json.loads((run_dir / "report.json").read_text())
@@ -73,56 +39,58 @@ def test_load_writes_report_metrics_log_and_rerun_writes_nothing(sandbox: Sandbo
     assert frames["counts"]["count"].sum() == sum(first.action_totals().values())
     assert frames["failures"].empty
 
-    second = load(sandbox)
+    second = load_lab(sandbox)
     assert second.status == "success"
     assert second.action_totals()["no_change"] == first.action_totals()["create"]
     assert second.applied["batches"] == 0
     assert list(read_audit(run_id=second.run_id)) == []
 
 
-def test_dry_run_writes_nothing(sandbox: Sandbox) -> None:
-    report = load(sandbox, dry_run=True)
+def test_dry_run_writes_nothing(sandbox: Sandbox, load_lab) -> None:
+    report = load_lab(sandbox, dry_run=True)
     assert report.status == "dry_run"
     assert report.action_totals()["create"] > 0
     assert (paths.runs_dir() / report.run_id / "plan.csv").exists()
     assert not paths.audit_path().exists() or list(read_audit(run_id=report.run_id)) == []
-    real = load(sandbox)  # nothing was written, so everything is still a create
+    real = load_lab(sandbox)  # nothing was written, so everything is still a create
     assert real.action_totals()["create"] == report.action_totals()["create"]
 
 
-def test_crash_mid_run_then_next_run_converges(sandbox: Sandbox) -> None:
+def test_crash_mid_run_then_next_run_converges(sandbox: Sandbox, load_lab) -> None:
     def crash(done: int) -> None:
         if done == 2:
             raise CrashSimulation("power cut")
 
-    crashed = load(sandbox, on_batch=crash, workers=1)
+    crashed = load_lab(sandbox, on_batch=crash, workers=1)
     assert crashed.status == "failed" and "power cut" in crashed.message
-    again = load(sandbox)
+    again = load_lab(sandbox)
     assert again.status == "success"
     totals = again.action_totals()
     assert totals["no_change"] > 0 and totals["create"] > 0
-    third = load(sandbox)
+    third = load_lab(sandbox)
     assert third.action_totals()["create"] == 0 and third.applied["batches"] == 0
 
 
-def test_outage_ends_queued_then_next_run_replays(sandbox: Sandbox) -> None:
-    load(sandbox)  # the CMDB holds the estate; now a bigger lab arrives while the instance is down
+def test_outage_ends_queued_then_next_run_replays(sandbox: Sandbox, load_lab, heal) -> None:
+    load_lab(
+        sandbox
+    )  # the CMDB holds the estate; now a bigger lab arrives while the instance is down
     bigger = LabConfig(sites=3, devices_per_site=3, clients_per_site=6, seed=3)
     inventory = collect_inventory(
         "lab", lab=bigger, connection=Connection(None, sandbox, str(sandbox.ca_path))
     )
     sandbox.set_faults({"outage": {"after_seconds": 0, "duration_seconds": 3600}})
-    queued = load(sandbox, inventory=inventory)
+    queued = load_lab(sandbox, inventory=inventory)
     assert queued.status == "queued", queued.message
     assert "snowkit outbox replay" in queued.message
     with Outbox() as box:
         assert box.count() == queued.outbox["pending"] > 0
     heal(sandbox)
-    after = load(sandbox, inventory=inventory)
+    after = load_lab(sandbox, inventory=inventory)
     assert after.status == "success", (after.message, after.warnings)
     assert after.outbox["replayed"]["remaining"] == 0
     assert after.outbox["pending"] == 0
-    final = load(sandbox, inventory=inventory)
+    final = load_lab(sandbox, inventory=inventory)
     assert final.action_totals()["create"] == 0
     assert final.applied["batches"] == 0
 

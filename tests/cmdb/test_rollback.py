@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from snowkit.cmdb.apply import SyncEngine
 from snowkit.cmdb.rollback import NothingToRollBackError, rollback
-from snowkit.cmdb.schema import ensure_schema
 from snowkit.cmdb.transform import CMDBRecord, RelationshipSpec, TransformResult
-from snowkit.credentials import CredentialManager
 from snowkit.ops.audit import AuditTrail, read_audit
-from snowkit.sandbox import Sandbox
 from snowkit.servicenow import ServiceNowAPIClient
 
 VOLATILE = {"sys_updated_on", "sys_updated_by", "sys_mod_count"}
-
-
-@pytest.fixture
-def client() -> Iterator[ServiceNowAPIClient]:
-    with Sandbox.start() as sb:
-        creds = CredentialManager.static(basic=("admin", sb.users["admin"]))
-        with ServiceNowAPIClient(sb.url, creds, verify=str(sb.ca_path), sleep=lambda s: None) as c:
-            ensure_schema(c)
-            yield c
 
 
 def state(client: ServiceNowAPIClient) -> dict[str, dict[str, dict[str, str]]]:

@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from snowkit.cmdb.schema import SchemaNotReadyError, check_schema, ensure_schema
 from snowkit.credentials import CredentialManager
 from snowkit.sandbox import Sandbox
 from snowkit.servicenow import ServiceNowAPIClient
-
-
-@pytest.fixture
-def sandbox() -> Iterator[Sandbox]:
-    with Sandbox.start() as sb:
-        yield sb
 
 
 def client_for(sb: Sandbox, user: str) -> ServiceNowAPIClient:

@@ -2,24 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
-from snowkit.cmdb.schema import ensure_schema
 from snowkit.cmdb.verify import Expectation, verify
-from snowkit.credentials import CredentialManager
-from snowkit.sandbox import Sandbox
 from snowkit.servicenow import ServiceNowAPIClient
-
-
-@pytest.fixture
-def client() -> Iterator[ServiceNowAPIClient]:
-    with Sandbox.start() as sb:
-        creds = CredentialManager.static(basic=("admin", sb.users["admin"]))
-        with ServiceNowAPIClient(sb.url, creds, verify=str(sb.ca_path), sleep=lambda s: None) as c:
-            ensure_schema(c)
-            yield c
 
 
 def test_verify_reports_each_difference(client: ServiceNowAPIClient) -> None:

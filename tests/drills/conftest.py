@@ -38,12 +38,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    """Register the ``drill`` marker (the suite runs with ``--strict-markers``)."""
     config.addinivalue_line(
         "markers", "drill: long reliability/security drill; runs only with --run-drills"
     )
 
 
 def run_drills(config: pytest.Config) -> bool:
+    """Whether ``--run-drills`` was given (False when the option is unknown)."""
     try:
         return bool(config.getoption("--run-drills"))
     except ValueError:
@@ -51,11 +53,12 @@ def run_drills(config: pytest.Config) -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the long variants unless ``--run-drills``; ``make drill`` adds ``-m drill``."""
     if run_drills(config):
         return
     skip = pytest.mark.skip(reason="long drill: run with --run-drills (make drill)")
     for item in items:
-        if "drill" in item.keywords and "tests/drills" in str(item.fspath).replace(os.sep, "/"):
+        if item.get_closest_marker("drill") is not None:
             item.add_marker(skip)
 
 

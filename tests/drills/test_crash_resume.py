@@ -194,6 +194,102 @@ def run_trials(drill: Any, tmp_path: Path, trials: int, max_kills: int, seed: in
     )
 
 
+def replay_cmd(sb: Sandbox) -> list[str]:
+    return [sys.executable, "-m", "snowkit.cli", "outbox", "replay", "--instance", sb.url]
+
+
+def wait_accepting(sb: Sandbox, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sb.accepting:
+            return
+        time.sleep(0.02)
+    raise AssertionError("the sandbox did not reopen its socket")
+
+
+def replay_crash_trial(drill: Any, home: Path, rng: random.Random) -> dict[str, Any]:
+    """Queue the whole load during an outage, then kill the outbox replay half-way."""
+    os.environ["SNOWKIT_HOME"] = str(home)
+    with Sandbox.start() as sb:
+        drill.setup_schema(sb)
+        _inventory, result = drill.lab_result(sb, LAB)
+        total = len(result.records) + len(result.relationships)
+        env = loader_env(sb, home)
+        sb.set_faults({"outage": {"after_seconds": 0, "duration_seconds": 3600}})
+        queued = subprocess.run(
+            loader_cmd(sb), env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S
+        )
+        assert queued.returncode == 4, (queued.returncode, queued.stderr[-2000:])
+        with Outbox() as box:
+            pending = box.count()
+        assert pending > 0
+        sb.set_faults({"latency_ms": 8})  # heal, keep the replay slow enough to hit
+        wait_accepting(sb)
+        target = rng.randrange(1, total)
+        proc = subprocess.Popen(
+            replay_cmd(sb),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        with drill.reaped(proc):
+            deadline = time.monotonic() + RUN_TIMEOUT_S
+            while time.monotonic() < deadline and proc.poll() is None:
+                if rows_written(sb) >= target:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    break
+                time.sleep(0.002)
+        killed_at = rows_written(sb)
+        sb.set_faults(None)
+        again = subprocess.run(
+            replay_cmd(sb), env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S
+        )
+        assert again.returncode == 0, (again.returncode, again.stdout[-2000:], again.stderr)
+        report = final_run(sb, env)
+        assert report["status"] == "success", report.get("message")
+        diff = drill.compare(sb.store, result)
+        assert diff.exact, diff.summary()
+    check = verify_audit(paths.audit_path())
+    assert check.ok, check.message
+    creates = collections.Counter(
+        e["source_id"] for e in read_audit() if e["action"] == "create" and e.get("source_id")
+    )
+    assert max(creates.values()) == 1, "a record audited as created twice"
+    with Outbox() as box:
+        assert box.count() == 0 and box.count("failed") == 0, box.summary()
+    return {"queued": pending, "killed_at_rows": killed_at, "expected_rows": total}
+
+
+def run_replay_trials(drill: Any, tmp_path: Path, trials: int, seed: int) -> None:
+    rng = random.Random(seed)
+    figures = [replay_crash_trial(drill, tmp_path / f"r{t}", rng) for t in range(trials)]
+    drill.figures(
+        "crash_during_replay",
+        variant="long" if drill.long else "fast",
+        trials=trials,
+        converged=trials,
+        queued=[f["queued"] for f in figures],
+        killed_at_rows=[f["killed_at_rows"] for f in figures],
+        expected_rows=figures[0]["expected_rows"],
+    )
+
+
+def test_crash_during_outbox_replay_fast(
+    drill: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SNOWKIT_HOME", str(tmp_path))
+    run_replay_trials(drill, tmp_path, trials=1, seed=8)
+
+
+@pytest.mark.drill
+def test_crash_during_outbox_replay_long(
+    drill: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SNOWKIT_HOME", str(tmp_path))
+    run_replay_trials(drill, tmp_path, trials=6, seed=2027)
+
+
 def test_crash_resume_fast(drill: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SNOWKIT_HOME", str(tmp_path))
     run_trials(drill, tmp_path, trials=3, max_kills=1, seed=5)

@@ -1,0 +1,277 @@
+"""Sending writes: Batch API requests of ``batch_size`` ops, ``workers`` at a time, under the
+adaptive limiter, with per-item retries that never duplicate a create.
+
+For each chunk: send; items that landed go to the ledger; an item the instance rejected for
+good fails (reported item by item, the run goes on); an item worth another attempt (no answer,
+5xx, 429, 409...) is retried — but a create or link whose outcome is unknown is first looked
+up (by source id, or by parent/child/type) and adopted if it landed. A missing class table
+sends the item again through ``cmdb_ci``. Once the instance cannot be reached, what is left is
+queued in the outbox instead.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from typing import Any
+
+from snowkit.cmdb.ledger import RunLedger
+from snowkit.cmdb.outbox import is_unreachable_error
+from snowkit.cmdb.plan import CI_TABLE, CREATE, LOCATION_TABLE, SOURCE_ID_FIELD
+from snowkit.cmdb.progress import bar
+from snowkit.cmdb.relationships import find_link
+from snowkit.cmdb.writes import (
+    RELATE,
+    RETRYABLE_STATUSES,
+    WriteOp,
+    as_str,
+    describe,
+    is_invalid_table,
+    result_error,
+    sys_id_of,
+    throttled,
+    unreachable_result,
+    version_of_result,
+    whole_batch_failure,
+)
+from snowkit.servicenow.batch import BatchRequest
+from snowkit.servicenow.query import Query
+
+ChunkRunner = Callable[[list[WriteOp]], None]
+
+
+class BatchRunner:
+    """Runs lists of ``WriteOp`` in chunks; see the module docstring.
+
+    ``on_batch(n)`` is called after each finished chunk with the number finished so far.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        ledger: RunLedger,
+        *,
+        batch_size: int,
+        workers: int,
+        limiter: Any = None,
+        max_attempts: int = 3,
+        on_batch: Callable[[int], None] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.client = client
+        self.ledger = ledger
+        self.batch_size = batch_size
+        self.workers = workers
+        self.limiter = limiter
+        self.max_attempts = max(1, max_attempts)
+        self.on_batch = on_batch
+        self._clock = clock
+        self._keys = itertools.count(1)
+        self._batches_done = 0
+
+    def next_key(self) -> str:
+        """A unique batch item id for a new op."""
+        return str(next(self._keys))
+
+    def run(
+        self,
+        ops: list[WriteOp],
+        desc: str,
+        progress: bool | None,
+        runner: ChunkRunner | None = None,
+    ) -> None:
+        """Send ``ops`` (``runner`` sends one chunk: Batch API by default, IRE in IRE mode)."""
+        if not ops:
+            return
+        run = runner or self.run_chunk
+        # references to targets written meanwhile: resolve now (the rest stay for the outbox)
+        for op in ops:
+            for fld, target in list(op.pending_refs.items()):
+                sys_id = self.ledger.sys_ids.get(target)
+                if sys_id:
+                    op.extra[fld] = sys_id
+                    del op.pending_refs[fld]
+        chunks = [ops[i : i + self.batch_size] for i in range(0, len(ops), self.batch_size)]
+        with bar(len(ops), desc, enabled=progress) as pbar:
+            if self.workers == 1 or len(chunks) == 1:
+                for chunk in chunks:
+                    run(chunk)
+                    self._after_batch(pbar, len(chunk))
+                return
+            pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="snowkit-sync")
+            try:
+                futures = {pool.submit(run, c): len(c) for c in chunks}
+                remaining = set(futures)
+                while remaining:
+                    done, remaining = wait(remaining, return_when=FIRST_EXCEPTION)
+                    for fut in done:
+                        fut.result()
+                        self._after_batch(pbar, futures[fut])
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+            pool.shutdown(wait=True)
+
+    def _after_batch(self, pbar: Any, n: int) -> None:
+        pbar.update(n)
+        with self.ledger.lock:
+            self._batches_done += 1
+            done = self._batches_done
+        if self.on_batch is not None:
+            self.on_batch(done)
+
+    def run_chunk(self, chunk: list[WriteOp]) -> None:
+        audit = self.ledger.audit
+        if audit is None:
+            self._write_chunk(chunk)
+            return
+        with audit.batch():  # one fsync per batch, not per record
+            self._write_chunk(chunk)
+
+    def _write_chunk(self, chunk: list[WriteOp]) -> None:
+        ledger = self.ledger
+        pending = list(chunk)
+        last_error: dict[str, str] = {}
+        for attempt in range(self.max_attempts):
+            if ledger.unreachable:
+                ledger.queue(pending)
+                return
+            if attempt:
+                ledger.add("retried", len(pending))
+            try:
+                results = self._send(pending)
+            except Exception as exc:
+                if is_unreachable_error(exc):
+                    ledger.mark_unreachable(exc)
+                    ledger.queue(pending)
+                    return
+                if type(exc).__name__ == "AmbiguousWriteError":
+                    ledger.add("ambiguous", len(pending))
+                message = describe(exc)
+                for op in pending:
+                    last_error[op.key] = message
+                pending = self.settle(pending)
+                continue
+            whole = whole_batch_failure(results, pending)
+            if whole is not None:
+                if unreachable_result(whole):
+                    ledger.mark_unreachable(RuntimeError(whole.error_message))
+                    ledger.queue(pending)
+                    return
+                if whole.ambiguous:
+                    ledger.add("ambiguous", len(pending))
+            retry: list[WriteOp] = []
+            for op in pending:
+                res = results.get(op.key)
+                if res is not None and res.ok:
+                    ledger.succeed(op, sys_id_of(res), version_of_result(res))
+                    continue
+                status = None if res is None else res.status_code
+                message = result_error(res)
+                if is_invalid_table(status, message) and op.table != CI_TABLE:
+                    ledger.fall_back(op)
+                    retry.append(op)
+                    continue
+                if res is None or not res.serviced or status in RETRYABLE_STATUSES:
+                    last_error[op.key] = message
+                    retry.append(op)
+                    continue
+                ledger.fail(op, message, status)
+            if not retry:
+                return
+            pending = self.settle(retry)
+            if not pending:
+                return
+        for op in pending:
+            ledger.fail(op, last_error.get(op.key, "no outcome after retries"), None)
+
+    def _send(self, ops: list[WriteOp]) -> dict[str, Any]:
+        requests = [
+            BatchRequest(
+                method=op.method,
+                url=op.url,
+                body=op.body,
+                id=op.key,
+                table=op.table,
+                source_id=op.source_id,
+            )
+            for op in ops
+        ]
+        was_throttled = False
+        if self.limiter is not None:
+            self.limiter.acquire()
+        started = self._clock()
+        try:
+            results = self.client.batch(requests)
+            was_throttled = any(throttled(r) for r in results)
+        except Exception as exc:
+            was_throttled = type(exc).__name__ == "RateLimitError"
+            raise
+        finally:
+            if self.limiter is not None:
+                self.limiter.release(self._clock() - started, was_throttled)
+            self.ledger.add("batches")
+        return {str(r.id): r for r in results}
+
+    def settle(self, ops: list[WriteOp]) -> list[WriteOp]:
+        """Before retrying: creates and links that landed anyway are adopted; returns what
+        still needs sending. Updates are idempotent and simply go again."""
+        ledger = self.ledger
+        creates = [op for op in ops if op.action == CREATE]
+        relates = [op for op in ops if op.action == RELATE]
+        still: list[WriteOp] = [op for op in ops if op.action not in (CREATE, RELATE)]
+        if creates:
+            try:
+                found = self._lookup_by_source_id(creates)
+            except Exception as exc:
+                if is_unreachable_error(exc):
+                    ledger.mark_unreachable(exc)
+                    return ops
+                raise
+            for op in creates:
+                sys_id = found.get(op.source_id or "")
+                if sys_id:
+                    self._adopt(op, sys_id)
+                else:
+                    still.append(op)
+        for op in relates:
+            try:
+                sys_id = find_link(self.client, op.body)
+            except Exception as exc:
+                if is_unreachable_error(exc):
+                    ledger.mark_unreachable(exc)
+                    return ops
+                raise
+            if sys_id:
+                self._adopt(op, sys_id)
+            else:
+                still.append(op)
+        order = {op.key: n for n, op in enumerate(ops)}
+        still.sort(key=lambda op: order[op.key])
+        return still
+
+    def _adopt(self, op: WriteOp, sys_id: str) -> None:
+        """A write whose outcome was unknown did land: count it (its version is unknown)."""
+        with self.ledger.lock:
+            self.ledger.stats.adopted_after_ambiguity += 1
+            self.ledger.state_doubt = "a write was settled by lookup"
+        self.ledger.succeed(op, sys_id, "")
+
+    def _lookup_by_source_id(self, ops: list[WriteOp]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        by_table: dict[str, list[str]] = {}
+        for op in ops:
+            table = LOCATION_TABLE if op.table == LOCATION_TABLE else CI_TABLE
+            if op.source_id:
+                by_table.setdefault(table, []).append(op.source_id)
+        for table, sids in by_table.items():
+            for start in range(0, len(sids), 100):
+                chunk = [s for s in sids[start : start + 100] if "," not in s and "^" not in s]
+                if not chunk:
+                    continue
+                query = Query().in_(SOURCE_ID_FIELD, chunk)
+                for row in self.client.query(table, query, fields=["sys_id", SOURCE_ID_FIELD]):
+                    found[as_str(row.get(SOURCE_ID_FIELD))] = as_str(row.get("sys_id"))
+        return found

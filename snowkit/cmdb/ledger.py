@@ -1,0 +1,279 @@
+"""The run's ledger: what became of every write, shared by the batch, IRE and link runners.
+
+One object, one lock: landed writes (their sys_ids feed later references, their values the
+read-back verification, their versions the incremental state, their before-images the audit
+trail), failures item by item, fallbacks to ``cmdb_ci``, and — once the instance cannot be
+reached — the writes queued in the durable outbox. ``fill_report`` turns it into the run
+report's ``applied`` counts, status and message.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from snowkit.cmdb.incremental import SyncState
+from snowkit.cmdb.outbox import OP_CREATE, OP_RELATE, OP_UPDATE, Outbox
+from snowkit.cmdb.plan import CI_TABLE, CREATE, LOCATION_TABLE, RETIRE, SOURCE_ID_FIELD, UPDATE
+from snowkit.cmdb.relationships import REL_TABLE
+from snowkit.cmdb.report import ItemFailure, RunReport, suggestions_from
+from snowkit.cmdb.writes import RELATE, WriteOp, describe
+
+#: Fields the engine adds that verification does not compare.
+_META_FIELDS = frozenset({SOURCE_ID_FIELD, "sys_class_name"})
+
+Written = tuple[str, str, Mapping[str, str], tuple[tuple[str, str], ...]]
+
+
+@dataclass
+class Stats:
+    created: int = 0
+    updated: int = 0
+    retired: int = 0
+    failed: int = 0
+    queued: int = 0
+    adopted_after_ambiguity: int = 0
+    ambiguous: int = 0
+    retried: int = 0
+    batches: int = 0
+    rel_created: int = 0
+    rel_failed: int = 0
+    rel_queued: int = 0
+
+
+class RunLedger:
+    """Thread-safe record of one run's writes (see the module docstring)."""
+
+    def __init__(self, *, run_id: str, audit: Any = None, outbox: Outbox | None = None) -> None:
+        self.run_id = run_id
+        self.audit = audit
+        self.outbox = outbox
+        self.lock = threading.Lock()
+        self._audit_lock = threading.Lock()
+        self._unreachable = threading.Event()
+        self.unreachable_reason = ""
+        self.stats = Stats()
+        self.sys_ids: dict[str, str] = {}
+        self.fallbacks: dict[str, str] = {}
+        self.failures: list[ItemFailure] = []
+        self.written: list[Written] = []
+        self.ire_ops: dict[str, int] = {}
+        #: the incremental state kept in step with every landed write (None: not kept)
+        self.state: SyncState | None = None
+        self.state_doubt: str | None = None
+        self.first_stamp: str | None = None
+
+    # -- counters --------------------------------------------------------------------------
+    def add(self, name: str, n: int = 1) -> None:
+        with self.lock:
+            setattr(self.stats, name, getattr(self.stats, name) + n)
+
+    def count_ire(self, operation: str, n: int = 1) -> None:
+        with self.lock:
+            self.ire_ops[operation] = self.ire_ops.get(operation, 0) + n
+
+    # -- reachability ----------------------------------------------------------------------
+    @property
+    def unreachable(self) -> bool:
+        return self._unreachable.is_set()
+
+    def mark_unreachable(self, exc: BaseException) -> None:
+        with self.lock:
+            if not self._unreachable.is_set():
+                self.unreachable_reason = describe(exc)
+                self._unreachable.set()
+
+    def fall_back(self, op: WriteOp) -> None:
+        """Address ``op`` to ``cmdb_ci`` (its class table is missing), keeping its class."""
+        intended = op.class_name or op.table
+        with self.lock:
+            self.fallbacks[intended] = CI_TABLE
+        op.class_name = intended
+        op.table = CI_TABLE
+        if op.action == CREATE:
+            op.extra["sys_class_name"] = intended
+
+    # -- outcomes --------------------------------------------------------------------------
+    def succeed(self, op: WriteOp, sys_id: str | None, version: str | None = None) -> None:
+        sys_id = sys_id or op.sys_id
+        with self.lock:
+            if op.action == CREATE:
+                self.stats.created += 1
+            elif op.action == UPDATE:
+                self.stats.updated += 1
+            elif op.action == RETIRE:
+                self.stats.retired += 1
+            elif op.action == RELATE:
+                self.stats.rel_created += 1
+            if op.source_id and sys_id and op.action != RELATE:
+                self.sys_ids[op.source_id] = sys_id
+            op.sys_id = sys_id
+            if op.action != RELATE and op.source_id:
+                refs = tuple((k, v) for k, v in op.extra.items() if k not in _META_FIELDS)
+                self.written.append((op.table, op.source_id, op.values, refs))
+            self._remember(op, sys_id, version)
+        action = "create" if op.action in (CREATE, RELATE) else "update"
+        self.record_audit(action, op.table, sys_id, op.source_id, op.before, op.body, "success")
+
+    def _remember(self, op: WriteOp, sys_id: str | None, version: str | None) -> None:
+        """Keep the incremental state in step with a write that landed (under the lock)."""
+        state = self.state
+        if state is None:
+            return
+        if not sys_id or not version or version.startswith("|"):
+            self.state_doubt = self.state_doubt or "a write's new version is unknown"
+            return
+        state.dirty = True
+        stamp = version.split("|", 1)[0]
+        if self.first_stamp is None or stamp < self.first_stamp:
+            self.first_stamp = stamp
+        if op.action == RELATE:
+            body = op.body
+            state.rows["rel"][sys_id] = {
+                k: str(body.get(k, "")) for k in ("parent", "child", "type")
+            }
+            state.versions["rel"][sys_id] = version
+            return
+        kind = "loc" if op.table == LOCATION_TABLE else "ci"
+        row = dict(state.rows[kind].get(sys_id) or {})
+        if not row:
+            row = {"sys_id": sys_id, "sys_class_name": op.class_name or op.table}
+        row.update(op.body)
+        row.update(zip(("sys_updated_on", "sys_mod_count"), version.split("|", 1), strict=True))
+        state.rows[kind][sys_id] = row
+        state.versions[kind][sys_id] = version
+
+    def fail(self, op: WriteOp, message: str, status: int | None) -> None:
+        with self.lock:
+            if op.action == RELATE:
+                self.stats.rel_failed += 1
+            else:
+                self.stats.failed += 1
+            self.failures.append(
+                ItemFailure(
+                    source_id=op.source_id,
+                    table=op.table,
+                    action=op.action,
+                    error=message,
+                    status_code=status,
+                    sys_id=op.sys_id,
+                )
+            )
+
+    def queue(self, ops: list[WriteOp]) -> None:
+        """Put ``ops`` in the durable outbox (in order, one transaction); without an outbox
+        they fail with the reason the instance could not be reached."""
+        if not ops:
+            return
+        if self.outbox is None:
+            for op in ops:
+                self.fail(op, f"instance unreachable: {self.unreachable_reason}", None)
+            return
+        self.outbox.enqueue_many(self._outbox_entry(op) for op in ops)
+        with self.lock:
+            for op in ops:
+                if op.action == RELATE:
+                    self.stats.rel_queued += 1
+                else:
+                    self.stats.queued += 1
+
+    def _outbox_entry(self, op: WriteOp) -> dict[str, Any]:
+        if op.action == RELATE:
+            return {
+                "run_id": self.run_id,
+                "op": OP_RELATE,
+                "table": REL_TABLE,
+                "extra": {
+                    "parent_source_id": op.spec.parent_source_id,
+                    "child_source_id": op.spec.child_source_id,
+                    "type_sys_id": op.body.get("type") or None,
+                    "type_name": op.spec.type_name,
+                },
+            }
+        return {
+            "run_id": self.run_id,
+            "op": OP_CREATE if op.action == CREATE else OP_UPDATE,
+            "table": op.table,
+            "source_id": op.source_id,
+            "sys_id": op.sys_id,
+            "values": {k: v for k, v in op.body.items() if k != SOURCE_ID_FIELD},
+            "references": op.pending_refs,
+            "extra": {"before": op.before} if op.before else None,
+        }
+
+    def record_audit(
+        self,
+        action: str,
+        table: str,
+        sys_id: str | None,
+        source_id: str | None,
+        before: dict | None,
+        after: dict | None,
+        outcome: str,
+    ) -> None:
+        if self.audit is None:
+            return
+        with self._audit_lock:
+            self.audit.record(
+                action,
+                table,
+                sys_id,
+                source_id=source_id,
+                before=before,
+                after=after,
+                outcome=outcome,
+                run_id=self.run_id,
+            )
+
+    # -- report ----------------------------------------------------------------------------
+    def fill_report(self, report: RunReport, *, ire: bool, workers: int, batch_size: int) -> None:
+        """``applied``, failures, fallbacks, IRE counts, status, message and suggestions."""
+        s = self.stats
+        report.applied = {
+            "created": s.created,
+            "updated": s.updated,
+            "retired": s.retired,
+            "failed": s.failed,
+            "queued": s.queued,
+            "ambiguous": s.ambiguous,
+            "resolved_by_lookup": s.adopted_after_ambiguity,
+            "retried": s.retried,
+            "batches": s.batches,
+        }
+        report.failures.extend(self.failures)
+        report.ire = ire
+        report.ire_operations = dict(self.ire_ops)
+        report.fallbacks.update(self.fallbacks)
+        for table, used in self.fallbacks.items():
+            warning = (
+                f"class table {table} is missing: its records were written to {used} "
+                f"with sys_class_name={table}"
+            )
+            if warning not in report.warnings:
+                report.warnings.append(warning)
+        if self.unreachable:
+            report.status = "queued"
+            report.message = (
+                f"the instance could not be reached ({self.unreachable_reason}); "
+                f"{s.queued + s.rel_queued} write(s) are queued in the outbox "
+                f"({self.outbox.path if self.outbox else 'no outbox'}); they are sent by "
+                "`snowkit outbox replay` or at the start of the next load"
+            )
+        elif s.failed or s.rel_failed or report.relationships.failed:
+            report.status = "partial"
+            report.message = (
+                f"{s.failed} record write(s) and {report.relationships.failed} relationship(s) "
+                "failed; see failures"
+            )
+        else:
+            report.status = "success"
+        report.suggestions.extend(
+            suggestions_from(
+                ambiguous=s.ambiguous,
+                fallbacks=self.fallbacks,
+                workers=workers,
+                batch_size=batch_size,
+            )
+        )
