@@ -8,6 +8,7 @@ retry manager ask "is this retryable?" without side effects. ``ErrorHandler`` re
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -63,7 +64,7 @@ def classify(
         details["hint"] = "TLS verification failed: set servicenow.ca_bundle or REQUESTS_CA_BUNDLE"
         return ctx(ErrorCategory.NETWORK, ErrorSeverity.HIGH, False)
     if isinstance(exc, requests.exceptions.ConnectTimeout) or (
-        isinstance(exc, requests.exceptions.ConnectionError) and not _sent_before_failure(exc)
+        isinstance(exc, requests.exceptions.ConnectionError) and not request_was_sent(exc)
     ):
         details["request_sent"] = False
         return ctx(ErrorCategory.NETWORK, ErrorSeverity.MEDIUM, True)
@@ -138,7 +139,7 @@ def classify_response(
         )
 
     lowered = f"{sn_message} {sn_detail}".lower()
-    if _looks_hibernating(response):
+    if is_hibernation_page(response):
         return build(
             ErrorCategory.HIBERNATING,
             ErrorSeverity.CRITICAL,
@@ -211,16 +212,40 @@ def _parse_envelope(response: Any) -> dict[str, Any]:
     return parsed
 
 
-def _looks_hibernating(response: Any) -> bool:
+_HIBERNATION_MARKERS = re.compile(
+    rb"hibernat|instance is (?:sleeping|waking)|wake (?:up )?your instance", re.IGNORECASE
+)
+
+
+def is_hibernation_page(response: Any) -> bool:
+    """True when ``response`` is a sleeping developer instance's HTML page, not an API answer.
+
+    Judged by the page text, not the status alone: an SSO, proxy or maintenance page is HTML
+    too and needs different advice.
+    """
     content_type = (_header(response, "Content-Type") or "").lower()
-    if "text/html" not in content_type:
+    if "html" not in content_type:
         return False
-    text = (getattr(response, "text", "") or "")[:20_000].lower()
-    return "hibernat" in text or getattr(response, "status_code", 0) == 200
+    content = getattr(response, "content", None)
+    if not isinstance(content, bytes | bytearray):
+        content = str(getattr(response, "text", "") or "").encode("utf-8", "replace")
+    return bool(_HIBERNATION_MARKERS.search(content[:65536]))
 
 
-def _sent_before_failure(exc: BaseException) -> bool:
-    """True when a ConnectionError happened after the request went out (reset, aborted)."""
+def request_was_sent(exc: BaseException) -> bool:
+    """False only when the failure provably happened before the request left (connect phase).
+
+    This decides whether a failed POST/PATCH is an ambiguous write: a refused or timed-out
+    *connection* sent nothing; a reset, a dropped connection, a read timeout or anything we
+    cannot place may have happened after the server received (and committed) the request, so
+    the cautious answer for the unknown is "sent".
+    """
+    import requests
+
+    if isinstance(exc, requests.exceptions.ConnectTimeout | requests.exceptions.SSLError):
+        return False
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return True
     seen: set[int] = set()
     stack: list[Any] = [exc]
     while stack:
@@ -231,17 +256,12 @@ def _sent_before_failure(exc: BaseException) -> bool:
         name = type(item).__name__
         if name in {"NewConnectionError", "NameResolutionError", "ConnectTimeoutError"}:
             return False
-        if name in {
-            "ProtocolError",
-            "RemoteDisconnected",
-            "ConnectionResetError",
-            "BrokenPipeError",
-        }:
-            return True
+        if isinstance(item, ConnectionRefusedError):
+            return False
         if isinstance(item, BaseException):
             stack.extend([item.__cause__, item.__context__, getattr(item, "reason", None)])
             stack.extend(a for a in item.args if isinstance(a, BaseException))
-    return False
+    return True
 
 
 def _table_of(url: Any, message: str) -> str | None:

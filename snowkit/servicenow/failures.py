@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 
+from snowkit.ops.classify import is_hibernation_page, request_was_sent
 from snowkit.ops.errors import (
     AmbiguousWriteError,
     ErrorCategory,
@@ -34,8 +35,6 @@ from snowkit.ops.errors import (
 from snowkit.ops.logging import StructuredLogger
 from snowkit.servicenow.batch import BatchResult
 from snowkit.servicenow.hibernation import GUIDANCE as HIBERNATION_GUIDANCE
-from snowkit.servicenow.hibernation import is_hibernation_page
-from snowkit.servicenow.transport import request_was_sent
 
 if TYPE_CHECKING:
     from snowkit.servicenow.pipeline import RequestSpec

@@ -9,7 +9,6 @@ for a bounded time instead of failing at once.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -21,23 +20,12 @@ from snowkit.ops.errors import HibernatingInstanceError
 
 T = TypeVar("T")
 
-_MARKERS = re.compile(
-    rb"hibernat|instance is (?:sleeping|waking)|wake (?:up )?your instance", re.IGNORECASE
-)
 
 GUIDANCE = (
     "the instance is hibernating (a developer instance sleeps after inactivity). Wake it: sign "
     "in at https://developer.servicenow.com, open 'My instance' and choose 'Wake up instance'; "
     "it takes a few minutes. Then run again (or set a hibernation wait to keep checking)."
 )
-
-
-def is_hibernation_page(response: requests.Response) -> bool:
-    """True when ``response`` is the HTML hibernation page instead of an API answer."""
-    content_type = response.headers.get("Content-Type", "").lower()
-    if "html" not in content_type:
-        return False
-    return bool(_MARKERS.search(response.content[:65536]))
 
 
 def is_unexpected_html(response: requests.Response) -> bool:

@@ -24,7 +24,6 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -164,32 +163,3 @@ def build_session(
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return session
-
-
-def request_was_sent(exc: BaseException) -> bool:
-    """False only when the failure provably happened before the request left (connect phase).
-
-    This is what decides whether a failed POST/PATCH is an ambiguous write: a refused or timed
-    out *connection* sent nothing; a reset, a dropped connection or a read timeout may have
-    happened after the server received (and committed) the request.
-    """
-    if isinstance(exc, requests.exceptions.ConnectTimeout | requests.exceptions.SSLError):
-        return False
-    if isinstance(exc, requests.exceptions.ReadTimeout):
-        return True
-    seen: set[int] = set()
-    stack: list[Any] = [exc]
-    while stack:
-        item = stack.pop()
-        if item is None or id(item) in seen:
-            continue
-        seen.add(id(item))
-        name = type(item).__name__
-        if name in {"NewConnectionError", "NameResolutionError", "ConnectTimeoutError"}:
-            return False
-        if isinstance(item, ConnectionRefusedError):
-            return False
-        if isinstance(item, BaseException):
-            stack.extend([item.__cause__, item.__context__, getattr(item, "reason", None)])
-            stack.extend(a for a in item.args if isinstance(a, BaseException))
-    return True

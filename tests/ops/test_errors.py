@@ -159,6 +159,21 @@ def test_hibernating_instance_html_page(canned_server, handler) -> None:
         handler.raise_for(ctx)
 
 
+def test_an_sso_page_is_not_mistaken_for_hibernation(canned_server, handler) -> None:
+    page = "<html><body>Sign in with your company account</body></html>"
+    resp = get(canned_server, "/sso", CannedResponse(200, {"Content-Type": "text/html"}, page))
+    ctx = handler.handle_servicenow_error(resp, "ping")
+    assert ctx.category is not ErrorCategory.HIBERNATING
+
+
+def test_an_unplaceable_connection_error_on_a_write_is_ambiguous() -> None:
+    # Nothing says the request never left: a POST must not be blindly re-sent.
+    exc = requests.exceptions.ConnectionError("something else")
+    ctx = ErrorHandler(persist=False).classify_exception(exc, "create cmdb_ci", "POST")
+    assert ctx.category is ErrorCategory.AMBIGUOUS_WRITE
+    assert ctx.retryable is False
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

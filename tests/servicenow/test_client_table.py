@@ -228,6 +228,6 @@ def _wrapped(inner: BaseException) -> requests.exceptions.ConnectionError:
     ],
 )
 def test_request_was_sent_decides_ambiguity(exc: BaseException, sent: bool) -> None:
-    from snowkit.servicenow.transport import request_was_sent
+    from snowkit.ops.classify import request_was_sent
 
     assert request_was_sent(exc) is sent
