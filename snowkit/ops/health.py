@@ -149,7 +149,9 @@ class HealthMonitor:
         self._state_dir = state_dir
         self.checks: dict[str, CheckFunction] = {}
         self._process = psutil.Process()
-        self._process.cpu_percent(None)  # prime: the first reading is always 0.0
+        # Prime both CPU meters: psutil's first reading is always 0.0.
+        self._process.cpu_percent(None)
+        psutil.cpu_percent(None)
         if client is not None:
             self.register_check("servicenow", self.check_servicenow_connectivity)
         if credentials is not None:
@@ -340,10 +342,16 @@ class HealthMonitor:
         )
 
     def check_system_resources(self) -> HealthCheck:
-        """Process memory (RSS), process CPU and free disk where snowkit keeps its state."""
+        """Process memory (RSS), machine CPU and free disk where snowkit keeps its state.
+
+        CPU is graded machine-wide (0-100 across all cores): a loader keeping one core busy is
+        doing its job, a saturated machine is a problem. The process's own share is reported
+        alongside, ungraded.
+        """
         t = self.thresholds
         memory_mb = self._process.memory_info().rss / (1024 * 1024)
-        cpu = self._process.cpu_percent(None)
+        cpu = psutil.cpu_percent(None)
+        process_cpu = self._process.cpu_percent(None)
         disk_free_mb = psutil.disk_usage(str(_existing(self._state_dir or paths.state_dir())))
         free_mb = disk_free_mb.free / (1024 * 1024)
 
@@ -363,6 +371,11 @@ class HealthMonitor:
                 "value": round(cpu, 1),
                 "unit": "percent",
                 "status": grade(cpu, t.cpu_degraded_percent, None, False),
+            },
+            "processCpu": {
+                "value": round(process_cpu, 1),
+                "unit": "percent of one core",
+                "status": HealthStatus.HEALTHY.value,
             },
             "diskFree": {
                 "value": round(free_mb, 1),
