@@ -52,8 +52,11 @@ from snowkit.ops.breaker import CircuitBreaker
 from snowkit.ops.errors import (
     AmbiguousWriteError,
     ConfigurationError,
+    ErrorCategory,
     ErrorHandler,
+    ErrorSeverity,
     OperationalError,
+    make_context,
 )
 from snowkit.ops.logging import StructuredLogger, correlation_scope, current_correlation_id
 from snowkit.ops.metrics import MetricsCollector
@@ -514,9 +517,13 @@ class ServiceNowAPIClient:
                     batch_api.failed_result(item, exc.context, ambiguous=ambiguous)
                     for item in pending
                 ]
-            done, pending = batch_api.decode_response(
-                orjson.loads(response.content or b"{}"), pending
-            )
+            try:
+                body = orjson.loads(response.content or b"{}")
+                if not isinstance(body, dict):
+                    raise ValueError("the batch answer is not a JSON object")
+                done, pending = batch_api.decode_response(body, pending)
+            except (ValueError, TypeError, AttributeError) as exc:
+                return done_all + self._unreadable_batch(pending, exc)
             for result in done:
                 if not result.ok:
                     result.error = self._pipeline.failures.batch_item(result)
@@ -526,6 +533,30 @@ class ServiceNowAPIClient:
                     "batch_unserviced", level="WARNING", count=len(pending), round=rounds
                 )
         return done_all + [batch_api.unserviced_result(item, rounds) for item in pending]
+
+    def _unreadable_batch(
+        self, pending: list[batch_api.EncodedItem], exc: Exception
+    ) -> list[BatchResult]:
+        """A batch answer we cannot read (cut off, cancelled transaction) settles nothing.
+
+        Its writes may or may not have been applied, so non-idempotent items come back as
+        ambiguous: the caller looks them up by their own key before any retry.
+        """
+        writes = not batch_api.is_idempotent(pending)
+        context = make_context(
+            f"the Batch API answer could not be read ({type(exc).__name__})",
+            operation="batch",
+            category=ErrorCategory.AMBIGUOUS_WRITE if writes else ErrorCategory.SERVICENOW_API,
+            severity=ErrorSeverity.HIGH,
+            details={"items": len(pending)},
+            guidance=(
+                "The instance cut the batch answer short (often a transaction cancelled at its "
+                "time limit). Look the records up by their source key before retrying, and "
+                "use a smaller --batch-size."
+            ),
+        )
+        self.error_handler.record(context)
+        return [batch_api.failed_result(item, context, ambiguous=writes) for item in pending]
 
     def identify_reconcile(
         self, payload: Mapping[str, Any], data_source: str = "ServiceNow", dry_run: bool = False

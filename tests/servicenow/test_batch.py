@@ -203,3 +203,22 @@ def test_read_only_batches_are_retried_when_the_answer_is_lost(
     fake_sleep.hook = lambda n: sb.set_faults(None)
     results = client.batch([BatchRequest("GET", "/api/now/table/incident?sysparm_limit=1")])
     assert results[0].ok and len(fake_sleep.calls) == 1
+
+
+def test_an_unreadable_batch_answer_leaves_writes_ambiguous_not_an_exception() -> None:
+    # A transaction cancelled at its time limit can cut the answer short after the writes
+    # happened: batch() must not raise, and must not claim the writes failed cleanly.
+    from snowkit.credentials import CredentialManager
+    from tests.helpers.http import CannedResponse, canned_server
+
+    with canned_server() as server:
+        server.route(
+            "/api/now/v1/batch",
+            CannedResponse(200, body=b'{"batch_request_id": "1", "serviced_requ'),
+        )
+        creds = CredentialManager.static(basic=("admin", "pw-for-a-canned-server"))
+        with ServiceNowAPIClient(server.url, creds) as client:
+            results = client.batch([post(1), post(2)])
+    assert [r.ok for r in results] == [False, False]
+    assert all(r.ambiguous for r in results)
+    assert "look the records up" in results[0].error.guidance.lower()
