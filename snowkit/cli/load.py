@@ -56,6 +56,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="retire CIs no longer seen for this many days (default: only report them)",
     )
+    load.add_argument(
+        "--full-read",
+        action="store_true",
+        help="read the whole CMDB and re-check the schema instead of only what changed since "
+        "the last run",
+    )
     load.add_argument("--json", action="store_true", help="print the run report as JSON")
     load.add_argument("--no-progress", action="store_true", help="no progress bars")
     load.add_argument("--lab-sites", type=_positive, default=3, help="lab: number of sites")
@@ -132,7 +138,7 @@ def _err(message: str) -> None:
 
 
 def _load(args: argparse.Namespace) -> int:
-    from snowkit.cmdb.job import run_load
+    from snowkit.cmdb.job import SCHEMA_TTL_SECONDS, run_load
     from snowkit.unifi import LabConfig
 
     lab = None
@@ -157,6 +163,8 @@ def _load(args: argparse.Namespace) -> int:
         ire=args.ire,
         progress=False if (args.no_progress or args.json) else None,
         retire_after_days=args.retire_after_days,
+        incremental=not args.full_read,
+        schema_ttl_seconds=0.0 if args.full_read else SCHEMA_TTL_SECONDS,
     )
     if args.json:
         print(report.to_json())

@@ -51,6 +51,10 @@ from snowkit.cmdb.writes import (
 )
 from snowkit.ops.logging import StructuredLogger
 
+#: Records plus links above which no incremental state is kept: it lives in memory during a
+#: run (~1 KB per record), and 50,000 CIs must load within 300 MB; such estates read in full.
+MAX_REMEMBERED = 20_000
+
 __all__ = [
     "CLIENT_KINDS",
     "RETRYABLE_STATUSES",
@@ -73,7 +77,8 @@ class SyncEngine:
     raise from it to simulate a crash). ``audit`` is an ``AuditTrail``: every write the engine
     makes is recorded with its before-image, which is what ``rollback`` replays.
     ``state_store`` (a ``snowkit.cmdb.state.StateStore``) and ``instance_key`` turn on the
-    incremental snapshot (off in IRE mode, whose answers carry no record versions).
+    incremental snapshot (off in IRE mode, whose answers carry no record versions, and for
+    loads of more than ``max_remembered`` records plus links).
     """
 
     def __init__(
@@ -94,6 +99,7 @@ class SyncEngine:
         clock: Callable[[], float] = time.perf_counter,
         state_store: Any = None,
         instance_key: str | None = None,
+        max_remembered: int = MAX_REMEMBERED,
     ) -> None:
         if batch_size < 1 or workers < 1:
             raise ValueError("batch_size and workers must be at least 1")
@@ -125,6 +131,7 @@ class SyncEngine:
         self.linker = Linker(client, self.ledger, self.runner, self.rel_types)
         self.state_store = state_store if instance_key and not ire else None
         self.instance_key = instance_key or ""
+        self.max_remembered = max_remembered
         self._state_since: dict[str, str] = {}
         self._prefetched: Any = None
 
@@ -162,6 +169,11 @@ class SyncEngine:
         """Read what the CMDB holds for these records and diff (nothing is written)."""
         records = list(getattr(result, "records", result))
         relationships = list(getattr(result, "relationships", ()) or ())
+        if self.state_store is not None and len(records) + len(relationships) > self.max_remembered:
+            self.logger.event("incremental_state_off", records=len(records),
+                              links=len(relationships), limit=self.max_remembered)  # fmt: skip
+            self.state_store.forget(self.instance_key)
+            self.state_store, self._prefetched = None, None
         missing, snapshot = self._read_cmdb(records)
         for table in missing:
             self.ledger.fallbacks[table] = CI_TABLE
@@ -190,7 +202,7 @@ class SyncEngine:
         if self.state_store is None:
             return
         state = self.state_store.load(self.instance_key)
-        if state is None:
+        if state is None or sum(map(len, state.rows.values())) > self.max_remembered:
             return
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snowkit-prefetch")
         self._prefetched = pool.submit(
@@ -230,7 +242,7 @@ class SyncEngine:
                 self.logger.event(
                     "incremental_snapshot",
                     links=why_links or "remembered",
-                    listed={k: len(v.versions) for k, v in listings.items()},
+                    changed={k: len(v.changed) for k, v in listings.items()},
                 )
                 return missing, snapshot
             self.logger.event("incremental_snapshot_skipped", reason=why)
@@ -422,13 +434,9 @@ class SyncEngine:
             why = "writes were not verified"
         if why is None and verified is not None and (verified.mismatches or verified.missing):
             why = "verification found differences"
-        if why is None and verified is not None:
-            state.dirty = state.dirty or bool(verified.unstored_fields)
-            for table, flds in verified.unstored_fields.items():
-                kind = "loc" if table == LOCATION_TABLE else "ci"
-                for row in state.rows[kind].values():
-                    for fld in flds:
-                        row.pop(fld, None)
+        if why is None and verified is not None and verified.unstored_fields:
+            # the remembered rows hold what was sent, but a full read tells which columns exist
+            why = "some fields were written to tables that do not hold them"
         if why is None and wrote:
             since: dict[str, str | None] = dict(self._state_since)
             if since.get("rel") is None:

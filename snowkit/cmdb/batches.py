@@ -17,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any
 
+from snowkit.cmdb.fields import as_str
 from snowkit.cmdb.ledger import RunLedger
 from snowkit.cmdb.outbox import is_unreachable_error
 from snowkit.cmdb.plan import CI_TABLE, CREATE, LOCATION_TABLE, SOURCE_ID_FIELD
@@ -26,7 +27,6 @@ from snowkit.cmdb.writes import (
     RELATE,
     RETRYABLE_STATUSES,
     WriteOp,
-    as_str,
     describe,
     is_invalid_table,
     result_error,

@@ -137,12 +137,15 @@ class RunLedger:
             state.versions["rel"][sys_id] = version
             return
         kind = "loc" if op.table == LOCATION_TABLE else "ci"
-        row = dict(state.rows[kind].get(sys_id) or {})
-        if not row:
-            row = {"sys_id": sys_id, "sys_class_name": op.class_name or op.table}
-        row.update(op.body)
-        row.update(zip(("sys_updated_on", "sys_mod_count"), version.split("|", 1), strict=True))
-        state.rows[kind][sys_id] = row
+        row = state.rows[kind].get(sys_id)  # the planned-from row: updated in place
+        if row is None:
+            row = state.rows[kind][sys_id] = {
+                "sys_id": sys_id,
+                "sys_class_name": op.class_name or op.table,
+            }
+        row.update(op.values)
+        row.update(op.extra)
+        row["sys_updated_on"], row["sys_mod_count"] = version.split("|", 1)
         state.versions[kind][sys_id] = version
 
     def fail(self, op: WriteOp, message: str, status: int | None) -> None:

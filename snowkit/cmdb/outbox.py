@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from snowkit import paths
+from snowkit.cmdb.fields import SOURCE_ID_FIELD
 from snowkit.cmdb.relationships import RelTypeCache, find_link
 from snowkit.servicenow.query import Query
-
-SOURCE_ID_FIELD = "u_unifi_source_id"
 
 #: Operations an entry can hold.
 OP_CREATE = "create"  # upsert by source id: look up first, create only when absent

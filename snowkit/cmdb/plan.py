@@ -22,9 +22,9 @@ from typing import Any, Protocol
 
 import pandas as pd
 
+from snowkit.cmdb.fields import SOURCE_ID_FIELD, as_str
 from snowkit.servicenow.query import Query
 
-SOURCE_ID_FIELD = "u_unifi_source_id"
 LOCATION_TABLE = "cmn_location"
 CI_TABLE = "cmdb_ci"
 IDENTIFICATION_ORDER: tuple[str, ...] = ("serial_number", "name", "mac_address")
@@ -486,8 +486,8 @@ def read_sourced(
 
 
 def _compact(row: dict, wanted: set[str]) -> dict[str, str]:
-    out = {k: _as_str(row.get(k)) for k in wanted if k in row}
-    out["sys_id"] = _as_str(row.get("sys_id"))
+    out = {k: as_str(row.get(k)) for k in wanted if k in row}
+    out["sys_id"] = as_str(row.get("sys_id"))
     return out
 
 
@@ -587,10 +587,3 @@ def parallel_map(fn: Any, jobs: Sequence[tuple], workers: int) -> list[Any]:
         return [fn(*job) for job in jobs]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="snowkit-read") as pool:
         return list(pool.map(lambda job: fn(*job), jobs))
-
-
-def _as_str(value: Any) -> str:
-    """Field values may come back as plain strings or ``{"value", "display_value"}`` pairs."""
-    if isinstance(value, dict):
-        value = value.get("value", "")
-    return "" if value is None else str(value)

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from snowkit.cmdb.fields import as_str
 from snowkit.servicenow.query import Query
 
 REL_TABLE = "cmdb_rel_ci"
@@ -46,7 +47,7 @@ class RelTypeCache:
                 REL_TYPE_TABLE, Query().eq_exact("name", name), fields=["sys_id", "name"]
             )
         )
-        sys_id = _value(rows[0].get("sys_id")) if rows else None
+        sys_id = as_str(rows[0].get("sys_id")) if rows else None
         with self._lock:
             self._ids[name] = sys_id
         return sys_id
@@ -61,7 +62,7 @@ class RelTypeCache:
         for row in self._client.query(
             REL_TYPE_TABLE, Query().in_("name", wanted), fields=["sys_id", "name"]
         ):
-            found.setdefault(_value(row.get("name")), _value(row.get("sys_id")))
+            found.setdefault(as_str(row.get("name")), as_str(row.get("sys_id")))
         with self._lock:
             for name in wanted:
                 self._ids[name] = found.get(name)
@@ -134,11 +135,11 @@ def existing_link_rows(
         )
         return [
             {
-                "sys_id": _value(r.get("sys_id")),
-                "parent": _value(r.get("parent")),
-                "child": _value(r.get("child")),
-                "type": _value(r.get("type")),
-                "version": f"{_value(r.get('sys_updated_on'))}|{_value(r.get('sys_mod_count'))}",
+                "sys_id": as_str(r.get("sys_id")),
+                "parent": as_str(r.get("parent")),
+                "child": as_str(r.get("child")),
+                "type": as_str(r.get("type")),
+                "version": f"{as_str(r.get('sys_updated_on'))}|{as_str(r.get('sys_mod_count'))}",
             }
             for r in rows
         ]
@@ -188,15 +189,9 @@ def find_link(client: QueryClient, body: Mapping[str, str]) -> str | None:
     """The sys_id of an existing link with this parent, child and type (settles ambiguity)."""
     query = Query().eq("parent", body["parent"]).eq("child", body["child"]).eq("type", body["type"])
     for row in client.query(REL_TABLE, query, fields=["sys_id"]):
-        return _value(row.get("sys_id"))
+        return as_str(row.get("sys_id"))
     return None
 
 
 def _link_key(row: dict) -> LinkKey:
-    return (_value(row.get("parent")), _value(row.get("child")), _value(row.get("type")))
-
-
-def _value(value: Any) -> str:
-    if isinstance(value, dict):
-        value = value.get("value", "")
-    return "" if value is None else str(value)
+    return (as_str(row.get("parent")), as_str(row.get("child")), as_str(row.get("type")))

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from snowkit.cmdb.fields import as_str
 from snowkit.cmdb.outbox import is_unreachable_error
 from snowkit.ops.audit import read_audit
 from snowkit.servicenow.batch import BatchRequest
@@ -152,11 +153,11 @@ def _undo_chunk(
             requests.append(BatchRequest("DELETE", url, id=str(len(requests) + 1)))
             planned.append((entry, _plain(row), None))
             continue
-        before = {k: _str(v) for k, v in entry["before"].items()}
+        before = {k: as_str(v) for k, v in entry["before"].items()}
         if row is None:
             _failed(result, entry, "the record no longer exists; cannot restore its fields")
             continue
-        now = {k: _str(row.get(k)) for k in before}
+        now = {k: as_str(row.get(k)) for k in before}
         if now == before:
             result.skipped += 1
             continue
@@ -201,7 +202,7 @@ def _current(
             fields = sorted({"sys_id", *(k for e in group for k in e["before"])})
         query = Query().in_("sys_id", ids)
         for row in client.query(table, query, fields=fields, page_size=len(ids) + 1):
-            out[(table, _str(row.get("sys_id")))] = row
+            out[(table, as_str(row.get("sys_id")))] = row
     return out
 
 
@@ -209,7 +210,7 @@ def _recreated_values(entry: dict[str, Any]) -> dict[str, str]:
     """The before-image of a deleted record, with its sys_id (so references to it hold again)
     and without the system fields the instance sets itself."""
     before = entry.get("before") or {}
-    values = {k: _str(v) for k, v in before.items() if not k.startswith("sys_")}
+    values = {k: as_str(v) for k, v in before.items() if not k.startswith("sys_")}
     values["sys_id"] = entry["sys_id"]
     return values
 
@@ -249,10 +250,4 @@ def _record(
 
 
 def _plain(record: dict[str, Any]) -> dict[str, str]:
-    return {k: _str(v) for k, v in record.items()}
-
-
-def _str(value: Any) -> str:
-    if isinstance(value, dict):
-        value = value.get("value", "")
-    return "" if value is None else str(value)
+    return {k: as_str(v) for k, v in record.items()}

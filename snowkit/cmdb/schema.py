@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from snowkit.cmdb.fields import SOURCE_ID_FIELD, as_str
 from snowkit.ops.errors import ErrorCategory, ErrorSeverity, OperationalError
 from snowkit.servicenow.query import Query
 
-SOURCE_ID_FIELD = "u_unifi_source_id"
 REQUIRED_FIELDS: tuple[tuple[str, str], ...] = (
     ("cmdb_ci", SOURCE_ID_FIELD),
     ("cmn_location", SOURCE_ID_FIELD),
@@ -77,19 +77,13 @@ def check_schema(client: Any) -> SchemaStatus:
     elements = sorted({element for _, element in REQUIRED_FIELDS})
     query = Query().in_("name", tables).in_("element", elements)
     found = {
-        (_str(row.get("name")), _str(row.get("element")))
+        (as_str(row.get("name")), as_str(row.get("element")))
         for row in client.query("sys_dictionary", query, fields=["sys_id", "name", "element"])
     }
     status = SchemaStatus()
     for wanted in REQUIRED_FIELDS:
         (status.present if wanted in found else status.missing).append(wanted)
     return status
-
-
-def _str(value: Any) -> str:
-    if isinstance(value, dict):
-        value = value.get("value", "")
-    return "" if value is None else str(value)
 
 
 def ensure_schema(client: Any, *, create: bool = True) -> SchemaStatus:

@@ -13,10 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from snowkit.cmdb.fields import SOURCE_ID_FIELD, as_str
 from snowkit.cmdb.report import Mismatch
 from snowkit.servicenow.query import Query
 
-SOURCE_ID_FIELD = "u_unifi_source_id"
 _SKIP = frozenset({"sys_class_name", "sys_id", SOURCE_ID_FIELD})
 
 
@@ -84,7 +84,7 @@ def verify(
         jobs = [(table, chunk, fields) for chunk in chunks]
         reads = _parallel(lambda job: _read(client, *job, in_chunk), jobs, workers)
         for chunk, rows in zip(chunks, reads, strict=True):
-            found = {_str(row.get(SOURCE_ID_FIELD)): row for row in rows}
+            found = {as_str(row.get(SOURCE_ID_FIELD)): row for row in rows}
             for sid in chunk:
                 _compare(result, table, wanted[sid], found.get(sid))
     return result
@@ -106,10 +106,10 @@ def _compare(result: VerifyResult, table: str, exp: Expectation, row: dict | Non
             if fld not in unstored:
                 unstored.append(fld)
             continue
-        actual = _str(row.get(fld))
-        if actual != _str(expected):
+        actual = as_str(row.get(fld))
+        if actual != as_str(expected):
             clean = False
-            result.mismatches.append(Mismatch(exp.source_id, table, fld, _str(expected), actual))
+            result.mismatches.append(Mismatch(exp.source_id, table, fld, as_str(expected), actual))
     if clean:
         result.matched += 1
 
@@ -126,9 +126,3 @@ def _parallel(fn: Any, jobs: list[Any], workers: int) -> Iterator[Any]:
         return
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="snowkit-verify") as pool:
         yield from pool.map(fn, jobs)
-
-
-def _str(value: Any) -> str:
-    if isinstance(value, dict):
-        value = value.get("value", "")
-    return "" if value is None else str(value)

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from snowkit.cmdb.fields import as_str
 from snowkit.cmdb.plan import CREATE, LOCATION_TABLE, SOURCE_ID_FIELD, PlanItem
 
 #: Kinds the transform gives client devices; everything else non-location is network gear.
@@ -157,10 +158,3 @@ def version_of_result(res: Any) -> str | None:
     if not isinstance(result, dict):
         return None
     return f"{as_str(result.get('sys_updated_on'))}|{as_str(result.get('sys_mod_count'))}"
-
-
-def as_str(value: Any) -> str:
-    """A field value as a string (values may come as ``{"value", "display_value"}`` pairs)."""
-    if isinstance(value, dict):
-        value = value.get("value", "")
-    return "" if value is None else str(value)

@@ -149,39 +149,60 @@ class ScriptedClient:
         return self.counts[table]
 
 
+def remembered(**versions: str) -> SyncState:
+    """A state remembering CIs (id → version); the watermark is the newest stamp."""
+    state = SyncState()
+    for sys_id, version in versions.items():
+        state.rows["ci"][sys_id] = {"sys_id": sys_id, "u_unifi_source_id": sys_id.lower()}
+        state.versions["ci"][sys_id] = version
+    state.watermarks["ci"] = incremental.newest_stamp(versions.values()) or ""
+    return state
+
+
+def ci_row(sys_id: str, stamp: str, mods: int, **values: str) -> dict:
+    return {"sys_id": sys_id, "sys_updated_on": stamp, "sys_mod_count": str(mods),
+            "u_unifi_source_id": sys_id.lower(), **values}  # fmt: skip
+
+
+def refresh(state: SyncState, rows: list[dict], count: int) -> str | None:
+    client = ScriptedClient({"cmdb_ci": rows}, {"cmdb_ci": count, "cmn_location": 0})
+    listings, _ = incremental.list_changes(client, state, workers=1, kinds=("ci", "loc"))
+    return incremental.refresh_records(client, state, listings, [], set(), workers=1)
+
+
 def test_watermarks_come_from_the_server_with_an_overlap() -> None:
-    state = SyncState(watermarks={"ci": "2001-01-01 10:00:00"})
+    state = remembered(A="2001-01-01 10:00:00|2")
     client = ScriptedClient(
-        {"cmdb_ci": [{"sys_id": "A", "sys_updated_on": "2001-01-01 10:00:05", "sys_mod_count": 3}]},
+        {"cmdb_ci": [ci_row("A", "2001-01-01 10:00:05", 3)]},
         {"cmdb_ci": 1, "cmn_location": 0, "cmdb_rel_ci": 0},
     )
     listings, _ = incremental.list_changes(client, state, workers=1)
     assert ("cmdb_ci", "u_unifi_source_idISNOTEMPTY^sys_updated_on>=2001-01-01 09:59:58") in (
         client.queries
     )
-    assert listings["ci"].versions == {"A": "2001-01-01 10:00:05|3"}
+    assert listings["ci"].changed == {"A": "2001-01-01 10:00:05|3"}
     assert listings["ci"].newest == "2001-01-01 10:00:05"
     assert incremental.cut("not a time") is None
 
 
 def test_same_second_edits_are_told_apart_by_mod_count() -> None:
-    state = SyncState(signature="", missing_tables=[])
-    state.rows["ci"]["A"] = {"sys_id": "A", "u_unifi_source_id": "a"}
-    state.versions["ci"]["A"] = "2001-01-01 10:00:05|3"
-    listing = incremental.Listing(versions={"A": "2001-01-01 10:00:05|4"}, count=1)
-    listings = {"ci": listing, "loc": incremental.Listing(), "rel": incremental.Listing()}
-    fetched = {"cmdb_ci": [{"sys_id": "A", "u_unifi_source_id": "a", "name": "new"}]}
-    client = ScriptedClient(fetched, {})
-    assert incremental.refresh_records(client, state, listings, [], set(), workers=1) is None
+    state = remembered(A="2001-01-01 10:00:05|3")
+    assert refresh(state, [ci_row("A", "2001-01-01 10:00:05", 4, name="new")], 1) is None
     assert state.rows["ci"]["A"]["name"] == "new"
-    assert any("sys_idINA" in q for _t, q in client.queries)
+    assert state.versions["ci"]["A"] == "2001-01-01 10:00:05|4"
+
+
+def test_a_listing_that_skips_recent_records_is_not_trusted() -> None:
+    """If the instance read the cut in another time zone, the newest record would be missing."""
+    versions = {"A": "2001-01-01 10:00:05|0", "B": "2001-01-01 08:00:00|0"}
+    why = refresh(remembered(**versions), [], 2)
+    assert why is not None and "not listed" in why
+    assert refresh(remembered(**versions), [ci_row("A", "2001-01-01 10:00:05", 0)], 2) is None
 
 
 def test_a_deletion_is_seen_by_the_count() -> None:
-    state = SyncState()
-    state.rows["ci"] = {"A": {"sys_id": "A"}, "B": {"sys_id": "B"}}
-    listings = {"ci": incremental.Listing(count=1), "loc": incremental.Listing()}
-    why = incremental.refresh_records(ScriptedClient({}, {}), state, listings, [], set(), workers=1)
+    state = remembered(A="2001-01-01 10:00:05|0", B="2001-01-01 08:00:00|0")
+    why = refresh(state, [ci_row("A", "2001-01-01 10:00:05", 0)], 1)
     assert why is not None and "deleted" in why
 
 
@@ -215,4 +236,50 @@ def test_schema_check_is_trusted_for_its_ttl_only() -> None:
     assert store.schema_checked_recently("https://i", 60)
     now[0] += 2
     assert not store.schema_checked_recently("https://i", 60)
+    store.close()
+
+
+def test_fields_a_table_does_not_hold_make_the_next_run_read_everything(client) -> None:
+    from snowkit.cmdb.apply import SyncEngine
+    from snowkit.cmdb.transform import CMDBRecord, TransformResult
+
+    values = {"name": "sw", "serial_number": "S1", "u_no_such_column": "x"}
+    result = TransformResult(records=[CMDBRecord("cmdb_ci_ip_switch", "d1", values, "switch")])
+    store = StateStore()
+
+    def sync():
+        engine = SyncEngine(client, state_store=store, instance_key="k", workers=1)
+        return engine.sync(result, progress=False)
+
+    _plan, first = sync()
+    assert first.applied["created"] == 1
+    assert first.verification["unstored_fields"] == {"cmdb_ci_ip_switch": ["u_no_such_column"]}
+    assert store.load("k") is None  # what was sent is not what is held: not remembered
+    plan, second = sync()
+    assert second.applied["batches"] == 0 and plan.counts()["no_change"] == 1
+    assert any("u_no_such_column" in note for note in plan.notes)  # from the full read
+    assert store.load("k") is not None
+    plan, third = sync()  # incremental now, and still no write and the same note
+    assert third.applied["batches"] == 0
+    assert any("u_no_such_column" in note for note in plan.notes)
+    store.close()
+
+
+def test_estates_above_the_limit_keep_no_state(client) -> None:
+    from snowkit.cmdb.apply import SyncEngine
+    from snowkit.cmdb.transform import CMDBRecord, TransformResult
+
+    records = [
+        CMDBRecord("cmdb_ci_ip_switch", f"d{n}", {"name": f"sw{n}"}, "switch") for n in range(3)
+    ]
+    store = StateStore()
+
+    def sync(limit: int):
+        engine = SyncEngine(client, state_store=store, instance_key="k", max_remembered=limit)
+        return engine.sync(TransformResult(records=records), progress=False)[1]
+
+    assert sync(limit=100).applied["created"] == 3
+    assert store.load("k") is not None
+    assert sync(limit=2).applied["batches"] == 0  # read in full, still nothing to write
+    assert store.load("k") is None  # and what was remembered is dropped, not left to age
     store.close()

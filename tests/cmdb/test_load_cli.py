@@ -70,3 +70,20 @@ def test_errors_are_clear(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["load", "--batch-size", "0"])
     assert info.value.code == 2
+
+
+def test_full_read_rereads_the_cmdb_and_the_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    def events(report: dict) -> set[str]:
+        lines = Path(report["paths"]["log"]).read_text().splitlines()
+        return {json.loads(line).get("event") for line in lines}
+
+    assert main(["load", "--json", *LAB]) == 0
+    capsys.readouterr()
+    assert main(["load", "--json", *LAB]) == 0
+    quick = json.loads(capsys.readouterr().out)
+    assert "incremental_snapshot" in events(quick)
+    assert main(["load", "--json", "--full-read", *LAB]) == 0
+    full = json.loads(capsys.readouterr().out)
+    assert "incremental_snapshot" not in events(full)
+    assert full["totals"]["no_change"] == quick["totals"]["no_change"] > 0
+    assert full["applied"]["batches"] == 0

@@ -188,6 +188,7 @@ def test_readonly_user_writes_nothing(drill: Any, sandbox: Sandbox) -> None:
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="snowkit/cmdb/apply.py: a 403 on every write ends 'partial: N record write(s) "
     "failed; see failures' with no word on permissions and after trying every batch; expected: "
     "stop at the first 403 and say the account lacks write rights (roles/ACL) and what to do",

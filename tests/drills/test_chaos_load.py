@@ -12,7 +12,9 @@ Claims checked, per seed:
   0 duplicated, every field and reference right, every relationship present once);
 - a run that ends ``partial`` (an item out of attempts) explains every record it did not write,
   loses nothing silently, and the rerun converges (bounded: at most ``MAX_RUNS`` runs);
-- the audit trail verifies, and records each created record exactly once.
+- the audit trail verifies, and records each created record exactly once;
+- ``rollback`` of the load's runs, under the same faults, leaves none of the load's rows, and
+  the trail (now holding the rollback too) still verifies.
 
 Back-offs cost no time: the client gets a no-op ``sleep`` and a retry policy sized for a 17 %
 failure rate (8 attempts), as an operator would configure for such an instance.
@@ -29,8 +31,9 @@ import pytest
 
 from snowkit import paths
 from snowkit.cmdb.job import run_load
+from snowkit.cmdb.rollback import NothingToRollBackError, rollback
 from snowkit.config import OperationalConfig, RetryConfig
-from snowkit.ops.audit import read_audit, verify_audit
+from snowkit.ops.audit import AuditTrail, read_audit, verify_audit
 from snowkit.sandbox import Sandbox
 from snowkit.unifi import LabConfig
 
@@ -86,16 +89,16 @@ def chaos_run(drill: Any, seed: int, lab_size: dict[str, int], batch_size: int) 
         final = drill.compare(sb.store, result)
         assert final.exact, f"seed {seed}: {final.summary()}"
         assert reports[-1].status == "success", reports[-1].message
-
-    check = verify_audit(paths.audit_path())
-    assert check.ok, check.message
-    creates = collections.Counter(
-        e["source_id"]
-        for e in read_audit()
-        if e["action"] == "create" and e["outcome"] == "success" and e.get("source_id")
-    )
-    assert set(creates) == {r.source_id for r in result.records}
-    assert max(creates.values()) == 1, "a record audited as created twice"
+        check = verify_audit(paths.audit_path())
+        assert check.ok, check.message
+        creates = collections.Counter(
+            e["source_id"]
+            for e in read_audit()
+            if e["action"] == "create" and e["outcome"] == "success" and e.get("source_id")
+        )
+        assert set(creates) == {r.source_id for r in result.records}
+        assert max(creates.values()) == 1, "a record audited as created twice"
+        rollback_s = rollback_under_faults(drill, sb, seed, [r.run_id for r in reports], config)
 
     def total(group: str, key: str) -> int:
         return sum(int(getattr(r, group).get(key, 0)) for r in reports)
@@ -114,12 +117,39 @@ def chaos_run(drill: Any, seed: int, lab_size: dict[str, int], batch_size: int) 
         "duplicated": len(final.duplicated) + len(final.links_duplicated),
         "links_missing": len(final.links_missing),
         "audit_entries": check.entries,
+        "rollback_seconds": rollback_s,
         "seconds": round(elapsed, 2),
         "first_run": reports[0].status,
         "first_run_failures": sorted(
             {f"{f.action} {f.table}: {f.error[:120]}" for f in reports[0].failures}
         )[:3],
     }
+
+
+def rollback_under_faults(
+    drill: Any, sb: Sandbox, seed: int, run_ids: list[str], config: Any
+) -> float:
+    """Undo the load's runs (newest first) with the faults back on: the CMDB must end empty of
+    everything the load wrote, and the audit trail (now with the rollback) must verify."""
+    started = time.perf_counter()
+    sb.set_faults({"seed": seed + 1000, **FAULTS})
+    with drill.admin_client(sb, config=config) as client, AuditTrail() as audit:
+        for run_id in reversed(run_ids):
+            for _ in range(MAX_RUNS):  # "safe to run twice": a rollback cut short is rerun
+                try:
+                    if rollback(client, run_id, audit=audit).ok:
+                        break
+                except NothingToRollBackError:
+                    break  # a run that wrote nothing
+                except Exception as exc:  # unreachable under faults: rerun it
+                    assert type(exc).__name__ in ("NetworkError", "CircuitOpenError"), exc
+    sb.set_faults(None)
+    for table in ("cmdb_ci", "cmn_location", "cmdb_rel_ci"):
+        query = "" if table == "cmdb_rel_ci" else "u_unifi_source_idISNOTEMPTY"
+        assert sb.store.count(table, query) == 0, f"rollback left rows in {table}"
+    check = verify_audit(paths.audit_path())
+    assert check.ok, check.message
+    return round(time.perf_counter() - started, 2)
 
 
 def check_seeds(drill: Any, seeds: list[int], lab_size: dict[str, int], batch: int) -> None:
@@ -176,3 +206,29 @@ def test_the_state_comparison_sees_every_kind_of_damage(drill: Any, sandbox: San
     assert second["u_unifi_source_id"] in diff.lost
     assert f"{ci[2]['u_unifi_source_id']}.name" in diff.field_mismatches
     assert diff.links_duplicated and not diff.exact
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="IRE mode (snowkit/cmdb/apply.py _ire_op_for / snowkit/cmdb/ire.py) sends clients "
+    "with a name but no serial: the Hardware rule identifies them by name, so distinct clients "
+    "sharing a host name (e.g. several 'Philips-hue') collapse into one CI (26 of 141 records "
+    "lost) and every rerun flips u_unifi_source_id between them (never converges)",
+)
+def test_ire_mode_keeps_devices_with_the_same_name_apart(drill: Any, sandbox: Sandbox) -> None:
+    """Even without faults: IRE mode must load every record once, like the Table API mode."""
+    lab = LabConfig(seed=1, sites=2, devices_per_site=10, clients_per_site=60)
+    inventory, result = drill.lab_result(sandbox, lab)
+    names = collections.Counter(r.values.get("name") for r in result.records)
+    assert max(names.values()) > 1, "the lab has devices sharing a name (the case under test)"
+    options = {"sleep": drill.no_sleep}
+    first = run_load(
+        sandbox=sandbox, inventory=inventory, progress=False, ire=True, client_options=options
+    )
+    diff = drill.compare(sandbox.store, result)
+    assert diff.exact, f"{first.status}: {diff.summary()}"
+    second = run_load(
+        sandbox=sandbox, inventory=inventory, progress=False, ire=True, client_options=options
+    )
+    assert second.action_totals()["update"] == 0 and second.status == "success"

@@ -12,6 +12,9 @@ so it always lands mid-write. Then:
   expected state exactly; the next load writes nothing; the audit trail verifies and holds
   one create per record.
 
+A second, fast case puts the instance into hibernation mid-load (200 answers with an HTML
+page): the writes are queued, never taken for successes, and the next run sends them.
+
 The long variant waits out a real 30 s outage. The fast one opens a 60 s window on the
 sandbox's clock and, once the queued state is checked (about 1-2 s of real time), moves that
 clock past the window, so the end of the outage is deterministic and costs no waiting. The
@@ -169,3 +172,36 @@ def test_outage_fast(drill: Any, monkeypatch: pytest.MonkeyPatch, snowkit_home: 
 @pytest.mark.drill
 def test_outage_long(drill: Any, monkeypatch: pytest.MonkeyPatch, snowkit_home: Path) -> None:
     outage_drill(drill, monkeypatch, outage_s=30.0, skip_wait=False)
+
+
+def test_hibernation_mid_load_queues_then_the_next_run_replays(
+    drill: Any, sandbox: Sandbox
+) -> None:
+    """A developer instance that goes to sleep mid-load answers 200 with an HTML page: the
+    writes must be queued (not taken for successes), and the next run must send them."""
+    inventory, result = drill.lab_result(sandbox, FAST_LAB)
+
+    def hibernate(done: int) -> None:
+        if done == 2:
+            sandbox.set_faults({"hibernating": True})
+
+    options = {"sleep": drill.no_sleep}
+    asleep = run_load(
+        sandbox=sandbox,
+        inventory=inventory,
+        progress=False,
+        batch_size=10,
+        workers=1,
+        on_batch=hibernate,
+        client_options=options,
+    )
+    assert asleep.status == "queued", asleep.message
+    assert "hibernat" in asleep.message and "snowkit outbox replay" in asleep.message
+    assert asleep.outbox["pending"] > 0
+    sandbox.set_faults(None)
+    awake = run_load(sandbox=sandbox, inventory=inventory, progress=False, client_options=options)
+    assert awake.status == "success", awake.message
+    assert awake.outbox["pending"] == 0
+    final = drill.compare(sandbox.store, result)
+    assert final.exact, final.summary()
+    assert verify_audit(paths.audit_path()).ok

@@ -157,7 +157,14 @@ def exercise_cli(
         SERVICENOW_API_KEY=c.api_key + "-wrong",
         SERVICENOW_CLIENT_SECRET=c.client_secret + "-wrong",
     )
+    oauth_only = {
+        k: v for k, v in env.items() if k not in ("SERVICENOW_API_KEY", "SERVICENOW_OAUTH_TOKEN")
+    }
     runs = {"setup": snowkit(env, "setup", "--instance", sb.url)}
+    # the OAuth password grant: the client secret and the password go to /oauth_token.do
+    runs["health --json, OAuth grant"] = snowkit(
+        oauth_only, "health", "--instance", sb.url, "--json"
+    )
     runs["load --json"] = snowkit(env, "load", "--instance", sb.url, "--json", *lab)
     runs["load, wrong credentials"] = snowkit(wrong, "load", "--instance", sb.url, *lab)
     runs["health --json"] = snowkit(env, "health", "--instance", sb.url, "--json")
@@ -172,6 +179,7 @@ def exercise_cli(
     ):
         runs[" ".join(args)] = snowkit_here(env, monkeypatch, *args)
     assert runs["setup"][0] == 0, runs["setup"][1][-2000:]
+    assert runs["health --json, OAuth grant"][0] == 0, runs["health --json, OAuth grant"][1]
     assert runs["load --json"][0] == 0, runs["load --json"][1][-2000:]
     assert runs["load, wrong credentials"][0] != 0
     assert b"User Not Authenticated" in runs["load, wrong credentials"][1] or (
