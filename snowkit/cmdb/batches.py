@@ -217,39 +217,25 @@ class BatchRunner:
 
     def settle(self, ops: list[WriteOp]) -> list[WriteOp]:
         """Before retrying: creates and links that landed anyway are adopted; returns what
-        still needs sending. Updates are idempotent and simply go again."""
-        ledger = self.ledger
+        still needs sending, in order. Updates are idempotent and simply go again. If the
+        lookups cannot reach the instance, nothing is adopted and every op is returned (the
+        caller queues them)."""
         creates = [op for op in ops if op.action == CREATE]
-        relates = [op for op in ops if op.action == RELATE]
-        still: list[WriteOp] = [op for op in ops if op.action not in (CREATE, RELATE)]
-        if creates:
-            try:
-                found = self._lookup_by_source_id(creates)
-            except Exception as exc:
-                if is_unreachable_error(exc):
-                    ledger.mark_unreachable(exc)
-                    return ops
-                raise
-            for op in creates:
-                sys_id = found.get(op.source_id or "")
-                if sys_id:
-                    self._adopt(op, sys_id)
-                else:
-                    still.append(op)
-        for op in relates:
-            try:
-                sys_id = find_link(self.client, op.body)
-            except Exception as exc:
-                if is_unreachable_error(exc):
-                    ledger.mark_unreachable(exc)
-                    return ops
-                raise
-            if sys_id:
-                self._adopt(op, sys_id)
+        try:
+            found = self._lookup_by_source_id(creates) if creates else {}
+            links = {op.key: find_link(self.client, op.body) for op in ops if op.action == RELATE}
+        except Exception as exc:
+            if is_unreachable_error(exc):
+                self.ledger.mark_unreachable(exc)
+                return ops
+            raise
+        still: list[WriteOp] = []
+        for op in ops:
+            landed = found.get(op.source_id or "") if op.action == CREATE else links.get(op.key)
+            if landed:
+                self._adopt(op, landed)
             else:
                 still.append(op)
-        order = {op.key: n for n, op in enumerate(ops)}
-        still.sort(key=lambda op: order[op.key])
         return still
 
     def _adopt(self, op: WriteOp, sys_id: str) -> None:
