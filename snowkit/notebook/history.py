@@ -69,8 +69,13 @@ class History:
         return self.home / "audit" / "audit.jsonl"
 
     def run_dirs(self) -> list[Path]:
-        """Load runs that finished (have a ``report.json``), oldest first."""
-        return sorted(p.parent for p in self.runs_dir.glob("*/report.json"))
+        """Load runs that finished (have a ``report.json``), in the order they finished.
+
+        Run ids start with the second they began, so two runs in one second (a plan, then
+        its apply) would sort by their random suffix; the report's write time does not.
+        """
+        reports = self.runs_dir.glob("*/report.json")
+        return [p.parent for p in sorted(reports, key=lambda p: (p.stat().st_mtime_ns, p))]
 
     def log_paths(self) -> list[Path]:
         """Every run's ``log.jsonl`` plus the shared log and its rotated files."""
