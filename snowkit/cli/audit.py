@@ -1,4 +1,9 @@
-"""`snowkit audit verify` and `snowkit audit show`: check and read the tamper-evident trail.
+"""`snowkit audit verify|show|recover`: check, read and repair the tamper-evident trail.
+
+``recover`` is for a trail whose last line a crash left half-written: it moves those bytes to a
+``.incomplete-<time>`` side file (kept as evidence), continues the chain and seals the recovery
+with a signed checkpoint (``snowkit load`` does the same by itself). Exit 0 recovered or nothing
+to do; 4 cannot (no key, another writer holds the trail, a rotated segment is damaged).
 
 Exit codes of ``verify`` (stable, for cron and CI):
 0 intact; 1 tampered (edited, deleted, reordered, truncated, bad checkpoint signature or a
@@ -15,7 +20,7 @@ from pathlib import Path
 import orjson
 
 from snowkit import paths
-from snowkit.ops.audit import AuditError, load_audit_key, read_audit, verify_audit
+from snowkit.ops.audit import AuditError, AuditTrail, load_audit_key, read_audit, verify_audit
 
 EXIT_OK = 0
 EXIT_TAMPERED = 1
@@ -60,6 +65,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.add_argument("--limit", type=int, default=None, help="only the last N entries")
     show.set_defaults(func=run_show)
 
+    recover = commands.add_parser(
+        "recover",
+        help="after a crash: move a half-written last line aside (kept) and continue the chain",
+    )
+    recover.add_argument(
+        "path", nargs="?", type=Path, help="audit file (default: .snowkit/audit/audit.jsonl)"
+    )
+    recover.add_argument(
+        "--key-file",
+        type=Path,
+        help="HMAC key file used when SNOWKIT_AUDIT_KEY is not set "
+        "(default: .snowkit/audit/audit.key)",
+    )
+    recover.set_defaults(func=run_recover)
+
 
 def _usage(parser: argparse.ArgumentParser) -> int:
     parser.print_help()
@@ -89,6 +109,30 @@ def run_verify(args: argparse.Namespace) -> int:
     if result.problem == "incomplete_last_line":
         return EXIT_INCOMPLETE
     return EXIT_TAMPERED
+
+
+def run_recover(args: argparse.Namespace) -> int:
+    path = args.path or paths.audit_path()
+    if not path.exists():
+        print(f"snowkit audit recover: no audit trail at {path}", file=sys.stderr)
+        return EXIT_CANNOT_VERIFY
+    try:
+        key = load_audit_key(args.key_file, create=False)
+        trail = AuditTrail(path, key=key, recover=True)
+    except AuditError as exc:
+        print(f"snowkit audit recover: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_VERIFY
+    evidence = trail.recovered
+    trail.close()
+    if evidence is None:
+        print(f"{path}: nothing to recover (the last line is complete)")
+        return EXIT_OK
+    print(
+        f"{path}: recovered; the half-written line is kept in {evidence}, the chain continues "
+        f"and the recovery is sealed by a signed checkpoint. Check with "
+        f"`snowkit audit verify {path}`."
+    )
+    return EXIT_OK
 
 
 def run_show(args: argparse.Namespace) -> int:

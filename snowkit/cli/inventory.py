@@ -111,6 +111,13 @@ def read_files(files: Sequence[Path]) -> SavedResponses:
             raise UnreadableFileError(f"{path}: cannot read it ({exc.__class__.__name__})") from exc
         except json.JSONDecodeError as exc:
             raise UnreadableFileError(f"{path}: not JSON (line {exc.lineno}: {exc.msg})") from exc
+        except RecursionError:
+            # The stdlib parser recurses once per nesting level; a document nested deeper than
+            # the interpreter's stack allows is no UniFi API response (those nest a few levels).
+            raise UnreadableFileError(
+                f"{path}: JSON nested too deeply to be a UniFi API response; "
+                "pass the file the API returned, unchanged"
+            ) from None
         try:
             kind, items = detect(document)
         except UnreadableFileError as exc:

@@ -14,7 +14,10 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from snowkit.ops.audit import AuditTrail
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -254,16 +257,28 @@ def _outbox_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _open_audit() -> AuditTrail:
+    """The audit trail, recovered from a torn last line (a crash) with a warning, like a load."""
+    from snowkit.ops.audit import AuditTrail
+
+    audit = AuditTrail(recover=True)
+    if audit.recovered is not None:
+        _err(
+            f"warning: the audit trail ended with a half-written line (a crash); it was moved "
+            f"to {audit.recovered} as evidence and the chain continues"
+        )
+    return audit
+
+
 def _outbox_replay(args: argparse.Namespace) -> int:
     from snowkit.cmdb.outbox import Outbox
-    from snowkit.ops.audit import AuditTrail
 
     with Outbox() as outbox:
         if not outbox.count():
             print("the outbox is empty")
             return EXIT_OK
         try:
-            with _client(args.instance) as client, AuditTrail() as audit:
+            with _client(args.instance) as client, _open_audit() as audit:
                 result = outbox.replay(client, audit=audit)
         except Exception as exc:
             _err(f"replay failed: {type(exc).__name__}: {exc}")
@@ -287,10 +302,9 @@ def _outbox_replay(args: argparse.Namespace) -> int:
 
 def _rollback(args: argparse.Namespace) -> int:
     from snowkit.cmdb.rollback import NothingToRollBackError, rollback
-    from snowkit.ops.audit import AuditTrail
 
     try:
-        with _client(args.instance) as client, AuditTrail() as audit:
+        with _client(args.instance) as client, _open_audit() as audit:
             result = rollback(client, args.run_id, audit=audit)
     except NothingToRollBackError as exc:
         _err(str(exc))

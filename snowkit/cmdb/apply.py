@@ -35,6 +35,7 @@ from typing import Any
 from snowkit.cmdb import incremental
 from snowkit.cmdb import plan as planning
 from snowkit.cmdb.batches import BatchRunner
+from snowkit.cmdb.intents import IntentJournal, reconcile_intents
 from snowkit.cmdb.ire import IRELoader
 from snowkit.cmdb.ledger import RunLedger
 from snowkit.cmdb.linking import Linker, forget_links
@@ -78,7 +79,9 @@ class SyncEngine:
     makes is recorded with its before-image, which is what ``rollback`` replays.
     ``state_store`` (a ``snowkit.cmdb.state.StateStore``) and ``instance_key`` turn on the
     incremental snapshot (off in IRE mode, whose answers carry no record versions, and for
-    loads of more than ``max_remembered`` records plus links).
+    loads of more than ``max_remembered`` records plus links). ``intents`` (an
+    ``IntentJournal``, used with ``audit``) notes every batch before it is sent; ``sync``
+    first reconciles what a dead run left there (``snowkit.cmdb.intents``).
     """
 
     def __init__(
@@ -100,6 +103,7 @@ class SyncEngine:
         state_store: Any = None,
         instance_key: str | None = None,
         max_remembered: int = MAX_REMEMBERED,
+        intents: IntentJournal | None = None,
     ) -> None:
         if batch_size < 1 or workers < 1:
             raise ValueError("batch_size and workers must be at least 1")
@@ -116,7 +120,8 @@ class SyncEngine:
         self.on_batch = on_batch
         self.ire = ire
         self._clock = clock
-        self.ledger = RunLedger(run_id=self.run_id, audit=audit, outbox=outbox)
+        self.intents = intents
+        self.ledger = RunLedger(run_id=self.run_id, audit=audit, outbox=outbox, intents=intents)
         self.runner = BatchRunner(
             client,
             self.ledger,
@@ -350,6 +355,21 @@ class SyncEngine:
             class_name=class_name,
         )
 
+    def reconcile_intents(self, report: RunReport) -> None:
+        """Audit what a dead run committed but never audited (before anything else is read)."""
+        if self.intents is None or self.audit is None:
+            return
+        found = reconcile_intents(self.client, self.intents, self.audit, exclude_run=self.run_id)
+        if not found.total and not found.stopped:
+            return
+        self._prefetched = None  # read again after reconciling
+        report.outbox["intents"] = found.to_dict()
+        if found.total:
+            report.warnings.append(found.message())
+            self.logger.event("intents_reconciled", **found.to_dict())
+        if found.stopped:
+            report.warnings.append(f"interrupted writes not reconciled yet: {found.stopped}")
+
     # -- the whole sync --------------------------------------------------------------------
     def sync(
         self,
@@ -364,6 +384,8 @@ class SyncEngine:
         """Replay the outbox, plan, apply, verify; returns the plan and the run report."""
         report = RunReport(run_id=self.run_id, dry_run=dry_run, ire=self.ire)
         started = self._clock()
+        if not dry_run:
+            self.reconcile_intents(report)
         if replay_outbox and self.outbox is not None and not dry_run:
             t0 = self._clock()
             if self.outbox.count():

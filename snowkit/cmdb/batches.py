@@ -28,6 +28,8 @@ from snowkit.cmdb.writes import (
     RETRYABLE_STATUSES,
     WriteOp,
     describe,
+    forbidden_error,
+    forbidden_result,
     is_invalid_table,
     result_error,
     sys_id_of,
@@ -85,7 +87,14 @@ class BatchRunner:
         """Send ``ops`` (``runner`` sends one chunk: Batch API by default, IRE in IRE mode)."""
         if not ops:
             return
-        run = runner or self.run_chunk
+        send = runner or self.run_chunk
+
+        def run(chunk: list[WriteOp]) -> None:
+            if self.ledger.forbidden:  # a 403 stopped the run: do not try every other batch
+                self.ledger.skip(chunk)
+                return
+            send(chunk)
+
         # references to targets written meanwhile: resolve now (the rest stay for the outbox)
         for op in ops:
             for fld, target in list(op.pending_refs.items()):
@@ -127,14 +136,19 @@ class BatchRunner:
         if audit is None:
             self._write_chunk(chunk)
             return
+        token = self.ledger.intend(chunk)  # write-ahead: a crash mid-batch leaves a trace
         with audit.batch():  # one fsync per batch, not per record
             self._write_chunk(chunk)
+        self.ledger.intents_done(token)
 
     def _write_chunk(self, chunk: list[WriteOp]) -> None:
         ledger = self.ledger
         pending = list(chunk)
         last_error: dict[str, str] = {}
         for attempt in range(self.max_attempts):
+            if ledger.forbidden:
+                ledger.skip(pending)
+                return
             if ledger.unreachable:
                 ledger.queue(pending)
                 return
@@ -146,6 +160,10 @@ class BatchRunner:
                 if is_unreachable_error(exc):
                     ledger.mark_unreachable(exc)
                     ledger.queue(pending)
+                    return
+                if forbidden_error(exc):
+                    for op in pending:
+                        ledger.forbid(op, f"HTTP 403: {describe(exc)}")
                     return
                 if type(exc).__name__ == "AmbiguousWriteError":
                     ledger.add("ambiguous", len(pending))
@@ -160,6 +178,10 @@ class BatchRunner:
                     ledger.mark_unreachable(RuntimeError(whole.error_message))
                     ledger.queue(pending)
                     return
+                if forbidden_result(whole):
+                    for op in pending:
+                        ledger.forbid(op, result_error(whole))
+                    return
                 if whole.ambiguous:
                     ledger.add("ambiguous", len(pending))
             retry: list[WriteOp] = []
@@ -170,6 +192,9 @@ class BatchRunner:
                     continue
                 status = None if res is None else res.status_code
                 message = result_error(res)
+                if forbidden_result(res):
+                    ledger.forbid(op, message)
+                    continue
                 if is_invalid_table(status, message) and op.table != CI_TABLE:
                     ledger.fall_back(op)
                     retry.append(op)
@@ -180,6 +205,9 @@ class BatchRunner:
                     continue
                 ledger.fail(op, message, status)
             if not retry:
+                return
+            if ledger.forbidden:
+                ledger.skip(retry)
                 return
             pending = self.settle(retry)
             if not pending:

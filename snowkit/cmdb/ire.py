@@ -6,6 +6,22 @@ This module turns plan items into IRE payloads (``className`` + ``values``, rela
 index when both ends are in the same payload), reads the per-item answers back, and
 ``IRELoader`` sends chunks of CIs that way (locations still go through the Table API: they are
 not CIs).
+
+Identification. Every item carries ``sys_object_source_info`` (``source_name`` "UniFi",
+``source_native_key`` = the record's source id): IRE looks the pair up in its Source
+[``sys_object_source``] table first and, once it has seen a CI from this source, identifies it
+by that key without running identification rules (ServiceNow docs, "Identification and
+Reconciliation Engine (IRE)", section "CI identification"; the embedded instance emulates it in
+``snowkit.sandbox.ire``). Only a CI the source has not reported yet goes through the Hardware
+rule (serial_number, then name, then mac_address), which falls through to ``name`` when the
+serial number finds nothing. UniFi names are labels, not identities: several clients are
+called "Philips-hue", every site may have a "Core Switch 1". So a record that carries a
+hardware id (serial number or MAC) is never identified by its name: the ``name`` is left out
+of the IRE payload (the rule then decides on serial number and MAC only) and set right after
+through the Table API (one batch per chunk) when the CI is new or its name changed. For items
+without a serial number the MAC is also sent as a ``lookup`` entry on
+``cmdb_ci_network_adapter``, the form the base Hardware rule's MAC entry takes on a real
+instance (the embedded one matches the CI's own ``mac_address``).
 """
 
 from __future__ import annotations
@@ -16,11 +32,22 @@ from typing import Any
 
 from snowkit.cmdb.ledger import RunLedger
 from snowkit.cmdb.outbox import is_unreachable_error
-from snowkit.cmdb.plan import CREATE, SOURCE_ID_FIELD, UPDATE
-from snowkit.cmdb.writes import WriteOp, describe
+from snowkit.cmdb.plan import CI_TABLE, CREATE, SOURCE_ID_FIELD, UPDATE
+from snowkit.cmdb.writes import (
+    WriteOp,
+    describe,
+    forbidden_error,
+    forbidden_result,
+    result_error,
+)
+from snowkit.servicenow.batch import BatchRequest
 
 #: Attributes the Hardware identification rule matches on; always sent so IRE can identify.
 IDENTIFYING = ("serial_number", "name", "mac_address")
+#: ``sys_object_source_info.source_name`` of every item this loader sends.
+SOURCE_NAME = "UniFi"
+#: The lookup table the base Hardware rule's MAC identifier entry searches.
+NETWORK_ADAPTER = "cmdb_ci_network_adapter"
 UNKNOWN = "Unknown"
 SUCCESS_OPERATIONS = frozenset(
     {
@@ -63,17 +90,20 @@ def build_payload(
         body = {k: v for k, v in values.items() if v is not None}
         body[SOURCE_ID_FIELD] = source_id
         body["sys_class_name"] = class_name
-        items.append(
-            {
-                "className": class_name,
-                "values": body,
-                "internal_id": source_id,
-                "sys_object_source_info": {
-                    "source_name": "snowkit",
-                    "source_native_key": source_id,
-                },
-            }
-        )
+        item: dict[str, Any] = {
+            "className": class_name,
+            "values": body,
+            "internal_id": source_id,
+            "sys_object_source_info": {
+                "source_name": SOURCE_NAME,
+                "source_native_key": source_id,
+            },
+        }
+        if body.get("mac_address") and not body.get("serial_number"):
+            item["lookup"] = [
+                {"className": NETWORK_ADAPTER, "values": {"mac_address": body["mac_address"]}}
+            ]
+        items.append(item)
     relations = []
     for spec in relationships:
         parent = index.get(spec.parent_source_id)
@@ -131,10 +161,13 @@ class IRELoader:
         self.client = client
         self.ledger = ledger
         self.relationships = list(relationships)
+        #: keys of ops whose planned diff changes the name (set after IRE for MAC-identified)
+        self._name_changed: set[str] = set()
 
-    @staticmethod
-    def prepare(op: WriteOp, record: Any) -> WriteOp:
+    def prepare(self, op: WriteOp, record: Any) -> WriteOp:
         """IRE needs the identifying attributes, not only the diff: send the whole record."""
+        if "name" in op.body:
+            self._name_changed.add(op.key)
         full = dict(record.values) if record is not None else {}
         full.update(op.body)
         full.pop(SOURCE_ID_FIELD, None)
@@ -142,20 +175,39 @@ class IRELoader:
         op.values, op.extra, op.class_name = full, {}, intended
         return op
 
+    @staticmethod
+    def name_withheld(op: WriteOp) -> bool:
+        """A named record with a hardware id: its (possibly shared) name must not identify it."""
+        body = op.values
+        return bool(body.get("name")) and bool(
+            body.get("serial_number") or body.get("mac_address")
+        )
+
+    def _identifying_body(self, op: WriteOp) -> dict[str, str]:
+        body = op.body
+        if self.name_withheld(op):
+            body.pop("name", None)
+        return body
+
     def run_chunk(self, chunk: list[WriteOp]) -> None:
         audit = self.ledger.audit
         if audit is None:
             self._write(chunk)
             return
+        token = self.ledger.intend(chunk)  # write-ahead (see snowkit.cmdb.intents)
         with audit.batch():
             self._write(chunk)
+        self.ledger.intents_done(token)
 
     def _write(self, chunk: list[WriteOp]) -> None:
         ledger = self.ledger
         if ledger.unreachable:
             ledger.queue(chunk)
             return
-        entries = [(op.class_name or op.table, op.source_id or "", op.body) for op in chunk]
+        entries = [
+            (op.class_name or op.table, op.source_id or "", self._identifying_body(op))
+            for op in chunk
+        ]
         payload = build_payload(entries, self.relationships)
         try:
             result = self.client.identify_reconcile(payload)
@@ -164,23 +216,73 @@ class IRELoader:
                 ledger.mark_unreachable(exc)
                 ledger.queue(chunk)
                 return
+            if forbidden_error(exc):
+                for op in chunk:
+                    ledger.forbid(op, f"HTTP 403: {describe(exc)}")
+                return
             status = getattr(getattr(exc, "context", None), "http_status", None)
             for op in chunk:
                 ledger.fail(op, describe(exc), status)
             return
         ledger.add("batches")
+        names: list[tuple[WriteOp, str]] = []
         for op, outcome in zip(chunk, parse_result(result, len(chunk)), strict=True):
             ledger.count_ire(outcome.operation)
             if not outcome.ok:
                 ledger.fail(op, "; ".join(outcome.errors) or outcome.operation, None)
                 continue
+            inserted = outcome.operation.startswith("INSERT")
+            if self.name_withheld(op) and (inserted or op.key in self._name_changed):
+                names.append((op, outcome.sys_id or ""))
             if outcome.operation == "NO_CHANGE":
                 with ledger.lock:
                     if op.source_id and outcome.sys_id:
                         ledger.sys_ids[op.source_id] = outcome.sys_id
                 continue
-            op.action = CREATE if outcome.operation.startswith("INSERT") else UPDATE
+            op.action = CREATE if inserted else UPDATE
             op.extra[SOURCE_ID_FIELD] = op.source_id or ""
             ledger.succeed(op, outcome.sys_id)
         for name, n in relation_operations(result).items():
             ledger.count_ire(f"relation_{name}", n)
+        self._set_names(names)
+
+    def _set_names(self, names: list[tuple[WriteOp, str]]) -> None:
+        """Set the names left out of the IRE payload (see the module docstring), in one batch.
+
+        A name that could not be set fails its record (the CI itself landed and is audited);
+        the next run's plan sees the name differ and sets it.
+        """
+        if not names:
+            return
+        ledger = self.ledger
+        requests = [
+            BatchRequest(
+                method="PATCH",
+                url=f"/api/now/table/{CI_TABLE}/{sys_id}?sysparm_fields=sys_id",
+                body={"name": op.values.get("name", "")},
+                id=str(n),
+                table=CI_TABLE,
+                source_id=op.source_id,
+            )
+            for n, (op, sys_id) in enumerate(names)
+        ]
+        try:
+            results = {str(r.id): r for r in self.client.batch(requests)}
+        except Exception as exc:
+            for op, _ in names:
+                if forbidden_error(exc):
+                    ledger.forbid(op, f"HTTP 403: {describe(exc)}")
+                else:
+                    ledger.fail(op, f"name not set: {describe(exc)}", None)
+            if is_unreachable_error(exc):
+                ledger.mark_unreachable(exc)
+            return
+        ledger.add("batches")
+        for n, (op, _) in enumerate(names):
+            res = results.get(str(n))
+            if res is not None and res.ok:
+                continue
+            if forbidden_result(res):
+                ledger.forbid(op, result_error(res))
+            else:
+                ledger.fail(op, f"name not set: {result_error(res)}", res and res.status_code)

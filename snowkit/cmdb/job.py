@@ -22,6 +22,7 @@ from pydantic import SecretStr
 
 from snowkit import paths
 from snowkit.cmdb.apply import SyncEngine
+from snowkit.cmdb.intents import IntentJournal
 from snowkit.cmdb.outbox import Outbox, is_unreachable_error
 from snowkit.cmdb.report import RunReport, suggestions_from
 from snowkit.cmdb.schema import ensure_schema
@@ -262,6 +263,7 @@ def run_load(
         connection: Connection | None = None
         audit: AuditTrail | None = None
         outbox: Outbox | None = None
+        intents: IntentJournal | None = None
         state: StateStore | None = None
         try:
             connection = connect(
@@ -279,12 +281,25 @@ def run_load(
                 state = StateStore()
             key = instance_key(instance, connection)
             if not dry_run:
-                audit = AuditTrail(paths.audit_path())
+                # A crash (power cut) can leave half an audit line: move it aside as evidence
+                # and continue the chain, sealed and reported, rather than block every load.
+                audit = AuditTrail(paths.audit_path(), recover=True)
+                if audit.recovered is not None:
+                    warning = (
+                        f"the audit trail ended with a half-written line (a crash during an "
+                        f"earlier write); it was moved to {audit.recovered} as evidence and the "
+                        "chain continues after the last complete entry, sealed by a signed "
+                        "recover checkpoint (`snowkit audit verify` lists it)"
+                    )
+                    report.warnings.append(warning)
+                    log.warning("audit_recovered", evidence=str(audit.recovered))
                 outbox = Outbox()
+                intents = IntentJournal()
             engine = SyncEngine(
                 connection.client,
                 audit=audit,
                 outbox=outbox,
+                intents=intents,
                 run_id=run_id,
                 batch_size=batch_size,
                 workers=workers,
@@ -357,6 +372,8 @@ def run_load(
             if outbox is not None:
                 report.outbox["pending"] = outbox.count()
                 outbox.close()
+            if intents is not None:
+                intents.close()
             if connection is not None:
                 connection.close()
             report.finish(clock_s=clock() - started)

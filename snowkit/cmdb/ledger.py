@@ -3,8 +3,12 @@
 One object, one lock: landed writes (their sys_ids feed later references, their values the
 read-back verification, their versions the incremental state, their before-images the audit
 trail), failures item by item, fallbacks to ``cmdb_ci``, and — once the instance cannot be
-reached — the writes queued in the durable outbox. ``fill_report`` turns it into the run
-report's ``applied`` counts, status and message.
+reached — the writes queued in the durable outbox. Once the instance refuses a write with
+HTTP 403 the account lacks write rights: the ledger is ``forbidden``, the runners stop sending
+(the rest is counted ``not_attempted``, never queued: no replay could send it) and the run
+fails with what an admin must grant. ``fill_report`` turns it into the run report's
+``applied`` counts, status and message. With an intent journal (``snowkit.cmdb.intents``)
+every batch is noted before it is sent and forgotten once its outcomes are audited.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from snowkit.cmdb.incremental import SyncState
+from snowkit.cmdb.intents import IntentJournal
 from snowkit.cmdb.outbox import OP_CREATE, OP_RELATE, OP_UPDATE, Outbox
 from snowkit.cmdb.plan import CI_TABLE, CREATE, LOCATION_TABLE, RETIRE, SOURCE_ID_FIELD, UPDATE
 from snowkit.cmdb.relationships import REL_TABLE
@@ -41,19 +46,31 @@ class Stats:
     rel_created: int = 0
     rel_failed: int = 0
     rel_queued: int = 0
+    not_attempted: int = 0
 
 
 class RunLedger:
     """Thread-safe record of one run's writes (see the module docstring)."""
 
-    def __init__(self, *, run_id: str, audit: Any = None, outbox: Outbox | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        audit: Any = None,
+        outbox: Outbox | None = None,
+        intents: IntentJournal | None = None,
+    ) -> None:
         self.run_id = run_id
         self.audit = audit
         self.outbox = outbox
+        self.intents = intents
         self.lock = threading.Lock()
         self._audit_lock = threading.Lock()
         self._unreachable = threading.Event()
         self.unreachable_reason = ""
+        self._forbidden = threading.Event()
+        self.forbidden_reason = ""
+        self.forbidden_write = ""
         self.stats = Stats()
         self.sys_ids: dict[str, str] = {}
         self.fallbacks: dict[str, str] = {}
@@ -84,6 +101,51 @@ class RunLedger:
             if not self._unreachable.is_set():
                 self.unreachable_reason = describe(exc)
                 self._unreachable.set()
+
+    # -- write-ahead intents ----------------------------------------------------------------
+    def intend(self, ops: list[WriteOp]) -> int | None:
+        """Durably note the writes about to be sent (one fsync); None when not journaling."""
+        if self.intents is None or self.audit is None or self.unreachable or self.forbidden:
+            return None
+        return self.intents.intend(
+            self.run_id,
+            (
+                {
+                    "action": op.action,
+                    "table": op.table,
+                    "source_id": op.source_id,
+                    "sys_id": op.sys_id,
+                    "before": op.before,
+                    "after": op.body,
+                }
+                for op in ops
+            ),
+        )
+
+    def intents_done(self, token: int | None) -> None:
+        """The batch's outcomes are audited (the audit batch is fsynced): drop its intents."""
+        if self.intents is not None:
+            self.intents.done(token)
+
+    # -- permission ------------------------------------------------------------------------
+    @property
+    def forbidden(self) -> bool:
+        """A write was refused with HTTP 403: stop sending (see the module docstring)."""
+        return self._forbidden.is_set()
+
+    def forbid(self, op: WriteOp, message: str) -> None:
+        """``op`` was refused with 403: it fails, and nothing more is sent this run."""
+        with self.lock:
+            if not self._forbidden.is_set():
+                self.forbidden_reason = message
+                self.forbidden_write = f"{op.action} on {op.table}"
+                self._forbidden.set()
+        self.fail(op, message, 403)
+
+    def skip(self, ops: list[WriteOp]) -> None:
+        """Writes left unsent because the account may not write (not failures, not queued)."""
+        with self.lock:
+            self.stats.not_attempted += len(ops)
 
     def fall_back(self, op: WriteOp) -> None:
         """Address ``op`` to ``cmdb_ci`` (its class table is missing), keeping its class."""
@@ -244,6 +306,7 @@ class RunLedger:
             "resolved_by_lookup": s.adopted_after_ambiguity,
             "retried": s.retried,
             "batches": s.batches,
+            "not_attempted": s.not_attempted,
         }
         report.failures.extend(self.failures)
         report.ire = ire
@@ -256,7 +319,15 @@ class RunLedger:
             )
             if warning not in report.warnings:
                 report.warnings.append(warning)
-        if self.unreachable:
+        if self.forbidden:
+            report.status = "failed"
+            report.message = forbidden_message(
+                self.forbidden_write,
+                refused=s.failed + s.rel_failed,
+                not_attempted=s.not_attempted,
+                landed=s.created + s.updated + s.retired + s.rel_created,
+            )
+        elif self.unreachable:
             report.status = "queued"
             report.message = (
                 f"the instance could not be reached ({self.unreachable_reason}); "
@@ -280,3 +351,22 @@ class RunLedger:
                 batch_size=batch_size,
             )
         )
+
+
+def forbidden_message(write: str, *, refused: int, not_attempted: int, landed: int) -> str:
+    """What to do when the account may read but not write the CMDB (HTTP 403 on a write)."""
+    kept = (
+        f"{landed} write(s) that landed before it are kept and audited"
+        if landed
+        else "nothing was written"
+    )
+    return (
+        f"the account lacks write rights: the instance refused a {write} with HTTP 403 "
+        f"(forbidden), so the load stopped there ({refused} write(s) refused, {not_attempted} "
+        f"not attempted; {kept}; nothing was queued in the outbox, as a permission problem is "
+        "not an outage). Ask a ServiceNow admin to give the integration user a role that may "
+        "write the CMDB tables (cmdb_ci and its classes, cmn_location, cmdb_rel_ci): itil or "
+        "asset (or cmdb_write), or admin, or an ACL granting create and write on those tables; "
+        "then run `snowkit load` again. Check it with the same account: `snowkit load "
+        "--dry-run` only reads."
+    )

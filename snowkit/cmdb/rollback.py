@@ -23,6 +23,9 @@ from snowkit.servicenow.batch import BatchRequest
 from snowkit.servicenow.query import Query
 
 UNDOABLE = frozenset({"create", "update", "delete"})
+#: Outcomes of writes that landed: ``recovered`` is a write a crashed run committed and the
+#: next run found and audited (``snowkit.cmdb.intents``).
+LANDED = frozenset({"success", "recovered"})
 
 
 @dataclass
@@ -63,7 +66,7 @@ def run_entries(run_id: str, audit_path: Path | str | None = None) -> list[dict[
     return [
         e
         for e in read_audit(audit_path, run_id=run_id)
-        if e.get("action") in UNDOABLE and e.get("outcome", "success") == "success"
+        if e.get("action") in UNDOABLE and e.get("outcome", "success") in LANDED
     ]
 
 

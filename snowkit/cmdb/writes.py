@@ -128,6 +128,22 @@ def unreachable_result(result: Any) -> bool:
     return str(value).lower() in _UNREACHABLE_CATEGORIES
 
 
+def forbidden_result(res: Any) -> bool:
+    """The instance refused this write for lack of rights (HTTP 403 on the item or batch)."""
+    if res is None:
+        return False
+    if res.serviced and res.status_code == 403:
+        return True
+    return getattr(getattr(res, "error", None), "http_status", None) == 403
+
+
+def forbidden_error(exc: BaseException) -> bool:
+    """An exception meaning HTTP 403 (``AuthorizationError``, or any error context with 403)."""
+    if type(exc).__name__ == "AuthorizationError":
+        return True
+    return getattr(getattr(exc, "context", None), "http_status", None) == 403
+
+
 def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:500]
 

@@ -27,9 +27,12 @@ the whole trail with an older copy. Copy the latest checkpoint somewhere the loa
 rewrite (an external anchor) if that matters.
 
 Crash recovery choice: :class:`AuditTrail` refuses to append after a half-written last line
-(:class:`IncompleteAuditLineError`); ``AuditTrail(..., recover=True)`` (or
-:func:`quarantine_incomplete_tail`) moves the partial bytes to a ``.incomplete-<time>`` side
-file, keeps them as evidence, and continues the chain after the last complete line.
+(:class:`IncompleteAuditLineError`); ``AuditTrail(..., recover=True)`` (what the loader and
+``snowkit audit recover`` use; or :func:`quarantine_incomplete_tail` alone) moves the partial
+bytes to a ``.incomplete-<time>`` side file, keeps them as evidence, and continues the chain
+after the last complete line. The trail then writes a signed ``recover`` checkpoint naming the
+side file (``evidence``, ``evidence_bytes``, ``evidence_sha256``), so the recovery itself is
+on the record and :func:`verify_audit` reports it (``recoveries`` and a warning).
 
 Rotation (``max_bytes``, a soft limit: one larger entry is still written whole): the current
 file is sealed with a ``rotate`` checkpoint and renamed to ``audit.jsonl.<n>`` where *n* grows
@@ -43,6 +46,7 @@ Layout: this module is the writer (and re-exports the rest); the format primitiv
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import threading
 import weakref
@@ -108,6 +112,16 @@ def quarantine_incomplete_tail(path: str | os.PathLike[str]) -> Path | None:
     return side
 
 
+def _evidence(side: Path) -> dict[str, Any]:
+    """What a ``recover`` checkpoint signs about the bytes moved aside."""
+    data = side.read_bytes()
+    return {
+        "evidence": side.name,
+        "evidence_bytes": len(data),
+        "evidence_sha256": hashlib.sha256(data).hexdigest(),
+    }
+
+
 def _last_newline_before(handle: Any, size: int) -> int:
     """Offset just after the last ``\\n`` in the file (0 if none)."""
     position = size
@@ -170,7 +184,7 @@ class AuditTrail:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer_lock = _WriterLock.acquire(self.path)
         try:
-            self._seq, self._head, unsealed = self._resume(recover)
+            self._seq, self._head, unsealed, self.recovered = self._resume(recover)
             handle = open(self.path, "ab", buffering=0)  # noqa: SIM115 - lives with the trail
         except BaseException:
             self._writer_lock.release()
@@ -178,7 +192,12 @@ class AuditTrail:
         self._files = _OpenFile(handle)
         self._finalizer = weakref.finalize(self, _abandon, self._files, self._writer_lock)
         self._size = self._handle.seek(0, os.SEEK_END)
-        if unsealed:
+        if self.recovered is not None:
+            # Sign the recovery into the chain: which bytes were moved aside, and where.
+            self._since_checkpoint = 1
+            self._write_checkpoint("recover", _evidence(self.recovered))
+            self._sync()
+        elif unsealed:
             self._since_checkpoint = 1
             self._write_checkpoint("resume")
             self._sync()
@@ -318,7 +337,9 @@ class AuditTrail:
                 os.fsync(self._handle.fileno())
             self._dirty = False
 
-    def _write_checkpoint(self, reason: str) -> dict[str, Any] | None:
+    def _write_checkpoint(
+        self, reason: str, extra: Mapping[str, Any] | None = None
+    ) -> dict[str, Any] | None:
         if self._since_checkpoint == 0 or self._seq == 0:
             return None
         body: dict[str, Any] = {
@@ -327,6 +348,7 @@ class AuditTrail:
             "timestamp": datetime.now(UTC).isoformat(),
             "covers_hash": self._head,
             "reason": reason,
+            **(extra or {}),
         }
         body["hmac"] = checkpoint_mac(body, self._key)
         self._write(canonical(body) + b"\n")
@@ -349,20 +371,30 @@ class AuditTrail:
         self._size = 0
         _fsync_dir(self.path.parent)
 
-    def _resume(self, recover: bool) -> tuple[int, str, bool]:
-        """(last seq, head hash, whether entries follow the last checkpoint) from the files."""
+    def _resume(self, recover: bool) -> tuple[int, str, bool, Path | None]:
+        """(last seq, head hash, whether entries follow the last checkpoint, evidence file).
+
+        The evidence file is where a half-written last line was moved (``recover=True``).
+        """
+        recovered: Path | None = None
         for segment in reversed(audit_segments(self.path)):
             line, incomplete = _last_complete_line(segment)
             if incomplete:
-                if segment != self.path or not recover:
+                if segment != self.path:
+                    raise IncompleteAuditLineError(
+                        f"rotated audit segment {segment} ends with a half-written line: it "
+                        "was sealed and renamed whole, so this is not a crash of the writer. "
+                        f"Run `snowkit audit verify {self.path}` and investigate."
+                    )
+                if not recover:
                     raise IncompleteAuditLineError(
                         f"audit trail {segment} ends with a half-written line (a crash during "
                         "a write?). Nothing was appended after it. Inspect it with "
-                        f"`snowkit audit verify {self.path}`, then open the trail with "
-                        "AuditTrail(..., recover=True) to move the partial line to a side "
-                        "file and continue."
+                        f"`snowkit audit verify {self.path}`, then run "
+                        f"`snowkit audit recover {self.path}` to move the partial line to a "
+                        "side file (kept as evidence) and continue the chain."
                     )
-                quarantine_incomplete_tail(segment)
+                recovered = quarantine_incomplete_tail(segment)
                 line, _ = _last_complete_line(segment)
             if line is None:
                 continue
@@ -374,9 +406,9 @@ class AuditTrail:
                     f"`snowkit audit verify {self.path}` before writing to this trail"
                 ) from exc
             if last.get("type") == "checkpoint":
-                return int(last["seq"]), str(last["covers_hash"]), False
-            return int(last["seq"]), str(last["hash"]), True
-        return 0, GENESIS_HASH, False
+                return int(last["seq"]), str(last["covers_hash"]), False, recovered
+            return int(last["seq"]), str(last["hash"]), True, recovered
+        return 0, GENESIS_HASH, False, recovered
 
 
 class _WriterLock:

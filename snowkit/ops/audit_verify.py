@@ -8,6 +8,7 @@ the format from :mod:`snowkit.ops.audit_chain`. What it guarantees is listed in
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 from dataclasses import dataclass, field
@@ -54,6 +55,11 @@ class AuditVerification:
     file: str | None = None
     checkpoints: int = 0
     warnings: list[str] = field(default_factory=list)
+    #: one dict per crash recovery sealed in the trail (a signed ``recover`` checkpoint):
+    #: ``seq`` (last entry before the torn line), ``file``, ``line_number``, ``evidence`` (the
+    #: side file's path), ``evidence_bytes``, ``evidence_sha256``, ``evidence_present``,
+    #: ``evidence_matches`` (the side file still holds exactly the bytes the seal names).
+    recoveries: list[dict[str, Any]] = field(default_factory=list)
 
 
 def verify_audit(
@@ -79,7 +85,20 @@ def verify_audit(
             file=str(target),
         )
     loaded = [(seg, *split_lines(seg.read_bytes())) for seg in segments]
-    return _Verifier(secret, loaded, allow_unsealed_tail).run()
+    result = _Verifier(secret, loaded, allow_unsealed_tail).run()
+    _report_unsealed_evidence(target, result)
+    return result
+
+
+def _report_unsealed_evidence(target: Path, result: AuditVerification) -> None:
+    """Warn about torn-line side files no signed ``recover`` checkpoint accounts for."""
+    sealed = {Path(r["evidence"]).name for r in result.recoveries}
+    for side in sorted(target.parent.glob(f"{target.name}.incomplete-*")):
+        if side.name not in sealed:
+            result.warnings.append(
+                f"{side} holds a half-written line moved aside from the trail, but no signed "
+                "recover checkpoint names it (moved by hand, or before a trail entry existed)"
+            )
 
 
 class _Verifier:
@@ -97,6 +116,7 @@ class _Verifier:
         self.entries = 0
         self.checkpoints = 0
         self.warnings: list[str] = []
+        self.recoveries: list[dict[str, Any]] = []
         self.all_seqs = self._collect_seqs()
 
     def _collect_seqs(self) -> set[int]:
@@ -134,6 +154,7 @@ class _Verifier:
             file=str(segment),
             checkpoints=self.checkpoints,
             warnings=self.warnings,
+            recoveries=self.recoveries,
         )
 
     def run(self) -> AuditVerification:
@@ -183,6 +204,7 @@ class _Verifier:
                         file=str(segment),
                         checkpoints=self.checkpoints,
                         warnings=self.warnings,
+                        recoveries=self.recoveries,
                     )
                 return self.fail(
                     "edited",
@@ -209,10 +231,16 @@ class _Verifier:
             message=(
                 f"ok: {self.entries} entries, {self.checkpoints} checkpoints, "
                 f"{len(self.loaded)} file(s); head {head[:16]}"
+                + (
+                    f"; {len(self.recoveries)} crash recovery(ies) sealed (see warnings)"
+                    if self.recoveries
+                    else ""
+                )
             ),
             file=str(self.loaded[-1][0]),
             checkpoints=self.checkpoints,
             warnings=self.warnings,
+            recoveries=self.recoveries,
         )
 
     def _check_entry(
@@ -286,7 +314,43 @@ class _Verifier:
                 subject="checkpoint after",
             )
         self.checkpoints += 1
+        if record.get("reason") == "recover":
+            self._note_recovery(record, segment, line_no)
         return None
+
+    def _note_recovery(self, record: dict[str, Any], segment: Path, line_no: int) -> None:
+        """A signed crash recovery: say where the torn bytes went and whether they still match."""
+        name = str(record.get("evidence") or "")
+        side = segment.parent / Path(name).name if name else None
+        present = side is not None and side.is_file()
+        matches = present and (
+            side is not None
+            and hashlib.sha256(side.read_bytes()).hexdigest() == record.get("evidence_sha256")
+        )
+        self.recoveries.append(
+            {
+                "seq": record.get("seq"),
+                "file": str(segment),
+                "line_number": line_no,
+                "timestamp": record.get("timestamp"),
+                "evidence": str(side) if side is not None else None,
+                "evidence_bytes": record.get("evidence_bytes"),
+                "evidence_sha256": record.get("evidence_sha256"),
+                "evidence_present": present,
+                "evidence_matches": matches,
+            }
+        )
+        state = (
+            "kept unchanged"
+            if matches
+            else ("CHANGED since the recovery" if present else "MISSING (deleted or moved)")
+        )
+        self.warnings.append(
+            f"recovered from a crash: a half-written line after seq {record.get('seq')} was "
+            f"moved to {side} ({record.get('evidence_bytes')} bytes, evidence {state}); the "
+            f"chain continues, sealed by the signed recover checkpoint at {segment.name} "
+            f"line {line_no}"
+        )
 
 
 __all__ = ["PROBLEMS", "AuditVerification", "verify_audit"]

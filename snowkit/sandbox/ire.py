@@ -1,13 +1,34 @@
 """Identification & Reconciliation (``POST /api/now/identifyreconcile``) with the Hardware rule.
 
-Real CMDB loads go through IRE so duplicates are matched rather than re-inserted. We emulate the
-base-system Hardware identifier only (serial_number, then name, then mac_address, searched on
-``cmdb_ci_hardware`` and its subclasses) and relationships by item index; enough to test a loader
-that prefers IRE and falls back to the Table API. The caller serialises calls (one lock).
+Real CMDB loads go through IRE so duplicates are matched rather than re-inserted. We emulate:
+
+* source-based identification first: an item may carry ``sys_object_source_info``
+  (``source_name``, ``source_native_key``); IRE looks the pair up in the Source
+  [``sys_object_source``] table and, when it points at a CI that still exists, that CI is the
+  match and no identification rule runs. Whatever the item was identified by, a committed item
+  with source info leaves (or re-points) its ``sys_object_source`` row, so the next payload
+  from that source finds the same CI even when its identifying attributes are shared with
+  other CIs (several clients called "Philips-hue"). Relied on: ServiceNow's "Identification
+  and Reconciliation Engine (IRE)" page, section "CI identification" (CIs "can also be uniquely
+  identified using source_name and source_native_key values provided in the
+  sys_object_source_info section of the payload, and the Source [sys_object_source] table. If
+  identification is successful using that method, then it is not necessary to apply matching
+  algorithms that rely on identification rules"). The table's columns are ``name`` and ``id``
+  (the payload keys ``source_name`` / ``source_native_key``), ``target_sys_id``,
+  ``target_table`` and ``last_scan`` (set when the row is written; not refreshed on every
+  scan here). The property ``glide.identification_engine.skip_sys_object_source_matching`` is
+  not emulated (always off);
+* then the base-system Hardware identifier only (serial_number, then name, then mac_address,
+  searched on ``cmdb_ci_hardware`` and its subclasses);
+* relationships by item index.
+
+Enough to test a loader that prefers IRE and falls back to the Table API. The caller
+serialises calls (one lock).
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from snowkit.sandbox.store import Store
@@ -17,6 +38,8 @@ RULE_NAME = "Hardware Rule"
 IDENTIFIER_ENTRY_SYS_ID = "556eb250c3400200d8d4bea192d3ae92"
 MATCH_ATTRIBUTES = ("serial_number", "name", "mac_address")
 UNKNOWN = "Unknown"
+SOURCE_TABLE = "sys_object_source"
+SOURCE_IDENTIFIER = "sys_object_source"
 
 
 class IREInputError(ValueError):
@@ -92,34 +115,90 @@ def _reconcile_item(store: Store, item: Any, index: int, commit: bool, user: str
             f"No identification rule for class '{class_name}' (the sandbox only has the "
             "Hardware rule, for cmdb_ci_hardware and its subclasses)",
         )
-    if not any(values.get(attr) for attr in MATCH_ATTRIBUTES):
-        return _fail(
-            result,
-            "MISSING_MATCHING_ATTRIBUTES",
-            "In the payload, the identification rule for class "
-            f"'{class_name}' needs one of {', '.join(MATCH_ATTRIBUTES)}",
-        )
-    match = _identify(store, values, result)
+    source = _source_info(item)
+    match = _identify_by_source(store, source, result) if source is not None else None
+    if match is None:
+        if not any(values.get(attr) for attr in MATCH_ATTRIBUTES):
+            return _fail(
+                result,
+                "MISSING_MATCHING_ATTRIBUTES",
+                "In the payload, the identification rule for class "
+                f"'{class_name}' needs one of {', '.join(MATCH_ATTRIBUTES)}",
+            )
+        match = _identify(store, values, result)
+        if match is not None:
+            result["identifierEntrySysId"] = IDENTIFIER_ENTRY_SYS_ID
     values["sys_class_name"] = class_name
     if match is None:
         result["operation"] = "INSERT"
         if commit:
             record = store.insert(class_name, values, user=user)
             result["sysId"] = record["sys_id"]
+            if source is not None:
+                _remember_source(store, source, record["sys_id"], class_name, user)
         return result
     result["sysId"] = match["sys_id"]
-    result["identifierEntrySysId"] = IDENTIFIER_ENTRY_SYS_ID
     own_class = match.get("sys_class_name") or HARDWARE
     current = store.get(own_class, match["sys_id"]) or match  # with the subclass's columns
     changes = {k: v for k, v in values.items() if k in current and current[k] != v}
     changes.pop("sys_class_name", None)  # reclassification is not emulated
-    if not changes:
-        result["operation"] = "NO_CHANGE"
-        return result
-    result["operation"] = "UPDATE"
+    result["operation"] = "UPDATE" if changes else "NO_CHANGE"
     if commit:
-        store.update(own_class, match["sys_id"], changes, user=user)
+        if changes:
+            store.update(own_class, match["sys_id"], changes, user=user)
+        if source is not None:
+            _remember_source(store, source, match["sys_id"], own_class, user)
     return result
+
+
+def _source_info(item: dict[str, Any]) -> tuple[str, str] | None:
+    """``(source_name, source_native_key)`` of an item, when it carries both."""
+    info = item.get("sys_object_source_info")
+    if not isinstance(info, dict):
+        return None
+    name, key = _as_text(info.get("source_name")), _as_text(info.get("source_native_key"))
+    return (name, key) if name and key else None
+
+
+def _identify_by_source(
+    store: Store, source: tuple[str, str], result: dict[str, Any]
+) -> dict[str, str] | None:
+    """The CI this source already reported under this native key (None: not seen, or gone)."""
+    rows, _ = store.list(
+        SOURCE_TABLE, "ORDERBYsys_created_on", limit=1, filters={"name": source[0], "id": source[1]}
+    )
+    found: dict[str, str] | None = None
+    if rows and rows[0].get("target_sys_id"):
+        found = store.get(HARDWARE, rows[0]["target_sys_id"])
+    result["identificationAttempts"].append(
+        {
+            "identifierName": SOURCE_IDENTIFIER,
+            "attemptResult": "MATCHED" if found else "NO_MATCH",
+            "attributes": ["source_name", "source_native_key"],
+            "searchOnTable": SOURCE_TABLE,
+            "hybridEntryCiAttributes": [],
+        }
+    )
+    return found
+
+
+def _remember_source(
+    store: Store, source: tuple[str, str], sys_id: str, table: str, user: str
+) -> None:
+    """Point ``source`` at the CI it was reconciled to (insert the row, or re-point it)."""
+    rows, _ = store.list(
+        SOURCE_TABLE, "ORDERBYsys_created_on", limit=1, filters={"name": source[0], "id": source[1]}
+    )
+    target = {"target_sys_id": sys_id, "target_table": table}
+    if not rows:
+        stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
+        store.insert(
+            SOURCE_TABLE,
+            {"name": source[0], "id": source[1], **target, "last_scan": stamp},
+            user=user,
+        )
+    elif any(rows[0].get(k) != v for k, v in target.items()):
+        store.update(SOURCE_TABLE, rows[0]["sys_id"], target, user=user)
 
 
 def _identify(

@@ -391,6 +391,18 @@ def _base_tables() -> list[TableDef]:
                 _f("percent_outage", "integer"),
             ],
         ),
+        _table(  # IRE's source cross-reference (source_name/source_native_key -> CI)
+            "sys_object_source",
+            "Source",
+            [
+                _f("name", max_length=100),  # the payload's source_name
+                _f("id", max_length=255),  # the payload's source_native_key
+                _f("target_sys_id", max_length=32),
+                _f("target_table", "table_name", max_length=80),
+                _f("last_scan", "glide_date_time"),
+            ],
+            display="name",
+        ),
         _table(
             "sys_db_object",
             "Table",

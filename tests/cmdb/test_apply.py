@@ -289,3 +289,67 @@ def test_ire_mode_loads_through_identify_reconcile(client: ServiceNowAPIClient) 
     # a second IRE run plans no writes at all
     _, plan, report2 = load(client, result, ire=True)
     assert plan.counts()["create"] == 0 and report2.applied["created"] == 0
+
+
+def same_name_estate() -> TransformResult:
+    """Two sites, each with a "Core Switch" (serials differ) and three clients all called
+    "Philips-hue" (no serial, MACs differ): names are labels, not identities."""
+    records: list[CMDBRecord] = []
+    for s in range(2):
+        site = f"site:{s}"
+        records.append(CMDBRecord("cmn_location", site, {"name": f"Site {s}"}, "location"))
+        switch = {
+            "name": "Core Switch",
+            "serial_number": f"SER{s}",
+            "mac_address": f"aa:bb:cc:{s:02x}:00:01",
+        }
+        records.append(
+            CMDBRecord("cmdb_ci_ip_switch", f"dev:{s}", switch, "switch", {"location": site})
+        )
+        for c in range(3):
+            values = {"name": "Philips-hue", "mac_address": f"dd:ee:ff:{s:02x}:01:{c:02x}"}
+            records.append(
+                CMDBRecord("cmdb_ci_hardware", f"cl:{s}:{c}", values, "client", {"location": site})
+            )
+    return TransformResult(records=records, relationships=[])
+
+
+def test_ire_mode_keeps_records_sharing_a_name_apart(client: ServiceNowAPIClient) -> None:
+    result = same_name_estate()
+    _, _, report = load(client, result, ire=True, batch_size=50)
+    assert report.status == "success", (report.message, report.failures)
+    cis = by_source(client)
+    assert set(cis) == {r.source_id for r in result.records if r.table != "cmn_location"}
+    assert all(len(rows) == 1 for rows in cis.values())
+    for record in result.records:
+        if record.table != "cmn_location":
+            (row,) = cis[record.source_id]
+            assert row["name"] == record.values["name"]  # the withheld name was set after
+            assert row["mac_address"] == record.values["mac_address"]
+    sources = list(client.query("sys_object_source", "name=UniFi"))
+    assert {s["id"] for s in sources} == set(cis)
+    # a rerun identifies every CI by its source key: nothing to write, nothing flips
+    _, plan, again = load(client, result, ire=True, batch_size=50)
+    assert again.status == "success" and again.applied["updated"] == 0
+    assert plan.counts()["create"] == 0 and plan.counts().get("update", 0) == 0
+    assert {k: [r["sys_id"] for r in v] for k, v in by_source(client).items()} == {
+        k: [r["sys_id"] for r in v] for k, v in cis.items()
+    }
+
+
+def test_ire_mode_renames_through_the_source_key(client: ServiceNowAPIClient) -> None:
+    result = same_name_estate()
+    load(client, result, ire=True, batch_size=50)
+    before = {k: v[0]["sys_id"] for k, v in by_source(client).items()}
+    renamed = [
+        CMDBRecord(r.table, r.source_id, {**r.values, "name": "Hue Kitchen"}, r.kind, r.references)
+        if r.source_id == "cl:1:2"
+        else r
+        for r in result.records
+    ]
+    _, _, report = load(client, TransformResult(records=renamed, relationships=[]), ire=True)
+    assert report.status == "success", (report.message, report.failures)
+    after = by_source(client)
+    assert {k: v[0]["sys_id"] for k, v in after.items()} == before
+    assert after["cl:1:2"][0]["name"] == "Hue Kitchen"
+    assert sum(rows[0]["name"] == "Philips-hue" for rows in after.values()) == 5

@@ -119,3 +119,20 @@ def test_not_seen_ledger_keeps_the_first_miss_and_forgets_returning_cis() -> Non
     back = PlanItem("dev:gone", "cmdb_ci_netgear", "no_change", sys_id="G")
     ledger.update(Plan(items=[back]))
     assert ledger.load() == {}
+
+
+def test_a_torn_audit_tail_is_recovered_by_the_next_load(sandbox: Sandbox, load_lab) -> None:
+    from snowkit.ops.audit import verify_audit
+
+    first = load_lab(sandbox)
+    assert first.status == "success", first.message
+    with open(paths.audit_path(), "ab") as handle:
+        handle.write(b'{"seq":99999,"action":"crea')  # a power cut mid-line
+    again = load_lab(sandbox)
+    assert again.status == "success", again.message
+    (evidence,) = paths.audit_path().parent.glob("audit.jsonl.incomplete-*")
+    assert evidence.read_bytes() == b'{"seq":99999,"action":"crea'
+    assert any(str(evidence) in w for w in again.warnings)
+    check = verify_audit(paths.audit_path())
+    assert check.ok, check.message
+    assert [r["evidence"] for r in check.recoveries] == [str(evidence)]

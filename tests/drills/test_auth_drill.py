@@ -186,13 +186,6 @@ def test_readonly_user_writes_nothing(drill: Any, sandbox: Sandbox) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="snowkit/cmdb/apply.py: a 403 on every write ends 'partial: N record write(s) "
-    "failed; see failures' with no word on permissions and after trying every batch; expected: "
-    "stop at the first 403 and say the account lacks write rights (roles/ACL) and what to do",
-)
 def test_readonly_user_is_told_what_to_do(drill: Any, sandbox: Sandbox) -> None:
     _inventory, _result, report, password = readonly_load(drill, sandbox)
     assert_clean_failure(report, password)

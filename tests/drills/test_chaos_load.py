@@ -208,14 +208,6 @@ def test_the_state_comparison_sees_every_kind_of_damage(drill: Any, sandbox: San
     assert diff.links_duplicated and not diff.exact
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="IRE mode (snowkit/cmdb/apply.py _ire_op_for / snowkit/cmdb/ire.py) sends clients "
-    "with a name but no serial: the Hardware rule identifies them by name, so distinct clients "
-    "sharing a host name (e.g. several 'Philips-hue') collapse into one CI (26 of 141 records "
-    "lost) and every rerun flips u_unifi_source_id between them (never converges)",
-)
 def test_ire_mode_keeps_devices_with_the_same_name_apart(drill: Any, sandbox: Sandbox) -> None:
     """Even without faults: IRE mode must load every record once, like the Table API mode."""
     lab = LabConfig(seed=1, sites=2, devices_per_site=10, clients_per_site=60)
@@ -232,3 +224,30 @@ def test_ire_mode_keeps_devices_with_the_same_name_apart(drill: Any, sandbox: Sa
         sandbox=sandbox, inventory=inventory, progress=False, ire=True, client_options=options
     )
     assert second.action_totals()["update"] == 0 and second.status == "success"
+
+
+def test_damage_between_runs_is_repaired_by_the_next_run(drill: Any, sandbox: Sandbox) -> None:
+    """Someone deletes a CI and a link and edits a field on the instance between two loads
+    (after a no-change rerun has warmed any local snapshot): the next load repairs all three."""
+    lab = LabConfig(sites=2, devices_per_site=4, clients_per_site=10, seed=4)
+    inventory, result = drill.lab_result(sandbox, lab)
+    options = {"sleep": drill.no_sleep}
+    for _ in range(2):
+        report = run_load(
+            sandbox=sandbox, inventory=inventory, progress=False, client_options=options
+        )
+        assert report.status == "success", report.message
+    store = sandbox.store
+    cis = store.list("cmdb_ci", "u_unifi_source_idISNOTEMPTY", limit=-1)[0]
+    store.delete("cmdb_ci", cis[0]["sys_id"])
+    store.update("cmdb_ci", cis[1]["sys_id"], {"name": "edited by hand"}, user="admin")
+    store.delete("cmdb_rel_ci", store.list("cmdb_rel_ci", "", limit=1)[0][0]["sys_id"])
+    damaged = drill.compare(store, result)
+    assert damaged.lost and damaged.field_mismatches and damaged.links_missing
+    repaired = run_load(
+        sandbox=sandbox, inventory=inventory, progress=False, client_options=options
+    )
+    assert repaired.status == "success", repaired.message
+    final = drill.compare(store, result)
+    assert final.exact, final.summary()
+    assert verify_audit(paths.audit_path()).ok

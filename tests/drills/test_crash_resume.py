@@ -349,13 +349,6 @@ def test_a_write_committed_just_before_a_crash_is_still_audited(
     assert held - audited == set(), f"{len(held - audited)} record(s) in the CMDB never audited"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a crash that tears the audit trail's last line blocks every later load: run_load "
-    "(snowkit/cmdb/job.py) opens AuditTrail without recover, and the error tells a CLI user to "
-    "call AuditTrail(..., recover=True) in Python; no snowkit command recovers",
-)
 def test_a_torn_audit_line_does_not_block_the_next_load(drill: Any, sandbox: Sandbox) -> None:
     """A power cut can leave half a line (the writer fsyncs, the disk may not finish it)."""
     inventory, result = drill.lab_result(

@@ -409,3 +409,45 @@ def test_one_writer_per_trail(tmp_path: Path) -> None:
     with AuditTrail(path, key=KEY, fsync=False):
         pass
     assert verify_audit(path, KEY).ok
+
+
+def test_recovery_is_sealed_and_reported_by_verify(tmp_path: Path) -> None:
+    path = _write_trail(tmp_path / "audit.jsonl", n=4)
+    with open(path, "ab") as handle:
+        handle.write(b'{"seq":5,"act')
+    with pytest.raises(IncompleteAuditLineError, match=r"snowkit audit recover") as caught:
+        AuditTrail(path, key=KEY)
+    assert "AuditTrail(" not in str(caught.value)
+    with AuditTrail(path, key=KEY, recover=True, fsync=False) as trail:
+        assert trail.recovered is not None and trail.recovered.exists()
+        evidence = trail.recovered
+    seal = [r for r in read_audit(path, include_checkpoints=True) if r.get("reason") == "recover"]
+    assert len(seal) == 1 and seal[0]["evidence"] == evidence.name and seal[0]["seq"] == 4
+    result = verify_audit(path, KEY)
+    assert result.ok, result.message
+    assert "crash recovery" in result.message
+    (recovery,) = result.recoveries
+    assert recovery["evidence"] == str(evidence) and recovery["evidence_matches"] is True
+    assert any(str(evidence) in w and "recover checkpoint" in w for w in result.warnings)
+    evidence.write_bytes(b"something else")  # the kept bytes changed: say so, the seal still holds
+    changed = verify_audit(path, KEY)
+    assert changed.ok and changed.recoveries[0]["evidence_matches"] is False
+    assert any("CHANGED" in w for w in changed.warnings)
+
+
+def test_a_clean_trail_opened_with_recover_writes_no_recover_seal(tmp_path: Path) -> None:
+    path = _write_trail(tmp_path / "audit.jsonl", n=3)
+    with AuditTrail(path, key=KEY, recover=True, fsync=False) as trail:
+        assert trail.recovered is None
+    assert not [
+        r for r in read_audit(path, include_checkpoints=True) if r.get("reason") == "recover"
+    ]
+    assert verify_audit(path, KEY).recoveries == []
+
+
+def test_side_file_without_a_seal_is_warned_about(tmp_path: Path) -> None:
+    path = _write_trail(tmp_path / "audit.jsonl", n=3)
+    stray = tmp_path / "audit.jsonl.incomplete-20260101T000000000000Z"
+    stray.write_bytes(b'{"seq":4')
+    result = verify_audit(path, KEY)
+    assert result.ok and any(str(stray) in w for w in result.warnings)

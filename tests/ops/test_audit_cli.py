@@ -157,3 +157,30 @@ def test_metrics_command_formats(capsys: pytest.CaptureFixture[str]) -> None:
     prom = paths.runs_dir() / "20261129T000000Z-bbbbbb" / "metrics.prom"
     assert main(["metrics", "--textfile", str(prom)]) == 0
     assert 'snowkit_requests_total{method="GET"' in capsys.readouterr().out
+
+
+def test_audit_recover_moves_a_torn_line_aside(
+    trail: Path, key_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with open(trail, "ab") as handle:
+        handle.write(b'{"seq":13,"act')
+    assert _verify(trail, key_file) == 3
+    capsys.readouterr()
+    assert main(["audit", "recover", str(trail), "--key-file", str(key_file)]) == 0
+    out = capsys.readouterr().out
+    side_files = list(trail.parent.glob("audit.jsonl.incomplete-*"))
+    assert len(side_files) == 1 and str(side_files[0]) in out
+    assert side_files[0].read_bytes() == b'{"seq":13,"act'
+    assert _verify(trail, key_file) == 0
+    err = capsys.readouterr().err
+    assert "recovered from a crash" in err and str(side_files[0]) in err
+    assert main(["audit", "recover", str(trail), "--key-file", str(key_file)]) == 0
+    assert "nothing to recover" in capsys.readouterr().out
+
+
+def test_audit_recover_without_a_trail_exits_4(
+    tmp_path: Path, key_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "none.jsonl"
+    assert main(["audit", "recover", str(missing), "--key-file", str(key_file)]) == 4
+    assert "no audit trail" in capsys.readouterr().err

@@ -130,3 +130,71 @@ def test_readonly_and_bad_payloads(
         response = admin.post(f"{sandbox.url}/api/now/identifyreconcile", json=body)
         assert response.status_code == 400
         assert response.json()["status"] == "failure"
+
+
+def _sourced(name: str, key: str, **values: str) -> dict:
+    item = _switch(name, **values)
+    item["sys_object_source_info"] = {"source_name": "UniFi", "source_native_key": key}
+    return item
+
+
+def test_source_native_key_identifies_before_the_rules(sandbox: Sandbox, admin: requests.Session):
+    """Two CIs share a name; each source key keeps finding its own CI, not the name match."""
+    name = "hue-" + uuid.uuid4().hex[:8]
+    key_a, key_b = uuid.uuid4().hex, uuid.uuid4().hex
+    first = _ire(admin, sandbox, {"items": [_sourced(name, key_a, ip_address="10.0.0.1")]})
+    a = first["items"][0]
+    assert a["operation"] == "INSERT"
+    assert a["identificationAttempts"][0]["identifierName"] == "sys_object_source"
+    assert a["identificationAttempts"][0]["attemptResult"] == "NO_MATCH"
+    sources = admin.get(
+        f"{sandbox.url}/api/now/table/sys_object_source",
+        params={"sysparm_query": f"name=UniFi^id={key_a}"},
+    ).json()["result"]
+    assert [(s["target_sys_id"], s["target_table"]) for s in sources] == [
+        (a["sysId"], "cmdb_ci_ip_switch")
+    ]
+    # a second CI with the same name, created outside this source
+    other = admin.post(
+        f"{sandbox.url}/api/now/table/cmdb_ci_ip_switch", json={"name": name}
+    ).json()["result"]
+    # key_a is matched through sys_object_source, whatever its name now matches
+    again = _ire(admin, sandbox, {"items": [_sourced(name, key_a, ip_address="10.0.0.2")]})
+    item = again["items"][0]
+    assert (item["operation"], item["sysId"]) == ("UPDATE", a["sysId"])
+    assert [x["attemptResult"] for x in item["identificationAttempts"]] == ["MATCHED"]
+    # a key the source has not reported yet falls back to the Hardware rule (name: oldest)
+    b = _ire(admin, sandbox, {"items": [_sourced(name, key_b)]})["items"][0]
+    assert b["sysId"] == a["sysId"] and b["sysId"] != other["sys_id"]
+    assert [x["attemptResult"] for x in b["identificationAttempts"]][:3] == [
+        "NO_MATCH",
+        "SKIPPED",
+        "MULTI_MATCH",
+    ]
+
+
+def test_a_source_row_pointing_at_a_deleted_ci_falls_back_and_is_repointed(
+    sandbox: Sandbox, admin: requests.Session
+):
+    key, serial = uuid.uuid4().hex, uuid.uuid4().hex
+    first = _ire(admin, sandbox, {"items": [_sourced("sw-x", key, serial_number=serial)]})
+    gone = first["items"][0]["sysId"]
+    assert admin.delete(f"{sandbox.url}/api/now/table/cmdb_ci/{gone}").status_code == 204
+    again = _ire(admin, sandbox, {"items": [_sourced("sw-x", key, serial_number=serial)]})
+    item = again["items"][0]
+    assert item["operation"] == "INSERT" and item["sysId"] != gone
+    rows = admin.get(
+        f"{sandbox.url}/api/now/table/sys_object_source",
+        params={"sysparm_query": f"id={key}"},
+    ).json()["result"]
+    assert [r["target_sys_id"] for r in rows] == [item["sysId"]]
+
+
+def test_the_dry_run_endpoint_records_no_source(sandbox: Sandbox, admin: requests.Session):
+    key = uuid.uuid4().hex
+    _ire(admin, sandbox, {"items": [_sourced("sw-q", key, serial_number=key)]}, dry_run=True)
+    rows = admin.get(
+        f"{sandbox.url}/api/now/table/sys_object_source",
+        params={"sysparm_query": f"id={key}"},
+    ).json()["result"]
+    assert rows == []

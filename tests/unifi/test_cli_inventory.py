@@ -111,3 +111,30 @@ def test_all_reference_samples(capsys: pytest.CaptureFixture[str]) -> None:
     doc = json.loads(capsys.readouterr().out)
     assert len(doc["files"]) == len(files)
     assert doc["records"]["cmdb_ci_ip_router"] >= 2
+
+
+@pytest.mark.parametrize("depth", [100_000, 5_000])
+def test_deeply_nested_json_exits_2_with_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], depth: int
+) -> None:
+    """The stdlib parser recurses per level: past the stack limit it must be a refusal."""
+    path = tmp_path / "deep.json"
+    path.write_bytes(b"[" * depth + b"]" * depth)
+    assert main(["inventory", str(path), "--json"]) == 2
+    err = capsys.readouterr().err
+    assert "nested too deeply" in err and str(path) in err and "Traceback" not in err
+
+
+def test_deep_but_parseable_item_does_not_crash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nesting just under the parser's limit inside an item must not crash a later stage."""
+    deep: object = 1
+    for _ in range(900):
+        deep = [deep]
+    document = {"meta": {"rc": "ok"}, "data": [{**DEVICES["data"][0], "extra": deep}]}
+    path = _write(tmp_path, "devices.json", document)
+    code = main(["inventory", path, "--json"])
+    captured = capsys.readouterr()
+    assert code in (0, 2), captured.err
+    assert "Traceback" not in captured.err

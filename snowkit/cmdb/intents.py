@@ -1,0 +1,402 @@
+"""Write-ahead intents: no write lands in the CMDB without a trace the audit trail can pick up.
+
+The gap it closes: the loader commits a batch on the instance, then appends the audit lines. A
+process killed between the two leaves records in the CMDB that no audit entry names; the next
+run plans them as "no change" and ``snowkit rollback`` can never undo them.
+
+So before a batch is sent its writes are recorded here (one SQLite transaction, fsynced: one
+fsync per batch, not per record), and removed once their outcomes are in the audit trail.
+Whatever is still here at the start of the next run (or of ``snowkit outbox replay``) belongs
+to a process that died mid-batch and is reconciled (:func:`reconcile_intents`):
+
+* a create whose record exists (looked up by ``u_unifi_source_id``; a relationship by parent,
+  child and type) is audited as ``create`` with outcome ``recovered`` under the dead run's id,
+  with the record read back as the after-image, so ``snowkit rollback <that run>`` deletes it;
+* an update whose fields now hold the intended values is audited as ``update`` / ``recovered``
+  with the before-image kept in the intent, so rollback restores it;
+* anything else did not land: the intent is marked ``not_applied``;
+* an intent whose write the trail already holds (the crash fell between the audit's fsync and
+  the removal here) is only marked ``audited``: nothing is recorded twice.
+
+Reconciled intents stay in the file with their outcome (evidence of the crash), and are
+pruned after :data:`KEEP_RESOLVED_DAYS`. Why our own: a dozen lines of ``sqlite3``; a
+workflow/saga library would add a dependency for one table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from snowkit import paths
+from snowkit.cmdb.fields import as_str
+from snowkit.cmdb.outbox import is_unreachable_error
+from snowkit.cmdb.plan import CI_TABLE, CREATE, LOCATION_TABLE, SOURCE_ID_FIELD
+from snowkit.cmdb.relationships import REL_TABLE, find_link
+from snowkit.ops.audit import read_audit
+from snowkit.servicenow.query import Query
+
+#: Outcome of a write recovered from an intent (the audit trail's ``outcome`` field).
+RECOVERED = "recovered"
+PENDING = "pending"
+NOT_APPLIED = "not_applied"
+ALREADY_AUDITED = "audited"
+KEEP_RESOLVED_DAYS = 30
+#: Actions that relate two CIs (a ``cmdb_rel_ci`` create).
+RELATE = "relate"
+_UPDATES = frozenset({"update", "retire"})
+_LOOKUP_CHUNK = 100
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS intents (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    batch INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    table_name TEXT NOT NULL,
+    source_id TEXT,
+    sys_id TEXT,
+    before TEXT,
+    after TEXT,
+    created_at TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',
+    resolved_at TEXT
+);
+CREATE INDEX IF NOT EXISTS intents_status ON intents (status);
+CREATE INDEX IF NOT EXISTS intents_batch ON intents (batch);
+"""
+
+
+def intents_path() -> Path:
+    """Next to the outbox: ``.snowkit/intents.sqlite3``."""
+    return paths.outbox_path().with_name("intents.sqlite3")
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """One write about to be sent (``after`` is the body; ``before`` the before-image)."""
+
+    id: int
+    run_id: str
+    action: str
+    table: str
+    source_id: str | None
+    sys_id: str | None
+    before: dict[str, Any] | None
+    after: dict[str, Any]
+    created_at: str
+
+
+@dataclass
+class ReconcileResult:
+    """What :func:`reconcile_intents` found; ``runs`` are the dead runs' ids."""
+
+    recovered: int = 0
+    not_applied: int = 0
+    already_audited: int = 0
+    runs: list[str] = field(default_factory=list)
+    stopped: str = ""
+
+    @property
+    def total(self) -> int:
+        return self.recovered + self.not_applied + self.already_audited
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "recovered": self.recovered,
+            "not_applied": self.not_applied,
+            "already_audited": self.already_audited,
+            "runs": list(self.runs),
+            "stopped": self.stopped,
+        }
+
+    def message(self) -> str:
+        """One line for the run report (empty when there was nothing to reconcile)."""
+        if not self.total:
+            return ""
+        runs = ", ".join(self.runs)
+        return (
+            f"{self.recovered} write(s) committed by interrupted run(s) {runs} before they "
+            "were audited were found in the CMDB and audited now (outcome 'recovered'; "
+            f"`snowkit rollback RUN_ID` undoes them); {self.not_applied} intended write(s) "
+            "had not landed"
+        )
+
+
+class IntentJournal:
+    """The SQLite journal of writes in flight (thread-safe: one connection, one lock)."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path is not None else intents_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.executescript(_SCHEMA)
+
+    # -- recording -------------------------------------------------------------------------
+    def intend(self, run_id: str, writes: Iterable[Mapping[str, Any]]) -> int | None:
+        """Record a batch of writes durably (one fsync); returns the batch token (None: empty).
+
+        Each write: ``action``, ``table``, ``source_id``, ``sys_id``, ``before``, ``after``.
+        """
+        now = datetime.now(UTC).isoformat()
+        with self._lock:
+            token = self._next_token()
+            rows = [
+                (
+                    run_id,
+                    token,
+                    w["action"],
+                    w["table"],
+                    w.get("source_id"),
+                    w.get("sys_id"),
+                    _dump(w.get("before")),
+                    _dump(w.get("after")) or "{}",
+                    now,
+                )
+                for w in writes
+            ]
+            if not rows:
+                return None
+            # FULL: this commit fsyncs the WAL, and with it any earlier NORMAL commit.
+            self._conn.execute("PRAGMA synchronous=FULL")
+            with self._conn:
+                self._conn.executemany(
+                    "INSERT INTO intents (run_id, batch, action, table_name, source_id, sys_id,"
+                    " before, after, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+        return token
+
+    def done(self, token: int | None) -> None:
+        """The batch's outcomes are in the audit trail: forget its intents.
+
+        Not fsynced on its own (the next batch's fsync carries it): losing it to a power cut
+        only means a reconcile that finds the writes already audited.
+        """
+        if token is None:
+            return
+        with self._lock:
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            with self._conn:
+                self._conn.execute(
+                    "DELETE FROM intents WHERE batch=? AND status=?", (token, PENDING)
+                )
+
+    def _next_token(self) -> int:
+        row = self._conn.execute("SELECT COALESCE(MAX(batch), 0) FROM intents").fetchone()
+        return int(row[0]) + 1
+
+    # -- reading ---------------------------------------------------------------------------
+    def pending(self, *, exclude_run: str | None = None) -> list[Intent]:
+        """Intents left by a process that died mid-batch, oldest first."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id, run_id, action, table_name, source_id, sys_id, before, after,"
+                " created_at FROM intents WHERE status=? ORDER BY id",
+                (PENDING,),
+            ).fetchall()
+        return [
+            Intent(
+                id=r[0],
+                run_id=r[1],
+                action=r[2],
+                table=r[3],
+                source_id=r[4],
+                sys_id=r[5],
+                before=_load(r[6]),
+                after=_load(r[7]) or {},
+                created_at=r[8],
+            )
+            for r in rows
+            if r[1] != exclude_run
+        ]
+
+    def count(self, status: str = PENDING) -> int:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT COUNT(*) FROM intents WHERE status=?", (status,)
+            ).fetchone()
+        return int(row[0])
+
+    def mark(self, ids: Sequence[int], status: str) -> None:
+        """Record how intents were reconciled (kept as evidence; old ones pruned)."""
+        if not ids:
+            return
+        now = datetime.now(UTC)
+        cutoff = (now - timedelta(days=KEEP_RESOLVED_DAYS)).isoformat()
+        with self._lock:
+            self._conn.execute("PRAGMA synchronous=FULL")
+            with self._conn:
+                self._conn.executemany(
+                    "UPDATE intents SET status=?, resolved_at=? WHERE id=?",
+                    [(status, now.isoformat(), i) for i in ids],
+                )
+                self._conn.execute(
+                    "DELETE FROM intents WHERE status!=? AND resolved_at<?", (PENDING, cutoff)
+                )
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> IntentJournal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- reconciling ----------------------------------------------------------------------------
+
+
+def reconcile_intents(
+    client: Any,
+    journal: IntentJournal,
+    audit: Any,
+    *,
+    exclude_run: str | None = None,
+    audit_path: str | Path | None = None,
+) -> ReconcileResult:
+    """Resolve the intents of dead runs against the CMDB (see the module docstring).
+
+    Stops (``stopped`` set, intents kept) when the instance cannot be reached.
+    """
+    result = ReconcileResult()
+    pending = journal.pending(exclude_run=exclude_run)
+    if not pending:
+        return result
+    result.runs = sorted({i.run_id for i in pending})
+    audited = _audited_writes(result.runs, audit_path or getattr(audit, "path", None))
+    try:
+        landed = _find_landed(client, pending)
+    except Exception as exc:
+        if not is_unreachable_error(exc):
+            raise
+        result.stopped = f"instance unreachable ({type(exc).__name__}); intents kept"
+        return result
+    outcome: dict[str, list[int]] = {RECOVERED: [], NOT_APPLIED: [], ALREADY_AUDITED: []}
+    with _audit_batch(audit):
+        for intent in pending:
+            row = landed.get(intent.id)
+            if row is None:
+                outcome[NOT_APPLIED].append(intent.id)
+                continue
+            sys_id = as_str(row.get("sys_id"))
+            action = "update" if intent.action in _UPDATES else "create"
+            if (intent.run_id, action, sys_id) in audited:
+                outcome[ALREADY_AUDITED].append(intent.id)
+                continue
+            after = {k: as_str(row.get(k)) for k in intent.after if k in row}
+            if audit is not None:
+                audit.record(
+                    action,
+                    REL_TABLE if intent.action == RELATE else intent.table,
+                    sys_id,
+                    source_id=intent.source_id,
+                    before=intent.before if action == "update" else None,
+                    after=after or dict(intent.after),
+                    outcome=RECOVERED,
+                    run_id=intent.run_id,
+                )
+            outcome[RECOVERED].append(intent.id)
+    for status, ids in outcome.items():
+        journal.mark(ids, status)
+    result.recovered = len(outcome[RECOVERED])
+    result.not_applied = len(outcome[NOT_APPLIED])
+    result.already_audited = len(outcome[ALREADY_AUDITED])
+    return result
+
+
+def _audit_batch(audit: Any) -> Any:
+    return audit.batch() if audit is not None else contextlib.nullcontext()
+
+
+def _audited_writes(run_ids: Sequence[str], path: Any) -> set[tuple[str, str, str]]:
+    """(run_id, create|update, sys_id) of every write the trail already holds for these runs."""
+    wanted = set(run_ids)
+    seen: set[tuple[str, str, str]] = set()
+    for entry in read_audit(path):
+        run = entry.get("run_id")
+        if run in wanted and entry.get("action") in ("create", "update"):
+            seen.add((str(run), str(entry["action"]), str(entry.get("sys_id") or "")))
+    return seen
+
+
+def _find_landed(client: Any, intents: Sequence[Intent]) -> dict[int, dict[str, Any]]:
+    """intent id -> the record showing that the write landed (absent: it did not)."""
+    landed: dict[int, dict[str, Any]] = {}
+    creates: dict[str, list[Intent]] = {}
+    for intent in intents:
+        if intent.action == RELATE:
+            body = {k: as_str(intent.after.get(k)) for k in ("parent", "child", "type")}
+            if all(body.values()):
+                found = find_link(client, body)
+                if found:
+                    landed[intent.id] = {"sys_id": found, **body}
+        elif intent.action in _UPDATES:
+            row = _read_record(client, intent)
+            if row is not None and _holds(row, intent.after):
+                landed[intent.id] = row
+        elif intent.source_id:
+            table = LOCATION_TABLE if intent.table == LOCATION_TABLE else CI_TABLE
+            creates.setdefault(table, []).append(intent)
+    for table, group in creates.items():
+        rows = _by_source_id(client, table, [i.source_id or "" for i in group])
+        for intent in group:
+            row = rows.get(intent.source_id or "")
+            if row is not None and intent.action == CREATE:
+                landed[intent.id] = row
+    return landed
+
+
+def _read_record(client: Any, intent: Intent) -> dict[str, Any] | None:
+    table = LOCATION_TABLE if intent.table == LOCATION_TABLE else CI_TABLE
+    if intent.sys_id:
+        return client.get(table, intent.sys_id)
+    if intent.source_id:
+        return _by_source_id(client, table, [intent.source_id]).get(intent.source_id)
+    return None
+
+
+def _holds(row: Mapping[str, Any], values: Mapping[str, Any]) -> bool:
+    """Every field the write set has its intended value (meta fields aside)."""
+    compared = [k for k in values if k not in (SOURCE_ID_FIELD, "sys_class_name") and k in row]
+    return bool(compared) and all(as_str(row.get(k)) == as_str(values[k]) for k in compared)
+
+
+def _by_source_id(client: Any, table: str, source_ids: Sequence[str]) -> dict[str, dict]:
+    found: dict[str, dict] = {}
+    usable = [s for s in source_ids if s and "," not in s and "^" not in s]
+    for start in range(0, len(usable), _LOOKUP_CHUNK):
+        query = Query().in_(SOURCE_ID_FIELD, usable[start : start + _LOOKUP_CHUNK])
+        for row in client.query(table, query):
+            found[as_str(row.get(SOURCE_ID_FIELD))] = row
+    return found
+
+
+def _dump(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def _load(text: str | None) -> Any:
+    return None if text is None else orjson.loads(text)
+
+
+__all__ = [
+    "RECOVERED",
+    "Intent",
+    "IntentJournal",
+    "ReconcileResult",
+    "intents_path",
+    "reconcile_intents",
+]
