@@ -271,20 +271,25 @@ def _open_audit() -> AuditTrail:
 
 
 def _outbox_replay(args: argparse.Namespace) -> int:
+    from snowkit.cmdb.intents import IntentJournal, reconcile_intents
     from snowkit.cmdb.outbox import Outbox
 
-    with Outbox() as outbox:
-        if not outbox.count():
+    with Outbox() as outbox, IntentJournal() as intents:
+        if not outbox.count() and not intents.count():
             print("the outbox is empty")
             return EXIT_OK
         try:
             with _client(args.instance) as client, _open_audit() as audit:
-                result = outbox.replay(client, audit=audit)
+                # first what a killed run or replay committed but never audited
+                found = reconcile_intents(client, intents, audit)
+                result = outbox.replay(client, audit=audit, intents=intents)
         except Exception as exc:
             _err(f"replay failed: {type(exc).__name__}: {exc}")
             return EXIT_FAILED
+    if found.total:
+        _err(found.message())
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps({**result.to_dict(), "intents": found.to_dict()}, indent=2))
     else:
         print(
             f"sent {result.sent} (created {result.created}, updated {result.updated}, "

@@ -390,7 +390,7 @@ class SyncEngine:
             t0 = self._clock()
             if self.outbox.count():
                 self._prefetched = None  # read before the replay's writes: read again
-                replay = self.outbox.replay(self.client, audit=self.audit)
+                replay = self.outbox.replay(self.client, audit=self.audit, intents=self.intents)
                 report.outbox = {"replayed": replay.to_dict()}
                 for failure in replay.failed:
                     report.warnings.append(

@@ -179,9 +179,7 @@ class IRELoader:
     def name_withheld(op: WriteOp) -> bool:
         """A named record with a hardware id: its (possibly shared) name must not identify it."""
         body = op.values
-        return bool(body.get("name")) and bool(
-            body.get("serial_number") or body.get("mac_address")
-        )
+        return bool(body.get("name")) and bool(body.get("serial_number") or body.get("mac_address"))
 
     def _identifying_body(self, op: WriteOp) -> dict[str, str]:
         body = op.body

@@ -294,16 +294,21 @@ class Outbox:
         return {status: int(n) for status, n in rows}
 
     # -- replay ----------------------------------------------------------------------------
-    def replay(self, client: OutboxClient, *, audit: Any = None) -> ReplayResult:
+    def replay(
+        self, client: OutboxClient, *, audit: Any = None, intents: Any = None
+    ) -> ReplayResult:
         """Send pending entries in order. Creates look up by source id first (never duplicate);
         an unreachable instance stops the replay and keeps the rest for next time; an entry the
-        instance rejects is marked failed and reported, and the replay goes on."""
+        instance rejects is marked failed and reported, and the replay goes on.
+
+        ``intents`` (a ``snowkit.cmdb.intents.IntentJournal``) notes each write before it is
+        sent, so a replay killed between a write and its audit line is reconciled later."""
         result = ReplayResult()
         pending = self.pending()
         resolver = _SourceIdResolver(client)
         for index, entry in enumerate(pending):
             try:
-                outcome = _replay_one(client, entry, resolver, audit)
+                outcome = _replay_one(client, entry, resolver, audit, intents)
             except Exception as exc:
                 if is_unreachable_error(exc):
                     result.stopped = (
@@ -406,7 +411,11 @@ def _resolve_references(payload: dict[str, Any], resolver: _SourceIdResolver) ->
 
 
 def _replay_one(
-    client: OutboxClient, entry: OutboxEntry, resolver: _SourceIdResolver, audit: Any
+    client: OutboxClient,
+    entry: OutboxEntry,
+    resolver: _SourceIdResolver,
+    audit: Any,
+    intents: Any = None,
 ) -> str:
     values = _resolve_references(entry.payload, resolver)
     run_id = entry.run_id
@@ -418,14 +427,18 @@ def _replay_one(
         if existing is not None:
             changed = {k: v for k, v in values.items() if existing.get(k) != v}
             if changed:
+                token = _intend(intents, audit, entry, "update", existing["sys_id"], changed)
                 client.update(entry.table, existing["sys_id"], changed)
                 _audit(audit, "update", entry.table, existing["sys_id"], entry, changed, run_id)
+                _done(intents, token)
                 return "updated"
             return "existing"
         body = dict(values)
         body[SOURCE_ID_FIELD] = entry.source_id
+        token = _intend(intents, audit, entry, "create", None, body)
         row = client.create(entry.table, body, source_id=entry.source_id)
         _audit(audit, "create", entry.table, row.get("sys_id"), entry, body, run_id)
+        _done(intents, token)
         return "created"
     if entry.op == OP_UPDATE:
         sys_id = entry.sys_id or (
@@ -433,8 +446,10 @@ def _replay_one(
         )
         if not sys_id:
             raise LookupError(f"no record with source id {entry.source_id} to update")
+        token = _intend(intents, audit, entry, "update", sys_id, values)
         client.update(entry.table, sys_id, values, before=entry.payload.get("before"))
         _audit(audit, "update", entry.table, sys_id, entry, values, run_id)
+        _done(intents, token)
         return "updated"
     if entry.op == OP_DELETE:
         if entry.sys_id:
@@ -455,10 +470,39 @@ def _replay_one(
         body = {"parent": parent, "child": child, "type": type_id}
         if find_link(client, body):
             return "existing"
+        token = _intend(intents, audit, entry, "relate", None, body)
         row = client.create("cmdb_rel_ci", body)
         _audit(audit, "create", "cmdb_rel_ci", row.get("sys_id"), entry, body, run_id)
+        _done(intents, token)
         return "related"
     raise ValueError(f"unknown outbox operation {entry.op!r}")
+
+
+def _intend(
+    intents: Any,
+    audit: Any,
+    entry: OutboxEntry,
+    action: str,
+    sys_id: str | None,
+    after: dict[str, Any],
+) -> int | None:
+    """Note one replayed write before it is sent (only when it will be audited)."""
+    if intents is None or audit is None:
+        return None
+    write = {
+        "action": action,
+        "table": entry.table,
+        "source_id": entry.source_id,
+        "sys_id": sys_id,
+        "before": entry.payload.get("before") if action == "update" else None,
+        "after": after,
+    }
+    return intents.intend(entry.run_id, [write])
+
+
+def _done(intents: Any, token: int | None) -> None:
+    if intents is not None:
+        intents.done(token)
 
 
 def _audit(

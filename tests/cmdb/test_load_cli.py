@@ -87,3 +87,32 @@ def test_full_read_rereads_the_cmdb_and_the_schema(capsys: pytest.CaptureFixture
     assert "incremental_snapshot" not in events(full)
     assert full["totals"]["no_change"] == quick["totals"]["no_change"] > 0
     assert full["applied"]["batches"] == 0
+
+
+def test_outbox_replay_reconciles_interrupted_writes(capsys: pytest.CaptureFixture[str]) -> None:
+    """A write noted in the intent journal by a run that died is audited by the replay command,
+    even with nothing queued in the outbox."""
+    from snowkit.cmdb.intents import IntentJournal
+    from snowkit.ops.audit import read_audit
+
+    assert main(["load", "--json", *LAB]) == 0
+    capsys.readouterr()
+    location = next(e for e in read_audit() if e["table"] == "cmn_location")
+    with IntentJournal() as journal:
+        journal.intend(
+            "run-dead",
+            [{"action": "create", "table": "cmn_location", "source_id": location["source_id"],
+              "after": {"name": location["after"]["name"]}}],
+        )  # fmt: skip
+    assert main(["outbox", "replay", "--json"]) == 0
+    captured = capsys.readouterr()
+    replayed = json.loads(captured.out)
+    assert replayed["intents"]["recovered"] == 1 and "run-dead" in captured.err
+    (entry,) = read_audit(run_id="run-dead")
+    assert (entry["action"], entry["outcome"], entry["sys_id"]) == (
+        "create",
+        "recovered",
+        location["sys_id"],
+    )
+    assert main(["outbox", "replay"]) == 0
+    assert "empty" in capsys.readouterr().out

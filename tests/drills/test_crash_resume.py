@@ -301,13 +301,6 @@ def test_crash_resume_long(drill: Any, tmp_path: Path, monkeypatch: pytest.Monke
     run_trials(drill, tmp_path, trials=20, max_kills=3, seed=2026)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="sync engine gap (issue 9 drill finding): a write committed by a run that dies "
-    "before its audit line is adopted as no_change by the rerun and never audited, so "
-    "rollback cannot undo it; see docs/reliability.md",
-)
 def test_a_write_committed_just_before_a_crash_is_still_audited(
     drill: Any, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,0 +1,212 @@
+"""Write-ahead intents: a write committed just before a crash is still audited and undoable."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from snowkit.cmdb.apply import CrashSimulation, SyncEngine
+from snowkit.cmdb.intents import IntentJournal, reconcile_intents
+from snowkit.cmdb.rollback import rollback
+from snowkit.cmdb.transform import CMDBRecord, RelationshipSpec, TransformResult
+from snowkit.ops.audit import AuditTrail, read_audit, verify_audit
+from snowkit.servicenow import ServiceNowAPIClient
+
+SID = "u_unifi_source_id"
+
+
+def estate(ip: str = "10.0.0.") -> TransformResult:
+    records = [CMDBRecord("cmn_location", "site:0", {"name": "HQ"}, "location")]
+    for d in range(4):
+        values = {"name": f"sw-{d}", "serial_number": f"S{d}", "ip_address": f"{ip}{d}"}
+        records.append(
+            CMDBRecord("cmdb_ci_ip_switch", f"dev:{d}", values, "switch", {"location": "site:0"})
+        )
+    rels = [RelationshipSpec(f"dev:{d}", "dev:0", "Connects to::Connected by") for d in (1, 2, 3)]
+    return TransformResult(records=records, relationships=rels)
+
+
+def sync(
+    client: ServiceNowAPIClient, result: TransformResult, run_id: str, **kw: Any
+) -> tuple[Any, Any]:
+    with AuditTrail() as audit, IntentJournal() as intents:
+        engine = SyncEngine(
+            client, audit=audit, intents=intents, run_id=run_id, batch_size=2, workers=1, **kw
+        )
+        return engine.sync(result, progress=False)
+
+
+def crash_on_audit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process dies after a batch committed, before its first audit line."""
+
+    def die(self: AuditTrail, *args: Any, **kw: Any) -> Any:
+        raise CrashSimulation("killed between the commit and the audit line")
+
+    monkeypatch.setattr(AuditTrail, "record", die)
+
+
+def held(client: ServiceNowAPIClient) -> dict[str, dict[str, str]]:
+    rows = [*client.query("cmdb_ci", f"{SID}ISNOTEMPTY"), *client.query("cmn_location", "")]
+    return {r[SID]: r for r in rows if r.get(SID)}
+
+
+def test_a_create_committed_before_the_crash_is_audited_and_rolled_back(
+    client: ServiceNowAPIClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_record = AuditTrail.record
+    crash_on_audit(monkeypatch)
+    with pytest.raises(CrashSimulation):
+        sync(client, estate(), "run-crashed")
+    monkeypatch.setattr(AuditTrail, "record", real_record)
+    landed = held(client)
+    assert landed, "the first batch committed"
+    assert list(read_audit(run_id="run-crashed")) == []  # the gap this closes
+    with IntentJournal() as journal:
+        assert journal.count() > 0
+
+    _, report = sync(client, estate(), "run-next")
+    assert report.status == "success", report.message
+    assert any("recovered" in w and "run-crashed" in w for w in report.warnings)
+    assert report.outbox["intents"]["recovered"] == len(landed)
+    recovered = list(read_audit(run_id="run-crashed"))
+    assert {e["sys_id"] for e in recovered} == {r["sys_id"] for r in landed.values()}
+    assert {(e["action"], e["outcome"]) for e in recovered} == {("create", "recovered")}
+    assert all(e["after"] and e["after"].get("name") for e in recovered)
+    with IntentJournal() as journal:
+        assert journal.count() == 0 and journal.count("recovered") == len(landed)
+    check = verify_audit()
+    assert check.ok, check.message
+
+    with AuditTrail() as audit:
+        undone = rollback(client, "run-crashed", audit=audit)
+    assert undone.ok and undone.deleted == len(landed)
+    assert not set(held(client)) & set(landed)
+
+
+def test_an_update_committed_before_the_crash_keeps_its_before_image(
+    client: ServiceNowAPIClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, first = sync(client, estate(), "run-1")
+    assert first.status == "success", first.message
+    before = {sid: row["ip_address"] for sid, row in held(client).items() if sid != "site:0"}
+    real_record = AuditTrail.record
+    crash_on_audit(monkeypatch)
+    with pytest.raises(CrashSimulation):
+        sync(client, estate(ip="10.9.9."), "run-2")
+    monkeypatch.setattr(AuditTrail, "record", real_record)
+    changed = {
+        sid
+        for sid, row in held(client).items()
+        if sid in before and row["ip_address"] != before[sid]
+    }
+    assert changed, "the first update batch committed"
+
+    _, report = sync(client, estate(ip="10.9.9."), "run-3")
+    assert report.status == "success", report.message
+    recovered = list(read_audit(run_id="run-2"))
+    assert {(e["action"], e["outcome"]) for e in recovered} == {("update", "recovered")}
+    assert {e["source_id"] for e in recovered} == changed
+    for entry in recovered:
+        assert entry["before"]["ip_address"] == before[entry["source_id"]]
+        assert entry["after"]["ip_address"].startswith("10.9.9.")
+
+    with AuditTrail() as audit:
+        undone = rollback(client, "run-2", audit=audit)
+    assert undone.ok and undone.restored == len(changed)
+    now = held(client)
+    assert {sid: now[sid]["ip_address"] for sid in changed} == {sid: before[sid] for sid in changed}
+
+
+def test_a_crash_after_the_audit_line_is_not_audited_twice(
+    client: ServiceNowAPIClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def die(self: IntentJournal, token: int | None) -> None:
+        raise CrashSimulation("killed after the audit fsync, before the intents were dropped")
+
+    real_done = IntentJournal.done
+    monkeypatch.setattr(IntentJournal, "done", die)
+    with pytest.raises(CrashSimulation):
+        sync(client, estate(), "run-crashed")
+    monkeypatch.setattr(IntentJournal, "done", real_done)
+    audited = list(read_audit(run_id="run-crashed"))
+    assert audited
+
+    _, report = sync(client, estate(), "run-next")
+    assert report.status == "success", report.message
+    assert report.outbox["intents"]["already_audited"] == len(audited)
+    assert report.outbox["intents"]["recovered"] == 0
+    assert list(read_audit(run_id="run-crashed")) == audited
+    creates = [e["source_id"] for e in read_audit() if e["action"] == "create" and e["source_id"]]
+    assert len(creates) == len(set(creates))
+
+
+def test_an_intent_that_never_landed_is_marked_not_applied(client: ServiceNowAPIClient) -> None:
+    with IntentJournal() as journal, AuditTrail() as audit:
+        journal.intend(
+            "run-dead",
+            [
+                {"action": "create", "table": "cmdb_ci_ip_switch", "source_id": "dev:never",
+                 "after": {"name": "never"}},
+                {"action": "relate", "table": "cmdb_rel_ci",
+                 "after": {"parent": "a" * 32, "child": "b" * 32, "type": "c" * 32}},
+            ],
+        )  # fmt: skip
+        found = reconcile_intents(client, journal, audit)
+        assert (found.not_applied, found.recovered, found.runs) == (2, 0, ["run-dead"])
+        assert journal.count() == 0 and journal.count("not_applied") == 2
+        assert reconcile_intents(client, journal, audit).total == 0  # nothing left to do
+    assert list(read_audit(run_id="run-dead")) == []
+
+
+def test_one_durable_intent_per_batch_and_nothing_left_after_a_clean_run(
+    client: ServiceNowAPIClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    real_intend = IntentJournal.intend
+
+    def spy(self: IntentJournal, run_id: str, writes: Any) -> int | None:
+        writes = list(writes)
+        calls.append(len(writes))
+        return real_intend(self, run_id, writes)
+
+    monkeypatch.setattr(IntentJournal, "intend", spy)
+    _, report = sync(client, estate(), "run-clean")
+    assert report.status == "success", report.message
+    assert max(calls) == 2  # one journal transaction (one fsync) per batch of 2, not per record
+    assert sum(calls) == report.applied["created"] + report.relationships.created
+    with IntentJournal() as journal:
+        assert journal.count() == 0
+
+
+class Killed(BaseException):
+    """A kill -9 stand-in that no ``except Exception`` in the replay can swallow."""
+
+
+def test_a_replay_killed_between_a_create_and_its_audit_line_is_reconciled(
+    client: ServiceNowAPIClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from snowkit.cmdb.outbox import OP_CREATE, Outbox
+
+    with Outbox() as box:
+        box.enqueue("run-q", OP_CREATE, "cmn_location", source_id="site:q", values={"name": "Q"})
+    real_record = AuditTrail.record
+
+    def die(self: AuditTrail, *args: Any, **kw: Any) -> Any:
+        raise Killed
+
+    monkeypatch.setattr(AuditTrail, "record", die)
+    with (
+        Outbox() as box,
+        AuditTrail() as audit,
+        IntentJournal() as intents,
+        pytest.raises(Killed),
+    ):
+        box.replay(client, audit=audit, intents=intents)
+    monkeypatch.setattr(AuditTrail, "record", real_record)
+    (row,) = client.query("cmn_location", f"{SID}=site:q")
+    with AuditTrail() as audit, IntentJournal() as intents:
+        found = reconcile_intents(client, intents, audit)
+    assert (found.recovered, found.runs) == (1, ["run-q"])
+    (entry,) = read_audit(run_id="run-q")
+    assert (entry["sys_id"], entry["outcome"]) == (row["sys_id"], "recovered")
