@@ -5,10 +5,15 @@
 with a signed checkpoint (``snowkit load`` does the same by itself). Exit 0 recovered or nothing
 to do; 4 cannot (no key, another writer holds the trail, a rotated segment is damaged).
 
+``verify`` also compares the trail with its anchor (the latest signed checkpoint, copied out of
+the trail after each one; default ``.snowkit/audit/anchor.json`` or ``$SNOWKIT_AUDIT_ANCHOR``):
+a trail cut right after a checkpoint is only detectable that way. A missing anchor is a warning.
+
 Exit codes of ``verify`` (stable, for cron and CI):
-0 intact; 1 tampered (edited, deleted, reordered, truncated, bad checkpoint signature or a
-checkpoint that does not match the chain); 3 half-written last line (a crash during a write,
-not tampering); 4 cannot verify (no trail, no key).
+0 intact; 1 tampered (edited, deleted, reordered, truncated, bad checkpoint signature, a
+checkpoint that does not match the chain or was deleted, a forged anchor or one of another
+history); 3 half-written last line (a crash during a write, not tampering); 4 cannot verify
+(no trail, no key).
 """
 
 from __future__ import annotations
@@ -20,7 +25,14 @@ from pathlib import Path
 import orjson
 
 from snowkit import paths
-from snowkit.ops.audit import AuditError, AuditTrail, load_audit_key, read_audit, verify_audit
+from snowkit.ops.audit import (
+    AuditError,
+    AuditTrail,
+    default_anchor_path,
+    load_audit_key,
+    read_audit,
+    verify_audit,
+)
 
 EXIT_OK = 0
 EXIT_TAMPERED = 1
@@ -54,6 +66,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--allow-unsealed",
         action="store_true",
         help="treat entries after the last checkpoint as a warning (the writer crashed)",
+    )
+    anchor = verify.add_mutually_exclusive_group()
+    anchor.add_argument(
+        "--anchor",
+        type=Path,
+        help="the trail's anchor file (default: $SNOWKIT_AUDIT_ANCHOR, else "
+        ".snowkit/audit/anchor.json for the default trail, <trail>.anchor.json for another)",
+    )
+    anchor.add_argument(
+        "--no-anchor",
+        action="store_true",
+        help="skip the anchor comparison (a cut right after a checkpoint then goes unnoticed)",
     )
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
     verify.set_defaults(func=run_verify)
@@ -93,7 +117,8 @@ def run_verify(args: argparse.Namespace) -> int:
     except AuditError as exc:
         print(f"cannot verify: {exc}", file=sys.stderr)
         return EXIT_CANNOT_VERIFY
-    result = verify_audit(path, key, allow_unsealed_tail=args.allow_unsealed)
+    anchor = None if args.no_anchor else (args.anchor or default_anchor_path(path))
+    result = verify_audit(path, key, allow_unsealed_tail=args.allow_unsealed, anchor=anchor)
     if args.json:
         print(orjson.dumps(result.__dict__).decode())
     if result.ok:

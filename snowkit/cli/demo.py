@@ -6,15 +6,14 @@ bundled UniFi lab, and prints where the HTML reports are. Nothing outside the ma
 contacted. Exit 0 when every notebook ran, 1 when one failed (its report shows the error),
 2 on usage errors.
 
-All notebooks share one state folder (``$SNOWKIT_HOME`` or ``./.snowkit``, resolved here and
-handed to the kernels), so the later notebooks analyse what the load just did, and ``snowkit
-audit verify`` / ``snowkit reports list`` see the same files afterwards.
+All notebooks share one state folder (``$SNOWKIT_HOME`` or ``./.snowkit``, resolved by the
+runner and handed to the kernels), so the later notebooks analyse what the load just did, and
+``snowkit audit verify`` / ``snowkit reports list`` see the same files afterwards.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -121,8 +120,6 @@ def run_demo(args: argparse.Namespace, *, out: Callable[[str], None] = print) ->
     except FileNotFoundError as exc:
         print(f"snowkit demo: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    # Kernels run in notebooks/; give them the caller's state folder and reports folder.
-    os.environ[paths.HOME_ENV] = str(paths.state_dir())
     reports_dir = (args.reports_dir or paths.reports_dir()).resolve()
     names = [*DEMO_NOTEBOOKS, *([DRILL_NOTEBOOK] if args.drill else [])]
     parameters = demo_parameters(args)

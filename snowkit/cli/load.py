@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from snowkit.ops.audit import AuditTrail
 
 EXIT_OK = 0
+#: Attempts per write (``SyncEngine``'s default; ``--max-attempts``).
+DEFAULT_MAX_ATTEMPTS = 3
 EXIT_FAILED = 1
 EXIT_PARTIAL = 3
 EXIT_QUEUED = 4
@@ -50,6 +52,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     load.add_argument("--dry-run", action="store_true", help="plan only; write nothing")
     load.add_argument("--batch-size", type=_positive, default=100, help="records per batch")
     load.add_argument("--workers", type=_positive, default=4, help="concurrent batches")
+    load.add_argument(
+        "--max-attempts",
+        type=_positive,
+        default=DEFAULT_MAX_ATTEMPTS,
+        help="attempts per write before it is reported as failed (a create is looked up by "
+        "source id before each retry, so retries never duplicate); default "
+        f"{DEFAULT_MAX_ATTEMPTS}. Raise it when a run ends partial on transient errors "
+        "(5xx, 429); if 429s dominate, lower --workers instead",
+    )
     load.add_argument(
         "--ire", action="store_true", help="load CIs through the IRE API (identifyreconcile)"
     )
@@ -163,6 +174,7 @@ def _load(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         batch_size=args.batch_size,
         workers=args.workers,
+        max_attempts=args.max_attempts,
         ire=args.ire,
         progress=False if (args.no_progress or args.json) else None,
         retire_after_days=args.retire_after_days,
@@ -245,16 +257,43 @@ def _outbox_show(args: argparse.Namespace) -> int:
     with Outbox() as outbox:
         entries = outbox.entries() if args.all else outbox.pending()
         summary = outbox.summary()
+        breakdown = outbox.breakdown()
     if args.json:
-        print(json.dumps({"summary": summary, "entries": [e.to_dict() for e in entries]}))
+        print(
+            json.dumps(
+                {
+                    "summary": summary,
+                    "pending_by_op": breakdown,
+                    "entries": [e.to_dict() for e in entries],
+                }
+            )
+        )
         return EXIT_OK
     print(
         f"outbox {outbox.path}: " + (", ".join(f"{k} {v}" for k, v in summary.items()) or "empty")
     )
+    for line in _breakdown_lines(breakdown):
+        print(line)
     for e in entries:
         key = e.source_id or e.payload.get("parent_source_id", "")
         print(f"  {e.seq:>6} {e.status:<8} {e.op:<7} {e.table:<22} {key}  run {e.run_id}")
     return EXIT_OK
+
+
+def _breakdown_lines(breakdown: dict[str, dict[str, int]]) -> list[str]:
+    """What the pending entries are: one entry per record write (create/update) and one per
+    relationship (relate), so N records with M links queue N + M entries, not duplicates."""
+    if not breakdown:
+        return []
+    total = sum(sum(per.values()) for per in breakdown.values())
+    lines = [
+        f"pending {total}: one entry per record write and one per relationship "
+        "(each waiting write is queued once, however often a load is retried)"
+    ]
+    for op, per_table in breakdown.items():
+        tables = ", ".join(f"{table} {n}" for table, n in per_table.items())
+        lines.append(f"  {op} {sum(per_table.values())}: {tables}")
+    return lines
 
 
 def _open_audit() -> AuditTrail:

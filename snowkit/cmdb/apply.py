@@ -55,9 +55,12 @@ from snowkit.ops.logging import StructuredLogger
 #: Records plus links above which no incremental state is kept: it lives in memory during a
 #: run (~1 KB per record), and 50,000 CIs must load within 300 MB; such estates read in full.
 MAX_REMEMBERED = 20_000
+#: Attempts per write before it is reported failed (``snowkit load --max-attempts``).
+DEFAULT_MAX_ATTEMPTS = 3
 
 __all__ = [
     "CLIENT_KINDS",
+    "DEFAULT_MAX_ATTEMPTS",
     "RETRYABLE_STATUSES",
     "CrashSimulation",
     "SyncEngine",
@@ -96,7 +99,7 @@ class SyncEngine:
         limiter: Any = None,
         logger: Any = None,
         retire_after_days: float | None = None,
-        max_attempts: int = 3,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         on_batch: Callable[[int], None] | None = None,
         ire: bool = False,
         clock: Callable[[], float] = time.perf_counter,
@@ -310,7 +313,11 @@ class SyncEngine:
         report.timings["relationships"] = round(self._clock() - t0, 3)
         report.timings["apply_total"] = round(self._clock() - started, 3)
         self.ledger.fill_report(
-            report, ire=self.ire, workers=self.workers, batch_size=self.batch_size
+            report,
+            ire=self.ire,
+            workers=self.workers,
+            batch_size=self.batch_size,
+            max_attempts=self.max_attempts,
         )
         self.logger.log_operation_complete(
             "cmdb_apply",
@@ -437,6 +444,11 @@ class SyncEngine:
                 )
                 if report.status == "success":
                     report.status = "partial"
+                    report.message = (
+                        f"verification found {len(outcome.mismatches)} field mismatch(es) and "
+                        f"{len(outcome.missing)} record(s) missing after writing (see "
+                        "mismatches); rerun the load: it writes only what still differs"
+                    )
             report.timings["verify"] = round(self._clock() - t0, 3)
             self._settle_state(outcome)
         elif not self.unreachable:

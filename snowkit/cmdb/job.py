@@ -21,7 +21,7 @@ import requests
 from pydantic import SecretStr
 
 from snowkit import paths
-from snowkit.cmdb.apply import SyncEngine
+from snowkit.cmdb.apply import DEFAULT_MAX_ATTEMPTS, SyncEngine
 from snowkit.cmdb.intents import IntentJournal
 from snowkit.cmdb.outbox import Outbox, is_unreachable_error
 from snowkit.cmdb.report import RunReport, suggestions_from
@@ -231,6 +231,7 @@ def run_load(
     run_id: str | None = None,
     incremental: bool = True,
     schema_ttl_seconds: float = SCHEMA_TTL_SECONDS,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
 ) -> RunReport:
     """Run one load and return its report (also written to ``runs/<run_id>/report.json``).
 
@@ -242,7 +243,13 @@ def run_load(
     ``incremental`` keeps the synced state locally (``snowkit.cmdb.state``) so a rerun reads
     only what changed in the CMDB (``snowkit.cmdb.incremental``); a schema check that passed
     is trusted for ``schema_ttl_seconds`` on the same instance (0: check every run).
+
+    ``max_attempts`` is how often a write is tried before it is reported failed (creates are
+    looked up by source id before every retry); a run that ends ``partial`` on transient
+    errors finishes with a rerun or a higher value (``snowkit load --max-attempts``).
     """
+    if max_attempts < 1:
+        raise ValueError("max_attempts must be at least 1")
     run_id = run_id or sklog.new_run_id()
     run_dir = paths.ensure_dir(paths.runs_dir() / run_id)
     metrics = MetricsCollector()
@@ -303,6 +310,7 @@ def run_load(
                 run_id=run_id,
                 batch_size=batch_size,
                 workers=workers,
+                max_attempts=max_attempts,
                 retire_after_days=retire_after_days,
                 on_batch=on_batch,
                 ire=ire,

@@ -24,7 +24,7 @@ from snowkit.cmdb.outbox import OP_CREATE, OP_RELATE, OP_UPDATE, Outbox
 from snowkit.cmdb.plan import CI_TABLE, CREATE, LOCATION_TABLE, RETIRE, SOURCE_ID_FIELD, UPDATE
 from snowkit.cmdb.relationships import REL_TABLE
 from snowkit.cmdb.report import ItemFailure, RunReport, suggestions_from
-from snowkit.cmdb.writes import RELATE, WriteOp, describe
+from snowkit.cmdb.writes import RELATE, RETRYABLE_STATUSES, WriteOp, describe
 
 #: Fields the engine adds that verification does not compare.
 _META_FIELDS = frozenset({SOURCE_ID_FIELD, "sys_class_name"})
@@ -293,7 +293,15 @@ class RunLedger:
             )
 
     # -- report ----------------------------------------------------------------------------
-    def fill_report(self, report: RunReport, *, ire: bool, workers: int, batch_size: int) -> None:
+    def fill_report(
+        self,
+        report: RunReport,
+        *,
+        ire: bool,
+        workers: int,
+        batch_size: int,
+        max_attempts: int = 3,
+    ) -> None:
         """``applied``, failures, fallbacks, IRE counts, status, message and suggestions."""
         s = self.stats
         report.applied = {
@@ -337,9 +345,12 @@ class RunLedger:
             )
         elif s.failed or s.rel_failed or report.relationships.failed:
             report.status = "partial"
-            report.message = (
-                f"{s.failed} record write(s) and {report.relationships.failed} relationship(s) "
-                "failed; see failures"
+            report.message = partial_message(
+                self.failures,
+                records=s.failed,
+                relationships=report.relationships.failed,
+                max_attempts=max_attempts,
+                workers=workers,
             )
         else:
             report.status = "success"
@@ -351,6 +362,35 @@ class RunLedger:
                 batch_size=batch_size,
             )
         )
+
+
+def partial_message(
+    failures: list[Any], *, records: int, relationships: int, max_attempts: int, workers: int
+) -> str:
+    """Why a run ended partial and how to finish it: a rerun writes only what is still missing;
+    transient failures (429, 5xx, timeouts) may need more attempts, or fewer workers when the
+    instance throttled most of them; other refusals need the listed failures fixed first."""
+    head = f"{records} record write(s) and {relationships} relationship(s) failed; see failures"
+    statuses = [getattr(f, "status_code", None) for f in failures]
+    throttled = sum(1 for code in statuses if code == 429)
+    transient = sum(1 for code in statuses if code is None or code in RETRYABLE_STATUSES)
+    steps = ["rerun the load to finish (it writes only what is still missing and never duplicates)"]
+    if failures and throttled * 2 >= len(failures):
+        steps.append(
+            f"{throttled} of {len(failures)} failure(s) were throttled (HTTP 429): lower "
+            f"--workers (now {workers}) or raise the instance's rate limit"
+        )
+    elif transient:
+        steps.append(
+            f"{transient} failure(s) were transient after {max_attempts} attempt(s): raise "
+            f"--max-attempts (now {max_attempts})"
+        )
+    if len(failures) > transient:
+        steps.append(
+            f"{len(failures) - transient} failure(s) were refused by the instance: fix what "
+            "their errors say first, a rerun alone will not send them"
+        )
+    return f"{head}. To finish: " + "; ".join(steps)
 
 
 def forbidden_message(write: str, *, refused: int, not_attempted: int, landed: int) -> str:

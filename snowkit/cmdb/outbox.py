@@ -5,6 +5,20 @@ block forever. The sync engine appends the writes it could not send here, in ord
 run ends "queued". ``Outbox.replay`` sends them later, in the same order, idempotently: a create
 first looks its record up by ``u_unifi_source_id`` so a write that did land is never duplicated.
 
+What the entries are: one per record write (``create`` / ``update``, keyed by source id) plus
+one per relationship (``relate``, keyed by parent, child and type). A run that cannot read the
+CMDB at all queues every record as a create (an upsert by source id) and every relationship, so
+a load of 37 records with 43 relationships queues 80 entries; a pair of CIs may be linked by two
+types (``Connects to`` and ``Depends on``), each its own entry. ``snowkit outbox show`` prints
+the counts per operation and table (``Outbox.breakdown``).
+
+One pending entry per intent: the queue is keyed (see ``intent_key``), so a run that queues a
+write already waiting (every load retried during a long outage queues the same writes again)
+replaces the older entry rather than adding one. The newer entry takes the newer position, so
+the queue keeps the dependency order of the latest run; an update replaces a waiting update
+(latest payload wins), a create or update over a waiting create stays a create (the fields
+merged), and the earliest before-image of each field is kept for rollback.
+
 We use SQLite (stdlib, one file, transactional appends, survives a crash) rather than a
 message-queue library: the queue is tiny, local and single-writer.
 """
@@ -147,6 +161,63 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
+@dataclass(frozen=True, slots=True)
+class _Waiting:
+    """A pending entry as far as deduplication needs it."""
+
+    seq: int
+    op: str
+    sys_id: str | None
+    payload: dict[str, Any]
+
+
+def intent_key(
+    op: str, table: str, source_id: str | None, sys_id: str | None, payload: dict[str, Any]
+) -> tuple[str, ...] | None:
+    """What makes two queued writes the same intent (None: never merged).
+
+    Record writes are keyed by source id alone (a create and a later update of one record are
+    one intent, even if its class, hence table, changed in between); relationships by their
+    ends and type; deletes by table and sys_id."""
+    if op in (OP_CREATE, OP_UPDATE):
+        if source_id:
+            return ("record", source_id)
+        return ("record", table, sys_id) if sys_id else None
+    if op == OP_RELATE:
+        kind = payload.get("type_name") or payload.get("type_sys_id") or ""
+        return ("relate", payload.get("parent_source_id") or "",
+                payload.get("child_source_id") or "", kind)  # fmt: skip
+    if op == OP_DELETE and sys_id:
+        return ("delete", table, sys_id)
+    return None
+
+
+def merge_payloads(
+    old_op: str, old: dict[str, Any], new_op: str, new: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    """One entry for a write queued twice: (op, payload).
+
+    The newer payload wins, except that a waiting create stays a create (the record may not
+    exist yet) with the newer fields laid over its own, and each field keeps its earliest
+    before-image (the CMDB as it was before any of the queued writes, for rollback)."""
+    merged = dict(new)
+    op = new_op
+    if old_op == OP_CREATE and new_op == OP_UPDATE:
+        op = OP_CREATE
+        values = {**(old.get("values") or {}), **(new.get("values") or {})}
+        references = dict(old.get("references") or {})
+        for fld in new.get("values") or {}:
+            references.pop(fld, None)  # resolved now: don't let the old pending one override
+        references.update(new.get("references") or {})
+        for fld in new.get("references") or {}:
+            values.pop(fld, None)
+        merged["values"], merged["references"] = values, references
+    before = {**(new.get("before") or {}), **(old.get("before") or {})}
+    if before:
+        merged["before"] = before
+    return op, merged
+
+
 class Outbox:
     """An ordered, crash-safe queue of CMDB writes in SQLite (``snowkit.paths.outbox_path()``)."""
 
@@ -189,38 +260,68 @@ class Outbox:
         )[0]
 
     def enqueue_many(self, entries: Iterable[dict[str, Any]]) -> list[int]:
-        """Append many writes in one transaction (all or nothing), in the given order."""
+        """Append many writes in one transaction (all or nothing), in the given order.
+
+        A write whose intent is already pending (``intent_key``) replaces that entry: the two
+        are merged (``merge_payloads``) and the result goes to the end of the queue."""
         seqs: list[int] = []
         created = _now()
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
+                waiting = self._pending_by_key()
                 for e in entries:
-                    payload = {
+                    op = e["op"]
+                    payload: dict[str, Any] = {
                         "values": dict(e.get("values") or {}),
                         "references": dict(e.get("references") or {}),
                     }
                     if e.get("extra"):
                         payload.update(e["extra"])
+                    sys_id = e.get("sys_id")
+                    key = intent_key(op, e["table"], e.get("source_id"), sys_id, payload)
+                    older = waiting.pop(key, None) if key is not None else None
+                    if older is not None:
+                        self._conn.execute("DELETE FROM outbox WHERE seq=?", (older.seq,))
+                        op, payload = merge_payloads(older.op, older.payload, op, payload)
+                        sys_id = sys_id or older.sys_id
                     cur = self._conn.execute(
                         "INSERT INTO outbox(run_id, op, table_name, source_id, sys_id, payload,"
                         " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (
                             e["run_id"],
-                            e["op"],
+                            op,
                             e["table"],
                             e.get("source_id"),
-                            e.get("sys_id"),
+                            sys_id,
                             json.dumps(payload, sort_keys=True),
                             created,
                         ),
                     )
-                    seqs.append(int(cur.lastrowid or 0))
+                    seq = int(cur.lastrowid or 0)
+                    seqs.append(seq)
+                    if key is not None:
+                        waiting[key] = _Waiting(seq, op, sys_id, payload)
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
         return seqs
+
+    def _pending_by_key(self) -> dict[tuple[str, ...], _Waiting]:
+        """Pending entries by intent key (called with the lock held, inside the transaction)."""
+        rows = self._conn.execute(
+            "SELECT seq, op, table_name, source_id, sys_id, payload FROM outbox"
+            " WHERE status=? ORDER BY seq",
+            (STATUS_PENDING,),
+        ).fetchall()
+        waiting: dict[tuple[str, ...], _Waiting] = {}
+        for seq, op, table, source_id, sys_id, raw in rows:
+            payload = json.loads(raw)
+            key = intent_key(op, table, source_id, sys_id, payload)
+            if key is not None:
+                waiting[key] = _Waiting(seq, op, sys_id, payload)
+        return waiting
 
     def mark(self, seq: int, status: str, *, error: str | None = None) -> None:
         with self._lock:
@@ -292,6 +393,22 @@ class Outbox:
                 "SELECT status, COUNT(*) FROM outbox GROUP BY status"
             ).fetchall()
         return {status: int(n) for status, n in rows}
+
+    def breakdown(self, status: str | None = STATUS_PENDING) -> dict[str, dict[str, int]]:
+        """Entry counts per operation and table (``{"create": {"cmdb_ci_hardware": 14}}``):
+        what a queue of N entries is made of."""
+        sql = "SELECT op, table_name, COUNT(*) FROM outbox"
+        args: list[str] = []
+        if status is not None:
+            sql += " WHERE status=?"
+            args.append(status)
+        sql += " GROUP BY op, table_name ORDER BY op, table_name"
+        with self._lock:
+            rows = self._conn.execute(sql, args).fetchall()
+        out: dict[str, dict[str, int]] = {}
+        for op, table, n in rows:
+            out.setdefault(op, {})[table] = int(n)
+        return out
 
     # -- replay ----------------------------------------------------------------------------
     def replay(
@@ -421,15 +538,22 @@ def _replay_one(
     run_id = entry.run_id
     if entry.op == OP_CREATE:
         assert entry.source_id, "a queued create carries its source id"
+        found_in = entry.table
         existing = resolver.find(entry.table, entry.source_id)
         if existing is None and entry.table != "cmn_location":
-            existing = resolver.find("cmdb_ci", entry.source_id)
+            # held under another class (or the class table is missing): cmdb_ci sees it
+            found_in = "cmdb_ci"
+            existing = resolver.find(found_in, entry.source_id)
         if existing is not None:
             changed = {k: v for k, v in values.items() if existing.get(k) != v}
             if changed:
-                token = _intend(intents, audit, entry, "update", existing["sys_id"], changed)
-                client.update(entry.table, existing["sys_id"], changed)
-                _audit(audit, "update", entry.table, existing["sys_id"], entry, changed, run_id)
+                # addressed through the table it was found in: a PATCH to the queued class
+                # table would miss a record held under another class (HTTP 404)
+                token = _intend(
+                    intents, audit, entry, "update", existing["sys_id"], changed, table=found_in
+                )
+                client.update(found_in, existing["sys_id"], changed)
+                _audit(audit, "update", found_in, existing["sys_id"], entry, changed, run_id)
                 _done(intents, token)
                 return "updated"
             return "existing"
@@ -485,13 +609,15 @@ def _intend(
     action: str,
     sys_id: str | None,
     after: dict[str, Any],
+    *,
+    table: str | None = None,
 ) -> int | None:
     """Note one replayed write before it is sent (only when it will be audited)."""
     if intents is None or audit is None:
         return None
     write = {
         "action": action,
-        "table": entry.table,
+        "table": table or entry.table,
         "source_id": entry.source_id,
         "sys_id": sys_id,
         "before": entry.payload.get("before") if action == "update" else None,

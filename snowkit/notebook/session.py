@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -49,17 +48,12 @@ def quiet_logging(level: str = "INFO") -> Path:
 
 
 def progress_bars() -> bool:
-    """Whether a load should draw progress bars: only where someone watches them.
+    """Whether a load in this kernel draws progress bars (``snowkit.cmdb.progress`` decides:
+    the widget bar in JupyterLab with ipywidgets, none under ``snowkit run``, papermill or
+    nbmake without ipywidgets)."""
+    from snowkit.cmdb.progress import progress_enabled
 
-    That is JupyterLab with ipywidgets (``make lab`` installs them). Under ``snowkit run``,
-    papermill or nbmake nobody does, and without ipywidgets tqdm falls back to text bars that
-    litter the executed notebook and its HTML report.
-    """
-    from importlib.util import find_spec
-
-    from snowkit.reports import RUN_DIR_ENV
-
-    return find_spec("ipywidgets") is not None and not os.environ.get(RUN_DIR_ENV)
+    return progress_enabled(None)
 
 
 @dataclass(repr=False)
@@ -104,14 +98,15 @@ class Session:
         self.sandbox.set_faults(dict(profile) if profile else None)
 
     def collect(self, source: str = "lab", lab: LabConfig | None = None) -> Inventory:
-        """The UniFi inventory from ``source``: "lab" serves the generated lab on a loopback
-        port of its own; the others read ``UNIFI_*`` from the environment."""
+        """The UniFi inventory from ``source``: "lab" generates the lab from ``lab`` and serves
+        it at ``/unifi`` on the embedded instance (a later call replaces the earlier lab) or on
+        a loopback port of its own; the others read ``UNIFI_*`` from the environment."""
         from snowkit.cmdb.job import Connection, collect_inventory
 
-        if source != "lab":
+        if source != "lab" or self.embedded:
             return collect_inventory(source, lab=lab, connection=self.connection)
-        # Not mounted on the embedded instance: it keeps serving the first app mounted at a
-        # prefix, so a second, different lab in the same kernel would never be seen.
+        # No embedded instance to mount it on: serve the lab only for this call, so repeated
+        # calls do not leave loopback servers behind.
         scratch = Connection(self.client)
         try:
             return collect_inventory(source, lab=lab, connection=scratch)
@@ -124,7 +119,6 @@ class Session:
         ``snowkit load``); ``options`` are run_load's keyword arguments."""
         from snowkit.cmdb.job import run_load
 
-        options.setdefault("progress", progress_bars())
         if self.embedded:
             options.setdefault("sandbox", self.sandbox)
         else:

@@ -1,4 +1,5 @@
-"""Tamper-evident audit trail of every data change: a hash chain with HMAC-signed checkpoints.
+"""Tamper-evident audit trail of every data change: a hash chain, chained HMAC-signed
+checkpoints, and an external anchor against truncation.
 
 Why our own: the stdlib (``hashlib``, ``hmac``, ``os.fsync``) is all it takes, and Merkle logs
 (Trillian, Tessera) are far more than a loader needs.
@@ -9,22 +10,39 @@ Format (JSON lines, canonical: orjson with sorted keys, one line per ``write``):
   before, after, outcome, prev_hash, hash`` where ``hash = SHA-256(canonical(entry - hash))``
   and ``prev_hash`` is the previous entry's ``hash`` (``"0" * 64`` for the first ever);
 * checkpoint: ``seq`` (the last entry it covers), ``type: "checkpoint"``, ``timestamp``,
-  ``covers_hash`` (that entry's hash), ``reason`` (interval|batch|close|rotate|resume) and
-  ``hmac = HMAC-SHA256(key, canonical(checkpoint - hmac))``.
+  ``covers_hash`` (that entry's hash), ``reason`` (interval|batch|close|rotate|resume|recover|
+  manual), ``prev_hmac`` (the previous checkpoint's ``hmac``, ``"0" * 64`` for the first) and
+  ``hmac = HMAC-SHA256(key, canonical(checkpoint - hmac))``. Checkpoints written before
+  chaining existed have no ``prev_hmac``; they still verify, with a warning.
+* anchor (a separate file, :mod:`snowkit.ops.audit_anchor`): after each checkpoint reaches the
+  disk, its summary (segment, seq, entries, chain head, checkpoint HMAC, time), signed with the
+  same key, replaces ``anchor.json`` atomically.
 
 What :func:`verify_audit` guarantees, given the key:
 
 * any edit, deletion, insertion or reordering of entries *before the last checkpoint* is found
   and the first bad entry named (hash or chain mismatch, seq gap, seq going back);
 * a chain recomputed by someone without the key fails at the first checkpoint (bad HMAC);
+* deleting, duplicating, reordering or editing a checkpoint line breaks the checkpoint chain
+  (``checkpoint_deleted`` / ``checkpoint_mismatch`` / ``bad_signature``), even where no entry
+  changed;
 * entries after the last checkpoint are reported as ``truncated`` (the file lost its final
   checkpoint: either the tail was cut, or the writer crashed before closing; reopening the
   trail with :class:`AuditTrail` seals such a tail with a ``resume`` checkpoint);
+* with the anchor (``verify_audit(..., anchor=path)``; ``snowkit audit verify`` uses the
+  default one): a trail whose anchored checkpoint is gone (a cut right after a checkpoint, a
+  deleted newest segment, a cut to zero bytes, an older copy put back) is ``truncated``, naming
+  the anchored seq; a forged or edited anchor is ``bad_anchor``; an anchor of another trail or
+  history is ``anchor_mismatch``. A missing anchor is only a warning (truncation after a
+  checkpoint cannot then be ruled out). The trail may be ahead of its anchor (a crash between
+  the two writes), never behind it;
 * a half-written last line (crash mid-write) is reported as ``incomplete_last_line``.
 
-Not detectable from the file alone: cutting the file exactly after a checkpoint, or replacing
-the whole trail with an older copy. Copy the latest checkpoint somewhere the loader cannot
-rewrite (an external anchor) if that matters.
+Not guaranteed: someone holding the key can rewrite everything, anchor included; someone who
+can write both the trail and the anchor can put back an older trail together with its older
+anchor. That is why the anchor's place is configurable (``anchor_path``,
+``$SNOWKIT_AUDIT_ANCHOR``): keep it on storage the loader's host cannot rewrite, or ship a copy
+of it elsewhere after each run, and keep the key away from the trail.
 
 Crash recovery choice: :class:`AuditTrail` refuses to append after a half-written last line
 (:class:`IncompleteAuditLineError`); ``AuditTrail(..., recover=True)`` (what the loader and
@@ -32,21 +50,28 @@ Crash recovery choice: :class:`AuditTrail` refuses to append after a half-writte
 bytes to a ``.incomplete-<time>`` side file, keeps them as evidence, and continues the chain
 after the last complete line. The trail then writes a signed ``recover`` checkpoint naming the
 side file (``evidence``, ``evidence_bytes``, ``evidence_sha256``), so the recovery itself is
-on the record and :func:`verify_audit` reports it (``recoveries`` and a warning).
+on the record and :func:`verify_audit` reports it (``recoveries`` and a warning). It also
+refuses to append to a trail that is behind its anchor: that would overwrite the anchor and
+erase the evidence of the cut.
 
 Rotation (``max_bytes``, a soft limit: one larger entry is still written whole): the current
 file is sealed with a ``rotate`` checkpoint and renamed to ``audit.jsonl.<n>`` where *n* grows
 with age order (``.1`` is the oldest segment); the next entry in the new file chains to the last
-entry of the previous segment.
+entry of the previous segment, and the next checkpoint to the ``rotate`` checkpoint.
+
+Cost: one anchor write (temp file, fsync, rename, directory fsync) per checkpoint that reaches
+the disk, i.e. per batch or per ``checkpoint_every`` records, never per record.
 
 Layout: this module is the writer (and re-exports the rest); the format primitives are in
-:mod:`snowkit.ops.audit_chain`, the verifier in :mod:`snowkit.ops.audit_verify`.
+:mod:`snowkit.ops.audit_chain`, the anchor in :mod:`snowkit.ops.audit_anchor`, the verifier in
+:mod:`snowkit.ops.audit_verify`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import threading
 import weakref
@@ -60,6 +85,15 @@ import orjson
 from pydantic import SecretStr
 
 from snowkit import paths
+from snowkit.ops.audit_anchor import (
+    ANCHOR_ENV,
+    behind_anchor_reason,
+    build_anchor,
+    default_anchor_path,
+    fsync_dir,
+    read_anchor,
+    write_anchor,
+)
 from snowkit.ops.audit_chain import (
     GENESIS_HASH,
     KEY_ENV,
@@ -81,7 +115,8 @@ from snowkit.ops.redaction import redact, secrets
 
 _TAIL_CHUNK = 64 * 1024
 # Room kept for the sealing checkpoint so a rotated segment stays within ``max_bytes``.
-_CHECKPOINT_RESERVE = 320
+_CHECKPOINT_RESERVE = 400
+_log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------- writer
 
@@ -151,8 +186,73 @@ def _last_complete_line(path: Path) -> tuple[bytes | None, bool]:
         return handle.read(end - 1 - start), incomplete
 
 
+def _reverse_lines(path: Path) -> Iterator[bytes]:
+    """Complete lines of ``path`` from the last to the first, read in chunks from the end."""
+    with open(path, "rb") as handle:
+        position = handle.seek(0, os.SEEK_END)
+        end = _last_newline_before(handle, position)  # skip a half-written tail
+        position = end
+        buffer = b""
+        while position > 0:
+            step = min(_TAIL_CHUNK, position)
+            position -= step
+            handle.seek(position)
+            buffer = handle.read(step) + buffer
+            lines = buffer.split(b"\n")
+            buffer = lines.pop(0)  # may continue in the previous chunk
+            for line in reversed(lines):
+                if line:
+                    yield line
+        if buffer:
+            yield buffer
+
+
+def _last_checkpoint(segments: list[Path]) -> dict[str, Any] | None:
+    """The newest checkpoint line of the trail (None if it has none).
+
+    Reads backwards: a checkpoint follows at most ``checkpoint_every`` entries, and a rotated
+    segment ends with one, so this touches the end of the trail only.
+    """
+    for segment in reversed(segments):
+        for line in _reverse_lines(segment):
+            if b'"checkpoint"' not in line:
+                continue
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and record.get("type") == "checkpoint":
+                return record
+    return None
+
+
+def _origin(segments: list[Path]) -> str | None:
+    """The hash of entry seq 1: which trail an anchor belongs to."""
+    if not segments:
+        return None
+    with open(segments[0], "rb") as handle:
+        first = handle.readline()
+    try:
+        record = orjson.loads(first)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(record, dict) and record.get("seq") == 1 and "hash" in record:
+        return str(record["hash"])
+    return None
+
+
+@dataclass
+class _Tail:
+    """What a writer needs to know about the trail it continues."""
+
+    seq: int = 0
+    head: str = GENESIS_HASH
+    unsealed: bool = False
+    recovered: Path | None = None
+
+
 class AuditTrail:
-    """Append-only, hash-chained audit trail with HMAC-signed checkpoints.
+    """Append-only, hash-chained audit trail with chained HMAC-signed checkpoints and an anchor.
 
     Thread-safe: one lock serializes appends (the chain is sequential by nature). Each
     :meth:`record` outside a :meth:`batch` is flushed and, with ``fsync=True``, fsynced.
@@ -168,8 +268,15 @@ class AuditTrail:
         max_bytes: int | None = None,
         *,
         recover: bool = False,
+        anchor_path: str | os.PathLike[str] | None = None,
     ) -> None:
         self.path = Path(path) if path is not None else paths.audit_path()
+        #: where the latest checkpoint is anchored (see :mod:`snowkit.ops.audit_anchor`)
+        self.anchor_path = (
+            Path(anchor_path) if anchor_path is not None else default_anchor_path(self.path)
+        )
+        #: why the last anchor write failed (None: the anchor is current); retried next sync
+        self.anchor_error: str | None = None
         self._key = key_bytes(key) if key is not None else load_audit_key()
         secrets.register(self._key.decode("utf-8", "ignore"))
         self.actor = actor
@@ -182,13 +289,21 @@ class AuditTrail:
         self._dirty = False
         self._closed = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._pending_anchor: dict[str, Any] | None = None
         self._writer_lock = _WriterLock.acquire(self.path)
         try:
-            self._seq, self._head, unsealed, self.recovered = self._resume(recover)
+            segments = audit_segments(self.path)
+            last_checkpoint = _last_checkpoint(segments)
+            self._origin = _origin(segments)
+            self._check_anchor(last_checkpoint)  # before recovery moves any bytes
+            tail = self._resume(recover)
             handle = open(self.path, "ab", buffering=0)  # noqa: SIM115 - lives with the trail
         except BaseException:
             self._writer_lock.release()
             raise
+        self._seq, self._head, self.recovered = tail.seq, tail.head, tail.recovered
+        unsealed = tail.unsealed
+        self._prev_mac = str(last_checkpoint.get("hmac")) if last_checkpoint else GENESIS_HASH
         self._files = _OpenFile(handle)
         self._finalizer = weakref.finalize(self, _abandon, self._files, self._writer_lock)
         self._size = self._handle.seek(0, os.SEEK_END)
@@ -212,6 +327,11 @@ class AuditTrail:
     @property
     def head_hash(self) -> str:
         return self._head
+
+    @property
+    def last_checkpoint_hmac(self) -> str:
+        """The newest checkpoint's HMAC (what the next checkpoint chains to)."""
+        return self._prev_mac
 
     def record(
         self,
@@ -255,6 +375,8 @@ class AuditTrail:
             self._write(line)
             self._seq = body["seq"]
             self._head = body["hash"]
+            if self._origin is None:
+                self._origin = self._head  # entry seq 1 names the trail in its anchor
             self._since_checkpoint += 1
             if self._since_checkpoint >= self.checkpoint_every:
                 self._write_checkpoint("interval")
@@ -330,12 +452,42 @@ class AuditTrail:
         self._size += len(line)
         self._dirty = True
 
-    def _sync(self, force: bool = False) -> None:
+    def _sync(self, force: bool = False, *, anchor: bool = True) -> None:
         if self._dirty or force:
             self._handle.flush()
             if self.fsync:
                 os.fsync(self._handle.fileno())
             self._dirty = False
+        if anchor and self._pending_anchor is not None:
+            self._write_anchor(self.path.name)
+
+    def _write_anchor(self, segment: str) -> None:
+        """Anchor the newest checkpoint, which the caller has made durable in the trail.
+
+        A failure (the anchor's storage is gone) must not stop a load whose trail is intact: it
+        is logged and kept in ``anchor_error``, and the next sync tries again. The trail is
+        then merely ahead of its anchor, which verification accepts.
+        """
+        checkpoint = self._pending_anchor
+        if checkpoint is None:
+            return
+        document = build_anchor(
+            checkpoint, trail=self.path, segment=segment, origin=self._origin, key=self._key
+        )
+        try:
+            write_anchor(self.anchor_path, document, fsync=self.fsync)
+        except OSError as exc:
+            self.anchor_error = f"{self.anchor_path}: {exc.strerror or exc}"
+            _log.warning(
+                "could not write the audit anchor %s (%s); the trail is intact, its anchor now "
+                "lags behind. Check the anchor's storage or %s.",
+                self.anchor_path,
+                exc.strerror or exc,
+                ANCHOR_ENV,
+            )
+            return
+        self._pending_anchor = None
+        self.anchor_error = None
 
     def _write_checkpoint(
         self, reason: str, extra: Mapping[str, Any] | None = None
@@ -348,11 +500,14 @@ class AuditTrail:
             "timestamp": datetime.now(UTC).isoformat(),
             "covers_hash": self._head,
             "reason": reason,
+            "prev_hmac": self._prev_mac,
             **(extra or {}),
         }
         body["hmac"] = checkpoint_mac(body, self._key)
         self._write(canonical(body) + b"\n")
         self._since_checkpoint = 0
+        self._prev_mac = body["hmac"]
+        self._pending_anchor = body  # anchored once it is durable (the next sync)
         return body
 
     def _rotate_if_needed(self, incoming: int) -> None:
@@ -361,7 +516,7 @@ class AuditTrail:
         if self._size + incoming + _CHECKPOINT_RESERVE <= self.max_bytes:
             return
         self._write_checkpoint("rotate")
-        self._sync(force=True)
+        self._sync(force=True, anchor=False)
         self._handle.close()
         numbers = [SEGMENT_NAME.match(p.name) for p in audit_segments(self.path)]
         existing = [int(m.group("n")) for m in numbers if m]
@@ -369,13 +524,13 @@ class AuditTrail:
         os.replace(self.path, target)
         self._handle = open(self.path, "ab", buffering=0)  # noqa: SIM115
         self._size = 0
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
+        self._write_anchor(target.name)  # the rotate checkpoint now lives in the renamed file
 
-    def _resume(self, recover: bool) -> tuple[int, str, bool, Path | None]:
-        """(last seq, head hash, whether entries follow the last checkpoint, evidence file).
-
-        The evidence file is where a half-written last line was moved (``recover=True``).
-        """
+    def _resume(self, recover: bool) -> _Tail:
+        """Where the chain stands: last seq, head hash, whether entries follow the last
+        checkpoint, and the evidence file a half-written last line was moved to
+        (``recover=True``)."""
         recovered: Path | None = None
         for segment in reversed(audit_segments(self.path)):
             line, incomplete = _last_complete_line(segment)
@@ -406,9 +561,33 @@ class AuditTrail:
                     f"`snowkit audit verify {self.path}` before writing to this trail"
                 ) from exc
             if last.get("type") == "checkpoint":
-                return int(last["seq"]), str(last["covers_hash"]), False, recovered
-            return int(last["seq"]), str(last["hash"]), True, recovered
-        return 0, GENESIS_HASH, False, recovered
+                return _Tail(int(last["seq"]), str(last["covers_hash"]), False, recovered)
+            return _Tail(int(last["seq"]), str(last["hash"]), True, recovered)
+        return _Tail(recovered=recovered)
+
+    def _check_anchor(self, last_checkpoint: dict[str, Any] | None) -> None:
+        """Refuse to continue a trail that is behind its anchor (cut, or an older copy).
+
+        Appending would replace the anchor and so erase the only evidence of the cut.
+        """
+        try:
+            anchor = read_anchor(self.anchor_path)
+        except AuditError as exc:
+            raise AuditError(
+                f"{exc}. Nothing was appended to {self.path}. Run `snowkit audit verify "
+                f"{self.path}`; if the anchor is damaged, move it aside (keep it as evidence)."
+            ) from None
+        if anchor is None:
+            return
+        reason = behind_anchor_reason(anchor, self._key, last_checkpoint, self._origin)
+        if reason is not None:
+            raise AuditError(
+                f"audit trail {self.path} does not match its anchor {self.anchor_path}: "
+                f"{reason}. Nothing was appended (that would overwrite the anchor and erase "
+                f"the evidence). Run `snowkit audit verify {self.path}`; if the trail was "
+                "restored or replaced on purpose, move the anchor aside (keep it as evidence) "
+                "and try again."
+            )
 
 
 class _WriterLock:
@@ -486,21 +665,8 @@ def _abandon(files: _OpenFile, lock: _WriterLock) -> None:
     lock.release()
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable (POSIX); silently skipped where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 __all__ = [
+    "ANCHOR_ENV",
     "GENESIS_HASH",
     "KEY_ENV",
     "PROBLEMS",
@@ -511,6 +677,7 @@ __all__ = [
     "audit_segments",
     "canonical",
     "checkpoint_mac",
+    "default_anchor_path",
     "default_key_file",
     "entry_hash",
     "load_audit_key",

@@ -1,9 +1,10 @@
-"""``verify_audit``: one pass over every segment of the trail, naming the first bad entry.
+"""``verify_audit``: one pass over every segment of the trail, naming the first bad entry, then
+a comparison with the external anchor.
 
 Separate from the writer (``audit.py``) because it runs in another process (``snowkit audit
 verify``, a notebook) and must never share the writer's state, locks or assumptions; both read
-the format from :mod:`snowkit.ops.audit_chain`. What it guarantees is listed in
-:mod:`snowkit.ops.audit`.
+the format from :mod:`snowkit.ops.audit_chain` and :mod:`snowkit.ops.audit_anchor`. What it
+guarantees is listed in :mod:`snowkit.ops.audit`.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import orjson
 from pydantic import SecretStr
 
 from snowkit import paths
+from snowkit.ops.audit_anchor import anchor_signature_ok, read_anchor
 from snowkit.ops.audit_chain import (
     GENESIS_HASH,
+    AuditError,
     audit_segments,
     checkpoint_mac,
     entry_hash,
@@ -39,6 +42,9 @@ PROBLEMS = (
     "checkpoint_mismatch",
     "incomplete_last_line",
     "missing",
+    "checkpoint_deleted",
+    "bad_anchor",
+    "anchor_mismatch",
 )
 
 
@@ -60,6 +66,10 @@ class AuditVerification:
     #: side file's path), ``evidence_bytes``, ``evidence_sha256``, ``evidence_present``,
     #: ``evidence_matches`` (the side file still holds exactly the bytes the seal names).
     recoveries: list[dict[str, Any]] = field(default_factory=list)
+    #: the anchor comparison (None when no anchor was given): ``path``, ``state`` (verified |
+    #: missing), and for a verified anchor its ``seq``, ``timestamp`` and how many entries the
+    #: trail holds beyond it (``entries_after``: the trail may be ahead, never behind)
+    anchor: dict[str, Any] | None = None
 
 
 def verify_audit(
@@ -67,27 +77,54 @@ def verify_audit(
     key: bytes | str | SecretStr | None = None,
     *,
     allow_unsealed_tail: bool = False,
+    anchor: str | os.PathLike[str] | None = None,
 ) -> AuditVerification:
     """Check the whole trail (all rotated segments) and name the first bad entry.
 
     ``allow_unsealed_tail`` turns "entries after the last checkpoint" from a failure into a
-    warning (use it only when you know the writer crashed).
+    warning (use it only when you know the writer crashed). ``anchor`` is the trail's anchor
+    file (:func:`snowkit.ops.audit_anchor.default_anchor_path` gives the default one): a trail
+    that lost its anchored checkpoint is ``truncated``; a missing anchor file is a warning.
+    Without ``anchor`` a cut made right after a checkpoint line cannot be detected.
     """
     target = Path(path) if path is not None else paths.audit_path()
     secret = key_bytes(key) if key is not None else load_audit_key(create=False)
     segments = audit_segments(target)
     if not segments:
-        return AuditVerification(
+        missing = AuditVerification(
             ok=False,
             entries=0,
             problem="missing",
             message=f"no audit trail at {target}",
             file=str(target),
         )
+        return _trail_gone(missing, target, Path(anchor), secret) if anchor else missing
     loaded = [(seg, *split_lines(seg.read_bytes())) for seg in segments]
-    result = _Verifier(secret, loaded, allow_unsealed_tail).run()
+    verifier = _Verifier(secret, loaded, allow_unsealed_tail)
+    result = verifier.run()
     _report_unsealed_evidence(target, result)
+    if anchor is not None and result.ok:
+        result = _AnchorCheck(verifier, Path(anchor)).apply(result)
     return result
+
+
+def _trail_gone(
+    missing: AuditVerification, target: Path, anchor_path: Path, key: bytes
+) -> AuditVerification:
+    """No trail at all: "missing", unless a valid anchor proves there was one ("truncated")."""
+    try:
+        anchor = read_anchor(anchor_path)
+    except AuditError:
+        return missing
+    if anchor is None or not anchor_signature_ok(anchor, key):
+        return missing
+    missing.problem = "truncated"
+    missing.first_bad_seq = 1
+    missing.message = (
+        f"truncated: no audit trail at {target}, but its anchor {anchor_path} records a "
+        f"checkpoint at seq {anchor['seq']} ({anchor['timestamp']}): the trail was deleted"
+    )
+    return missing
 
 
 def _report_unsealed_evidence(target: Path, result: AuditVerification) -> None:
@@ -117,21 +154,39 @@ class _Verifier:
         self.checkpoints = 0
         self.warnings: list[str] = []
         self.recoveries: list[dict[str, Any]] = []
-        self.all_seqs = self._collect_seqs()
+        # the checkpoint chain: the newest verified checkpoint's HMAC, and how many came before
+        # chaining existed (no ``prev_hmac``)
+        self.last_mac: str | None = None
+        self.legacy_checkpoints = 0
+        self.legacy_until_seq = 0
+        self.chained = False
+        #: every verified checkpoint by HMAC: (seq, covers_hash, file, line), for the anchor
+        self.verified_macs: dict[str, tuple[int, str, Path, int]] = {}
+        self.last_checkpoint_seq = 0
+        self.last_entry_seq = 0
+        self.origin: str | None = None
+        self.all_seqs, self.all_macs = self._collect()
 
-    def _collect_seqs(self) -> set[int]:
+    def _collect(self) -> tuple[set[int], set[str]]:
+        """Every entry seq and checkpoint HMAC in the trail, to tell a deletion from a move."""
         seqs: set[int] = set()
+        macs: set[str] = set()
         for _seg, lines, _partial in self.loaded:
             for raw in lines:
                 try:
                     record = orjson.loads(raw)
                 except orjson.JSONDecodeError:
                     continue
-                if isinstance(record, dict) and record.get("type") != "checkpoint":
-                    seq = record.get("seq")
-                    if isinstance(seq, int):
-                        seqs.add(seq)
-        return seqs
+                if not isinstance(record, dict):
+                    continue
+                if record.get("type") == "checkpoint":
+                    if isinstance(record.get("hmac"), str):
+                        macs.add(record["hmac"])
+                    continue
+                seq = record.get("seq")
+                if isinstance(seq, int):
+                    seqs.add(seq)
+        return seqs, macs
 
     def fail(
         self,
@@ -186,6 +241,9 @@ class _Verifier:
                 if bad is not None:
                     return bad
                 head = record["hash"]
+                if expected == 1:
+                    self.origin = head
+                self.last_entry_seq = expected
                 expected += 1
                 self.entries += 1
             if partial is not None:
@@ -225,6 +283,7 @@ class _Verifier:
                     "truncated", message, sealed_seq + 1, last_segment, last_line_no or None
                 )
             self.warnings.append(message)
+        self._warn_legacy()
         return AuditVerification(
             ok=True,
             entries=self.entries,
@@ -313,10 +372,84 @@ class _Verifier:
                 line_no,
                 subject="checkpoint after",
             )
+        bad = self._check_checkpoint_chain(record, segment, line_no)
+        if bad is not None:
+            return bad
         self.checkpoints += 1
+        self.last_mac = mac
+        self.last_checkpoint_seq = covered
+        self.verified_macs[mac] = (covered, head, segment, line_no)
         if record.get("reason") == "recover":
             self._note_recovery(record, segment, line_no)
         return None
+
+    def _check_checkpoint_chain(
+        self, record: dict[str, Any], segment: Path, line_no: int
+    ) -> AuditVerification | None:
+        """Each checkpoint signs its predecessor's HMAC: a deleted, duplicated or moved
+        checkpoint line breaks this chain even where no entry changed."""
+        seq = record.get("seq")
+        prev = record.get("prev_hmac")
+        if prev is None:
+            if self.chained:
+                return self.fail(
+                    "checkpoint_mismatch",
+                    "this checkpoint has no prev_hmac although earlier checkpoints are chained "
+                    "(an older snowkit wrote to a trail a newer one had chained)",
+                    seq,
+                    segment,
+                    line_no,
+                    subject="checkpoint covering",
+                )
+            self.legacy_checkpoints += 1
+            self.legacy_until_seq = seq if isinstance(seq, int) else self.legacy_until_seq
+            return None
+        expected = self.last_mac if self.last_mac is not None else GENESIS_HASH
+        if prev == expected:
+            self.chained = True
+            return None
+        if prev == GENESIS_HASH or prev in self.all_macs:
+            why = (
+                "it claims to be the first checkpoint but others precede it"
+                if prev == GENESIS_HASH
+                else "it chains to a checkpoint found elsewhere in the trail"
+            )
+            return self.fail(
+                "checkpoint_mismatch",
+                f"checkpoints duplicated or out of order: {why}",
+                seq,
+                segment,
+                line_no,
+                subject="checkpoint covering",
+            )
+        before = (
+            f"after the checkpoint sealing seq {self.last_checkpoint_seq}"
+            if self.last_mac is not None
+            else "at the start of the trail"
+        )
+        return self.fail(
+            "checkpoint_deleted",
+            f"the checkpoint it chains to is missing ({before}): a checkpoint line was deleted",
+            seq,
+            segment,
+            line_no,
+            subject="checkpoint covering",
+        )
+
+    def _warn_legacy(self) -> None:
+        if not self.legacy_checkpoints:
+            return
+        scope = (
+            f"all {self.legacy_checkpoints} checkpoints"
+            if self.legacy_checkpoints == self.checkpoints
+            else f"the first {self.legacy_checkpoints} checkpoints (up to seq "
+            f"{self.legacy_until_seq})"
+        )
+        self.warnings.append(
+            f"{scope} of this trail predate checkpoint chaining (an older snowkit wrote them): "
+            "deleting one of them, or cutting the trail right after one, cannot be detected "
+            "there. Checkpoints written from now on are chained and anchored."
+        )
 
     def _note_recovery(self, record: dict[str, Any], segment: Path, line_no: int) -> None:
         """A signed crash recovery: say where the torn bytes went and whether they still match."""
@@ -350,6 +483,113 @@ class _Verifier:
             f"moved to {side} ({record.get('evidence_bytes')} bytes, evidence {state}); the "
             f"chain continues, sealed by the signed recover checkpoint at {segment.name} "
             f"line {line_no}"
+        )
+
+
+class _AnchorCheck:
+    """Compare a trail that verified on its own with its external anchor.
+
+    The anchor is written only after the checkpoint it names is durable in the trail, so that
+    checkpoint must be there: if it is not and the trail's last checkpoint is not past it, the
+    trail lost its end (``truncated``); if the trail is past it, the trail holds another
+    history (``anchor_mismatch``).
+    """
+
+    def __init__(self, verifier: _Verifier, path: Path) -> None:
+        self.verifier = verifier
+        self.path = path
+
+    def apply(self, result: AuditVerification) -> AuditVerification:
+        v = self.verifier
+        try:
+            anchor = read_anchor(self.path)
+        except AuditError as exc:
+            return self._fail(result, "bad_anchor", str(exc), None)
+        if anchor is None:
+            result.anchor = {"path": str(self.path), "state": "missing"}
+            if v.checkpoints:
+                result.warnings.append(
+                    f"no audit anchor at {self.path}: a cut made right after a checkpoint "
+                    "cannot be ruled out (the anchor is written after each checkpoint; pass "
+                    "its path if it is kept elsewhere)"
+                )
+            return result
+        if not anchor_signature_ok(anchor, v.key):
+            return self._fail(
+                result,
+                "bad_anchor",
+                f"the anchor {self.path} does not verify with this key (forged, edited, or "
+                "written with another key)",
+                None,
+            )
+        anchored_seq = int(anchor["seq"])
+        where = f"the anchor {self.path} (written {anchor['timestamp']})"
+        if anchor["origin"] is not None and v.origin is not None and anchor["origin"] != v.origin:
+            return self._fail(
+                result,
+                "anchor_mismatch",
+                f"{where} belongs to another trail: its first entry differs (anchor of another "
+                "file, or the trail was replaced)",
+                1,
+            )
+        found = v.verified_macs.get(str(anchor["checkpoint_hmac"]))
+        if found is None:
+            if anchored_seq >= v.last_checkpoint_seq:
+                return self._fail(
+                    result,
+                    "truncated",
+                    f"{where} records a checkpoint sealing seq {anchored_seq}, which is not in "
+                    f"the trail: its last checkpoint seals seq {v.last_checkpoint_seq} and its "
+                    f"last entry is seq {v.last_entry_seq}. The end of the trail was cut off (or "
+                    "an older copy put back)",
+                    min(v.last_checkpoint_seq + 1, anchored_seq),
+                )
+            return self._fail(
+                result,
+                "anchor_mismatch",
+                f"{where} records a checkpoint sealing seq {anchored_seq} that the trail does not "
+                "hold although it goes further: the history was rewritten (with the key), or "
+                "the anchor belongs to another trail",
+                anchored_seq,
+            )
+        seq, covers, segment, line_no = found
+        if seq != anchored_seq or anchor["covers_hash"] != covers:
+            return self._fail(
+                result,
+                "anchor_mismatch",
+                f"{where} names the checkpoint at {segment.name} line {line_no} with different "
+                "contents",
+                anchored_seq,
+            )
+        ahead = v.last_entry_seq - anchored_seq
+        result.anchor = {
+            "path": str(self.path),
+            "state": "verified",
+            "seq": anchored_seq,
+            "timestamp": anchor["timestamp"],
+            "entries_after": ahead,
+        }
+        result.message += f"; anchored at seq {anchored_seq}" + (
+            f" ({ahead} entries since)" if ahead else ""
+        )
+        return result
+
+    def _fail(
+        self, result: AuditVerification, problem: str, message: str, seq: int | None
+    ) -> AuditVerification:
+        last_segment, lines, _partial = self.verifier.loaded[-1]
+        return AuditVerification(
+            ok=False,
+            entries=result.entries,
+            first_bad_seq=seq,
+            line_number=len(lines) or None,
+            problem=problem,
+            message=f"{problem}: {message} ({last_segment.name}, {len(lines)} lines)",
+            file=str(last_segment),
+            checkpoints=result.checkpoints,
+            warnings=result.warnings,
+            recoveries=result.recoveries,
+            anchor={"path": str(self.path), "state": problem},
         )
 
 

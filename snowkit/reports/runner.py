@@ -4,7 +4,9 @@
 papermill does not do (notebook-kit notes §1.6, §2.1): it creates the dated run folder first,
 runs the kernel in the notebook's directory with a per-cell timeout, refuses secret-looking
 parameters (they would be written into the executed notebook twice), sets ``SNOWKIT_RUN_DIR``
-for the kernel only (so ``emit()``/``save_figure()`` write next to the report), renders a
+for the kernel only (so ``emit()``/``save_figure()`` write next to the report) and hands it the
+caller's resolved ``SNOWKIT_HOME`` and ``SNOWKIT_REPORTS`` (the kernel's working directory is
+the notebook's folder, where the defaults would point somewhere else), renders a
 code-free HTML even when a cell failed, extracts the PNG charts, and records ``run.json``.
 
 Layout: ``<reports_dir>/<notebook stem>/<YYYY-MM-DD>/<run_id>/`` holding ``<stem>.ipynb``,
@@ -40,6 +42,9 @@ from snowkit.reports.figures import extract_figures
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+
+#: Moves the reports folder (read by ``snowkit.paths.reports_dir()``).
+REPORTS_ENV = "SNOWKIT_REPORTS"
 
 #: Parameter names that look like they carry a secret (matched anywhere in the name).
 SECRET_PARAMETER = re.compile(
@@ -192,6 +197,21 @@ def _kernel_manager_class(extra_env: Mapping[str, str]) -> type:
     return RunKernelManager
 
 
+def kernel_environment(run_dir: Path, reports_dir: Path) -> dict[str, str]:
+    """What the kernel's environment gets on top of ours, all absolute paths.
+
+    The kernel runs in the notebook's folder, so a relative or defaulted ``SNOWKIT_HOME``
+    (``./.snowkit``) would otherwise mean ``notebooks/.snowkit`` there while ``snowkit load``
+    uses the caller's: hand it the state folder *resolved here* (the caller's own setting
+    when there is one, made absolute), and this run's reports folder likewise.
+    """
+    return {
+        RUN_DIR_ENV: str(run_dir),
+        paths.HOME_ENV: str(paths.state_dir()),
+        REPORTS_ENV: str(reports_dir),
+    }
+
+
 def _versions(kernel: str, nb: NotebookNode | None) -> dict[str, str | None]:
     def pkg(name: str) -> str | None:
         try:
@@ -216,7 +236,7 @@ def _execute(
     parameters: dict[str, Any],
     kernel: str,
     timeout: float | None,
-    run_dir: Path,
+    kernel_env: Mapping[str, str],
 ) -> RunError | None:
     """Execute with papermill; return the error, or None when every cell ran."""
     import papermill as pm
@@ -236,7 +256,7 @@ def _execute(
             progress_bar=sys.stderr.isatty(),
             log_output=False,
             execution_timeout=timeout,
-            kernel_manager_class=_kernel_manager_class({RUN_DIR_ENV: str(run_dir)}),
+            kernel_manager_class=_kernel_manager_class(kernel_env),
         )
     except PapermillExecutionError as exc:
         return RunError(str(exc.ename), redact(str(exc.evalue)), exc.cell_index)
@@ -314,7 +334,8 @@ def run(
 
     from snowkit.reports.html import write_html  # nbconvert is slow to import; kernels skip it
 
-    error = _execute(source, output, params, kernel_name, timeout, run_dir)
+    kernel_env = kernel_environment(run_dir, base)
+    error = _execute(source, output, params, kernel_name, timeout, kernel_env)
     executed = _load_executed(output, nb)
     notice = None
     if error is not None and error.cell_index is None:
@@ -372,6 +393,7 @@ __all__ = [
     "RunResult",
     "RunUsageError",
     "check_parameters",
+    "kernel_environment",
     "new_run_id",
     "resolve_parameter",
     "run",

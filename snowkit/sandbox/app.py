@@ -85,13 +85,21 @@ class SandboxApp:
         self.auth = auth
         self.faults = faults
         self._mounts: list[tuple[str, WSGIApp]] = []
+        self._mounts_lock = threading.Lock()
         self._tables = TableAPI(store)
         self._ire_lock = threading.Lock()
 
     def mount(self, prefix: str, app: WSGIApp) -> None:
-        """Serve ``prefix`` and everything under it with another WSGI app (no faults, no auth)."""
+        """Serve ``prefix`` and everything under it with another WSGI app (no faults, no auth).
+
+        A later mount at the same prefix replaces the earlier app (e.g. a second, different
+        UniFi lab in the same kernel). Requests read ``_mounts`` without the lock: the list is
+        rebuilt and swapped in whole, so a reader sees either the old or the new table.
+        """
         prefix = "/" + prefix.strip("/")
-        self._mounts = sorted([*self._mounts, (prefix, app)], key=lambda m: -len(m[0]))
+        with self._mounts_lock:
+            kept = [(p, a) for p, a in self._mounts if p != prefix]
+            self._mounts = sorted([*kept, (prefix, app)], key=lambda m: -len(m[0]))
 
     # -- WSGI entry --------------------------------------------------------------------------
 

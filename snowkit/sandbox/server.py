@@ -321,7 +321,10 @@ class Sandbox:
         self._faults.set_profile(loaded)
 
     def mount(self, prefix: str, wsgi_app: WSGIApp) -> None:
-        """Serve ``prefix`` (e.g. ``/unifi``) with another WSGI app; prefix goes to SCRIPT_NAME."""
+        """Serve ``prefix`` (e.g. ``/unifi``) with another WSGI app; prefix goes to SCRIPT_NAME.
+
+        Mounting again at the same prefix replaces the earlier app (thread-safe).
+        """
         self.app.mount(prefix, wsgi_app)
 
     # -- lifecycle ---------------------------------------------------------------------------

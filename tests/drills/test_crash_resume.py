@@ -159,6 +159,7 @@ def crash_trial(drill: Any, home: Path, rng: random.Random, kills: int) -> dict[
     assert not creates or max(creates.values()) == 1, "a record audited as created twice"
     assert all(e["sys_id"] in held for e in entries if e["action"] == "create")
     unaudited = len(result.records) - len(creates)
+    assert unaudited == 0, f"{unaudited} records the killed runs created are not in the audit trail"
     with Outbox() as box:
         assert box.count() == 0 and box.count("failed") == 0, box.summary()
     return {

@@ -175,6 +175,18 @@ def test_embedded_session_is_reused_then_closed() -> None:
         fresh.close()
 
 
+def test_a_second_lab_in_the_same_session_is_the_one_collected() -> None:
+    from snowkit.unifi import LabConfig
+
+    def lab(sites: int) -> LabConfig:
+        return LabConfig(sites=sites, devices_per_site=2, clients_per_site=1, seed=3)
+
+    with nbk.connect("embedded", reuse=False) as session:
+        first = session.collect("lab", lab(1))
+        second = session.collect("lab", lab(2))
+    assert (len(first.sites), len(second.sites)) == (1, 2)
+
+
 def test_a_client_that_cannot_be_built_is_a_failed_health_check_not_a_crash() -> None:
     checks = nbk.check_health("http://example.com", timeout_seconds=5)
     assert checks["servicenow"].status.health_json == "fail"

@@ -7,6 +7,7 @@ in a fixture and several tests read the same run folder.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -237,3 +238,34 @@ def test_a_report_that_cannot_render_still_leaves_html_and_run_json(
     page = result.html.read_text()
     assert "template exploded" in page and "RuntimeError" in page and "executed notebook" in page
     assert json.loads(result.run_json.read_text())["error"]["ename"] == "RuntimeError"
+
+
+def _kernel_paths(result: RunResult) -> dict[str, str]:
+    assert result.ok, result.error
+    return json.loads((result.run_dir / "data" / "paths.json").read_text())
+
+
+def test_kernel_uses_the_callers_state_and_reports_folders_not_the_notebooks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caller = tmp_path / "caller"
+    caller.mkdir()
+    monkeypatch.chdir(caller)
+    monkeypatch.delenv("SNOWKIT_HOME", raising=False)
+    monkeypatch.delenv("SNOWKIT_REPORTS", raising=False)
+    seen = _kernel_paths(run(NOTEBOOKS / "state_paths.ipynb"))
+    assert Path(seen["cwd"]) == NOTEBOOKS  # the kernel runs in the notebook's folder ...
+    assert Path(seen["state_dir"]) == caller / ".snowkit"  # ... with the caller's state
+    assert Path(seen["reports_dir"]) == caller / "reports"
+    assert "SNOWKIT_HOME" not in os.environ  # only the kernel's environment was changed
+
+
+def test_a_relative_snowkit_home_is_resolved_against_the_caller(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SNOWKIT_HOME", "my-state")
+    seen = _kernel_paths(run(NOTEBOOKS / "state_paths.ipynb", reports_dir=tmp_path / "out"))
+    assert Path(seen["state_dir"]) == tmp_path / "my-state"
+    assert Path(seen["reports_dir"]) == tmp_path / "out"  # this run's reports folder
+    assert os.environ["SNOWKIT_HOME"] == "my-state"

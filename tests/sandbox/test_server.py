@@ -87,6 +87,32 @@ def test_mounted_app_gets_prefix_in_script_name(sandbox: Sandbox):
     assert requests.get(f"{sandbox.url}/unifix", verify=str(sandbox.ca_path)).status_code == 401
 
 
+def _text_app(text: str):
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [text.encode()]
+
+    return app
+
+
+def test_a_later_mount_at_the_same_prefix_replaces_the_earlier_one(sandbox: Sandbox):
+    sandbox.mount("/lab", _text_app("first"))
+    sandbox.mount("/lab/deeper", _text_app("deeper"))
+    sandbox.mount("lab/", _text_app("second"))  # same prefix, spelled differently
+    with session_for(sandbox) as session:
+        assert session.get(f"{sandbox.url}/lab/x").text == "second"
+        assert session.get(f"{sandbox.url}/lab/deeper/x").text == "deeper"  # longest wins
+
+
+def test_concurrent_mounts_lose_none(sandbox: Sandbox):
+    prefixes = [f"/race-{i}" for i in range(40)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda p: sandbox.mount(p, _text_app(p)), prefixes))
+    with session_for(sandbox) as session:
+        for prefix in prefixes:
+            assert session.get(f"{sandbox.url}{prefix}/").text == prefix
+
+
 def test_silent_and_garbage_clients_do_not_wedge_the_server(sandbox: Sandbox):
     silent = socket.create_connection(("127.0.0.1", sandbox.port))  # never sends a ClientHello
     garbage = socket.create_connection(("127.0.0.1", sandbox.port))
