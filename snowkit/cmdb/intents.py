@@ -132,25 +132,42 @@ class ReconcileResult:
 
 
 class IntentJournal:
-    """The SQLite journal of writes in flight (thread-safe: one connection, one lock)."""
+    """The SQLite journal of writes in flight (thread-safe).
+
+    Writers run concurrently, so :meth:`intend` group-commits: the first thread to find no
+    flush under way writes every batch queued so far in one transaction and one fsync, and the
+    others wait for that fsync instead of queuing for one each. :meth:`done` only notes the
+    token; the deletes ride along with the next commit (losing them to a crash merely means a
+    reconcile that finds the writes already audited).
+    """
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path is not None else intents_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the connection
+        self._state = threading.Condition(threading.Lock())  # guards the group-commit queue
         self._conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.executescript(_SCHEMA)
+        row = self._conn.execute("SELECT COALESCE(MAX(batch), 0) FROM intents").fetchone()
+        self._last_token = int(row[0])
+        self._queue: list[tuple[Any, ...]] = []
+        self._finished: list[int] = []  # tokens whose deletes ride on the next commit
+        self._queued_generation = 1  # the generation the queued rows will be committed as
+        self._durable_generation = 0
+        self._failed: dict[int, BaseException] = {}
+        self._flushing = False
 
     # -- recording -------------------------------------------------------------------------
     def intend(self, run_id: str, writes: Iterable[Mapping[str, Any]]) -> int | None:
-        """Record a batch of writes durably (one fsync); returns the batch token (None: empty).
+        """Record a batch of writes durably before it is sent; returns the batch token.
 
         Each write: ``action``, ``table``, ``source_id``, ``sys_id``, ``before``, ``after``.
+        Returns None when there is nothing to record.
         """
         now = datetime.now(UTC).isoformat()
-        with self._lock:
-            token = self._next_token()
+        with self._state:
+            token = self._last_token + 1
             rows = [
                 (
                     run_id,
@@ -167,39 +184,79 @@ class IntentJournal:
             ]
             if not rows:
                 return None
-            # FULL: this commit fsyncs the WAL, and with it any earlier NORMAL commit.
-            self._conn.execute("PRAGMA synchronous=FULL")
-            with self._conn:
-                self._conn.executemany(
-                    "INSERT INTO intents (run_id, batch, action, table_name, source_id, sys_id,"
-                    " before, after, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
+            self._last_token = token
+            self._queue.extend(rows)
+            generation = self._queued_generation
+            while self._durable_generation < generation:
+                if generation in self._failed:
+                    raise self._failed[generation]
+                if self._flushing:
+                    self._state.wait()
+                    continue
+                self._lead_flush()
+            if generation in self._failed:
+                raise self._failed[generation]
         return token
 
-    def done(self, token: int | None) -> None:
-        """The batch's outcomes are in the audit trail: forget its intents.
+    def _lead_flush(self) -> None:
+        """Commit everything queued as one generation (called with ``_state`` held)."""
+        rows, self._queue = self._queue, []
+        finished, self._finished = self._finished, []
+        generation = self._queued_generation
+        self._queued_generation += 1
+        self._flushing = True
+        self._state.release()
+        error: BaseException | None = None
+        try:
+            with self._lock:
+                # FULL: this commit fsyncs the WAL, and with it any earlier NORMAL commit.
+                self._conn.execute("PRAGMA synchronous=FULL")
+                with self._conn:
+                    self._delete_finished(finished)
+                    self._conn.executemany(
+                        "INSERT INTO intents (run_id, batch, action, table_name, source_id,"
+                        " sys_id, before, after, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        rows,
+                    )
+        except BaseException as exc:  # every writer of this generation must hear of it
+            error = exc
+        finally:
+            self._state.acquire()
+            self._flushing = False
+            if error is not None:
+                self._failed[generation] = error
+                self._finished[:0] = finished
+            self._durable_generation = generation
+            self._state.notify_all()
 
-        Not fsynced on its own (the next batch's fsync carries it): losing it to a power cut
-        only means a reconcile that finds the writes already audited.
-        """
+    def _delete_finished(self, tokens: Sequence[int]) -> None:
+        if tokens:
+            self._conn.executemany(
+                "DELETE FROM intents WHERE batch=? AND status=?",
+                [(token, PENDING) for token in tokens],
+            )
+
+    def done(self, token: int | None) -> None:
+        """The batch's outcomes are in the audit trail: forget its intents (lazily)."""
         if token is None:
             return
-        with self._lock:
+        with self._state:
+            self._finished.append(token)
+
+    def _settle(self) -> None:
+        """Apply deferred deletes before reading (called with ``_lock`` held)."""
+        with self._state:
+            finished, self._finished = self._finished, []
+        if finished:
             self._conn.execute("PRAGMA synchronous=NORMAL")
             with self._conn:
-                self._conn.execute(
-                    "DELETE FROM intents WHERE batch=? AND status=?", (token, PENDING)
-                )
-
-    def _next_token(self) -> int:
-        row = self._conn.execute("SELECT COALESCE(MAX(batch), 0) FROM intents").fetchone()
-        return int(row[0]) + 1
+                self._delete_finished(finished)
 
     # -- reading ---------------------------------------------------------------------------
     def pending(self, *, exclude_run: str | None = None) -> list[Intent]:
         """Intents left by a process that died mid-batch, oldest first."""
         with self._lock:
+            self._settle()
             rows = self._conn.execute(
                 "SELECT id, run_id, action, table_name, source_id, sys_id, before, after,"
                 " created_at FROM intents WHERE status=? ORDER BY id",
@@ -223,6 +280,7 @@ class IntentJournal:
 
     def count(self, status: str = PENDING) -> int:
         with self._lock:
+            self._settle()
             row = self._conn.execute(
                 "SELECT COUNT(*) FROM intents WHERE status=?", (status,)
             ).fetchone()
@@ -247,6 +305,8 @@ class IntentJournal:
 
     def close(self) -> None:
         with self._lock:
+            with contextlib.suppress(sqlite3.Error):
+                self._settle()
             self._conn.close()
 
     def __enter__(self) -> IntentJournal:
