@@ -558,6 +558,14 @@ class ServiceNowAPIClient:
         self.error_handler.record(context)
         return [batch_api.failed_result(item, context, ambiguous=writes) for item in pending]
 
+    def add_throttle_listener(self, listener: Callable[[float | None], None]) -> None:
+        """Call ``listener(retry_after_s)`` whenever the instance answers 429.
+
+        The client retries a throttled request itself, so a caller that only sees the final
+        result never learns it was throttled; an adaptive limiter registers here instead.
+        """
+        self._pipeline.throttle_listeners.append(listener)
+
     def identify_reconcile(
         self, payload: Mapping[str, Any], data_source: str = "ServiceNow", dry_run: bool = False
     ) -> dict[str, Any]:

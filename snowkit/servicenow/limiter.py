@@ -101,6 +101,12 @@ class AdaptiveLimiter:
                     self.increases += 1
             self._cond.notify_all()
 
+    def note_throttled(self, retry_after_s: float | None = None) -> None:
+        """A 429 arrived (possibly for a request still being retried): cut now."""
+        with self._cond:
+            self._cut()
+            self._cond.notify_all()
+
     def _too_slow(self, latency_s: float | None) -> bool:
         return (
             latency_s is not None

@@ -85,6 +85,9 @@ class RequestPipeline:
         self.retry_manager = retry_manager
         self.circuit_breaker = circuit_breaker
         self.pacer = pacer
+        #: Called with the Retry-After seconds (or None) the moment a 429 arrives, before the
+        #: retry waits: bulk callers cut their concurrency on the signal, not a retry later.
+        self.throttle_listeners: list[Callable[[float | None], None]] = []
         self.hibernation = hibernation
         self.failures = failures
         self.metrics = metrics
@@ -153,6 +156,8 @@ class RequestPipeline:
         if status == 429:
             retry_after = error.context.details.get("retry_after")
             self.metrics.record_rate_limit(spec.operation, retry_after)
+            for listener in list(self.throttle_listeners):
+                listener(retry_after)
         raise error
 
     def _send_authenticated(self, spec: RequestSpec, attempt: int) -> requests.Response:

@@ -96,6 +96,25 @@ def test_429_waits_exactly_what_retry_after_says(
     assert limited["create"] == 1
 
 
+def test_a_429_reaches_throttle_listeners_before_the_retry_waits(
+    fixed_clock_sandbox: Sandbox, fake_sleep: FakeSleep
+) -> None:
+    # The client retries a 429 itself, so a bulk caller only sees the final success: an
+    # adaptive limiter must hear of the throttle when it happens, not a latency spike later.
+    sb = fixed_clock_sandbox
+    sb.set_faults({"rate_limit": {"requests": 1, "window_seconds": 60}})
+    heal_on_first_sleep(sb, fake_sleep)
+    creds = CredentialManager.static(basic=("admin", sb.users["admin"]))
+    heard: list[tuple[float | None, int]] = []
+    with ServiceNowAPIClient(sb.url, creds, sleep=fake_sleep) as c:
+        c.add_throttle_listener(
+            lambda retry_after: heard.append((retry_after, len(fake_sleep.calls)))
+        )
+        c.count("incident")
+        c.count("incident")
+    assert heard == [(20.0, 0)]  # told once, with Retry-After, before the client slept
+
+
 def test_rate_limit_headers_slow_the_client_down_before_the_429(
     fixed_clock_sandbox: Sandbox, fake_sleep: FakeSleep
 ) -> None:

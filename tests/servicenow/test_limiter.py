@@ -47,6 +47,16 @@ def test_halves_on_429_once_per_cooldown() -> None:
     assert limiter.limit == 4
 
 
+def test_a_throttle_noted_mid_flight_cuts_at_once_and_respects_the_cooldown() -> None:
+    clock = Clock()
+    limiter = AdaptiveLimiter(initial=8, maximum=8, cooldown_s=1.0, clock=clock)
+    assert limiter.acquire(timeout=0)
+    limiter.note_throttled(20.0)  # the request is still being retried
+    assert limiter.limit == 4
+    limiter.release(0.1, throttled=True)  # same episode: no second cut
+    assert limiter.limit == 4
+
+
 def test_cuts_when_latency_rises_well_above_baseline() -> None:
     clock = Clock()
     limiter = AdaptiveLimiter(initial=8, latency_factor=3.0, increase_after=100, clock=clock)
