@@ -13,6 +13,7 @@ from snowkit.analysis.charts import (
     latency_percentiles_chart,
     relationship_chart,
     retries_chart,
+    run_trend_chart,
     success_rate_chart,
     throughput_chart,
 )
@@ -28,12 +29,14 @@ from snowkit.analysis.frames import (
     samples_frame,
 )
 from snowkit.analysis.suggestions import Suggestion, suggestions, suggestions_frame
+from snowkit.analysis.summaries import error_summary
 
 __all__ = [
     "Suggestion",
     "audit_frame",
     "breaker_timeline_chart",
     "data_quality_chart",
+    "error_summary",
     "errors_by_category_severity_chart",
     "errors_frame",
     "errors_over_time_chart",
@@ -47,6 +50,7 @@ __all__ = [
     "retries_chart",
     "run_report_frame",
     "run_reports_frame",
+    "run_trend_chart",
     "samples_frame",
     "success_rate_chart",
     "suggestions",

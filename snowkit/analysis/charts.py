@@ -6,15 +6,23 @@ pyplot's global registry (no figure leaks in loops, no double display in Jupyter
 figure is shown once as the cell's value). The backend is never forced here. An empty or
 missing input draws a titled "no data" panel instead of raising, so a report on a quiet day
 still renders.
+
+Time axes use matplotlib's ``AutoDateLocator`` + ``ConciseDateFormatter`` (a run of a few
+seconds reads ``13.6`` under a ``2026-03-01 08:31`` offset, not ``31:13.600000``), and counts
+over time are binned by :func:`bin_width`: about :data:`TARGET_BINS` bins over the data's span,
+so a ten-second run and a week of scheduled runs both show their shape.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
+from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
 
 FIGSIZE = (9.0, 3.6)
@@ -51,33 +59,82 @@ def _events(logs: pd.DataFrame | None, *names: str) -> pd.DataFrame:
     return logs.loc[logs["event"].isin(names) & logs["timestamp"].notna()]
 
 
-_FREQS = ("1s", "10s", "1min", "10min", "1h", "6h", "1D", "7D")
+#: Bins per chart the width is chosen for (span / TARGET_BINS, rounded up to a nice width).
+TARGET_BINS = 40
+#: The narrowest bin: finer than the clock resolution of most log lines is noise.
+MIN_BIN = pd.Timedelta("100ms")
+_NICE_WIDTHS = tuple(
+    pd.Timedelta(w)
+    for w in (
+        "100ms", "200ms", "250ms", "500ms", "1s", "2s", "5s", "10s", "15s", "30s",
+        "1min", "2min", "5min", "10min", "15min", "30min",
+        "1h", "2h", "3h", "6h", "12h", "1D", "2D", "7D",
+    )
+)  # fmt: skip
+_WEEK = pd.Timedelta("7D")
 
 
-def _auto_freq(times: pd.Series, max_bins: int = 200) -> str:
-    """The finest bin width giving at most ``max_bins`` bins over the span of ``times``."""
-    span = times.max() - times.min()
-    for freq in _FREQS:
-        if span <= pd.Timedelta(freq) * max_bins:
-            return freq
-    return _FREQS[-1]
+def bin_width(times: pd.Series | pd.Index, *, bins: int = TARGET_BINS) -> pd.Timedelta:
+    """The bin width for counting events at ``times``: span / ``bins`` rounded up to a nice
+    width (100 ms, 200 ms, 250 ms, 500 ms, 1 s, 2 s, 5 s, ... 1 h, 2 h, ... 1 day, 2 days,
+    then whole weeks), never below :data:`MIN_BIN`."""
+    valid = pd.Series(times).dropna()
+    span = valid.max() - valid.min() if len(valid) > 1 else pd.Timedelta(0)
+    target = span / max(bins, 1)
+    for width in _NICE_WIDTHS:
+        if width >= max(target, MIN_BIN):
+            return width
+    return _WEEK * math.ceil(target / _WEEK)
+
+
+def _naive_utc(times: Any) -> pd.DatetimeIndex:
+    """Times as a tz-naive UTC index: what matplotlib's date axis handles without surprises."""
+    index = pd.DatetimeIndex(pd.to_datetime(times, utc=True))
+    return index.tz_convert("UTC").tz_localize(None)
+
+
+def _time_axis(ax: Axes, label: str = "time (UTC)") -> None:
+    """Readable ticks on a date x axis at any span (call after plotting)."""
+    locator = AutoDateLocator(minticks=3, maxticks=8)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+    ax.set_xlabel(label)
 
 
 def _per_bin(
-    frame: pd.DataFrame, freq: str | None, by: str | None = None, max_bins: int = 200
-) -> pd.DataFrame:
-    freq = freq or _auto_freq(frame["timestamp"], max_bins)
-    grouper = pd.Grouper(key="timestamp", freq=freq)
-    if by is None:
-        return frame.groupby(grouper).size().to_frame("count")
-    keys = frame[by].fillna("unknown").astype(str)
-    return frame.assign(**{by: keys}).groupby([grouper, by]).size().unstack(by, fill_value=0)
+    frame: pd.DataFrame,
+    freq: str | pd.Timedelta | None,
+    by: str | None = None,
+    bins: int = TARGET_BINS,
+) -> tuple[pd.DataFrame, pd.Timedelta]:
+    """Event counts per time bin (every bin from the first to the last, empty ones as 0), one
+    column per value of ``by`` (or ``count``), indexed by the bin start (naive UTC)."""
+    times = _naive_utc(frame["timestamp"])
+    width = pd.Timedelta(freq) if freq is not None else bin_width(times.to_series(), bins=bins)
+    starts = times.floor(width)
+    keys = (
+        pd.Series("count", index=frame.index)
+        if by is None
+        else frame[by].fillna("unknown").astype(str)
+    )
+    counts = pd.crosstab(starts, keys.to_numpy())
+    full = pd.date_range(starts.min(), starts.max(), freq=width)
+    counts = counts.reindex(full, fill_value=0)
+    counts.columns = [str(c) for c in counts.columns]
+    return counts, width
+
+
+def _steps(ax: Axes, binned: pd.DataFrame, column: str, width: pd.Timedelta, **style: Any) -> None:
+    """Counts as steps that span their whole bin (a single bin still draws a segment)."""
+    x = [*binned.index, binned.index[-1] + width]
+    y = [*binned[column], binned[column].iloc[-1]]
+    ax.step(x, y, where="post", **style)
 
 
 def throughput_chart(
     frame: pd.DataFrame, *, freq: str | None = None, ax: Axes | None = None
 ) -> Figure:
-    """Requests per time bin, split into ok and failed.
+    """Requests per time bin (``freq``, else :func:`bin_width`), split into ok and failed.
 
     Takes ``samples_frame()`` (``ok`` column) or ``logs_frame()`` (its ``request`` events,
     failures by ``status_code >= 400``).
@@ -99,12 +156,13 @@ def throughput_chart(
     else:
         ok = pd.Series(True, index=data.index)
     outcome = ok.map({True: "ok", False: "failed"})
-    binned = _per_bin(data.assign(outcome=outcome), freq, by="outcome")
+    binned, width = _per_bin(data.assign(outcome=outcome), freq, by="outcome")
     colors = {"ok": "tab:blue", "failed": "tab:red"}
     for column in ("ok", "failed"):
         if column in binned.columns:
-            ax.plot(binned.index, binned[column], label=column, color=colors[column])
-    ax.set(title=title, xlabel="time (UTC)", ylabel="requests")
+            _steps(ax, binned, column, width, label=column, color=colors[column])
+    ax.set(title=f"{title}, {_describe(width)} bins", ylabel="requests")
+    _time_axis(ax)
     ax.legend(loc="upper left")
     return fig
 
@@ -132,7 +190,8 @@ def errors_over_time_chart(
     freq: str | None = None,
     ax: Axes | None = None,
 ) -> Figure:
-    """Error contexts per time bin, stacked by ``category`` (or ``severity``)."""
+    """Error contexts per time bin (``freq``, else :func:`bin_width`), stacked by ``category``
+    (or ``severity``)."""
     fig, ax = _axes(ax)
     title = f"Errors by {by} over time"
     if not _has(errors, "timestamp", by):
@@ -140,13 +199,16 @@ def errors_over_time_chart(
     data = errors.loc[errors["timestamp"].notna()]
     if data.empty:
         return _no_data(fig, ax, title)
-    binned = _per_bin(data, freq, by=by, max_bins=48)  # bars: keep them countable
-    binned.index = binned.index.strftime("%Y-%m-%d %H:%M")
-    binned.plot.bar(ax=ax, stacked=True, rot=30, width=0.9)
-    step = max(1, len(binned) // 12)
-    for i, label in enumerate(ax.get_xticklabels()):
-        label.set_visible(i % step == 0)
-    ax.set(title=title, xlabel="interval start (UTC)", ylabel="errors")
+    binned, width = _per_bin(data, freq, by=by, bins=30)  # bars: keep them countable
+    bottom = np.zeros(len(binned))
+    x = binned.index.to_numpy()
+    for column in binned.columns:
+        heights = binned[column].to_numpy()
+        bar_width = width.to_timedelta64() * 0.9
+        ax.bar(x, heights, width=bar_width, bottom=bottom, align="edge", label=column)
+        bottom = bottom + heights
+    ax.set(title=f"{title}, {_describe(width)} bins", ylabel="errors")
+    _time_axis(ax)
     ax.legend(title=by, fontsize="small")
     return fig
 
@@ -204,11 +266,12 @@ def retries_chart(logs: pd.DataFrame, *, freq: str | None = None, ax: Axes | Non
     data = pd.concat([retries, limited], ignore_index=True)
     if data.empty:
         return _no_data(fig, ax, title)
-    binned = _per_bin(data, freq, by="kind")
+    binned, width = _per_bin(data, freq, by="kind")
     for column, color in (("retries", "tab:orange"), ("429 rate limited", "tab:red")):
         if column in binned.columns:
-            ax.step(binned.index, binned[column], where="post", label=column, color=color)
-    ax.set(title=title, xlabel="time (UTC)", ylabel="events")
+            _steps(ax, binned, column, width, label=column, color=color)
+    ax.set(title=f"{title}, {_describe(width)} bins", ylabel="events")
+    _time_axis(ax)
     ax.legend(loc="upper left")
     return fig
 
@@ -227,13 +290,14 @@ def breaker_timeline_chart(logs: pd.DataFrame, *, ax: Axes | None = None) -> Fig
         group = group.sort_values("timestamp")
         levels = group["new"].astype(str).str.lower().map(BREAKER_LEVELS)
         first_old = str(group["old"].iloc[0]).lower() if "old" in group.columns else "closed"
-        times = [group["timestamp"].iloc[0], *group["timestamp"]]
+        stamps = _naive_utc(group["timestamp"])
+        times = [stamps[0], *stamps]
         values = [BREAKER_LEVELS.get(first_old, 0), *levels.fillna(0)]
         ax.step(times, values, where="post", label=str(name))
     ax.set_yticks(list(BREAKER_LEVELS.values()), ["closed", "half-open", "open"])
     ax.set_ylim(-0.3, 2.3)
     ax.set_title(title)
-    ax.set_xlabel("time (UTC)")
+    _time_axis(ax)
     ax.legend(loc="upper left")
     return fig
 
@@ -250,11 +314,12 @@ def health_history_chart(health: pd.DataFrame, *, ax: Axes | None = None) -> Fig
     levels = data["status"].astype(str).str.lower().map(HEALTH_LEVELS).fillna(2).astype(int)
     checks = sorted(data["check"].astype(str).unique())
     rows = data["check"].astype(str).map({c: i for i, c in enumerate(checks)})
-    ax.scatter(data["checked_at"], rows, c=[STATUS_COLORS[v] for v in levels], s=60, marker="s")
+    times = _naive_utc(data["checked_at"])
+    ax.scatter(times, rows, c=[STATUS_COLORS[v] for v in levels], s=60, marker="s")
     ax.set_yticks(range(len(checks)), checks)
     ax.set_ylim(-0.5, len(checks) - 0.5)
     ax.set_title(f"{title} (green pass · orange warn · red fail)")
-    ax.set_xlabel("time (UTC)")
+    _time_axis(ax)
     return fig
 
 
@@ -331,7 +396,47 @@ def relationship_chart(
     return fig
 
 
+def run_trend_chart(runs: pd.DataFrame, *, ax: Axes | None = None) -> Figure:
+    """Duration of each run over time, failed runs marked red: a load history
+    (``started``: ``snowkit.notebook.History.runs_table()``) or notebook runs
+    (``started_at``: ``reports_history_frame``; one line per ``notebook``)."""
+    fig, ax = _axes(ax)
+    title = "Run duration over time"
+    time_column = "started" if "started" in runs.columns else "started_at"
+    if not _has(runs, time_column, "duration_s"):
+        return _no_data(fig, ax, title)
+    data = runs.dropna(subset=[time_column, "duration_s"])
+    if data.empty:
+        return _no_data(fig, ax, title)
+    groups = data.groupby("notebook") if "notebook" in data.columns else [("load", data)]
+    for name, group in groups:
+        group = group.sort_values(time_column)
+        times = _naive_utc(group[time_column])
+        ax.plot(times, group["duration_s"].to_numpy(), marker="o", label=str(name))
+        status = group["status"] if "status" in group.columns else pd.Series("ok", group.index)
+        failed = ~status.isin(["ok", "success", "dry_run"]).to_numpy()
+        if failed.any():
+            durations = group["duration_s"].to_numpy()
+            ax.scatter(times[failed], durations[failed], color="tab:red", zorder=3)
+    ax.set(title=f"{title} (red: not successful)", ylabel="seconds")
+    _time_axis(ax, "started (UTC)")
+    ax.legend(loc="best", fontsize="small")
+    return fig
+
+
+def _describe(width: pd.Timedelta) -> str:
+    """A bin width for a title: ``250 ms``, ``5 s``, ``10 min``, ``2 h``, ``1 d``."""
+    seconds = width.total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60), ("s", 1)):
+        if seconds >= size:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds * 1000:g} ms"
+
+
 __all__ = [
+    "MIN_BIN",
+    "TARGET_BINS",
+    "bin_width",
     "breaker_timeline_chart",
     "data_quality_chart",
     "errors_by_category_severity_chart",
@@ -340,6 +445,7 @@ __all__ = [
     "latency_percentiles_chart",
     "relationship_chart",
     "retries_chart",
+    "run_trend_chart",
     "success_rate_chart",
     "throughput_chart",
 ]

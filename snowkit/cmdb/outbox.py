@@ -167,6 +167,7 @@ class _Waiting:
 
     seq: int
     op: str
+    table: str
     sys_id: str | None
     payload: dict[str, Any]
 
@@ -278,20 +279,22 @@ class Outbox:
                     }
                     if e.get("extra"):
                         payload.update(e["extra"])
-                    sys_id = e.get("sys_id")
-                    key = intent_key(op, e["table"], e.get("source_id"), sys_id, payload)
+                    sys_id, table = e.get("sys_id"), e["table"]
+                    key = intent_key(op, table, e.get("source_id"), sys_id, payload)
                     older = waiting.pop(key, None) if key is not None else None
                     if older is not None:
                         self._conn.execute("DELETE FROM outbox WHERE seq=?", (older.seq,))
                         op, payload = merge_payloads(older.op, older.payload, op, payload)
                         sys_id = sys_id or older.sys_id
+                        if older.op == OP_CREATE and op == OP_CREATE and e["op"] == OP_UPDATE:
+                            table = older.table  # still a create: in the class it was meant for
                     cur = self._conn.execute(
                         "INSERT INTO outbox(run_id, op, table_name, source_id, sys_id, payload,"
                         " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (
                             e["run_id"],
                             op,
-                            e["table"],
+                            table,
                             e.get("source_id"),
                             sys_id,
                             json.dumps(payload, sort_keys=True),
@@ -301,7 +304,7 @@ class Outbox:
                     seq = int(cur.lastrowid or 0)
                     seqs.append(seq)
                     if key is not None:
-                        waiting[key] = _Waiting(seq, op, sys_id, payload)
+                        waiting[key] = _Waiting(seq, op, table, sys_id, payload)
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
@@ -320,7 +323,7 @@ class Outbox:
             payload = json.loads(raw)
             key = intent_key(op, table, source_id, sys_id, payload)
             if key is not None:
-                waiting[key] = _Waiting(seq, op, sys_id, payload)
+                waiting[key] = _Waiting(seq, op, table, sys_id, payload)
         return waiting
 
     def mark(self, seq: int, status: str, *, error: str | None = None) -> None:

@@ -13,10 +13,12 @@ as ``nbk``:
 - ``loads``: summary and counts tables, :func:`raise_for_status`;
 - ``health``: :func:`check_health`, the health history, :func:`raise_for_health`;
 - ``history``: :func:`history` → :class:`History` (frames of recorded runs, or a sample);
+  ``error_summary`` and ``run_trend_chart`` now live in ``snowkit.analysis`` (re-exported);
 - ``drill``: fault profiles, a breaker shared across loads (:class:`Resilience`),
   :func:`assert_converged`.
 """
 
+from snowkit.analysis import error_summary, run_trend_chart  # moved; kept importable here
 from snowkit.notebook.drill import (
     NotConvergedError,
     Resilience,
@@ -38,11 +40,9 @@ from snowkit.notebook.history import (
     RUNS_TABLE_COLUMNS,
     SAMPLE_FAULTS,
     History,
-    error_summary,
     generate_sample,
     history,
     reports_root,
-    run_trend_chart,
     state_home,
     use_state,
 )

@@ -23,8 +23,6 @@ from snowkit import paths
 from snowkit.notebook.session import EMBEDDED, quiet_logging
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-
     from snowkit.cmdb.report import RunReport
     from snowkit.unifi import LabConfig
 
@@ -320,64 +318,3 @@ def generate_sample(
         )
         sandbox.set_faults(None)
     return reports
-
-
-def error_summary(errors: pd.DataFrame, top: int = 10) -> pd.DataFrame:
-    """Error contexts grouped by category, severity and operation: how many, when last,
-    an example message and what to do (the category's guidance), most frequent first."""
-    from snowkit.ops.errors import DEFAULT_GUIDANCE, ErrorCategory
-
-    columns = ["category", "severity", "operation", "count", "last_seen", "example", "guidance"]
-    if errors.empty:
-        return pd.DataFrame(columns=columns)
-    keys = ["category", "severity", "operation"]
-    data = errors.assign(**{k: errors[k].fillna("unknown").astype(str) for k in keys})
-    grouped = data.sort_values("timestamp").groupby(keys, sort=False)
-    table = grouped.agg(
-        count=("timestamp", "size"),
-        last_seen=("timestamp", "max"),
-        example=("error_message", "last"),
-    ).reset_index()
-
-    def guidance(category: str) -> str:
-        try:
-            return DEFAULT_GUIDANCE.get(ErrorCategory(category), "")
-        except ValueError:
-            return ""
-
-    table["example"] = table["example"].astype(str).str.slice(0, 160)
-    table["guidance"] = table["category"].map(guidance)
-    return table.sort_values("count", ascending=False).head(top).reset_index(drop=True)[columns]
-
-
-def run_trend_chart(runs: pd.DataFrame, *, ax: Any = None) -> Figure:
-    """Duration of each run over time, coloured by status (``runs_table`` or
-    ``reports_history_frame``; one line per notebook when there is a ``notebook`` column)."""
-    from matplotlib.figure import Figure
-
-    if ax is None:
-        fig = Figure(figsize=(9.0, 3.6), layout="constrained")
-        ax = fig.add_subplot()
-    else:
-        fig = ax.figure
-    time_column = "started" if "started" in runs.columns else "started_at"
-    title = "Run duration over time"
-    data = runs.dropna(subset=[time_column, "duration_s"]) if not runs.empty else runs
-    if data.empty:
-        ax.set_title(title)
-        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        return fig
-    groups = data.groupby("notebook") if "notebook" in data.columns else [("load", data)]
-    for name, group in groups:
-        group = group.sort_values(time_column)
-        ax.plot(group[time_column], group["duration_s"], marker="o", label=str(name))
-        failed = group[~group["status"].isin(["ok", "success", "dry_run"])]
-        if not failed.empty:
-            ax.scatter(failed[time_column], failed["duration_s"], color="tab:red", zorder=3)
-    ax.set_title(f"{title} (red: not successful)")
-    ax.set_xlabel("started (UTC)")
-    ax.set_ylabel("seconds")
-    ax.legend(loc="best", fontsize="small")
-    return fig

@@ -87,6 +87,7 @@ from pydantic import SecretStr
 from snowkit import paths
 from snowkit.ops.audit_anchor import (
     ANCHOR_ENV,
+    AnchorUnavailableError,
     behind_anchor_reason,
     build_anchor,
     default_anchor_path,
@@ -572,6 +573,11 @@ class AuditTrail:
         """
         try:
             anchor = read_anchor(self.anchor_path)
+        except AnchorUnavailableError as exc:
+            # No evidence either way; the anchor writes will say so again (anchor_error).
+            self.anchor_error = str(exc)
+            _log.warning("%s; appending without checking the trail against it", exc)
+            return
         except AuditError as exc:
             raise AuditError(
                 f"{exc}. Nothing was appended to {self.path}. Run `snowkit audit verify "

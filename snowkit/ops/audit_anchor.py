@@ -49,6 +49,10 @@ ANCHOR_FIELDS = (
 )
 
 
+class AnchorUnavailableError(AuditError):
+    """The anchor's storage cannot be read (unmounted, no permission): no evidence either way."""
+
+
 def default_anchor_path(
     trail: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None
 ) -> Path:
@@ -110,14 +114,20 @@ def write_anchor(path: Path, anchor: Mapping[str, Any], *, fsync: bool) -> None:
 
 
 def read_anchor(path: Path) -> dict[str, Any] | None:
-    """The anchor document, or None when there is none. Raises :class:`AuditError` when the
-    file exists but is not an anchor (written atomically, so a crash cannot explain that)."""
+    """The anchor document, or None when there is none.
+
+    Raises :class:`AnchorUnavailableError` when its storage cannot be read, and
+    :class:`AuditError` when the file is not an anchor (it is written atomically, so a crash
+    cannot explain that).
+    """
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise AuditError(f"cannot read the audit anchor {path}: {exc.strerror}") from None
+        raise AnchorUnavailableError(
+            f"cannot read the audit anchor {path}: {exc.strerror or exc}"
+        ) from None
     try:
         anchor = orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -190,6 +200,7 @@ __all__ = [
     "ANCHOR_ENV",
     "ANCHOR_FIELDS",
     "ANCHOR_VERSION",
+    "AnchorUnavailableError",
     "anchor_mac",
     "anchor_signature_ok",
     "behind_anchor_reason",

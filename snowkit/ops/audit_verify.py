@@ -20,7 +20,7 @@ import orjson
 from pydantic import SecretStr
 
 from snowkit import paths
-from snowkit.ops.audit_anchor import anchor_signature_ok, read_anchor
+from snowkit.ops.audit_anchor import AnchorUnavailableError, anchor_signature_ok, read_anchor
 from snowkit.ops.audit_chain import (
     GENESIS_HASH,
     AuditError,
@@ -67,8 +67,9 @@ class AuditVerification:
     #: ``evidence_matches`` (the side file still holds exactly the bytes the seal names).
     recoveries: list[dict[str, Any]] = field(default_factory=list)
     #: the anchor comparison (None when no anchor was given): ``path``, ``state`` (verified |
-    #: missing), and for a verified anchor its ``seq``, ``timestamp`` and how many entries the
-    #: trail holds beyond it (``entries_after``: the trail may be ahead, never behind)
+    #: missing | unavailable, or the problem found), and for a verified anchor its ``seq``,
+    #: ``timestamp`` and how many entries the trail holds beyond it (``entries_after``: the
+    #: trail may be ahead of its anchor, never behind)
     anchor: dict[str, Any] | None = None
 
 
@@ -503,6 +504,12 @@ class _AnchorCheck:
         v = self.verifier
         try:
             anchor = read_anchor(self.path)
+        except AnchorUnavailableError as exc:
+            result.anchor = {"path": str(self.path), "state": "unavailable"}
+            result.warnings.append(
+                f"{exc}: a cut made right after a checkpoint cannot be ruled out"
+            )
+            return result
         except AuditError as exc:
             return self._fail(result, "bad_anchor", str(exc), None)
         if anchor is None:

@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 
 from snowkit.cmdb.apply import CrashSimulation, SyncEngine
+from snowkit.cmdb.ledger import partial_message
 from snowkit.cmdb.outbox import Outbox
+from snowkit.cmdb.report import ItemFailure
 from snowkit.cmdb.transform import CMDBRecord, RelationshipSpec, TransformResult
 from snowkit.ops.audit import AuditTrail, read_audit
 from snowkit.sandbox import Sandbox
@@ -353,3 +355,71 @@ def test_ire_mode_renames_through_the_source_key(client: ServiceNowAPIClient) ->
     assert {k: v[0]["sys_id"] for k, v in after.items()} == before
     assert after["cl:1:2"][0]["name"] == "Hue Kitchen"
     assert sum(rows[0]["name"] == "Philips-hue" for rows in after.values()) == 5
+
+
+def test_outage_replay_then_next_run_writes_nothing_after_a_class_change(
+    sandbox: Sandbox, client, heal, new_client
+) -> None:
+    """Outage → everything queued → replay → the next run makes zero writes, even for a CI the
+    source now puts in another class (the replay must address it through cmdb_ci)."""
+    load(client, estate(sites=1, devices=3, clients=2))
+    changed = estate(sites=1, devices=3, clients=2)
+    ap = next(r for r in changed.records if r.source_id == "dev:0:1")
+    changed.records[changed.records.index(ap)] = CMDBRecord(
+        "cmdb_ci_ip_switch", ap.source_id, {**ap.values, "ip_address": "10.9.9.9"}, "switch",
+        dict(ap.references),
+    )  # fmt: skip
+    outbox = Outbox()
+    sandbox.set_faults({"outage": {"after_seconds": 0, "duration_seconds": 3600}})
+    _, _, queued = load(client, changed, outbox=outbox)
+    assert queued.status == "queued"
+    assert outbox.count() == len(changed.records) + len(changed.relationships)
+    heal(sandbox)
+    with new_client(sandbox) as fresh:
+        replay = outbox.replay(fresh)
+        assert replay.complete and replay.failed == [], replay.to_dict()
+        [held] = by_source(fresh)["dev:0:1"]
+        assert held["ip_address"] == "10.9.9.9"
+        _, plan, report = load(fresh, changed, outbox=outbox)
+        assert plan.counts()["create"] == 0 and plan.counts()["update"] == 0
+        assert [i.class_change for i in plan.class_changes] == ["cmdb_ci_wap_network"]
+        assert report.applied["batches"] == 0 and report.relationships.created == 0
+
+
+def test_a_partial_run_says_how_to_finish(client: ServiceNowAPIClient) -> None:
+    result = estate(sites=1, devices=3, clients=2)
+    load(client, result)
+    for rec in result.records[1:]:
+        rec.values["ip_address"] = "10.1.1.1"
+    eng = engine(client, max_attempts=2)
+    plan = eng.plan(result)
+    victim = plan.by_action("update")[0]
+    client.delete(victim.table, victim.sys_id)
+    report = eng.apply(plan, progress=False)
+    assert report.status == "partial"
+    assert "rerun the load" in report.message
+    assert "1 failure(s) were refused by the instance" in report.message
+    assert "--max-attempts" not in report.message  # a 404 is not transient
+
+
+def fails(*codes: int | None) -> list[ItemFailure]:
+    return [ItemFailure(f"s{n}", "cmdb_ci", "create", "boom", code) for n, code in enumerate(codes)]
+
+
+@pytest.mark.parametrize(
+    ("codes", "says", "not_says"),
+    [
+        ((429, 429, 503), "lower --workers (now 8)", "--max-attempts"),
+        ((503, 504, None, 429), "raise --max-attempts (now 3)", "--workers"),
+        ((503, 400), "1 failure(s) were refused", "--workers"),
+    ],
+)
+def test_partial_message_points_at_the_right_knob(
+    codes: tuple[int | None, ...], says: str, not_says: str
+) -> None:
+    message = partial_message(
+        fails(*codes), records=len(codes), relationships=0, max_attempts=3, workers=8
+    )
+    assert message.startswith(f"{len(codes)} record write(s) and 0 relationship(s) failed")
+    assert "rerun the load" in message
+    assert says in message and not_says not in message

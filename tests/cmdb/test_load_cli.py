@@ -116,3 +116,52 @@ def test_outbox_replay_reconciles_interrupted_writes(capsys: pytest.CaptureFixtu
     )
     assert main(["outbox", "replay"]) == 0
     assert "empty" in capsys.readouterr().out
+
+
+def test_max_attempts_reaches_the_engine_and_is_documented(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import snowkit.cmdb.job as job
+    from snowkit.cmdb.apply import DEFAULT_MAX_ATTEMPTS, SyncEngine
+
+    seen: list[int] = []
+
+    class Recording(SyncEngine):
+        def __init__(self, *args: object, **kw: object) -> None:
+            super().__init__(*args, **kw)  # type: ignore[arg-type]
+            seen.append(self.runner.max_attempts)
+
+    monkeypatch.setattr(job, "SyncEngine", Recording)
+    assert main(["load", "--dry-run", "--json", "--max-attempts", "7", *LAB]) == 0
+    assert main(["load", "--dry-run", "--json", *LAB]) == 0
+    assert seen == [7, DEFAULT_MAX_ATTEMPTS]
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["load", "--max-attempts", "0"])
+    assert "at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["load", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--max-attempts" in text and f"default {DEFAULT_MAX_ATTEMPTS}" in text
+    assert "lower --workers" in text
+
+
+def test_outbox_show_explains_what_the_entries_are(capsys: pytest.CaptureFixture[str]) -> None:
+    link = {"parent_source_id": "d1", "child_source_id": "d2", "type_name": "Connects to"}
+    with Outbox() as box:
+        for run in ("r1", "r2"):  # a load tried twice during an outage
+            box.enqueue(run, OP_CREATE, "cmn_location", source_id="s1", values={"name": "X"})
+            box.enqueue(run, OP_CREATE, "cmdb_ci_ip_switch", source_id="d1", values={})
+            box.enqueue(run, "relate", "cmdb_rel_ci", extra=link)
+            box.enqueue(run, "relate", "cmdb_rel_ci", extra={**link, "type_name": "Depends on"})
+    assert main(["outbox", "show"]) == 0
+    out = capsys.readouterr().out
+    assert "pending 4: one entry per record write and one per relationship" in out
+    assert "create 2: cmdb_ci_ip_switch 1, cmn_location 1" in out
+    assert "relate 2: cmdb_rel_ci 2" in out
+    assert main(["outbox", "show", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["pending_by_op"] == {
+        "create": {"cmdb_ci_ip_switch": 1, "cmn_location": 1},
+        "relate": {"cmdb_rel_ci": 2},
+    }

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from snowkit import paths
 from snowkit.cmdb.outbox import (
@@ -163,3 +166,148 @@ def test_enqueue_many_is_all_or_nothing(tmp_path: Path) -> None:
 def test_unreachable_classification() -> None:
     assert is_unreachable_error(NetworkError("down"))
     assert not is_unreachable_error(ValueError("bad"))
+
+
+# -- one pending entry per intent ------------------------------------------------------------
+
+
+def test_a_write_queued_again_replaces_the_waiting_one(tmp_path: Path) -> None:
+    """Each load retried during an outage queues the same writes: the queue holds them once,
+    in the latest run's order, with the latest values."""
+    link = {"parent_source_id": "d1", "child_source_id": "s1", "type_name": "Located in"}
+    with Outbox(tmp_path / "ob.sqlite3") as box:
+        for run, name in (("r1", "sw-old"), ("r2", "sw-new")):
+            box.enqueue(run, OP_CREATE, "cmn_location", source_id="s1", values={"name": "HQ"})
+            box.enqueue(
+                run,
+                OP_CREATE,
+                "cmdb_ci_ip_switch",
+                source_id="d1",
+                values={"name": name},
+                references={"location": "s1"},
+            )
+            box.enqueue(run, OP_RELATE, "cmdb_rel_ci", extra=link)
+        pending = box.pending()
+        assert [(e.op, e.source_id or e.payload["parent_source_id"]) for e in pending] == [
+            (OP_CREATE, "s1"),
+            (OP_CREATE, "d1"),
+            (OP_RELATE, "d1"),
+        ]
+        assert {e.run_id for e in pending} == {"r2"}
+        assert pending[1].payload["values"] == {"name": "sw-new"}
+        assert pending[1].payload["references"] == {"location": "s1"}
+        # a link of another type between the same CIs is another intent
+        box.enqueue("r2", OP_RELATE, "cmdb_rel_ci", extra={**link, "type_name": "Depends on"})
+        assert box.count() == 4
+        assert box.breakdown() == {
+            OP_CREATE: {"cmdb_ci_ip_switch": 1, "cmn_location": 1},
+            OP_RELATE: {"cmdb_rel_ci": 2},
+        }
+
+
+def test_a_queued_create_then_an_update_merge_into_one_create(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "ob.sqlite3") as box:
+        box.enqueue(
+            "r1",
+            OP_CREATE,
+            "cmdb_ci_ip_switch",
+            source_id="d1",
+            values={"name": "sw", "ip_address": "10.0.0.1"},
+            references={"location": "s1"},
+        )
+        box.enqueue(
+            "r2",
+            OP_UPDATE,
+            "cmdb_ci",  # how the engine addresses a CI held under another class
+            source_id="d1",
+            sys_id="x1",
+            values={"ip_address": "10.0.0.2", "location": "LOCSYS"},
+            extra={"before": {"ip_address": "10.0.0.1", "location": ""}},
+        )
+        [entry] = box.pending()
+        assert entry.op == OP_CREATE and entry.run_id == "r2"
+        assert entry.table == "cmdb_ci_ip_switch"  # still created in the intended class
+        assert entry.payload["values"] == {
+            "name": "sw",
+            "ip_address": "10.0.0.2",
+            "location": "LOCSYS",
+        }
+        assert entry.payload["references"] == {}  # resolved by the update: no stale target
+        client = FakeTables()
+        result = box.replay(client)
+        assert (result.created, result.failed) == (1, [])
+        [row] = client.rows["cmdb_ci_ip_switch"]
+        assert (row["ip_address"], row["location"]) == ("10.0.0.2", "LOCSYS")
+
+
+def test_updates_queued_twice_keep_the_latest_payload_and_the_first_before_image(
+    tmp_path: Path,
+) -> None:
+    client = FakeTables()
+    client.rows["cmdb_ci"] = [{"sys_id": "x1", "u_unifi_source_id": "d1", "name": "a", "ip": "1"}]
+    with Outbox(tmp_path / "ob.sqlite3") as box:
+        box.enqueue("r1", OP_UPDATE, "cmdb_ci", source_id="d1", sys_id="x1",
+                    values={"name": "b"}, extra={"before": {"name": "a"}})  # fmt: skip
+        box.enqueue("r2", OP_UPDATE, "cmdb_ci", source_id="d1", sys_id="x1",
+                    values={"ip": "2"}, extra={"before": {"ip": "1", "name": "b?"}})  # fmt: skip
+        [entry] = box.pending()
+        assert entry.payload["values"] == {"ip": "2"}  # the source went back to name "a"
+        assert entry.payload["before"] == {"ip": "1", "name": "a"}
+        assert box.replay(client).updated == 1
+        assert client.rows["cmdb_ci"][0] == {
+            "sys_id": "x1",
+            "u_unifi_source_id": "d1",
+            "name": "a",
+            "ip": "2",
+        }
+        # replayed entries are done: queuing the same intent again is a new, single entry
+        box.enqueue("r3", OP_UPDATE, "cmdb_ci", source_id="d1", sys_id="x1", values={"ip": "2"})
+        assert box.count() == 1 and box.count(STATUS_DONE) == 1
+
+
+def test_a_queued_create_of_a_ci_held_under_another_class_updates_it_through_cmdb_ci(
+    tmp_path: Path,
+) -> None:
+    """The device was loaded as an access point; the source now says switch. A PATCH to the
+    switch table would miss it (404), leaving one update for the next run."""
+    client = FakeTables()
+    held = {"sys_id": "ap1", "u_unifi_source_id": "d1", "name": "old", "ip_address": "10.0.0.1"}
+    client.rows["cmdb_ci_wap_network"] = [held]
+    client.rows["cmdb_ci"] = client.rows["cmdb_ci_wap_network"]  # the parent table sees it
+    with Outbox(tmp_path / "ob.sqlite3") as box:
+        box.enqueue("r", OP_CREATE, "cmdb_ci_ip_switch", source_id="d1",
+                    values={"name": "new", "ip_address": "10.0.0.1"})  # fmt: skip
+        result = box.replay(client)
+        assert result.failed == [] and result.updated == 1
+        assert ("update", "cmdb_ci") in client.calls
+        assert held["name"] == "new"
+        assert "cmdb_ci_ip_switch" not in client.rows  # nothing created: no duplicate
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([OP_CREATE, OP_UPDATE, OP_RELATE]),
+                          st.sampled_from("abc")), max_size=12))  # fmt: skip
+def test_the_queue_holds_each_intent_once_in_the_order_last_queued(
+    writes: list[tuple[str, str]],
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp, Outbox(Path(tmp) / "ob.sqlite3") as box:
+        for n, (op, sid) in enumerate(writes):
+            if op == OP_RELATE:
+                link = {"parent_source_id": sid, "child_source_id": "z", "type_name": "T"}
+                box.enqueue(f"r{n}", op, "cmdb_rel_ci", extra=link)
+            else:
+                box.enqueue(f"r{n}", op, "cmdb_ci", source_id=sid, values={"n": str(n)})
+        keys = [("rel" if op == OP_RELATE else "rec", sid) for op, sid in writes]
+        last = {k: i for i, k in enumerate(keys)}
+        expected = sorted(last, key=last.__getitem__)
+        pending = box.pending()
+        got = [
+            ("rel", e.payload["parent_source_id"]) if e.op == OP_RELATE else ("rec", e.source_id)
+            for e in pending
+        ]
+        assert got == expected
+        for entry, key in zip(pending, got, strict=True):
+            assert entry.run_id == f"r{last[key]}"
+            if key[0] == "rec":  # a create absorbs later updates: the record may not exist
+                created = any(op == OP_CREATE and sid == key[1] for op, sid in writes)
+                assert (entry.op == OP_CREATE) == created

@@ -304,21 +304,33 @@ def test_half_written_line_blocks_append_until_recovered(tmp_path: Path) -> None
 def test_batch_fsyncs_once_and_checkpoints_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls: list[int] = []
-    real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd)))
     path = tmp_path / "audit.jsonl"
-    trail = AuditTrail(path, key=KEY, checkpoint_every=1_000, fsync=True)
+    anchor = tmp_path / "anchor.json"
+    synced: list[int] = []  # inode of each fsynced file (directories included)
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    trail = AuditTrail(path, key=KEY, checkpoint_every=1_000, fsync=True, anchor_path=anchor)
+
+    def count(target: Path) -> int:
+        return synced.count(target.stat().st_ino)
+
     with trail.batch():
         for i in range(50):
             trail.record("create", "cmdb_ci", f"{i:032x}")
-    assert len(calls) == 1
+    assert count(path) == 1  # one fsync of the trail for the whole batch
+    assert count(anchor) == 1  # and one anchor write (its directory is fsynced too)
     checkpoints = [r for r in read_audit(path, include_checkpoints=True) if r.get("type")]
     assert [c["reason"] for c in checkpoints] == ["batch"]
     trail.record("update", "cmdb_ci", "z" * 32)  # outside a batch: fsync each record
-    assert len(calls) == 2
+    assert count(path) == 2
+    assert count(anchor) == 1  # no checkpoint, no anchor write
     trail.close()
-    assert verify_audit(path, KEY).ok
+    assert verify_audit(path, KEY, anchor=anchor).ok
 
 
 def test_concurrent_appends_keep_a_valid_chain(tmp_path: Path) -> None:

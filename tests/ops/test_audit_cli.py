@@ -184,3 +184,61 @@ def test_audit_recover_without_a_trail_exits_4(
     missing = tmp_path / "none.jsonl"
     assert main(["audit", "recover", str(missing), "--key-file", str(key_file)]) == 4
     assert "no audit trail" in capsys.readouterr().err
+
+
+def _cut_after_first_checkpoint(trail: Path) -> None:
+    lines = _lines(trail)
+    first = next(i for i, raw in enumerate(lines) if b'"type":"checkpoint"' in raw)
+    trail.write_bytes(b"".join(lines[: first + 1]))
+
+
+def test_a_cut_after_a_checkpoint_is_caught_by_the_default_anchor(
+    trail: Path, key_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _verify(trail, key_file) == 0
+    assert "anchored at seq 12" in capsys.readouterr().out
+    _cut_after_first_checkpoint(trail)  # the trail alone still looks whole
+    assert _verify(trail, key_file) == 1
+    err = capsys.readouterr().err
+    assert "truncated" in err and "seq 12" in err and "seals seq 5" in err
+    assert _verify(trail, key_file, "--no-anchor") == 0  # the documented limit without it
+
+
+def test_anchor_option_and_missing_anchor_warning(
+    tmp_path: Path, key_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "elsewhere" / "audit.jsonl"
+    anchor = tmp_path / "other-storage" / "anchor.json"
+    with AuditTrail(path, key=KEY.encode(), fsync=False, anchor_path=anchor) as trail:
+        trail.record("create", "cmdb_ci", "a" * 32)
+    assert _verify(path, key_file) == 0  # the default place holds no anchor: a warning
+    captured = capsys.readouterr()
+    assert "no audit anchor" in captured.err and "cannot be ruled out" in captured.err
+    assert _verify(path, key_file, "--anchor", str(anchor)) == 0
+    captured = capsys.readouterr()
+    assert "anchored at seq 1" in captured.out and captured.err == ""
+    assert _verify(path, key_file, "--anchor", str(anchor), "--json") == 0
+    assert orjson.loads(capsys.readouterr().out)["anchor"]["state"] == "verified"
+    with pytest.raises(SystemExit):  # one or the other
+        main(["audit", "verify", str(path), "--anchor", str(anchor), "--no-anchor"])
+
+
+def test_a_forged_anchor_exits_one(
+    trail: Path, key_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    anchor = trail.with_name("audit.jsonl.anchor.json")
+    forged = orjson.loads(anchor.read_bytes())
+    forged["seq"] = 5
+    anchor.write_bytes(orjson.dumps(forged))
+    assert _verify(trail, key_file) == 1
+    assert "bad_anchor" in capsys.readouterr().err
+
+
+def test_a_deleted_checkpoint_exits_one(
+    trail: Path, key_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = _lines(trail)
+    first = next(i for i, raw in enumerate(lines) if b'"type":"checkpoint"' in raw)
+    trail.write_bytes(b"".join(lines[:first] + lines[first + 1 :]))
+    assert _verify(trail, key_file) == 1
+    assert "checkpoint_deleted" in capsys.readouterr().err
