@@ -11,9 +11,10 @@ queued in the outbox instead.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any
 
@@ -87,6 +88,35 @@ class BatchRunner:
         """Send ``ops`` (``runner`` sends one chunk: Batch API by default, IRE in IRE mode)."""
         if not ops:
             return
+        with self._throttle_feed():
+            self._run(ops, desc, progress, runner)
+
+    @contextlib.contextmanager
+    def _throttle_feed(self) -> Iterator[None]:
+        """Let the limiter hear each 429 as it arrives, while this runner sends.
+
+        The client retries a throttled request itself, so the batch that finally succeeds
+        carries no throttle signal; without this the limiter only cut on latency, later.
+        """
+        note = getattr(self.limiter, "note_throttled", None)
+        add = getattr(self.client, "add_throttle_listener", None)
+        remove = getattr(self.client, "remove_throttle_listener", None)
+        if note is None or add is None or remove is None:
+            yield
+            return
+        add(note)
+        try:
+            yield
+        finally:
+            remove(note)
+
+    def _run(
+        self,
+        ops: list[WriteOp],
+        desc: str,
+        progress: bool | None,
+        runner: ChunkRunner | None,
+    ) -> None:
         send = runner or self.run_chunk
 
         def run(chunk: list[WriteOp]) -> None:

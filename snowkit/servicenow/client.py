@@ -566,6 +566,11 @@ class ServiceNowAPIClient:
         """
         self._pipeline.throttle_listeners.append(listener)
 
+    def remove_throttle_listener(self, listener: Callable[[float | None], None]) -> None:
+        """Stop calling ``listener`` (a no-op if it was never added)."""
+        with contextlib.suppress(ValueError):
+            self._pipeline.throttle_listeners.remove(listener)
+
     def identify_reconcile(
         self, payload: Mapping[str, Any], data_source: str = "ServiceNow", dry_run: bool = False
     ) -> dict[str, Any]:

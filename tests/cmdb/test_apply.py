@@ -423,3 +423,30 @@ def test_partial_message_points_at_the_right_knob(
     assert message.startswith(f"{len(codes)} record write(s) and 0 relationship(s) failed")
     assert "rerun the load" in message
     assert says in message and not_says not in message
+
+
+def test_the_limiter_hears_429s_the_client_retried_and_lets_go_after() -> None:
+    # The client retries a 429 after Retry-After, so every batch ends in success; the limiter
+    # must still cut, and the engine must not leave its listener on a client that outlives it.
+    # The instance's clock moves only when the client "sleeps": no real waiting.
+    from snowkit.cmdb.schema import ensure_schema
+    from snowkit.credentials import CredentialManager
+    from snowkit.servicenow import AdaptiveLimiter
+
+    now = [1_000.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    with Sandbox.start(clock=lambda: now[0]) as sb:
+        creds = CredentialManager.static(basic=("admin", sb.users["admin"]))
+        with ServiceNowAPIClient(sb.url, creds, verify=str(sb.ca_path), sleep=sleep) as c:
+            ensure_schema(c)
+            result = estate(sites=2, devices=3, clients=5)
+            sb.set_faults({"rate_limit": {"requests": 6, "window_seconds": 5}})
+            limiter = AdaptiveLimiter(initial=4, minimum=1, maximum=4, latency_factor=1000.0)
+            _, _, report = load(c, result, limiter=limiter, workers=4, batch_size=3)
+            sb.set_faults(None)
+            assert report.status == "success", report.message
+            assert limiter.cuts >= 1
+            assert c._pipeline.throttle_listeners == []
