@@ -129,6 +129,7 @@ def _steps(ax: Axes, binned: pd.DataFrame, column: str, width: pd.Timedelta, **s
     x = [*binned.index, binned.index[-1] + width]
     y = [*binned[column], binned[column].iloc[-1]]
     ax.step(x, y, where="post", **style)
+    ax.set_ylim(bottom=0)  # counts: a scale from zero, or small changes look dramatic
 
 
 def throughput_chart(

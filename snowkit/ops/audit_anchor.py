@@ -107,10 +107,14 @@ def build_anchor(
 
 
 def write_anchor(path: Path, anchor: Mapping[str, Any], *, fsync: bool) -> None:
-    """Replace the anchor file in one step (readers see the old or the new one, never half)."""
+    """Replace the anchor file in one step (readers see the old or the new one, never half).
+
+    The bytes are fsynced before the rename (a power cut must not leave an empty anchor, which
+    would read as forged), but the directory is not: if the rename is lost, the old anchor
+    stays, one checkpoint behind the trail, which verification accepts. That saves about a
+    third of the cost of each anchor write.
+    """
     write_atomic(path, canonical(anchor) + b"\n", fsync=fsync)
-    if fsync:
-        fsync_dir(path.parent)
 
 
 def read_anchor(path: Path) -> dict[str, Any] | None:
