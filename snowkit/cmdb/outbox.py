@@ -36,7 +36,8 @@ from typing import Any, Protocol
 
 from snowkit import paths
 from snowkit.cmdb.fields import SOURCE_ID_FIELD
-from snowkit.cmdb.relationships import RelTypeCache, find_link
+from snowkit.cmdb.plan import LOCATION_TABLE
+from snowkit.cmdb.relationships import REL_TABLE, RelTypeCache, find_link
 from snowkit.servicenow.query import Query
 
 #: Operations an entry can hold.
@@ -379,6 +380,16 @@ class Outbox:
     def pending(self) -> list[OutboxEntry]:
         return self.entries(STATUS_PENDING)
 
+    def replay_order(self) -> list[OutboxEntry]:
+        """Pending entries in the order a replay sends them: locations, then other records,
+        then relationships, each in queue order.
+
+        Queue order alone is not enough: a record queued again by a later run moves to the end
+        of the queue, behind a relationship an earlier run queued for it, and the relationship
+        would be sent before its end exists.
+        """
+        return sorted(self.pending(), key=lambda e: (_replay_phase(e.table), e.seq))
+
     def count(self, status: str | None = STATUS_PENDING) -> int:
         with self._lock:
             if status is None:
@@ -424,7 +435,7 @@ class Outbox:
         ``intents`` (a ``snowkit.cmdb.intents.IntentJournal``) notes each write before it is
         sent, so a replay killed between a write and its audit line is reconciled later."""
         result = ReplayResult()
-        pending = self.pending()
+        pending = self.replay_order()
         resolver = _SourceIdResolver(client)
         for index, entry in enumerate(pending):
             try:
@@ -654,3 +665,10 @@ def _audit(
         after=after,
         run_id=run_id,
     )
+
+
+def _replay_phase(table: str) -> int:
+    """Dependency phase of a write: what it references must be written in an earlier one."""
+    if table == LOCATION_TABLE:
+        return 0
+    return 2 if table == REL_TABLE else 1

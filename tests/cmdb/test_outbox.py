@@ -311,3 +311,33 @@ def test_the_queue_holds_each_intent_once_in_the_order_last_queued(
             if key[0] == "rec":  # a create absorbs later updates: the record may not exist
                 created = any(op == OP_CREATE and sid == key[1] for op, sid in writes)
                 assert (entry.op == OP_CREATE) == created
+
+
+def test_a_record_queued_again_still_replays_before_a_link_queued_earlier(
+    tmp_path: Path,
+) -> None:
+    # Run 1 queues a CI and a link to it; run 2 (still down) queues only the CI again, which
+    # moves it to the end of the queue. Replay must still create the CI before the link.
+    client = FakeTables()
+    client.rows["cmdb_rel_type"] = [{"sys_id": "T", "name": "Connects to::Connected by"}]
+    client.rows["cmdb_ci"] = client.rows.setdefault("cmdb_ci_ip_switch", [])  # one hierarchy
+    link = {"parent_source_id": "d1", "child_source_id": "d2", "type_sys_id": "T"}
+    with Outbox(tmp_path / "ob.sqlite3") as box:
+        box.enqueue("r1", OP_CREATE, "cmn_location", source_id="s1", values={"name": "HQ"})
+        box.enqueue("r1", OP_CREATE, "cmdb_ci_ip_switch", source_id="d1", values={"name": "a"})
+        box.enqueue("r1", OP_CREATE, "cmdb_ci_ip_switch", source_id="d2", values={"name": "b"})
+        box.enqueue("r1", OP_RELATE, "cmdb_rel_ci", extra=link)
+        box.enqueue("r2", OP_CREATE, "cmdb_ci_ip_switch", source_id="d1", values={"name": "a2"})
+        box.enqueue("r2", OP_CREATE, "cmn_location", source_id="s1", values={"name": "HQ"})
+        order = [
+            (e.table, e.source_id or e.payload["parent_source_id"]) for e in box.replay_order()
+        ]
+        assert order == [
+            ("cmn_location", "s1"),
+            ("cmdb_ci_ip_switch", "d2"),
+            ("cmdb_ci_ip_switch", "d1"),
+            ("cmdb_rel_ci", "d1"),
+        ]
+        result = box.replay(client)
+        assert result.complete and not result.failed
+        assert result.related == 1
