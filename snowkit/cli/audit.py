@@ -7,7 +7,8 @@ to do; 4 cannot (no key, another writer holds the trail, a rotated segment is da
 
 ``verify`` also compares the trail with its anchor (the latest signed checkpoint, copied out of
 the trail after each one; default ``.snowkit/audit/anchor.json`` or ``$SNOWKIT_AUDIT_ANCHOR``):
-a trail cut right after a checkpoint is only detectable that way. A missing anchor is a warning.
+a trail cut right after a checkpoint is only detectable that way. A missing anchor is a warning
+(an error with ``--require-anchor``).
 
 Exit codes of ``verify`` (stable, for cron and CI):
 0 intact; 1 tampered (edited, deleted, reordered, truncated, bad checkpoint signature, a
@@ -79,6 +80,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="skip the anchor comparison (a cut right after a checkpoint then goes unnoticed)",
     )
+    verify.add_argument(
+        "--require-anchor",
+        action="store_true",
+        help="a missing or unreadable anchor is an error (exit 4), not a warning",
+    )
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
     verify.set_defaults(func=run_verify)
 
@@ -119,6 +125,14 @@ def run_verify(args: argparse.Namespace) -> int:
         return EXIT_CANNOT_VERIFY
     anchor = None if args.no_anchor else (args.anchor or default_anchor_path(path))
     result = verify_audit(path, key, allow_unsealed_tail=args.allow_unsealed, anchor=anchor)
+    if args.require_anchor and result.ok and (result.anchor or {}).get("state") != "verified":
+        where = anchor if anchor is not None else "(--no-anchor given)"
+        print(
+            f"{path}: cannot rule out truncation: no usable anchor at {where}; "
+            "pass --anchor PATH where it is kept",
+            file=sys.stderr,
+        )
+        return EXIT_CANNOT_VERIFY
     if args.json:
         print(orjson.dumps(result.__dict__).decode())
     if result.ok:

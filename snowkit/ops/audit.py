@@ -40,9 +40,10 @@ What :func:`verify_audit` guarantees, given the key:
 
 Not guaranteed: someone holding the key can rewrite everything, anchor included; someone who
 can write both the trail and the anchor can put back an older trail together with its older
-anchor. That is why the anchor's place is configurable (``anchor_path``,
-``$SNOWKIT_AUDIT_ANCHOR``): keep it on storage the loader's host cannot rewrite, or ship a copy
-of it elsewhere after each run, and keep the key away from the trail.
+anchor, or delete the anchor with the cut (a missing anchor is only a warning, unless
+``snowkit audit verify --require-anchor``). That is why the anchor's place is configurable
+(``anchor_path``, ``$SNOWKIT_AUDIT_ANCHOR``): keep it on storage the loader's host cannot
+rewrite, or ship a copy of it elsewhere after each run, and keep the key away from the trail.
 
 Crash recovery choice: :class:`AuditTrail` refuses to append after a half-written last line
 (:class:`IncompleteAuditLineError`); ``AuditTrail(..., recover=True)`` (what the loader and
@@ -59,8 +60,10 @@ file is sealed with a ``rotate`` checkpoint and renamed to ``audit.jsonl.<n>`` w
 with age order (``.1`` is the oldest segment); the next entry in the new file chains to the last
 entry of the previous segment, and the next checkpoint to the ``rotate`` checkpoint.
 
-Cost: one anchor write (temp file, fsync, rename, directory fsync) per checkpoint that reaches
-the disk, i.e. per batch or per ``checkpoint_every`` records, never per record.
+Cost: one anchor write (temp file, fsync, rename; about 0.5 ms on the 2-core development
+machine) per checkpoint that reaches the disk, i.e. per batch (or per ``checkpoint_every``
+records outside batches), never per record: about +5 µs per audited record at 100 records a
+batch. Batches that overlap across workers share one fsync and one anchor write.
 
 Layout: this module is the writer (and re-exports the rest); the format primitives are in
 :mod:`snowkit.ops.audit_chain`, the anchor in :mod:`snowkit.ops.audit_anchor`, the verifier in

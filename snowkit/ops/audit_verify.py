@@ -99,7 +99,7 @@ def verify_audit(
             message=f"no audit trail at {target}",
             file=str(target),
         )
-        return _trail_gone(missing, target, Path(anchor), secret) if anchor else missing
+        return missing if anchor is None else _trail_gone(missing, target, Path(anchor), secret)
     loaded = [(seg, *split_lines(seg.read_bytes())) for seg in segments]
     verifier = _Verifier(secret, loaded, allow_unsealed_tail)
     result = verifier.run()
@@ -423,14 +423,15 @@ class _Verifier:
                 line_no,
                 subject="checkpoint covering",
             )
-        before = (
-            f"after the checkpoint sealing seq {self.last_checkpoint_seq}"
+        why = (
+            f"it chains to a checkpoint that is not in the trail (expected between seq "
+            f"{self.last_checkpoint_seq} and seq {seq})"
             if self.last_mac is not None
-            else "at the start of the trail"
+            else "it chains to an earlier checkpoint, but none precedes it in the trail"
         )
         return self.fail(
             "checkpoint_deleted",
-            f"the checkpoint it chains to is missing ({before}): a checkpoint line was deleted",
+            f"{why}: a checkpoint line was deleted",
             seq,
             segment,
             line_no,

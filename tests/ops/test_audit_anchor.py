@@ -6,6 +6,7 @@ a checkpoint line all left a trail that verified before checkpoints were chained
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 from pathlib import Path
@@ -463,3 +464,20 @@ def test_default_trail_anchor_in_the_state_dir(monkeypatch: pytest.MonkeyPatch) 
     anchor = paths.state_dir() / "audit" / "anchor.json"
     assert orjson.loads(anchor.read_bytes())["trail"] == str(paths.audit_path())
     assert verify_audit(key=KEY, anchor=anchor).ok
+
+
+def test_a_long_unsealed_tail_resumes_chained_to_the_last_checkpoint(tmp_path: Path) -> None:
+    """The writer finds the last checkpoint by reading backwards in chunks: a tail of entries
+    far longer than one chunk must not lose the checkpoint chain."""
+    path = _write(tmp_path / "audit.jsonl", n=3, every=3)
+    sealed = [r for r in read_audit(path, include_checkpoints=True) if r.get("type")][-1]
+    dropped = AuditTrail(path, key=KEY, checkpoint_every=10_000, fsync=False)
+    for i in range(120):  # about 300 kB after the last checkpoint, several read chunks
+        dropped.record("update", "cmdb_ci", f"{i:032x}", after={"blob": "é" * 1_200})
+    del dropped  # dropped without close(): no sealing checkpoint
+    gc.collect()
+    with AuditTrail(path, key=KEY, fsync=False) as resumed:
+        assert resumed.last_checkpoint_hmac != sealed["hmac"]  # it sealed the tail on open
+    resume = [r for r in read_audit(path, include_checkpoints=True) if r.get("type")][-1]
+    assert (resume["reason"], resume["seq"], resume["prev_hmac"]) == ("resume", 123, sealed["hmac"])
+    assert _verify(path).ok

@@ -242,3 +242,14 @@ def test_a_deleted_checkpoint_exits_one(
     trail.write_bytes(b"".join(lines[:first] + lines[first + 1 :]))
     assert _verify(trail, key_file) == 1
     assert "checkpoint_deleted" in capsys.readouterr().err
+
+
+def test_require_anchor_turns_a_missing_anchor_into_exit_4(
+    trail: Path, key_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _verify(trail, key_file, "--require-anchor") == 0
+    trail.with_name("audit.jsonl.anchor.json").unlink()
+    assert _verify(trail, key_file) == 0
+    capsys.readouterr()
+    assert _verify(trail, key_file, "--require-anchor") == 4
+    assert "cannot rule out truncation" in capsys.readouterr().err
