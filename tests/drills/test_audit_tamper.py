@@ -5,10 +5,10 @@ damaged at random, many times over, and ``verify_audit`` must reject every damag
 byte flips, entry deletions, line swaps, truncation, and a chain recomputed by someone who
 does not hold the HMAC key (with forged, kept or stripped checkpoints).
 
-Limits the audit module documents (its docstring) are measured, not hidden: a cut exactly
-after a checkpoint line (including a cut to zero bytes) leaves a shorter trail that verifies,
-and removing only a checkpoint line changes no entry (the next checkpoint still covers every
-entry). Those cases are counted and reported apart from the 100 % claim.
+Two cases the hash chain alone cannot see are checked separately: removing only a checkpoint
+line changes no entry (the checkpoint chain catches it), and a cut exactly after a checkpoint
+line (including a cut to zero bytes) leaves a shorter trail that is consistent in itself (the
+signed anchor kept apart from the trail catches it). Both must be detected every time.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from snowkit.ops.audit import (
     entry_hash,
     verify_audit,
 )
+from snowkit.ops.audit_anchor import default_anchor_path
 
 KEY = hashlib.sha256(b"drill audit key").hexdigest().encode()
 KINDS = ("flip", "delete_entry", "swap", "truncate", "recompute_forged", "recompute_stripped")
@@ -189,12 +190,15 @@ def run_tamper(drill: Any, tmp_path: Path, trials: int, entries: int, seed: int)
                 result.message,
             )
 
-    # the documented limits, measured: cuts right after a checkpoint, checkpoint-only deletion
+    # cuts right after a checkpoint: consistent in themselves, caught by the anchor
+    anchor = default_anchor_path(tmp_path / "audit.jsonl")
+    assert anchor.exists()
     boundary_ok = 0
-    boundaries = sorted(checkpoint_boundaries(original))
+    boundaries = sorted(c for c in checkpoint_boundaries(original) if c < len(original))
     for cut in boundaries:
         target.write_bytes(original[:cut])
-        boundary_ok += verify_audit(target, KEY).ok
+        boundary_ok += verify_audit(target, KEY, anchor=anchor).ok
+    # checkpoint-only deletions change no entry: caught by the checkpoint chain
     rows = lines_of(original)
     checkpoint_only = [i for i, line in enumerate(rows) if is_checkpoint(line)][:-1]
     unnoticed_checkpoint_deletions = 0
@@ -211,11 +215,13 @@ def run_tamper(drill: Any, tmp_path: Path, trials: int, entries: int, seed: int)
         per_kind=dict(detected),
         problems=dict(problems),
         trail_entries=entries,
-        documented_limit_cuts_after_checkpoint=f"{boundary_ok}/{len(boundaries)} verify",
+        cuts_after_checkpoint_unnoticed_with_anchor=f"{boundary_ok}/{len(boundaries)}",
         checkpoint_only_deletions_unnoticed=f"{unnoticed_checkpoint_deletions}/"
-        f"{len(checkpoint_only)} (no entry changed)",
+        f"{len(checkpoint_only)}",
     )
     assert not missed, f"undetected tampering: {missed[:10]}"
+    assert boundary_ok == 0, f"{boundary_ok} cuts after a checkpoint passed the anchor check"
+    assert unnoticed_checkpoint_deletions == 0, "a deleted checkpoint line went unnoticed"
     assert set(detected) == set(KINDS)
 
 
