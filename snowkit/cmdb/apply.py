@@ -484,14 +484,15 @@ class SyncEngine:
             store.forget(self.instance_key)
 
     def verify(self) -> Any:
-        """Read back every record this engine wrote and compare field by field."""
+        """Compare every record this engine wrote field by field: from its write's answer
+        where that shows the stored record, else by reading it back (``snowkit.cmdb.verify``)."""
         from snowkit.cmdb.verify import Expectation, verify
 
         expectations = (
             Expectation(table, source_id, ChainMap(dict(refs), values) if refs else values)
             for table, source_id, values, refs in self.ledger.written
         )
-        return verify(self.client, expectations, workers=self.workers)
+        return verify(self.client, expectations, workers=self.workers, proven=self.ledger.proven())
 
     def rollback(self, run_id: str, *, audit_path: Any = None) -> Any:
         """Undo ``run_id`` from the audit trail (see ``snowkit.cmdb.rollback``)."""

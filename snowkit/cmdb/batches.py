@@ -218,7 +218,7 @@ class BatchRunner:
             for op in pending:
                 res = results.get(op.key)
                 if res is not None and res.ok:
-                    ledger.succeed(op, sys_id_of(res), version_of_result(res))
+                    ledger.succeed(op, sys_id_of(res), version_of_result(res), res.result)
                     continue
                 status = None if res is None else res.status_code
                 message = result_error(res)

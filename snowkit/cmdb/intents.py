@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -211,7 +211,7 @@ class IntentJournal:
             with self._lock:
                 # FULL: this commit fsyncs the WAL, and with it any earlier NORMAL commit.
                 self._conn.execute("PRAGMA synchronous=FULL")
-                with self._conn:
+                with self._transaction():
                     self._delete_finished(finished)
                     self._conn.executemany(
                         "INSERT INTO intents (run_id, batch, action, table_name, source_id,"
@@ -228,6 +228,23 @@ class IntentJournal:
                 self._finished[:0] = finished
             self._durable_generation = generation
             self._state.notify_all()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One explicit transaction (called with ``_lock`` held).
+
+        The connection is in autocommit mode (``isolation_level=None``), where ``with conn:``
+        opens no transaction: every row of an ``executemany`` would be its own commit, each
+        with its own WAL fsync under ``synchronous=FULL``. One transaction is one fsync, and a
+        batch's intents land all or none.
+        """
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
 
     def _delete_finished(self, tokens: Sequence[int]) -> None:
         if tokens:
@@ -249,7 +266,7 @@ class IntentJournal:
             finished, self._finished = self._finished, []
         if finished:
             self._conn.execute("PRAGMA synchronous=NORMAL")
-            with self._conn:
+            with self._transaction():
                 self._delete_finished(finished)
 
     # -- reading ---------------------------------------------------------------------------
@@ -294,7 +311,7 @@ class IntentJournal:
         cutoff = (now - timedelta(days=KEEP_RESOLVED_DAYS)).isoformat()
         with self._lock:
             self._conn.execute("PRAGMA synchronous=FULL")
-            with self._conn:
+            with self._transaction():
                 self._conn.executemany(
                     "UPDATE intents SET status=?, resolved_at=? WHERE id=?",
                     [(status, now.isoformat(), i) for i in ids],

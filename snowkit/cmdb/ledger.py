@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from snowkit.cmdb.fields import as_str
 from snowkit.cmdb.incremental import SyncState
 from snowkit.cmdb.intents import IntentJournal
 from snowkit.cmdb.outbox import OP_CREATE, OP_RELATE, OP_UPDATE, Outbox
@@ -81,6 +82,9 @@ class RunLedger:
         self.state: SyncState | None = None
         self.state_doubt: str | None = None
         self.first_stamp: str | None = None
+        #: (table, source id) -> every write of the record was answered with the record
+        #: holding exactly what was sent
+        self._proof: dict[tuple[str, str], bool] = {}
 
     # -- counters --------------------------------------------------------------------------
     def add(self, name: str, n: int = 1) -> None:
@@ -158,7 +162,15 @@ class RunLedger:
             op.extra["sys_class_name"] = intended
 
     # -- outcomes --------------------------------------------------------------------------
-    def succeed(self, op: WriteOp, sys_id: str | None, version: str | None = None) -> None:
+    def succeed(
+        self,
+        op: WriteOp,
+        sys_id: str | None,
+        version: str | None = None,
+        returned: Any = None,
+    ) -> None:
+        """``op`` landed; ``returned`` is the record the instance answered with, if any (it
+        may prove the write without a read-back: see :meth:`proven`)."""
         sys_id = sys_id or op.sys_id
         with self.lock:
             if op.action == CREATE:
@@ -175,9 +187,18 @@ class RunLedger:
             if op.action != RELATE and op.source_id:
                 refs = tuple((k, v) for k, v in op.extra.items() if k not in _META_FIELDS)
                 self.written.append((op.table, op.source_id, op.values, refs))
+                key = (op.table, op.source_id)
+                shown = _answer_shows(returned, op.values, refs)
+                self._proof[key] = self._proof.get(key, True) and shown
             self._remember(op, sys_id, version)
         action = "create" if op.action in (CREATE, RELATE) else "update"
         self.record_audit(action, op.table, sys_id, op.source_id, op.before, op.body, "success")
+
+    def proven(self) -> frozenset[tuple[str, str]]:
+        """(table, source id) of the records whose every write this run was answered with the
+        stored record holding each sent field as sent: verification need not read them back."""
+        with self.lock:
+            return frozenset(key for key, shown in self._proof.items() if shown)
 
     def _remember(self, op: WriteOp, sys_id: str | None, version: str | None) -> None:
         """Keep the incremental state in step with a write that landed (under the lock)."""
@@ -362,6 +383,20 @@ class RunLedger:
                 batch_size=batch_size,
             )
         )
+
+
+def _answer_shows(
+    returned: Any, values: Mapping[str, Any], refs: tuple[tuple[str, str], ...]
+) -> bool:
+    """The write's answer holds every field it set, each as sent (meta fields aside)."""
+    if not isinstance(returned, Mapping):
+        return False
+    for name, sent in (*values.items(), *refs):
+        if name in _META_FIELDS or name == "sys_id":
+            continue
+        if name not in returned or as_str(returned[name]) != as_str(sent):
+            return False
+    return True
 
 
 def partial_message(

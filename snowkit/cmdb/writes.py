@@ -25,6 +25,7 @@ RETURN_FIELDS = (
     f"sysparm_fields=sys_id,{SOURCE_ID_FIELD},sys_updated_on,sys_mod_count"
     "&sysparm_exclude_reference_link=true"
 )
+_RETURNED = frozenset({"sys_id", SOURCE_ID_FIELD, "sys_updated_on", "sys_mod_count"})
 #: ErrorContext categories meaning "the instance cannot be reached now" (queue, don't fail).
 _UNREACHABLE_CATEGORIES = frozenset({"network", "circuit_open", "hibernating"})
 
@@ -93,10 +94,21 @@ class WriteOp:
 
     @property
     def url(self) -> str:
+        """The write's address; a record write's answer also returns the fields it sets, so
+        that the answer itself shows what the instance stored (see ``snowkit.cmdb.verify``)."""
         path = f"/api/now/table/{self.table}"
         if self.method == "PATCH":
             path += f"/{self.sys_id}"
-        return f"{path}?{RETURN_FIELDS}"
+        if self.action == RELATE:
+            return f"{path}?{RETURN_FIELDS}"
+        written = sorted(set(self.values).union(self.extra) - _RETURNED)
+        fields = "".join(f",{name}" for name in written if _plain_name(name))
+        return f"{path}?{RETURN_FIELDS.replace('&', fields + '&', 1)}"
+
+
+def _plain_name(name: str) -> bool:
+    """A field name safe to list in ``sysparm_fields`` (others are simply read back)."""
+    return bool(name) and all(c.isalnum() or c in "_." for c in name)
 
 
 # -- reading a Batch API answer -------------------------------------------------------------

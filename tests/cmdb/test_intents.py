@@ -258,3 +258,17 @@ def test_concurrent_writers_share_commits_and_lose_nothing(tmp_path) -> None:
         journal.done(token)
     assert journal.count() == 0
     journal.close()
+
+
+def test_a_batch_is_journaled_in_one_transaction_all_or_none(tmp_path) -> None:
+    # The journal's connection is in autocommit mode: without an explicit transaction every
+    # row would be its own commit (and fsync), and a failure mid-batch would leave half of it.
+    journal = IntentJournal(tmp_path / "intents.sqlite3")
+    good = [{"action": "create", "table": "cmdb_ci", "source_id": f"s{i}"} for i in range(50)]
+    bad = {"action": None, "table": "cmdb_ci", "source_id": "broken"}  # NOT NULL violated
+    with pytest.raises(Exception, match="NOT NULL"):
+        journal.intend("run-1", [*good, bad])
+    assert journal.count() == 0
+    token = journal.intend("run-2", good)
+    assert token is not None and journal.count() == 50
+    journal.close()
