@@ -375,6 +375,11 @@ def run_load(
             _add_metric_suggestions(report, metrics, workers, batch_size)
             if audit is not None:
                 audit.close()
+                if audit.anchor_error:  # the trail is intact; only truncation goes unguarded
+                    report.warnings.append(
+                        f"audit anchor not written ({audit.anchor_error}): truncation of the "
+                        "audit trail cannot be detected until it is; check that location"
+                    )
             if state is not None:
                 state.close()
             if outbox is not None:

@@ -177,3 +177,16 @@ def test_loads_retried_during_an_outage_queue_each_write_once_and_converge(
     assert healed.applied["batches"] == 0
     again = load_lab(sandbox, inventory=inventory)
     assert again.applied["batches"] == 0 and again.action_totals()["update"] == 0
+
+
+def test_an_unwritable_audit_anchor_is_a_warning_in_the_report(
+    sandbox: Sandbox, load_lab, tmp_path, monkeypatch
+) -> None:
+    # The load goes on (the trail itself is intact), but the operator must learn that
+    # truncation of the trail is not guarded until the anchor can be written.
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the anchor's folder should be")
+    monkeypatch.setenv("SNOWKIT_AUDIT_ANCHOR", str(blocked / "anchor.json"))
+    report = load_lab(sandbox)
+    assert report.status == "success", report.message
+    assert any("audit anchor not written" in w for w in report.warnings), report.warnings
