@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -83,9 +84,17 @@ def _load_config(args: argparse.Namespace) -> Any:
         )
     except ConfigurationError:
         # The embedded instance needs no configuration; anything else must be explicit.
-        if args.instance == "embedded" and not args.config_file:
+        if not args.config_file and _targets_embedded(args.instance):
             return OperationalConfig()
         raise
+
+
+def _targets_embedded(instance: str | None) -> bool:
+    """``--instance embedded``, or no instance named anywhere (the kit's default target)."""
+    if instance is not None:
+        return instance == "embedded"
+    named = ("SERVICENOW_INSTANCE", "SNOWKIT_SERVICENOW__INSTANCE", "SNOWKIT_CONFIG")
+    return not any(os.environ.get(name) for name in named)
 
 
 @contextlib.contextmanager

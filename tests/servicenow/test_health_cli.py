@@ -54,6 +54,18 @@ def test_embedded_passes_with_a_table(capsys: pytest.CaptureFixture[str]) -> Non
     assert code == {"pass": 0, "warn": 1}[out.strip().splitlines()[-1].split()[-1]]
 
 
+def test_with_nothing_configured_the_embedded_instance_is_checked(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A new user runs `snowkit health` before configuring anything: the kit's default target.
+    for name in ("BEAST_ENVIRONMENT", "SERVICENOW_INSTANCE", "SNOWKIT_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    code = main(["health"])
+    rows = _rows(capsys.readouterr().out)
+    assert rows["servicenow"] == "pass" and "configuration" not in rows
+    assert code in (0, 1)
+
+
 def test_json_is_a_health_document(sb: Sandbox, env_for, capsys) -> None:
     env_for()
     code = main(["health", "--instance", sb.url, "--json"])
