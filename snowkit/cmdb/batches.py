@@ -29,7 +29,6 @@ from snowkit.cmdb.writes import (
     RETRYABLE_STATUSES,
     WriteOp,
     describe,
-    forbidden_error,
     forbidden_result,
     is_invalid_table,
     result_error,
@@ -187,13 +186,7 @@ class BatchRunner:
             try:
                 results = self._send(pending)
             except Exception as exc:
-                if is_unreachable_error(exc):
-                    ledger.mark_unreachable(exc)
-                    ledger.queue(pending)
-                    return
-                if forbidden_error(exc):
-                    for op in pending:
-                        ledger.forbid(op, f"HTTP 403: {describe(exc)}")
+                if ledger.absorb_chunk_failure(pending, exc):
                     return
                 if type(exc).__name__ == "AmbiguousWriteError":
                     ledger.add("ambiguous", len(pending))

@@ -210,13 +210,7 @@ class IRELoader:
         try:
             result = self.client.identify_reconcile(payload)
         except Exception as exc:
-            if is_unreachable_error(exc):
-                ledger.mark_unreachable(exc)
-                ledger.queue(chunk)
-                return
-            if forbidden_error(exc):
-                for op in chunk:
-                    ledger.forbid(op, f"HTTP 403: {describe(exc)}")
+            if ledger.absorb_chunk_failure(chunk, exc):
                 return
             status = getattr(getattr(exc, "context", None), "http_status", None)
             for op in chunk:

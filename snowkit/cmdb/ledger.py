@@ -21,11 +21,11 @@ from typing import Any
 from snowkit.cmdb.fields import as_str
 from snowkit.cmdb.incremental import SyncState
 from snowkit.cmdb.intents import IntentJournal
-from snowkit.cmdb.outbox import OP_CREATE, OP_RELATE, OP_UPDATE, Outbox
+from snowkit.cmdb.outbox import OP_CREATE, OP_RELATE, OP_UPDATE, Outbox, is_unreachable_error
 from snowkit.cmdb.plan import CI_TABLE, CREATE, LOCATION_TABLE, RETIRE, SOURCE_ID_FIELD, UPDATE
 from snowkit.cmdb.relationships import REL_TABLE
 from snowkit.cmdb.report import ItemFailure, RunReport, suggestions_from
-from snowkit.cmdb.writes import RELATE, RETRYABLE_STATUSES, WriteOp, describe
+from snowkit.cmdb.writes import RELATE, RETRYABLE_STATUSES, WriteOp, describe, forbidden_error
 
 #: Fields the engine adds that verification does not compare.
 _META_FIELDS = frozenset({SOURCE_ID_FIELD, "sys_class_name"})
@@ -99,6 +99,22 @@ class RunLedger:
     @property
     def unreachable(self) -> bool:
         return self._unreachable.is_set()
+
+    def absorb_chunk_failure(self, ops: list[WriteOp], exc: BaseException) -> bool:
+        """A whole chunk failed: queue it when the instance is unreachable, refuse it on a 403.
+
+        True when that settled the chunk; False when the caller must settle each write (the
+        one policy for Batch API chunks and IRE chunks alike).
+        """
+        if is_unreachable_error(exc):
+            self.mark_unreachable(exc)
+            self.queue(ops)
+            return True
+        if forbidden_error(exc):
+            for op in ops:
+                self.forbid(op, f"HTTP 403: {describe(exc)}")
+            return True
+        return False
 
     def mark_unreachable(self, exc: BaseException) -> None:
         with self.lock:
