@@ -40,6 +40,9 @@ from snowkit.reports.emit import RUN_DIR_ENV
 from snowkit.reports.figures import extract_figures
 
 EXIT_OK = 0
+#: Seconds a kernel may take to start: a scheduled run on a busy machine should not fail
+#: because the kernel was slow to answer (papermill's default is 60).
+KERNEL_START_TIMEOUT_S = 180
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
@@ -256,6 +259,7 @@ def _execute(
             progress_bar=sys.stderr.isatty(),
             log_output=False,
             execution_timeout=timeout,
+            start_timeout=KERNEL_START_TIMEOUT_S,
             kernel_manager_class=_kernel_manager_class(kernel_env),
         )
     except PapermillExecutionError as exc:
