@@ -16,7 +16,7 @@ so a ten-second run and a week of scheduled runs both show their shape.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -124,6 +124,26 @@ def _per_bin(
     return counts, width
 
 
+def _binned_steps(
+    fig: Figure,
+    ax: Axes,
+    binned: pd.DataFrame,
+    width: pd.Timedelta,
+    series: Sequence[tuple[str, str]],
+    *,
+    title: str,
+    ylabel: str,
+) -> Figure:
+    """Step lines for each (column, colour) present in ``binned``, on a labelled time axis."""
+    for column, color in series:
+        if column in binned.columns:
+            _steps(ax, binned, column, width, label=column, color=color)
+    ax.set(title=f"{title}, {_describe(width)} bins", ylabel=ylabel)
+    _time_axis(ax)
+    ax.legend(loc="upper left")
+    return fig
+
+
 def _steps(ax: Axes, binned: pd.DataFrame, column: str, width: pd.Timedelta, **style: Any) -> None:
     """Counts as steps that span their whole bin (a single bin still draws a segment)."""
     x = [*binned.index, binned.index[-1] + width]
@@ -158,14 +178,8 @@ def throughput_chart(
         ok = pd.Series(True, index=data.index)
     outcome = ok.map({True: "ok", False: "failed"})
     binned, width = _per_bin(data.assign(outcome=outcome), freq, by="outcome")
-    colors = {"ok": "tab:blue", "failed": "tab:red"}
-    for column in ("ok", "failed"):
-        if column in binned.columns:
-            _steps(ax, binned, column, width, label=column, color=colors[column])
-    ax.set(title=f"{title}, {_describe(width)} bins", ylabel="requests")
-    _time_axis(ax)
-    ax.legend(loc="upper left")
-    return fig
+    series = (("ok", "tab:blue"), ("failed", "tab:red"))
+    return _binned_steps(fig, ax, binned, width, series, title=title, ylabel="requests")
 
 
 def latency_percentiles_chart(samples: pd.DataFrame, *, ax: Axes | None = None) -> Figure:
@@ -268,13 +282,8 @@ def retries_chart(logs: pd.DataFrame, *, freq: str | None = None, ax: Axes | Non
     if data.empty:
         return _no_data(fig, ax, title)
     binned, width = _per_bin(data, freq, by="kind")
-    for column, color in (("retries", "tab:orange"), ("429 rate limited", "tab:red")):
-        if column in binned.columns:
-            _steps(ax, binned, column, width, label=column, color=color)
-    ax.set(title=f"{title}, {_describe(width)} bins", ylabel="events")
-    _time_axis(ax)
-    ax.legend(loc="upper left")
-    return fig
+    series = (("retries", "tab:orange"), ("429 rate limited", "tab:red"))
+    return _binned_steps(fig, ax, binned, width, series, title=title, ylabel="events")
 
 
 def breaker_timeline_chart(logs: pd.DataFrame, *, ax: Axes | None = None) -> Figure:
