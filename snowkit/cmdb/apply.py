@@ -26,6 +26,7 @@ Exactly once:
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import ChainMap
 from collections.abc import Callable, Iterable, Mapping
@@ -35,6 +36,7 @@ from typing import Any
 from snowkit.cmdb import incremental
 from snowkit.cmdb import plan as planning
 from snowkit.cmdb.batches import BatchRunner
+from snowkit.cmdb.classes import ALL_CLASS_TABLES
 from snowkit.cmdb.intents import IntentJournal, reconcile_intents
 from snowkit.cmdb.ire import IRELoader
 from snowkit.cmdb.ledger import RunLedger
@@ -43,6 +45,7 @@ from snowkit.cmdb.outbox import Outbox, is_unreachable_error
 from snowkit.cmdb.plan import CI_TABLE, CREATE, LOCATION_TABLE, SOURCE_ID_FIELD, Plan, PlanItem
 from snowkit.cmdb.relationships import RelTypeCache
 from snowkit.cmdb.report import RunReport
+from snowkit.cmdb.stream import WriteStream
 from snowkit.cmdb.writes import (
     CLIENT_KINDS,
     RETRYABLE_STATUSES,
@@ -142,6 +145,7 @@ class SyncEngine:
         self.max_remembered = max_remembered
         self._state_since: dict[str, str] = {}
         self._prefetched: Any = None
+        self._preflight: Once = Once(None)
 
     # ------------------------------------------------------------------------------------
     # schema, plan
@@ -173,8 +177,14 @@ class SyncEngine:
         result: Any,
         *,
         not_seen_since: dict[str, str] | None = None,
+        preflight: Callable[[], Any] | None = None,
     ) -> Plan:
-        """Read what the CMDB holds for these records and diff (nothing is written)."""
+        """Read what the CMDB holds for these records and diff (nothing is written).
+
+        ``preflight`` (e.g. the schema check) runs alongside the first reads and must pass
+        before any of them is used."""
+        if preflight is not None:
+            self._preflight = Once(preflight)
         records = list(getattr(result, "records", result))
         relationships = list(getattr(result, "relationships", ()) or ())
         if self.state_store is not None and len(records) + len(relationships) > self.max_remembered:
@@ -203,38 +213,41 @@ class SyncEngine:
             self.ledger.state.rel_type_names = sorted({s.type_name for s in relationships})
         return plan
 
-    def prefetch(self) -> None:
-        """Start reading what changed in the CMDB since the last run in the background, while
-        the caller collects the inventory. Only when nothing is written before planning: call
-        it with an empty outbox (``sync`` drops the read if the outbox replays anything)."""
-        if self.state_store is None:
-            return
-        state = self.state_store.load(self.instance_key)
-        if state is None or sum(map(len, state.rows.values())) > self.max_remembered:
-            return
+    def prefetch(self, preflight: Callable[[], Any] | None = None) -> None:
+        """Start the plan's first round of reads in the background, while the caller collects
+        and transforms the inventory: what changed since the last run (with a remembered
+        state), else the class-table probes and adoption checks; ``preflight`` (the schema
+        check) runs in the same round. Only when nothing is written before planning: call it
+        with an empty outbox (``sync`` drops the round if the outbox replays anything)."""
+        if preflight is not None:
+            self._preflight = Once(preflight)
+        state = self.state_store.load(self.instance_key) if self.state_store else None
+        if state is not None and sum(map(len, state.rows.values())) > self.max_remembered:
+            state = None
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snowkit-prefetch")
-        self._prefetched = pool.submit(
-            lambda: (state, *self._list_changes(state, list(state.class_tables)))
-        )
+        if state is not None:
+            self._prefetched = pool.submit(lambda: (state, self._list_changes(state), None))
+        else:
+            tables = sorted(ALL_CLASS_TABLES)
+            self._prefetched = pool.submit(lambda: (None, {}, self._first_round(tables)))
         pool.shutdown(wait=False)
 
     def _read_cmdb(self, records: list[Any]) -> tuple[set[str], planning.CMDBSnapshot]:
         """Missing class tables and the snapshot: from the remembered state plus what changed
-        when possible (one round of small requests), else read in full."""
+        when possible (one round of small requests), else read in full. The preflight (schema
+        check) has passed before anything read is used."""
         tables = _class_tables(r.table for r in records)
-        state, listings, found = None, {}, []
+        state, listings, first = None, {}, None
         ahead, self._prefetched = self._prefetched, None
         if ahead is not None:
-            state, listings, found = ahead.result()
-            if state.class_tables != tables:
-                found = [self._probe(t) for t in tables]
+            state, listings, first = ahead.result()
         elif self.state_store is not None:
             state = self.state_store.load(self.instance_key)
             if state is not None:
-                listings, found = self._list_changes(state, tables)
-        missing: set[str] | None = None
+                listings = self._list_changes(state)
+        self._preflight()
         if state is not None:
-            missing = {t for t in found[: len(tables)] if t}
+            missing = self._missing_per_state(state, tables)
             why = incremental.refresh_records(
                 self.client, state, listings, records, missing, workers=self.workers
             )
@@ -254,23 +267,53 @@ class SyncEngine:
                 )
                 return missing, snapshot
             self.logger.event("incremental_snapshot_skipped", reason=why)
-        if missing is None:
-            missing = self.missing_tables(r.table for r in records)
+        probed, missing, unsourced = first or self._first_round(tables)
+        missing = {t for t in tables if t in missing} | self._missing_among(set(tables) - probed)
         snapshot = planning.read_snapshot(
-            self.client, records, missing_tables=missing, workers=self.workers
-        )
+            self.client, records, missing_tables=missing, workers=self.workers,
+            unsourced=unsourced,
+        )  # fmt: skip
         if self.state_store is not None:
             self._adopt_state(incremental.state_from_full_read(snapshot, records, missing))
         return missing, snapshot
 
-    def _list_changes(
-        self, state: incremental.SyncState, tables: list[str]
-    ) -> tuple[dict[str, incremental.Listing], list[Any]]:
-        """One round: the listings and counts, the class-table probes, the relationship types."""
-        extra: list[Callable[[], Any]] = [lambda t=t: self._probe(t) for t in tables]
+    def _missing_per_state(self, state: incremental.SyncState, tables: list[str]) -> set[str]:
+        """Missing class tables as the remembered state knows them (a table that vanished
+        since takes its records with it: the listing's count no longer adds up); only
+        tables it never probed are probed now. A write to a missing table falls back to
+        ``cmdb_ci`` when it is refused anyway."""
+        known = set(state.class_tables)
+        missing = {t for t in tables if t in state.missing_tables}
+        return missing | self._missing_among({t for t in tables if t not in known})
+
+    def _missing_among(self, tables: set[str]) -> set[str]:
+        if not tables:
+            return set()
+        return {t for t in planning.parallel_map(self._probe, [(t,) for t in sorted(tables)],
+                                                 self.workers) if t}  # fmt: skip
+
+    def _first_round(self, tables: list[str]) -> tuple[set[str], set[str], dict[str, bool]]:
+        """One parallel round before a full read: the preflight (schema check: nothing read
+        here relies on the source-id field), whether CIs and locations without a source id
+        exist (adoption candidates), and the class-table probes. Returns the tables probed,
+        the missing ones, and the adoption checks."""
+        unsourced_tables = (CI_TABLE, LOCATION_TABLE)
+        jobs: list[tuple[Callable[[], Any]]] = [(self._preflight,)]
+        jobs += [(lambda t=t: planning.any_without_source_id(self.client, t),)
+                 for t in unsourced_tables]  # fmt: skip
+        jobs += [(lambda t=t: self._probe(t),) for t in tables]
+        results = planning.parallel_map(lambda fn: fn(), jobs, max(self.workers, len(jobs)))
+        unsourced = dict(zip(unsourced_tables, results[1:3], strict=True))
+        return set(tables), {t for t in results[3:] if t}, unsourced
+
+    def _list_changes(self, state: incremental.SyncState) -> dict[str, incremental.Listing]:
+        """One round: the listings and counts, the relationship types, the preflight."""
         names = list(state.rel_type_names)
-        extra.append(lambda: self.rel_types.prefetch(names))
-        return incremental.list_changes(self.client, state, workers=self.workers, extra=extra)
+        extra: list[Callable[[], Any]] = [self._preflight, lambda: self.rel_types.prefetch(names)]
+        listings, _ = incremental.list_changes(
+            self.client, state, workers=self.workers, extra=extra
+        )
+        return listings
 
     def _adopt_state(self, state: incremental.SyncState) -> None:
         self.ledger.state = state
@@ -291,26 +334,16 @@ class SyncEngine:
         report.notes.extend(plan.notes)
 
         writes = plan.writes
-        ire = IRELoader(self.client, self.ledger, plan.relationships) if self.ire else None
-        t0 = self._clock()
         context = {"run_id": self.run_id, "writes": len(writes), "ire": self.ire}
         self.logger.log_operation_start("cmdb_apply", context)
-        for index, phase in enumerate(dependency_phases(writes)):
-            desc = f"phase {index + 1}"
-            self.logger.event("sync_phase", phase=index + 1, records=len(phase))
-            if ire is not None:
-                locations = [i for i in phase if i.table == LOCATION_TABLE]
-                cis = [i for i in phase if i.table != LOCATION_TABLE]
-                self.runner.run([self._op_for(i) for i in locations], desc, progress)
-                ops = [ire.prepare(self._op_for(i), plan.records.get(i.source_id)) for i in cis]
-                self.runner.run(ops, desc + " (IRE)", progress, runner=ire.run_chunk)
-            else:
-                self.runner.run([self._op_for(i) for i in phase], desc, progress)
-        report.timings["apply_records"] = round(self._clock() - t0, 3)
-
-        t0 = self._clock()
-        self.linker.link(plan.relationships, report, progress)
-        report.timings["relationships"] = round(self._clock() - t0, 3)
+        if self.ire:
+            self._apply_in_phases(plan, report, progress)
+        else:
+            stream = WriteStream(self.runner, self.ledger, self.linker, clock=self._clock)
+            ops = [self._op_for(i) for i in sorted(writes, key=write_rank)]
+            took = stream.run(ops, plan.relationships, report, progress)
+            report.timings["apply_records"] = round(took.records_s, 3)
+            report.timings["relationships"] = round(took.total_s - took.records_s, 3)
         report.timings["apply_total"] = round(self._clock() - started, 3)
         self.ledger.fill_report(
             report,
@@ -326,6 +359,25 @@ class SyncEngine:
             {**context, "status": report.status, **report.applied},
         )
         return report
+
+    def _apply_in_phases(self, plan: Plan, report: RunReport, progress: bool | None) -> None:
+        """IRE mode: locations through the Table API, CIs through IRE, phase by phase (the
+        IRE answer names the CI it matched, so each phase needs the previous one's sys_ids),
+        then the relationships."""
+        ire = IRELoader(self.client, self.ledger, plan.relationships)
+        t0 = self._clock()
+        for index, phase in enumerate(dependency_phases(plan.writes)):
+            desc = f"phase {index + 1}"
+            self.logger.event("sync_phase", phase=index + 1, records=len(phase))
+            locations = [i for i in phase if i.table == LOCATION_TABLE]
+            cis = [i for i in phase if i.table != LOCATION_TABLE]
+            self.runner.run([self._op_for(i) for i in locations], desc, progress)
+            ops = [ire.prepare(self._op_for(i), plan.records.get(i.source_id)) for i in cis]
+            self.runner.run(ops, desc + " (IRE)", progress, runner=ire.run_chunk)
+        report.timings["apply_records"] = round(self._clock() - t0, 3)
+        t0 = self._clock()
+        self.linker.link(plan.relationships, report, progress)
+        report.timings["relationships"] = round(self._clock() - t0, 3)
 
     def _op_for(self, item: PlanItem) -> WriteOp:
         """The write of one plan item: references resolved where their targets are known, the
@@ -387,15 +439,22 @@ class SyncEngine:
         verify: bool = True,
         replay_outbox: bool = True,
         not_seen_since: dict[str, str] | None = None,
+        preflight: Callable[[], Any] | None = None,
     ) -> tuple[Plan | None, RunReport]:
-        """Replay the outbox, plan, apply, verify; returns the plan and the run report."""
+        """Replay the outbox, plan, apply, verify; returns the plan and the run report.
+
+        ``preflight`` (the schema check) runs before the outbox is replayed, or when there is
+        nothing to replay, alongside the plan's first reads (see :meth:`plan`)."""
         report = RunReport(run_id=self.run_id, dry_run=dry_run, ire=self.ire)
         started = self._clock()
+        if preflight is not None:
+            self._preflight = Once(preflight)
         if not dry_run:
             self.reconcile_intents(report)
         if replay_outbox and self.outbox is not None and not dry_run:
             t0 = self._clock()
             if self.outbox.count():
+                self._preflight()  # the schema is checked before anything is replayed
                 self._prefetched = None  # read before the replay's writes: read again
                 replay = self.outbox.replay(self.client, audit=self.audit, intents=self.intents)
                 report.outbox = {"replayed": replay.to_dict()}
@@ -476,6 +535,7 @@ class SyncEngine:
             if since.get("rel") is None:
                 since["rel"] = since.get("ci") or self.ledger.first_stamp
             ours = set(state.rows["ci"])
+            state.updater = self.ledger.updater()
             why = incremental.seal(self.client, state, since, ours, workers=self.workers)
         if why is None:
             store.save(self.instance_key, state, rows=state.dirty)
@@ -518,6 +578,27 @@ class SyncEngine:
     @property
     def unreachable(self) -> bool:
         return self.ledger.unreachable
+
+
+class Once:
+    """Runs a check at most once, from whichever thread asks first; later calls return at
+    once or raise what it raised (the schema check may run in a read-ahead round, or not)."""
+
+    def __init__(self, check: Callable[[], Any] | None) -> None:
+        self._check = check
+        self._lock = threading.Lock()
+        self._error: BaseException | None = None
+
+    def __call__(self) -> None:
+        with self._lock:
+            check, self._check = self._check, None
+            if check is not None:
+                try:
+                    check()
+                except BaseException as exc:
+                    self._error = exc
+        if self._error is not None:
+            raise self._error
 
 
 def _class_tables(tables: Iterable[str]) -> list[str]:

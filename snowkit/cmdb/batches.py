@@ -19,7 +19,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any
 
 from snowkit.cmdb.fields import as_str
-from snowkit.cmdb.ledger import RunLedger
+from snowkit.cmdb.ledger import Landed, RunLedger
 from snowkit.cmdb.outbox import is_unreachable_error
 from snowkit.cmdb.plan import CI_TABLE, CREATE, LOCATION_TABLE, SOURCE_ID_FIELD
 from snowkit.cmdb.progress import bar
@@ -87,11 +87,11 @@ class BatchRunner:
         """Send ``ops`` (``runner`` sends one chunk: Batch API by default, IRE in IRE mode)."""
         if not ops:
             return
-        with self._throttle_feed():
+        with self.throttle_feed():
             self._run(ops, desc, progress, runner)
 
     @contextlib.contextmanager
-    def _throttle_feed(self) -> Iterator[None]:
+    def throttle_feed(self) -> Iterator[None]:
         """Let the limiter hear each 429 as it arrives, while this runner sends.
 
         The client retries a throttled request itself, so the batch that finally succeeds
@@ -136,7 +136,7 @@ class BatchRunner:
             if self.workers == 1 or len(chunks) == 1:
                 for chunk in chunks:
                     run(chunk)
-                    self._after_batch(pbar, len(chunk))
+                    self.after_batch(pbar, len(chunk))
                 return
             pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="snowkit-sync")
             try:
@@ -146,13 +146,13 @@ class BatchRunner:
                     done, remaining = wait(remaining, return_when=FIRST_EXCEPTION)
                     for fut in done:
                         fut.result()
-                        self._after_batch(pbar, futures[fut])
+                        self.after_batch(pbar, futures[fut])
             except BaseException:
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
             pool.shutdown(wait=True)
 
-    def _after_batch(self, pbar: Any, n: int) -> None:
+    def after_batch(self, pbar: Any, n: int) -> None:
         pbar.update(n)
         with self.ledger.lock:
             self._batches_done += 1
@@ -208,10 +208,11 @@ class BatchRunner:
                 if whole.ambiguous:
                     ledger.add("ambiguous", len(pending))
             retry: list[WriteOp] = []
+            landed: list[Landed] = []
             for op in pending:
                 res = results.get(op.key)
                 if res is not None and res.ok:
-                    ledger.succeed(op, sys_id_of(res), version_of_result(res), res.result)
+                    landed.append((op, sys_id_of(res), version_of_result(res), res.result))
                     continue
                 status = None if res is None else res.status_code
                 message = result_error(res)
@@ -227,6 +228,7 @@ class BatchRunner:
                     retry.append(op)
                     continue
                 ledger.fail(op, message, status)
+            ledger.succeed_many(landed)
             if not retry:
                 return
             if ledger.forbidden:

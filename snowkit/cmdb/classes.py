@@ -36,6 +36,8 @@ DEVICE_TABLES = {
     "access_point": ACCESS_POINT,
     "other": NETGEAR,
 }
+#: Every CI class table the transform can produce (probed before the inventory is in).
+ALL_CLASS_TABLES = frozenset({*DEVICE_TABLES.values(), COMPUTER, HARDWARE})
 
 _NOT_COMPUTER_HOST = re.compile(
     r"iphone|ipad|galaxy|android|pixel|phone|watch|printer|^hp[0-9a-f]{6}|^npi|^brn|^brw|camera"

@@ -52,6 +52,7 @@ from snowkit.cmdb.plan import (
 )
 from snowkit.cmdb.relationships import REL_TABLE, LinkKey, existing_link_rows
 from snowkit.cmdb.state import SyncState
+from snowkit.servicenow.query import Query, QueryValueError
 
 #: Records stamped this close to the watermark are listed again (clock skew between nodes,
 #: transactions committed after the listing that stamped them).
@@ -113,6 +114,65 @@ class Listing:
     known_recent: int = 0  #: listed ids remembered with a stamp at or after the cut
     created_since: int = 0  #: (links) ids created at or after the cut, not in ``recent``
     recent: dict[str, str] = field(default_factory=dict)  #: (links) id → created, newest only
+    #: our own writes were left out (see ``listing_query``); the canary stands in for them
+    narrowed: bool = False
+    canary: str | None = None  #: a remembered id stamped at or after the cut: must be listed
+    canary_seen: bool = False
+
+    def recent_ok(self, known: Mapping[str, str], since: str | None) -> bool:
+        """The listing's time filter was read as meant: every remembered record stamped at or
+        after the cut came back (or, narrowed, the one canary did)."""
+        if self.narrowed:
+            return self.canary is None or self.canary_seen
+        return self.known_recent == expected_recent(known, since)
+
+
+def listing_query(kind: str, since: str | None, me: str = "", canary: str | None = None) -> str:
+    """What a listing asks for: records (carrying a source id, for CIs and locations) stamped
+    at or after ``since``.
+
+    With ``me`` (the account our writes are stamped with) the records *we created* and nobody
+    touched since are left out: a back-to-back rerun would otherwise list every write of the
+    run before (the overlap window), and a run's seal every write of its own. Left in: all
+    that others changed, everything ``me`` changed after creating it (``sys_mod_count > 0``:
+    our updates, business rules running as us, a rollback), and ``canary`` (a remembered
+    record stamped after the cut, proving the time filter). A record ``me`` created outside
+    a sealed run shows in the count instead (remembered + listed-unknown no longer add up).
+    Assumes the account is snowkit's alone, as the intent journal already does.
+    """
+    sourced = kind != "rel"
+    if not since:
+        return f"{SOURCE_ID_FIELD}ISNOTEMPTY" if sourced else ""
+
+    def group(query: Query) -> Query:
+        if sourced:
+            query.is_not_empty(SOURCE_ID_FIELD)
+        return query.ge("sys_updated_on", since)
+
+    query = group(Query())
+    if not me:
+        return str(query)
+    try:
+        query.ne("sys_updated_by", me).new_query()
+        group(query).eq("sys_updated_by", me).gt("sys_mod_count", "0")
+        if canary:
+            group(query.new_query()).eq("sys_id", canary)
+    except QueryValueError:  # a user name the encoded query cannot carry: list it all
+        return str(group(Query()))
+    return str(query)
+
+
+def canary_for(known: Mapping[str, str], since: str | None) -> str | None:
+    """The remembered record stamped closest after ``since`` (the first to go missing if the
+    instance read the cut later than meant, e.g. in another time zone)."""
+    if not since:
+        return None
+    best: tuple[str, str] | None = None
+    for sys_id, version in known.items():
+        stamp = version.split("|", 1)[0]
+        if stamp >= since and (best is None or stamp < best[0]):
+            best = (stamp, sys_id)
+    return best[1] if best else None
 
 
 def _list(
@@ -121,18 +181,20 @@ def _list(
     since: str | None,
     known: Mapping[str, str],
     recent_before: set[str],
+    me: str = "",
 ) -> Listing:
-    query = "" if kind == "rel" else f"{SOURCE_ID_FIELD}ISNOTEMPTY"
-    if since:
-        query = f"{query}^sys_updated_on>={since}" if query else f"sys_updated_on>={since}"
+    out = Listing(narrowed=bool(me and since))
+    if out.narrowed:
+        out.canary = canary_for(known, since)
+    query = listing_query(kind, since, me if out.narrowed else "", out.canary)
     fields = ["sys_id", *VERSION_FIELDS]
     if kind == "rel":
         fields.append("sys_created_on")  # tells links created since from links changed
     rows = client.query(_KIND_TABLE[kind], query, fields=fields, page_size=LISTING_PAGE)
-    out = Listing()
     newest = ""
     for row in rows:
         sys_id, version = as_str(row.get("sys_id")), version_of(row)
+        out.canary_seen = out.canary_seen or sys_id == out.canary
         stamp = version.split("|", 1)[0]
         newest = max(newest, stamp)
         was = known.get(sys_id)
@@ -190,7 +252,9 @@ def list_changes(
     for kind in kinds:
         start = cut(marks.get(kind))
         known = state.versions[kind]
-        jobs.append((lambda k=kind, s=start, v=known: _list(client, k, s, v, state.recent),))
+        jobs.append(
+            (lambda k=kind, s=start, v=known: _list(client, k, s, v, state.recent, state.updater),)
+        )
         jobs.append((lambda k=kind: _count(client, k),))
     jobs.extend((fn,) for fn in extra)
     results = parallel_map(lambda fn: fn(), jobs, workers)
@@ -221,8 +285,7 @@ def refresh_records(
         listing, known = listings[kind], state.versions[kind]
         if len(known) + listing.unknown != listing.count:
             return f"records carrying a source id were deleted or unsourced ({kind})"
-        since = cut(state.watermarks.get(kind))
-        if listing.known_recent != expected_recent(known, since):
+        if not listing.recent_ok(known, cut(state.watermarks.get(kind))):
             return f"records stamped after the watermark were not listed ({kind})"
         changed.extend(listing.changed)
     if len(changed) > MAX_CHANGED:
@@ -274,9 +337,11 @@ def refresh_links(
     return None
 
 
-def take_link_marks(state: SyncState, listing: Listing) -> None:
-    """Watermark, count and the recently created ids the count includes, from a listing."""
-    state.watermarks["rel"] = max_stamp([listing.newest or ""], state.watermarks.get("rel")) or ""
+def take_link_marks(state: SyncState, listing: Listing, ours: str | None = None) -> None:
+    """Watermark, count and the recently created ids the count includes, from a listing
+    (``ours``: the newest stamp of our own links, which a narrowed listing leaves out)."""
+    marks = [listing.newest or "", ours or ""]
+    state.watermarks["rel"] = max_stamp(marks, state.watermarks.get("rel")) or ""
     since = cut(state.watermarks["rel"]) or ""
     state.recent = {s for s, c in listing.recent.items() if c >= since}
     state.counts["rel"] = listing.count
@@ -320,13 +385,14 @@ def seal(
     listings, _ = list_changes(client, state, workers=workers, kinds=kinds, since=since)
     for kind in ("ci", "loc"):
         listing, known = listings[kind], state.versions[kind]
-        if listing.known_recent != expected_recent(known, cut(since.get(kind))):
+        if not listing.recent_ok(known, cut(since.get(kind))):
             return f"records written in this run were not listed ({kind})"
         if listing.changed:
             return f"{len(listing.changed)} record(s) changed by someone else during the run"
         if len(known) != listing.count:
             return f"the count of sourced records does not add up ({kind})"
-        state.watermarks[kind] = max_stamp([listing.newest or ""], state.watermarks.get(kind)) or ""
+        marks = [listing.newest or "", newest_stamp(known.values()) or ""]
+        state.watermarks[kind] = max_stamp(marks, state.watermarks.get(kind)) or ""
         state.counts[kind] = listing.count
     if state.has_links:
         listing, known = listings["rel"], state.versions["rel"]
@@ -342,5 +408,5 @@ def seal(
             rows = existing_link_rows(client, "sys_id", unknown, workers=workers)
             if any(r["parent"] in our_sys_ids or r["child"] in our_sys_ids for r in rows.values()):
                 return "links to our CIs were added by someone else during the run"
-        take_link_marks(state, listing)
+        take_link_marks(state, listing, newest_stamp(known.values()))
     return None

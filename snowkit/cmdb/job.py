@@ -321,8 +321,19 @@ def run_load(
                     initial=workers, minimum=1, maximum=workers, latency_factor=5.0
                 ),
             )
-            if outbox is None or not outbox.count():
-                engine.prefetch()  # what changed in the CMDB, read while the inventory comes in
+            create_fields = (
+                setup_schema if setup_schema is not None else connection.sandbox is not None
+            )
+            preflight = None
+            if not dry_run and not (
+                state is not None and state.schema_checked_recently(key, schema_ttl_seconds)
+            ):
+                preflight = _schema_preflight(
+                    connection.client, report, state, key, create=create_fields, clock=clock
+                )
+            read_ahead = outbox is None or not outbox.count()
+            if read_ahead:  # the plan's first reads and the schema check, while collecting
+                engine.prefetch(preflight)
             t0 = clock()
             if inventory is None:
                 inventory = collect_inventory(source, lab=lab, connection=connection)
@@ -336,23 +347,6 @@ def run_load(
             report.timings["transform"] = round(clock() - t0, 3)
             report.data_quality = quality_summary(result)
             report.stale_data = list(getattr(result, "warnings", []) or [])
-            create_fields = (
-                setup_schema if setup_schema is not None else connection.sandbox is not None
-            )
-            t0 = clock()
-            if not dry_run and not (
-                state is not None and state.schema_checked_recently(key, schema_ttl_seconds)
-            ):
-                try:
-                    ensure_schema(connection.client, create=create_fields)
-                    if state is not None:
-                        state.schema_passed(key)
-                except Exception as exc:
-                    if not is_unreachable_error(exc):
-                        raise
-                    # the writes will be queued; the next run checks the schema before replaying
-                    report.warnings.append(f"schema not checked, instance unreachable: {exc}")
-            report.timings["schema"] = round(clock() - t0, 3)
             ledger = NotSeenLedger()
             _plan, sync_report = engine.sync(
                 result,
@@ -360,6 +354,7 @@ def run_load(
                 progress=progress,
                 verify=verify,
                 not_seen_since=ledger.load(),
+                preflight=None if read_ahead else preflight,
             )
             _merge(report, sync_report)
             if _plan is not None and not dry_run and not engine.unreachable:
@@ -401,6 +396,35 @@ def run_load(
                 totals=report.action_totals(),
             )
     return report
+
+
+def _schema_preflight(
+    client: Any,
+    report: RunReport,
+    state: StateStore | None,
+    key: str,
+    *,
+    create: bool,
+    clock: Callable[[], float],
+) -> Callable[[], None]:
+    """The schema check as the engine's preflight (it runs alongside the first reads): a
+    missing field stops the run; an unreachable instance only warns (the writes are queued
+    and the next run checks the schema before replaying them)."""
+
+    def check() -> None:
+        t0 = clock()
+        try:
+            ensure_schema(client, create=create)
+            if state is not None:
+                state.schema_passed(key)
+        except Exception as exc:
+            if not is_unreachable_error(exc):
+                raise
+            report.warnings.append(f"schema not checked, instance unreachable: {exc}")
+        finally:
+            report.timings["schema"] = round(clock() - t0, 3)
+
+    return check
 
 
 def instance_key(instance: str, connection: Connection) -> str:

@@ -31,6 +31,8 @@ from snowkit.cmdb.writes import RELATE, RETRYABLE_STATUSES, WriteOp, describe, f
 _META_FIELDS = frozenset({SOURCE_ID_FIELD, "sys_class_name"})
 
 Written = tuple[str, str, Mapping[str, str], tuple[tuple[str, str], ...]]
+#: (op, sys_id, version, the record answered) of a write that landed
+Landed = tuple[WriteOp, "str | None", "str | None", Any]
 
 
 @dataclass
@@ -85,6 +87,8 @@ class RunLedger:
         #: (table, source id) -> every write of the record was answered with the record
         #: holding exactly what was sent
         self._proof: dict[tuple[str, str], bool] = {}
+        #: ``sys_updated_by`` of every write's answer ("" for a write known without one)
+        self._updaters: set[str] = set()
 
     # -- counters --------------------------------------------------------------------------
     def add(self, name: str, n: int = 1) -> None:
@@ -187,28 +191,59 @@ class RunLedger:
     ) -> None:
         """``op`` landed; ``returned`` is the record the instance answered with, if any (it
         may prove the write without a read-back: see :meth:`proven`)."""
-        sys_id = sys_id or op.sys_id
+        self.succeed_many([(op, sys_id, version, returned)])
+
+    def succeed_many(self, landed: list[Landed]) -> None:
+        """Several writes landed (one chunk's): one pass under the lock, one audit append."""
+        if not landed:
+            return
+        entries = []
         with self.lock:
-            if op.action == CREATE:
-                self.stats.created += 1
-            elif op.action == UPDATE:
-                self.stats.updated += 1
-            elif op.action == RETIRE:
-                self.stats.retired += 1
-            elif op.action == RELATE:
-                self.stats.rel_created += 1
-            if op.source_id and sys_id and op.action != RELATE:
-                self.sys_ids[op.source_id] = sys_id
-            op.sys_id = sys_id
-            if op.action != RELATE and op.source_id:
-                refs = tuple((k, v) for k, v in op.extra.items() if k not in _META_FIELDS)
-                self.written.append((op.table, op.source_id, op.values, refs))
-                key = (op.table, op.source_id)
-                shown = _answer_shows(returned, op.values, refs)
-                self._proof[key] = self._proof.get(key, True) and shown
-            self._remember(op, sys_id, version)
-        action = "create" if op.action in (CREATE, RELATE) else "update"
-        self.record_audit(action, op.table, sys_id, op.source_id, op.before, op.body, "success")
+            for op, sys_id, version, returned in landed:
+                entries.append(self._land(op, sys_id or op.sys_id, version, returned))
+        self._record_audit_many(entries)
+
+    def _land(
+        self, op: WriteOp, sys_id: str | None, version: str | None, returned: Any
+    ) -> dict[str, Any]:
+        """Count, remember and prepare the audit entry of one landed write (under the lock)."""
+        if op.action == CREATE:
+            self.stats.created += 1
+        elif op.action == UPDATE:
+            self.stats.updated += 1
+        elif op.action == RETIRE:
+            self.stats.retired += 1
+        elif op.action == RELATE:
+            self.stats.rel_created += 1
+        if op.source_id and sys_id and op.action != RELATE:
+            self.sys_ids[op.source_id] = sys_id
+        op.sys_id = sys_id
+        self._updaters.add(
+            as_str(returned.get("sys_updated_by")) if isinstance(returned, Mapping) else ""
+        )
+        if op.action != RELATE and op.source_id:
+            refs = tuple((k, v) for k, v in op.extra.items() if k not in _META_FIELDS)
+            self.written.append((op.table, op.source_id, op.values, refs))
+            key = (op.table, op.source_id)
+            shown = _answer_shows(returned, op.values, refs)
+            self._proof[key] = self._proof.get(key, True) and shown
+        self._remember(op, sys_id, version)
+        return {
+            "action": "create" if op.action in (CREATE, RELATE) else "update",
+            "table": op.table,
+            "sys_id": sys_id,
+            "source_id": op.source_id,
+            "before": op.before,
+            "after": op.body,
+            "outcome": "success",
+            "run_id": self.run_id,
+        }
+
+    def updater(self) -> str:
+        """The one account every write of this run was stamped with, or "" (none written,
+        several, or a write whose answer did not say)."""
+        with self.lock:
+            return next(iter(self._updaters)) if len(self._updaters) == 1 else ""
 
     def proven(self) -> frozenset[tuple[str, str]]:
         """(table, source id) of the records whose every write this run was answered with the
@@ -246,6 +281,11 @@ class RunLedger:
         row.update(op.extra)
         row["sys_updated_on"], row["sys_mod_count"] = version.split("|", 1)
         state.versions[kind][sys_id] = version
+        if op.action == CREATE and state.has_links:
+            # a record this run created has no links but the ones this run makes (and
+            # remembers): no later run need read its links
+            state.covered_parents.add(sys_id)
+            state.covered_children.add(sys_id)
 
     def fail(self, op: WriteOp, message: str, status: int | None) -> None:
         with self.lock:
@@ -315,19 +355,26 @@ class RunLedger:
         after: dict | None,
         outcome: str,
     ) -> None:
-        if self.audit is None:
+        self._record_audit_many(
+            [
+                {
+                    "action": action,
+                    "table": table,
+                    "sys_id": sys_id,
+                    "source_id": source_id,
+                    "before": before,
+                    "after": after,
+                    "outcome": outcome,
+                    "run_id": self.run_id,
+                }
+            ]
+        )
+
+    def _record_audit_many(self, entries: list[dict[str, Any]]) -> None:
+        if self.audit is None or not entries:
             return
         with self._audit_lock:
-            self.audit.record(
-                action,
-                table,
-                sys_id,
-                source_id=source_id,
-                before=before,
-                after=after,
-                outcome=outcome,
-                run_id=self.run_id,
-            )
+            self.audit.record_many(entries)
 
     # -- report ----------------------------------------------------------------------------
     def fill_report(

@@ -47,7 +47,7 @@ class Linker:
             return
         ledger = self.ledger
         if ledger.unreachable:
-            self._queue(specs)
+            self.queue_specs(specs)
             stats.queued = ledger.stats.rel_queued
             return
         try:
@@ -57,7 +57,7 @@ class Linker:
             if not is_unreachable_error(exc):
                 raise
             ledger.mark_unreachable(exc)
-            self._queue(specs)
+            self.queue_specs(specs)
             stats.queued = ledger.stats.rel_queued
             return
         stats.existing = link_plan.existing
@@ -69,11 +69,20 @@ class Linker:
         for name, n in link_plan.unknown_types.items():
             report.warnings.append(f"relationship type {name!r} not found: {n} link(s) skipped")
             stats.failed += n
-        ops = [self._op(spec, body) for spec, body in link_plan.to_create]
+        ops = [self.op_for(spec, body) for spec, body in link_plan.to_create]
         self.runner.run(ops, "relationships", progress)
         stats.created = ledger.stats.rel_created
         stats.failed += ledger.stats.rel_failed
         stats.queued = ledger.stats.rel_queued
+
+    def begin_links(self) -> None:
+        """Before a streamed run (``snowkit.cmdb.stream``): the remembered state is made to
+        hold links, so the records this run creates can be marked as fully linked by it."""
+        state = self.ledger.state
+        if state is not None and not state.has_links:
+            with self.ledger.lock:
+                forget_links(state)
+                state.has_links = True
 
     def existing(self, specs: Sequence[Any]) -> set[LinkKey]:
         """The links already there between the ends of ``specs``: remembered ones, plus a read
@@ -99,7 +108,7 @@ class Linker:
         if state is None:
             return {(r["parent"], r["child"], r["type"]) for r in rows.values()}
         with self.ledger.lock:
-            state.dirty = True
+            state.dirty = state.dirty or bool(rows) or bool(ids)
             for sys_id, row in rows.items():
                 state.rows["rel"][sys_id] = {k: row[k] for k in ("parent", "child", "type")}
                 state.versions["rel"][sys_id] = row["version"]
@@ -107,12 +116,13 @@ class Linker:
             state.has_links = True
             return incremental.link_keys(state)
 
-    def _op(self, spec: Any, body: dict[str, str]) -> WriteOp:
+    def op_for(self, spec: Any, body: dict[str, str]) -> WriteOp:
         return WriteOp(
             key=self.runner.next_key(), action=RELATE, table=REL_TABLE, values=body, spec=spec
         )
 
-    def _queue(self, specs: Sequence[Any]) -> None:
+    def queue_specs(self, specs: Sequence[Any]) -> None:
+        """Queue links in the outbox by their ends' source ids (the instance is unreachable)."""
         ops = []
         for spec in specs:
             type_id = None
@@ -121,7 +131,7 @@ class Linker:
             except Exception as exc:
                 if not is_unreachable_error(exc):
                     raise
-            ops.append(self._op(spec, {"type": type_id or ""}))
+            ops.append(self.op_for(spec, {"type": type_id or ""}))
         self.ledger.queue(ops)
 
 

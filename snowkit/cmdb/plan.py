@@ -464,24 +464,27 @@ def read_sourced(
         rows = client.query(table, query, fields=sorted(wanted), page_size=page_size)
         return [_compact(row, wanted) for row in rows]
 
-    for rows in parallel_map(read, [(CI_TABLE, f, ci_fields) for f in filters], workers):
-        for row in rows:
-            returned.update(row)
-            by_sys_id[row["sys_id"]] = row
+    def merge(jobs: list[tuple[str, Any, set[str]]]) -> None:
+        for (table, _q, _w), rows in zip(jobs, parallel_map(read, jobs, workers), strict=True):
+            for row in rows:
+                if table == LOCATION_TABLE:
+                    row["sys_class_name"] = LOCATION_TABLE
+                elif table == CI_TABLE:
+                    returned.update(row)
+                by_sys_id.setdefault(row["sys_id"], {}).update(row)
+
+    # one round for cmdb_ci and the locations, a second only for class-specific columns
+    merge([(CI_TABLE, f, ci_fields) for f in filters]
+          + [(LOCATION_TABLE, f, loc_fields) for f in filters])  # fmt: skip
     jobs: list[tuple[str, Any, set[str]]] = []
-    if by_sys_id:  # class-specific columns, only where cmdb_ci lacks some and CIs exist
+    if any(row.get("sys_class_name") != LOCATION_TABLE for row in by_sys_id.values()):
         for table, flds in sorted(by_table.items()):
             if table in (CI_TABLE, LOCATION_TABLE) or table in missing:
                 continue
             lacking = flds - returned
             if lacking:
                 jobs.extend((table, f, _BASE_FIELDS | lacking) for f in filters)
-    jobs.extend((LOCATION_TABLE, f, loc_fields) for f in filters)
-    for (table, _q, _w), rows in zip(jobs, parallel_map(read, jobs, workers), strict=True):
-        for row in rows:
-            if table == LOCATION_TABLE:
-                row["sys_class_name"] = LOCATION_TABLE
-            by_sys_id.setdefault(row["sys_id"], {}).update(row)
+    merge(jobs)
     return by_sys_id
 
 
@@ -512,8 +515,10 @@ def read_snapshot(
     in_chunk: int = 100,
     page_size: int | None = 1000,
     workers: int = 4,
+    unsourced: Mapping[str, bool] | None = None,
 ) -> CMDBSnapshot:
-    """Read what the CMDB holds for this source, plus adoption candidates.
+    """Read what the CMDB holds for this source, plus adoption candidates (``unsourced``:
+    ``any_without_source_id`` per table, when already known).
 
     - every CI and location carrying a source id (``read_sourced``: one paged query through
       ``cmdb_ci``, plus class tables for fields ``cmdb_ci`` lacks; finds not-seen and
@@ -525,7 +530,7 @@ def read_snapshot(
     )
     snapshot = snapshot_from_rows(rows, missing_tables, records)
     read_candidates(client, snapshot, records, in_chunk=in_chunk, page_size=page_size,
-                    workers=workers)  # fmt: skip
+                    workers=workers, unsourced=unsourced)  # fmt: skip
     return snapshot
 
 
@@ -537,10 +542,19 @@ def read_candidates(
     in_chunk: int = 100,
     page_size: int | None = 1000,
     workers: int = 4,
+    unsourced: Mapping[str, bool] | None = None,
 ) -> None:
     """For records with no source-id match, CIs without a source id that share their serial
     number, name or MAC (batched ``IN`` queries, ``workers`` at a time), skipped entirely when
-    the CMDB holds no CI without a source id; locations by name likewise."""
+    the CMDB holds no CI without a source id; locations by name likewise. ``unsourced``
+    (table → ``any_without_source_id``) spares those two requests when already asked."""
+    known = dict(unsourced or {})
+
+    def without_source_id(table: str) -> bool:
+        if table not in known:
+            known[table] = any_without_source_id(client, table)
+        return known[table]
+
     ci_fields, loc_fields = read_fields(records)
 
     def read(table: str, query: Any, wanted: set[str]) -> list[dict[str, str]]:
@@ -551,14 +565,14 @@ def read_candidates(
     ci_unmatched = [r for r in unmatched if r.table != LOCATION_TABLE]
     loc_unmatched = [r for r in unmatched if r.table == LOCATION_TABLE]
     jobs: list[tuple[str, Any, set[str]]] = []
-    if ci_unmatched and _any_without_source_id(client, CI_TABLE):
+    if ci_unmatched and without_source_id(CI_TABLE):
         for fld in IDENTIFICATION_ORDER:
             values = sorted({r.values[fld] for r in ci_unmatched if r.values.get(fld)})
             for chunk in _chunks(values, in_chunk):
                 query = _in_query(fld, chunk)
                 if query is not None:
                     jobs.append((CI_TABLE, query, ci_fields))
-    if loc_unmatched and _any_without_source_id(client, LOCATION_TABLE):
+    if loc_unmatched and without_source_id(LOCATION_TABLE):
         names = sorted({r.values["name"] for r in loc_unmatched if r.values.get("name")})
         for chunk in _chunks(names, in_chunk):
             query = _in_query("name", chunk)
@@ -574,7 +588,7 @@ def read_candidates(
                 snapshot.candidates.append(row)
 
 
-def _any_without_source_id(client: Any, table: str) -> bool:
+def any_without_source_id(client: Any, table: str) -> bool:
     """One cheap request: does ``table`` hold any record without a source id?"""
     rows = client.query(table, f"{SOURCE_ID_FIELD}ISEMPTY", fields=["sys_id"], page_size=1)
     return any(True for _ in itertools.islice(rows, 1))

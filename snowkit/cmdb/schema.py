@@ -10,6 +10,7 @@ exact list of what an admin must add.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,8 +95,9 @@ def ensure_schema(client: Any, *, create: bool = True) -> SchemaStatus:
     """
     status = check_schema(client)
     if status.missing and create:
-        still: list[tuple[str, str]] = []
-        for table, element in status.missing:
+
+        def add(table: str, element: str) -> bool:
+            """Create one field; False when the account may not (403)."""
             body = {
                 "name": table,
                 "element": element,
@@ -106,12 +108,18 @@ def ensure_schema(client: Any, *, create: bool = True) -> SchemaStatus:
                 client.create("sys_dictionary", body)
             except Exception as exc:
                 if _is_forbidden(exc):
-                    status.denied.append((table, element))
-                    still.append((table, element))
-                    continue
+                    return False
                 raise
-            status.created.append((table, element))
-        status.missing = still
+            return True
+
+        wanted = list(status.missing)
+        with ThreadPoolExecutor(
+            max_workers=len(wanted), thread_name_prefix="snowkit-setup"
+        ) as pool:
+            outcomes = list(pool.map(lambda m: add(*m), wanted))
+        for field_name, created in zip(wanted, outcomes, strict=True):
+            (status.created if created else status.denied).append(field_name)
+        status.missing = [m for m, created in zip(wanted, outcomes, strict=True) if not created]
     if status.missing:
         why = (
             "your account may not create dictionary entries (403)"

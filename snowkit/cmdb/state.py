@@ -68,6 +68,9 @@ class SyncState:
     #: class tables probed and relationship types used (read ahead before the inventory is in)
     class_tables: list[str] = field(default_factory=list)
     rel_type_names: list[str] = field(default_factory=list)
+    #: the account our writes are stamped with (``sys_updated_by``): listings leave out what
+    #: it created and nobody touched since (``snowkit.cmdb.incremental.listing_query``)
+    updater: str = ""
     #: rows changed since loaded (not stored): a save must rewrite them
     dirty: bool = False
 
@@ -115,6 +118,7 @@ class StateStore:
             covered_children=set(head["covered_children"]),
             class_tables=head["class_tables"],
             rel_type_names=head["rel_type_names"],
+            updater=head.get("updater", ""),
         )
         for name, data in blobs:
             kind, _, part = name.partition(":")
@@ -136,6 +140,7 @@ class StateStore:
             "covered_children": sorted(state.covered_children),
             "class_tables": sorted(state.class_tables),
             "rel_type_names": sorted(state.rel_type_names),
+            "updater": state.updater,
         }
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")

@@ -21,11 +21,15 @@ RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 #: The action of a relationship create (``cmdb_rel_ci``).
 RELATE = "relate"
 #: Write answers carry the record's version, which the incremental snapshot remembers.
+#: ``sys_updated_by`` names the account the instance stamps our writes with (see
+#: ``snowkit.cmdb.incremental.listing_query``).
 RETURN_FIELDS = (
-    f"sysparm_fields=sys_id,{SOURCE_ID_FIELD},sys_updated_on,sys_mod_count"
+    f"sysparm_fields=sys_id,{SOURCE_ID_FIELD},sys_updated_on,sys_mod_count,sys_updated_by"
     "&sysparm_exclude_reference_link=true"
 )
-_RETURNED = frozenset({"sys_id", SOURCE_ID_FIELD, "sys_updated_on", "sys_mod_count"})
+_RETURNED = frozenset(
+    {"sys_id", SOURCE_ID_FIELD, "sys_updated_on", "sys_mod_count", "sys_updated_by"}
+)
 #: ErrorContext categories meaning "the instance cannot be reached now" (queue, don't fail).
 _UNREACHABLE_CATEGORIES = frozenset({"network", "circuit_open", "hibernating"})
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -37,13 +38,22 @@ def sync(
         return engine.sync(result, progress=False)
 
 
-def crash_on_audit(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The process dies after a batch committed, before its first audit line."""
+def crash_on_audit(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+    """The process dies after a batch committed, before its first audit line; returns what
+    brings the audit trail back."""
+    saved = {name: getattr(AuditTrail, name) for name in ("record", "record_many")}
 
     def die(self: AuditTrail, *args: Any, **kw: Any) -> Any:
         raise CrashSimulation("killed between the commit and the audit line")
 
-    monkeypatch.setattr(AuditTrail, "record", die)
+    for name in saved:
+        monkeypatch.setattr(AuditTrail, name, die)
+
+    def restore() -> None:
+        for name, method in saved.items():
+            monkeypatch.setattr(AuditTrail, name, method)
+
+    return restore
 
 
 def held(client: ServiceNowAPIClient) -> dict[str, dict[str, str]]:
@@ -54,11 +64,10 @@ def held(client: ServiceNowAPIClient) -> dict[str, dict[str, str]]:
 def test_a_create_committed_before_the_crash_is_audited_and_rolled_back(
     client: ServiceNowAPIClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_record = AuditTrail.record
-    crash_on_audit(monkeypatch)
+    restore = crash_on_audit(monkeypatch)
     with pytest.raises(CrashSimulation):
         sync(client, estate(), "run-crashed")
-    monkeypatch.setattr(AuditTrail, "record", real_record)
+    restore()
     landed = held(client)
     assert landed, "the first batch committed"
     assert list(read_audit(run_id="run-crashed")) == []  # the gap this closes
@@ -90,11 +99,10 @@ def test_an_update_committed_before_the_crash_keeps_its_before_image(
     _, first = sync(client, estate(), "run-1")
     assert first.status == "success", first.message
     before = {sid: row["ip_address"] for sid, row in held(client).items() if sid != "site:0"}
-    real_record = AuditTrail.record
-    crash_on_audit(monkeypatch)
+    restore = crash_on_audit(monkeypatch)
     with pytest.raises(CrashSimulation):
         sync(client, estate(ip="10.9.9."), "run-2")
-    monkeypatch.setattr(AuditTrail, "record", real_record)
+    restore()
     changed = {
         sid
         for sid, row in held(client).items()

@@ -309,12 +309,13 @@ def test_a_write_committed_just_before_a_crash_is_still_audited(
     inventory, result = drill.lab_result(
         sandbox, LabConfig(sites=1, devices_per_site=3, clients_per_site=10, seed=4)
     )
-    real_record = AuditTrail.record
+    real = {name: getattr(AuditTrail, name) for name in ("record", "record_many")}
 
     def die_on_first_audit(self: AuditTrail, *args: Any, **kw: Any) -> Any:
         raise CrashSimulation("the process dies after the batch committed, before auditing")
 
-    monkeypatch.setattr(AuditTrail, "record", die_on_first_audit)
+    for name in real:
+        monkeypatch.setattr(AuditTrail, name, die_on_first_audit)
     crashed = run_load(
         sandbox=sandbox,
         inventory=inventory,
@@ -324,7 +325,8 @@ def test_a_write_committed_just_before_a_crash_is_still_audited(
         client_options={"sleep": drill.no_sleep},
     )
     assert crashed.status == "failed"
-    monkeypatch.setattr(AuditTrail, "record", real_record)
+    for name, method in real.items():
+        monkeypatch.setattr(AuditTrail, name, method)
     rerun = run_load(
         sandbox=sandbox,
         inventory=inventory,

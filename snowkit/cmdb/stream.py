@@ -1,0 +1,302 @@
+"""Streaming apply: every write goes out as soon as what it depends on has landed.
+
+Why: sending phase by phase (locations, network gear, clients, then every relationship) leaves
+the instance's concurrency slots idle at each phase's tail and makes the links wait for the
+last client. Here one pool of ``workers`` threads sends Batch API chunks of ``batch_size``
+writes taken from a ready queue; a record joins the queue once every record it references
+(written in this run) has settled, a relationship once both its ends have. Chunks mix tables
+freely (the Batch API addresses each item on its own), records before links, so the records
+that unlock others go first.
+
+What stays the same as the phased path (``BatchRunner.run`` + ``Linker.link``):
+- each chunk is sent by ``BatchRunner.run_chunk``: intents, audit, lookups before any retry of
+  a create or link, fallbacks, the outbox once the instance is unreachable, the stop on 403;
+- a link is written only between ends that exist, never twice: links between ends that were
+  already in the CMDB are checked against the remembered state or a read of ``cmdb_rel_ci``
+  (one job started with the first writes); a record this run *created* has no links but
+  those this run makes, so links to it need no read (``RunLedger`` marks it covered);
+- a link an end of which failed is an orphan (reported); once the instance is unreachable it
+  is queued by source ids, like the phased path.
+
+A chunk goes out when it is full, or partly filled when nothing more can join it before a
+slot frees up (nothing in flight, or nothing left waiting on a dependency).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from snowkit.cmdb.batches import BatchRunner
+from snowkit.cmdb.ledger import RunLedger
+from snowkit.cmdb.linking import Linker
+from snowkit.cmdb.outbox import is_unreachable_error
+from snowkit.cmdb.plan import CREATE
+from snowkit.cmdb.progress import bar
+from snowkit.cmdb.relationships import LinkKey, LinkPlan, plan_links
+from snowkit.cmdb.report import RunReport
+from snowkit.cmdb.writes import RELATE, WriteOp
+
+
+@dataclass
+class _Waiting:
+    """Something held back until ``remaining`` of the records it needs have settled."""
+
+    remaining: int
+    op: WriteOp | None = None
+    spec: Any = None
+
+
+@dataclass
+class StreamTimings:
+    records_s: float = 0.0  #: until the last record write settled
+    total_s: float = 0.0
+
+
+@dataclass
+class _Links:
+    """What the link decisions found (the report's relationship figures)."""
+
+    plan: LinkPlan = field(default_factory=LinkPlan)
+    seen: set[LinkKey] = field(default_factory=set)
+
+
+class WriteStream:
+    """Sends record writes and relationship creates by readiness (see the module docstring)."""
+
+    def __init__(
+        self,
+        runner: BatchRunner,
+        ledger: RunLedger,
+        linker: Linker,
+        *,
+        clock: Callable[[], float],
+    ) -> None:
+        self.runner = runner
+        self.ledger = ledger
+        self.linker = linker
+        self._clock = clock
+        self._records: deque[WriteOp] = deque()
+        self._links: deque[WriteOp] = deque()
+        self._waiting: dict[str, list[_Waiting]] = {}
+        self._blocked = 0
+        self._records_left = 0
+        self._found = _Links()
+
+    # -- public ----------------------------------------------------------------------------
+    def run(
+        self,
+        ops: Sequence[WriteOp],
+        specs: Sequence[Any],
+        report: RunReport,
+        progress: bool | None,
+    ) -> StreamTimings:
+        """Write ``ops`` and link ``specs``; fills ``report.relationships``."""
+        started = self._clock()
+        timings = StreamTimings()
+        self._found.plan.wanted = len(specs)
+        self._records_left = len(ops)
+        created_here = {op.source_id for op in ops if op.action == CREATE and op.source_id}
+        landing = {op.source_id for op in ops if op.source_id}
+        self.linker.begin_links()
+        for op in ops:
+            self._hold_record(op, landing)
+        old_pairs = [s for s in specs if not self._hold_link(s, created_here)]
+        with (
+            self.runner.throttle_feed(),
+            bar(len(ops) + len(specs), "writing", enabled=progress) as pbar,
+        ):
+            self._pbar = pbar
+            self._drive(old_pairs, timings, started)
+        timings.total_s = self._clock() - started
+        self._fill(report)
+        return timings
+
+    # -- holding and releasing -------------------------------------------------------------
+    def _hold_record(self, op: WriteOp, landing: set[str]) -> None:
+        needs = {t for t in op.pending_refs.values() if t in landing and t != op.source_id}
+        if not needs:
+            self._ready_record(op)
+            return
+        self._wait_on(needs, _Waiting(len(needs), op=op))
+
+    def _hold_link(self, spec: Any, created_here: set[str]) -> bool:
+        """Hold a link whose ends are created in this run; False for one between records
+        that were already there (decided once the existing links are known)."""
+        ends = {spec.parent_source_id, spec.child_source_id} & created_here
+        if not ends:
+            return False
+        self._wait_on(ends, _Waiting(len(ends), spec=spec))
+        return True
+
+    def _wait_on(self, targets: Iterable[str], waiting: _Waiting) -> None:
+        self._blocked += 1
+        for target in targets:
+            self._waiting.setdefault(target, []).append(waiting)
+
+    def _settled(self, op: WriteOp) -> None:
+        """``op`` has its final outcome: release what waited for it."""
+        if op.action == RELATE:
+            return
+        self._records_left -= 1
+        for waiting in self._waiting.pop(op.source_id or "", ()):
+            waiting.remaining -= 1
+            if waiting.remaining:
+                continue
+            self._blocked -= 1
+            if waiting.op is not None:
+                self._ready_record(waiting.op)
+            else:
+                self._decide_link(waiting.spec)
+
+    def _ready_record(self, op: WriteOp) -> None:
+        sys_ids = self.ledger.sys_ids
+        for fld, target in list(op.pending_refs.items()):
+            sys_id = sys_ids.get(target)
+            if sys_id:
+                op.extra[fld] = sys_id
+                del op.pending_refs[fld]
+        self._records.append(op)
+
+    def _decide_link(self, spec: Any) -> None:
+        """Both ends of a link to a record created in this run have settled."""
+        if self.ledger.unreachable:
+            self.linker.queue_specs([spec])
+            self._pbar.update(1)
+            return
+        try:
+            plan = plan_links([spec], self.ledger.sys_ids, self.linker.rel_types, self._found.seen)
+        except Exception as exc:  # the type lookup could not reach the instance
+            if not is_unreachable_error(exc):
+                raise
+            self.ledger.mark_unreachable(exc)
+            self.linker.queue_specs([spec])
+            self._pbar.update(1)
+            return
+        self._take(plan)
+
+    def _take(self, plan: LinkPlan) -> None:
+        found = self._found.plan
+        found.existing += plan.existing
+        found.orphans.extend(plan.orphans)
+        for name, n in plan.unknown_types.items():
+            found.unknown_types[name] = found.unknown_types.get(name, 0) + n
+        self._pbar.update(plan.existing + len(plan.orphans) + sum(plan.unknown_types.values()))
+        for spec, body in plan.to_create:
+            self._found.seen.add((body["parent"], body["child"], body["type"]))
+            self._links.append(self.linker.op_for(spec, body))
+
+    def _decide_old_pairs(self, specs: list[Any], existing: set[LinkKey] | None) -> None:
+        self._blocked -= 1
+        if existing is None:  # the instance could not be reached: queue them
+            self.linker.queue_specs(specs)
+            self._pbar.update(len(specs))
+            return
+        self._found.seen.update(existing)
+        self._take(plan_links(specs, self.ledger.sys_ids, self.linker.rel_types, existing))
+
+    def _existing_links(self, specs: list[Any]) -> set[LinkKey] | None:
+        if self.ledger.unreachable:
+            return None
+        try:
+            self.linker.rel_types.prefetch(s.type_name for s in specs)
+            return self.linker.existing(specs)
+        except Exception as exc:
+            if not is_unreachable_error(exc):
+                raise
+            self.ledger.mark_unreachable(exc)
+            return None
+
+    def _prefetch_types(self, names: set[str]) -> None:
+        """Read the relationship types early; if the instance cannot be reached, the writes
+        find that out and each link decision queues its link."""
+        try:
+            self.linker.rel_types.prefetch(names)
+        except Exception as exc:
+            if not is_unreachable_error(exc):
+                raise
+
+    # -- sending ---------------------------------------------------------------------------
+    def _drive(self, old_pairs: list[Any], timings: StreamTimings, started: float) -> None:
+        workers = self.runner.workers
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="snowkit-sync")
+        inflight: dict[Future[Any], list[WriteOp] | None] = {}
+        try:
+            if old_pairs:
+                self._blocked += 1
+                inflight[pool.submit(self._existing_links, old_pairs)] = None
+            names = {s.type_name for s in old_pairs} | self._held_type_names()
+            if names:
+                inflight[pool.submit(self._prefetch_types, names)] = []
+            while True:
+                self._fill_slots(pool, inflight, workers)
+                if not inflight:
+                    break
+                done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    chunk = inflight.pop(fut)
+                    result = fut.result()
+                    if chunk is None:
+                        self._decide_old_pairs(old_pairs, result)
+                        continue
+                    for op in chunk:
+                        self._settled(op)
+                    if chunk:
+                        self.runner.after_batch(self._pbar, len(chunk))
+                    if self._records_left == 0 and not timings.records_s:
+                        timings.records_s = self._clock() - started
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+        if self._blocked:  # cannot happen: every record settles; guard the invariant
+            raise RuntimeError(f"{self._blocked} write(s) still waiting on a dependency")
+
+    def _held_type_names(self) -> set[str]:
+        return {w.spec.type_name for ws in self._waiting.values() for w in ws if w.spec}
+
+    def _fill_slots(
+        self, pool: ThreadPoolExecutor, inflight: dict[Future[Any], Any], workers: int
+    ) -> None:
+        size = self.runner.batch_size
+        while len(inflight) < workers:
+            ready = len(self._records) + len(self._links)
+            if not ready:
+                return
+            if ready < size and inflight and self._blocked:
+                return  # more will join this chunk when something in flight settles
+            chunk = self._take_chunk(size)
+            inflight[pool.submit(self._send, chunk)] = chunk
+
+    def _take_chunk(self, size: int) -> list[WriteOp]:
+        chunk: list[WriteOp] = []
+        for queue in (self._records, self._links):
+            while queue and len(chunk) < size:
+                chunk.append(queue.popleft())
+        return chunk
+
+    def _send(self, chunk: list[WriteOp]) -> None:
+        if self.ledger.forbidden:  # a 403 stopped the run: do not try every other batch
+            self.ledger.skip(chunk)
+            return
+        self.runner.run_chunk(chunk)
+
+    # -- report ----------------------------------------------------------------------------
+    def _fill(self, report: RunReport) -> None:
+        found, stats, ledger = self._found.plan, report.relationships, self.ledger
+        stats.wanted = found.wanted
+        stats.existing = found.existing
+        stats.orphans = len(found.orphans)
+        stats.orphan_examples = [
+            f"{s.parent_source_id} -> {s.child_source_id} ({s.type_name})"
+            for s in found.orphans[:10]
+        ]
+        for name, n in sorted(found.unknown_types.items()):
+            report.warnings.append(f"relationship type {name!r} not found: {n} link(s) skipped")
+            stats.failed += n
+        stats.created = ledger.stats.rel_created
+        stats.failed += ledger.stats.rel_failed
+        stats.queued = ledger.stats.rel_queued
