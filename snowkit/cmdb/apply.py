@@ -302,7 +302,9 @@ class SyncEngine:
         jobs += [(lambda t=t: planning.any_without_source_id(self.client, t),)
                  for t in unsourced_tables]  # fmt: skip
         jobs += [(lambda t=t: self._probe(t),) for t in tables]
-        results = planning.parallel_map(lambda fn: fn(), jobs, max(self.workers, len(jobs)))
+        # as wide as the client's connection pool (8 by default), so no connection is dropped
+        width = min(len(jobs), max(self.workers, 8))
+        results = planning.parallel_map(lambda fn: fn(), jobs, width)
         unsourced = dict(zip(unsourced_tables, results[1:3], strict=True))
         return set(tables), {t for t in results[3:] if t}, unsourced
 

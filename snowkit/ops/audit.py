@@ -65,6 +65,14 @@ machine) per checkpoint that reaches the disk, i.e. per batch (or per ``checkpoi
 records outside batches), never per record: about +5 µs per audited record at 100 records a
 batch. Batches that overlap across workers share one fsync and one anchor write.
 
+Per-record CPU (the loader audits every write, under one GIL with its workers): an entry is
+encoded once (:func:`~snowkit.ops.audit_chain.encode_entry`: plain JSON-native entries skip the
+redacting copy and the JSON round trip, with byte-identical output), and
+:meth:`AuditTrail.record_many` appends a whole chunk under one lock acquisition with one
+``write``. About 10 µs per entry with ``record_many`` (12 µs with ``record``) against 21 µs for
+the original ``record`` (2-core development machine, plain 4-field records, fsync off, one
+batch; a checkpoint and anchor write per 100-entry batch add about 3 µs per entry).
+
 Layout: this module is the writer (and re-exports the rest); the format primitives are in
 :mod:`snowkit.ops.audit_chain`, the anchor in :mod:`snowkit.ops.audit_anchor`, the verifier in
 :mod:`snowkit.ops.audit_verify`.
@@ -78,7 +86,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -108,6 +116,7 @@ from snowkit.ops.audit_chain import (
     canonical,
     checkpoint_mac,
     default_key_file,
+    encode_entry,
     entry_hash,
     key_bytes,
     load_audit_key,
@@ -115,7 +124,7 @@ from snowkit.ops.audit_chain import (
 )
 from snowkit.ops.audit_verify import PROBLEMS, AuditVerification, verify_audit
 from snowkit.ops.logging import current_correlation_id, current_run_id
-from snowkit.ops.redaction import redact, secrets
+from snowkit.ops.redaction import secrets
 
 _TAIL_CHUNK = 64 * 1024
 # Room kept for the sealing checkpoint so a rotated segment stays within ``max_bytes``.
@@ -294,6 +303,9 @@ class AuditTrail:
         self._closed = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._pending_anchor: dict[str, Any] | None = None
+        #: lines waiting for one write (only inside record_many), and the state before them
+        self._buffer: list[bytes] | None = None
+        self._buffer_base: tuple[Any, ...] = ()
         self._writer_lock = _WriterLock.acquire(self.path)
         try:
             segments = audit_segments(self.path)
@@ -352,41 +364,104 @@ class AuditTrail:
         """Append one entry (redacted) and return it as written."""
         with self._lock:
             self._ensure_open()
-            body = redact(
-                {
-                    "seq": self._seq + 1,
-                    "timestamp": datetime.now(UTC).isoformat(),
-                    "run_id": run_id if run_id is not None else current_run_id(),
-                    "correlation_id": (
-                        correlation_id if correlation_id is not None else current_correlation_id()
-                    ),
-                    "actor": self.actor,
-                    "action": action,
-                    "table": table,
-                    "sys_id": sys_id,
-                    "source_id": source_id,
-                    "before": dict(before) if before is not None else None,
-                    "after": dict(after) if after is not None else None,
-                    "outcome": outcome,
-                }
+            body = self._append(
+                None,
+                action,
+                table,
+                sys_id,
+                source_id,
+                before,
+                after,
+                outcome,
+                run_id,
+                correlation_id,
             )
-            # Round-trip once so the hash covers exactly what a reader will parse back.
-            body = orjson.loads(canonical(body))
-            body["prev_hash"] = self._head
-            body["hash"] = entry_hash(body)
-            line = canonical(body) + b"\n"
-            self._rotate_if_needed(len(line))
-            self._write(line)
-            self._seq = body["seq"]
-            self._head = body["hash"]
-            if self._origin is None:
-                self._origin = self._head  # entry seq 1 names the trail in its anchor
-            self._since_checkpoint += 1
-            if self._since_checkpoint >= self.checkpoint_every:
-                self._write_checkpoint("interval")
             if self._batch_depth == 0:
                 self._sync()
             return body
+
+    def record_many(self, entries: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Append many entries at once; the file ends up exactly as after one :meth:`record`
+        per entry, in order (same lines, chain, ``interval`` checkpoints and rotation).
+
+        Each entry is a mapping of :meth:`record`'s keyword arguments: ``action``, ``table``,
+        ``sys_id`` (required), ``source_id``, ``before``, ``after``, ``outcome``, ``run_id``,
+        ``correlation_id`` (optional, same defaults: ``run_id``/``correlation_id`` come from the
+        calling thread's context). Returns the entries as written, in order.
+
+        Cheaper than a loop of :meth:`record`: one lock acquisition and one ``write`` for all
+        (a rotation in the middle flushes what precedes it into the old segment). Inside a
+        :meth:`batch` nothing is fsynced here; outside one, the entries are flushed and fsynced
+        once at the end (a loop of :meth:`record` would fsync each). No checkpoint is added
+        beyond the ``interval`` ones a loop of :meth:`record` would write.
+
+        Errors: an entry that cannot be encoded (bad arguments, a value orjson cannot encode)
+        raises after the entries before it have been written, as a loop of :meth:`record`
+        would. If the write itself fails, none of the not-yet-written entries count: the chain
+        continues from the last entry on disk.
+        """
+        with self._lock:
+            self._ensure_open()
+            written: list[dict[str, Any]] = []
+            # The context defaults, read once (they cost a context copy each): same thread,
+            # same context as a loop of record() would see.
+            context = (current_run_id(), current_correlation_id())
+            self._start_buffer()
+            try:
+                for entry in entries:
+                    written.append(self._append(context, **entry))
+            finally:
+                self._flush_buffer(stop=True)
+                if self._batch_depth == 0:
+                    self._sync()
+            return written
+
+    def _append(
+        self,
+        context: tuple[str | None, str | None] | None,
+        action: str,
+        table: str,
+        sys_id: str | None,
+        source_id: str | None = None,
+        before: Mapping[str, Any] | None = None,
+        after: Mapping[str, Any] | None = None,
+        outcome: str = "success",
+        run_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Encode, write (or buffer) and chain one entry; checkpoint at the interval.
+
+        ``context``: the caller's (run id, correlation id) if already read, else None.
+        """
+        if run_id is None:
+            run_id = context[0] if context is not None else current_run_id()
+        if correlation_id is None:
+            correlation_id = context[1] if context is not None else current_correlation_id()
+        body, line = encode_entry(
+            self._seq + 1,
+            datetime.now(UTC).isoformat(),
+            run_id,
+            correlation_id,
+            self.actor,
+            action,
+            table,
+            sys_id,
+            source_id,
+            dict(before) if before is not None else None,
+            dict(after) if after is not None else None,
+            outcome,
+            self._head,
+        )
+        self._rotate_if_needed(len(line))
+        self._write(line)
+        self._seq = body["seq"]
+        self._head = body["hash"]
+        if self._origin is None:
+            self._origin = self._head  # entry seq 1 names the trail in its anchor
+        self._since_checkpoint += 1
+        if self._since_checkpoint >= self.checkpoint_every:
+            self._write_checkpoint("interval")
+        return body
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[AuditTrail]:
@@ -450,13 +525,61 @@ class AuditTrail:
             raise AuditError(f"audit trail {self.path} is closed; open a new AuditTrail")
 
     def _write(self, line: bytes) -> None:
-        written = self._handle.write(line)
-        if written != len(line):  # raw FileIO may write short; never leave half a line
-            self._handle.write(line[written:])
+        buffer = self._buffer
+        if buffer is not None:  # record_many: written as one at the end
+            if not buffer:  # the state these lines build on, in case their write fails
+                self._buffer_base = (
+                    self._seq,
+                    self._head,
+                    self._since_checkpoint,
+                    self._prev_mac,
+                    self._pending_anchor,
+                    self._size,
+                    self._origin,
+                )
+            buffer.append(line)
+            self._size += len(line)
+            return
+        self._write_now(line)
         self._size += len(line)
+
+    def _write_now(self, data: bytes) -> None:
+        written = self._handle.write(data)
+        if written != len(data):  # raw FileIO may write short; never leave half a line
+            self._handle.write(data[written:])
         self._dirty = True
 
+    def _start_buffer(self) -> None:
+        """Buffer lines from here on (:meth:`_write` keeps the state they build on: if their
+        write fails, the chain continues from what is on disk, as after a failed
+        :meth:`record`)."""
+        self._buffer = []
+
+    def _flush_buffer(self, *, stop: bool = False) -> None:
+        """Write the buffered lines with one ``write`` (and keep buffering unless ``stop``)."""
+        lines = self._buffer
+        if lines is None:
+            return
+        self._buffer = None
+        if lines:
+            try:
+                self._write_now(b"".join(lines))
+            except BaseException:
+                (
+                    self._seq,
+                    self._head,
+                    self._since_checkpoint,
+                    self._prev_mac,
+                    self._pending_anchor,
+                    self._size,
+                    self._origin,
+                ) = self._buffer_base
+                raise
+        if not stop:
+            self._start_buffer()
+
     def _sync(self, force: bool = False, *, anchor: bool = True) -> None:
+        self._flush_buffer()  # buffered lines reach the file before any flush or fsync
         if self._dirty or force:
             self._handle.flush()
             if self.fsync:

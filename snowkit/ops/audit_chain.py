@@ -1,8 +1,13 @@
 """The audit trail's on-disk format, shared by the writer and the verifier.
 
-Canonical bytes, the entry hash, the checkpoint HMAC, the key, the rotated segments and a
-tolerant reader live here, so ``audit.py`` (append) and ``audit_verify.py`` (check) cannot drift
-apart on what a valid line is. The format itself is described in :mod:`snowkit.ops.audit`.
+Canonical bytes, the entry hash, the entry encoder, the checkpoint HMAC, the key, the rotated
+segments and a tolerant reader live here, so ``audit.py`` (append) and ``audit_verify.py``
+(check) cannot drift apart on what a valid line is. The format itself is described in
+:mod:`snowkit.ops.audit`.
+
+:func:`encode_entry` runs once per audited write, so it has a fast path for plain entries; it
+must produce the very bytes of the reference algorithm (redact, JSON round trip, hash, encode),
+which ``tests/ops/test_audit_fast.py`` keeps a verbatim copy of and compares against.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ import orjson
 from pydantic import SecretStr
 
 from snowkit import paths
-from snowkit.ops.redaction import secrets
+from snowkit.ops.redaction import plain_json, redact, secrets
+
+_JSON_SCALARS = frozenset({str, int, bool, type(None)})
 
 GENESIS_HASH = "0" * 64
 KEY_ENV = "SNOWKIT_AUDIT_KEY"
@@ -46,6 +53,84 @@ def entry_hash(entry: Mapping[str, Any]) -> str:
     """SHA-256 over the canonical entry without its ``hash`` field."""
     body = {k: v for k, v in entry.items() if k != "hash"}
     return hashlib.sha256(canonical(body)).hexdigest()
+
+
+def encode_entry(
+    seq: int,
+    timestamp: str,
+    run_id: Any,
+    correlation_id: Any,
+    actor: Any,
+    action: Any,
+    table: Any,
+    sys_id: Any,
+    source_id: Any,
+    before: Any,
+    after: Any,
+    outcome: Any,
+    prev_hash: str,
+) -> tuple[dict[str, Any], bytes]:
+    """One entry, redacted and hashed: (the entry as a reader parses it back, its line).
+
+    The line is ``canonical(entry)`` and ``entry["hash"] = entry_hash(entry)``, where the
+    entry is ``redact(fields)`` round-tripped through JSON, plus ``prev_hash``. That reference
+    algorithm (:func:`_encode_entry_reference`) costs a redacting deep copy, a regex per
+    string, an encode/decode round trip and three encodings; it remains the path for anything
+    unusual. The usual entry (JSON-native values, no secret-like key, no registered secret in
+    it) takes a fast path with the same bytes: the round trip is then the identity and
+    redaction a no-op, so the fields are encoded as they are, once. The sorted top-level keys
+    split around ``hash`` (``action``..``correlation_id`` < ``hash`` < ``outcome``..
+    ``timestamp``), so the hashed bytes and the line are joined from two encoded halves.
+    """
+    low = {
+        "action": action,
+        "actor": actor,
+        "after": after,
+        "before": before,
+        "correlation_id": correlation_id,
+    }
+    high = {
+        "outcome": outcome,
+        "prev_hash": prev_hash,
+        "run_id": run_id,
+        "seq": seq,
+        "source_id": source_id,
+        "sys_id": sys_id,
+        "table": table,
+        "timestamp": timestamp,
+    }
+    scalars = (action, actor, correlation_id, outcome, prev_hash, run_id, seq, source_id)
+    if (
+        _JSON_SCALARS.issuperset(map(type, scalars))
+        and type(sys_id) in _JSON_SCALARS
+        and type(table) in _JSON_SCALARS
+        and type(timestamp) in _JSON_SCALARS
+        and plain_json(after)
+        and plain_json(before)
+    ):
+        head = canonical(low)[:-1]
+        tail = canonical(high)[1:]
+        hashed = head + b"," + tail
+        if not secrets.occurs_in_json(hashed):
+            digest = hashlib.sha256(hashed).hexdigest()
+            line = b"".join((head, b',"hash":"', digest.encode("ascii"), b'",', tail, b"\n"))
+            low.update(high)
+            low["hash"] = digest
+            return low, line
+    return _encode_entry_reference(low, high)
+
+
+def _encode_entry_reference(
+    low: dict[str, Any], high: dict[str, Any]
+) -> tuple[dict[str, Any], bytes]:
+    """The reference algorithm: redact, round-trip, chain, hash, encode."""
+    prev_hash = high.pop("prev_hash")
+    body = redact({**low, **high})
+    # Round-trip once so the hash covers exactly what a reader will parse back.
+    body = orjson.loads(canonical(body))
+    body["prev_hash"] = prev_hash
+    body["hash"] = entry_hash(body)
+    return body, canonical(body) + b"\n"
 
 
 def checkpoint_mac(checkpoint: Mapping[str, Any], key: bytes) -> str:
@@ -161,6 +246,7 @@ __all__ = [
     "canonical",
     "checkpoint_mac",
     "default_key_file",
+    "encode_entry",
     "entry_hash",
     "key_bytes",
     "load_audit_key",

@@ -4,8 +4,16 @@ Two complementary rules: values under secret-like keys are masked whatever they 
 every secret value the process has read (registered in :data:`secrets`) is masked wherever it
 appears inside a string (messages, URLs, formatted tracebacks). structlog deliberately ships no
 redactor, and the generic scrubbers on PyPI only know key rules, so this is ours. It runs on
-every log line, so it is built to be cheap: one precompiled regex, rebuilt only on register(),
-and a short-circuit when nothing is registered.
+every log line and every audited record, so it is built to be cheap: one precompiled regex,
+rebuilt only on register(); a short-circuit when nothing is registered; strings shorter than
+the shortest registered secret are never searched; keys already known not to name a secret
+skip the key rule (:data:`_PLAIN_KEYS`).
+
+For JSON writers that hash what they write (the audit trail) there is a cheaper question than
+"redact this": :func:`plain_json` (is it JSON-native, with nothing under a secret-like key?)
+plus :meth:`SecretRegistry.occurs_in_json` (does any registered value occur in its encoded
+bytes?). When both say no, :func:`redact` would return an equal copy, so the writer may encode
+the original as is and skip the copy, the per-string regex and the decode/encode round trip.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
 from pydantic import SecretStr
 
 MASK = "***"
@@ -51,6 +60,9 @@ _MIN_SECRET_LENGTH = 4
 
 _KEY_CACHE: dict[str, bool] = {}
 _KEY_CACHE_LIMIT = 4096
+#: String keys known *not* to name a secret (bounded like the cache). A dict whose keys are
+#: all in here needs no per-key check: one C-level ``issuperset`` replaces a call per key.
+_PLAIN_KEYS: set[str] = set()
 
 
 def is_secret_key(key: object) -> bool:
@@ -62,6 +74,8 @@ def is_secret_key(key: object) -> bool:
         cached = key.lower().replace("-", "_") in SECRET_KEYS
         if len(_KEY_CACHE) < _KEY_CACHE_LIMIT:  # log keys repeat; bound it anyway
             _KEY_CACHE[key] = cached
+            if not cached and type(key) is str:
+                _PLAIN_KEYS.add(key)
     return cached
 
 
@@ -75,7 +89,14 @@ class SecretRegistry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._values: set[str] = set()
-        self._pattern: re.Pattern[str] | None = None
+        # (pattern, length of the shortest value, each value as it appears inside an orjson
+        # string or None when one is not encodable), swapped as one so a reader never pairs a
+        # new pattern with an old minimum length.
+        self._state: tuple[re.Pattern[str] | None, int, tuple[bytes, ...] | None] = (None, 0, ())
+
+    @property
+    def _pattern(self) -> re.Pattern[str] | None:
+        return self._state[0]
 
     def register(self, value: str | SecretStr | None) -> None:
         """Remember a secret value so every later sink masks it."""
@@ -103,13 +124,14 @@ class SecretRegistry:
             self._values |= new
             # Longest first so a secret containing another is masked whole.
             ordered = sorted(self._values, key=len, reverse=True)
-            self._pattern = re.compile("|".join(re.escape(v) for v in ordered))
+            pattern = re.compile("|".join(re.escape(v) for v in ordered))
+            self._state = (pattern, len(ordered[-1]), _json_needles(ordered))
 
     def clear(self) -> None:
         """Forget every value (tests only)."""
         with self._lock:
             self._values.clear()
-            self._pattern = None
+            self._state = (None, 0, ())
 
     def __len__(self) -> int:
         return len(self._values)
@@ -119,10 +141,25 @@ class SecretRegistry:
 
     def mask(self, text: str) -> str:
         """Replace every registered value inside ``text`` with ``***``."""
-        pattern = self._pattern
-        if pattern is None or not text:
+        pattern, min_length, _ = self._state
+        if pattern is None or not text or len(text) < min_length:
             return text
         return pattern.sub(MASK, text)
+
+    def occurs_in_json(self, data: bytes) -> bool:
+        """Whether a registered value may occur inside a string of the orjson document ``data``.
+
+        Never a false "no": JSON escapes character by character, so a string containing a
+        secret encodes to bytes containing the secret's encoding. A "yes" may be false (a match
+        across a key, or a non-redacted field); callers then take the full :func:`redact` path.
+        """
+        needles = self._state[2]
+        if needles is None:
+            return True
+        for needle in needles:  # noqa: SIM110 - no generator per call: this runs per record
+            if needle in data:
+                return True
+        return False
 
     def __repr__(self) -> str:  # never show the values
         return f"SecretRegistry({len(self._values)} values)"
@@ -140,7 +177,8 @@ def redact(obj: Any, registry: SecretRegistry | None = None) -> Any:
     unchanged (the renderer decides how to print them).
     """
     reg = registry if registry is not None else secrets
-    return _redact(obj, reg._pattern)
+    pattern, min_length, _ = reg._state
+    return _redact(obj, pattern, min_length)
 
 
 def redact_text(text: str, registry: SecretRegistry | None = None) -> str:
@@ -148,26 +186,82 @@ def redact_text(text: str, registry: SecretRegistry | None = None) -> str:
     return (registry if registry is not None else secrets).mask(text)
 
 
+def _json_needles(values: Iterable[str]) -> tuple[bytes, ...] | None:
+    """Each value's bytes inside an orjson string (None when one cannot be encoded)."""
+    try:
+        return tuple(orjson.dumps(v)[1:-1] for v in values)
+    except (TypeError, orjson.JSONEncodeError):  # e.g. a lone surrogate
+        return None
+
+
 _SCALARS = frozenset({int, float, bool, type(None)})
+_JSON_SCALARS = frozenset({str, int, bool, type(None)})
+_PLAIN_KEYS_LIMIT = _KEY_CACHE_LIMIT
 
 
-def _redact(obj: Any, pattern: re.Pattern[str] | None) -> Any:
+def plain_json(obj: Any) -> bool:
+    """True when ``obj`` is JSON-native and carries no value under a secret-like key.
+
+    JSON-native: exactly ``dict`` (with ``str`` keys), ``list``, ``str``, ``int``, ``bool``,
+    ``None`` and finite ``float``, so ``orjson.loads(orjson.dumps(obj)) == obj`` with the same
+    types. Such an object only needs the registered-value check to be known redacted
+    (:meth:`SecretRegistry.occurs_in_json` on its encoding). Anything else (tuples, subclasses,
+    datetimes, ``SecretStr``, NaN, int keys) is False: take the :func:`redact` path.
+    """
+    kind = type(obj)
+    if kind is dict:
+        if not _PLAIN_KEYS.issuperset(obj):
+            for key, value in obj.items():
+                if type(key) is not str:
+                    return False
+                if is_secret_key(key):
+                    if value is not None:
+                        return False
+                elif len(_PLAIN_KEYS) < _PLAIN_KEYS_LIMIT:
+                    _PLAIN_KEYS.add(key)
+        values: Iterable[Any] = obj.values()
+    elif kind is list:
+        values = obj
+    elif kind in _JSON_SCALARS:
+        return True
+    elif kind is float:
+        return obj - obj == 0.0  # False for inf and nan
+    else:
+        return False
+    for value in values:
+        kind = type(value)
+        if kind in _JSON_SCALARS:
+            continue
+        if kind is float:
+            if value - value != 0.0:
+                return False
+        elif not plain_json(value):
+            return False
+    return True
+
+
+def _redact(obj: Any, pattern: re.Pattern[str] | None, min_length: int = 0) -> Any:
     kind = type(obj)
     if kind is str:
-        return pattern.sub(MASK, obj) if pattern is not None and obj else obj
+        return pattern.sub(MASK, obj) if pattern is not None and len(obj) >= min_length else obj
     if kind in _SCALARS:
         return obj
     if isinstance(obj, str):
         return pattern.sub(MASK, obj) if pattern is not None and obj else obj
     if isinstance(obj, dict):
+        if _PLAIN_KEYS.issuperset(obj):  # no key names a secret: only the values matter
+            return {
+                k: (v if type(v) in _SCALARS else _redact(v, pattern, min_length))
+                for k, v in obj.items()
+            }
         return {
-            k: (MASK if v is not None and is_secret_key(k) else _redact(v, pattern))
+            k: (MASK if v is not None and is_secret_key(k) else _redact(v, pattern, min_length))
             for k, v in obj.items()
         }
     if isinstance(obj, list):
-        return [_redact(v, pattern) for v in obj]
+        return [_redact(v, pattern, min_length) for v in obj]
     if isinstance(obj, tuple):
-        return tuple(_redact(v, pattern) for v in obj)
+        return tuple(_redact(v, pattern, min_length) for v in obj)
     if isinstance(obj, SecretStr):
         return MASK
     if isinstance(obj, bytes) and pattern is not None:
@@ -185,6 +279,7 @@ __all__ = [
     "SECRET_KEYS",
     "SecretRegistry",
     "is_secret_key",
+    "plain_json",
     "redact",
     "redact_text",
     "secrets",

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from snowkit import paths
 from snowkit.cmdb import incremental
 from snowkit.cmdb.state import StateStore, SyncState
+from snowkit.credentials import CredentialManager
 from snowkit.ops.audit import read_audit
 from snowkit.sandbox import Sandbox
 from snowkit.servicenow import ServiceNowAPIClient
+
+from .conftest import make_client
 
 
 @pytest.fixture
@@ -283,3 +289,110 @@ def test_estates_above_the_limit_keep_no_state(client) -> None:
     assert sync(limit=2).applied["batches"] == 0  # read in full, still nothing to write
     assert store.load("k") is None  # and what was remembered is dropped, not left to age
     store.close()
+
+
+# -- narrowed listings: our own untouched creates are left out --------------------------------
+
+OTHER_USER, OTHER_PASSWORD = "jdoe", "another-account-pw"
+
+
+@pytest.fixture
+def shared_sandbox() -> Iterator[Sandbox]:
+    """A sandbox where a second account (someone else) edits the CMDB too."""
+    with Sandbox.start(users={OTHER_USER: OTHER_PASSWORD}) as sb:
+        yield sb
+
+
+def someone_else(sb: Sandbox) -> ServiceNowAPIClient:
+    creds = CredentialManager.static(basic=(OTHER_USER, OTHER_PASSWORD))
+    return ServiceNowAPIClient(sb.url, creds, verify=str(sb.ca_path), sleep=lambda s: None)
+
+
+def remembered_state() -> SyncState:
+    store = StateStore()
+    try:
+        (state,) = [store.load(k) for (k,) in store._conn.execute("SELECT DISTINCT instance FROM meta")
+                    if store.load(k) is not None]  # fmt: skip
+        return state
+    finally:
+        store.close()
+
+
+def test_the_narrowed_listing_query() -> None:
+    since = "2001-01-01 10:00:00"
+    plain = "u_unifi_source_idISNOTEMPTY^sys_updated_on>=2001-01-01 10:00:00"
+    assert incremental.listing_query("ci", since) == plain
+    assert incremental.listing_query("ci", None) == "u_unifi_source_idISNOTEMPTY"
+    narrowed = incremental.listing_query("ci", since, "svc.snowkit", "abc")
+    assert narrowed.split("^NQ") == [
+        plain + "^sys_updated_by!=svc.snowkit",
+        plain + "^sys_updated_by=svc.snowkit^sys_mod_count>0",
+        plain + "^sys_id=abc",
+    ]
+    assert incremental.listing_query("rel", since, "svc") == (
+        "sys_updated_on>=2001-01-01 10:00:00^sys_updated_by!=svc"
+        "^NQsys_updated_on>=2001-01-01 10:00:00^sys_updated_by=svc^sys_mod_count>0"
+    )
+
+
+@given(st.text(max_size=30))
+def test_any_account_name_gives_a_safe_listing(me: str) -> None:
+    """A name the encoded query cannot carry lists everything instead of breaking the query."""
+    since = "2001-01-01 10:00:00"
+    query = incremental.listing_query("ci", since, me)
+    plain = incremental.listing_query("ci", since)
+    assert query == plain or query.startswith(f"{plain}^sys_updated_by!={me}^NQ")
+
+
+def test_a_narrowed_listing_needs_its_canary() -> None:
+    state = remembered(A="2001-01-01 10:00:05|0", B="2001-01-01 08:00:00|0")
+    state.updater = "svc"
+    assert refresh(state, [], 2) is not None  # the canary (A) did not come back
+    client = ScriptedClient({"cmdb_ci": [ci_row("A", "2001-01-01 10:00:05", 0)]},
+                            {"cmdb_ci": 2, "cmn_location": 0})  # fmt: skip
+    listings, _ = incremental.list_changes(client, state, workers=1, kinds=("ci", "loc"))
+    assert "sys_id=A" in client.queries[0][1] and "sys_updated_by!=svc" in client.queries[0][1]
+    assert incremental.refresh_records(client, state, listings, [], set(), workers=1) is None
+
+
+def test_a_back_to_back_rerun_lists_none_of_its_own_writes(shared_sandbox: Sandbox, load) -> None:
+    load(shared_sandbox)
+    state = remembered_state()
+    assert state.updater == "admin"
+    since = incremental.cut(state.watermarks["ci"])
+    canary = incremental.canary_for(state.versions["ci"], since)
+    query = incremental.listing_query("ci", since, state.updater, canary)
+    with make_client(shared_sandbox) as client:
+        listed = [r["sys_id"] for r in client.query("cmdb_ci", query, fields=["sys_id"])]
+    assert listed == [canary]  # every CI was stamped in the window; only the canary comes back
+    again = load(shared_sandbox)
+    assert events(again.run_id, "incremental_snapshot")
+    assert writes_sent(again.run_id) == 0
+
+
+def test_an_edit_by_someone_else_in_the_window_is_seen(shared_sandbox: Sandbox, load) -> None:
+    load(shared_sandbox)
+    with someone_else(shared_sandbox) as other:
+        ci = a_client_ci(other)
+        other.update(ci["sys_class_name"], ci["sys_id"], {"name": "edited by jdoe"})
+    again = load(shared_sandbox)
+    assert events(again.run_id, "incremental_snapshot")
+    assert again.applied["updated"] == 1
+    (entry,) = read_audit(run_id=again.run_id)
+    assert entry["sys_id"] == ci["sys_id"] and entry["before"] == {"name": "edited by jdoe"}
+
+
+def test_a_record_created_with_our_account_outside_a_run_forces_a_full_read(
+    shared_sandbox: Sandbox, load
+) -> None:
+    """A create by our own account elsewhere is left out of the listing, but not of the count."""
+    first = load(shared_sandbox)
+    with make_client(shared_sandbox) as client:
+        client.create("cmdb_ci_hardware", {"name": "by hand", "u_unifi_source_id": "unifi:x"})
+    again = load(shared_sandbox)
+    assert not events(again.run_id, "incremental_snapshot")
+    (skipped,) = events(again.run_id, "incremental_snapshot_skipped")
+    assert "deleted or unsourced" in skipped["reason"]
+    assert again.action_totals()["not_seen"] == 1
+    assert again.applied["created"] == 0
+    assert again.action_totals()["no_change"] == first.action_totals()["create"]

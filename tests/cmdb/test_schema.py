@@ -46,3 +46,48 @@ def test_check_only_mode_does_not_create(sandbox: Sandbox) -> None:
         with pytest.raises(SchemaNotReadyError, match="snowkit setup"):
             ensure_schema(client, create=False)
         assert not check_schema(client).ok
+
+
+def test_a_load_without_the_fields_stops_before_writing(sandbox: Sandbox) -> None:
+    """The schema check runs alongside the plan's first reads, yet nothing is written, and the
+    run fails with what an admin must add."""
+    from snowkit.cmdb.job import run_load
+    from snowkit.unifi import LabConfig
+
+    report = run_load(
+        sandbox=sandbox,
+        lab=LabConfig(sites=1, devices_per_site=2, clients_per_site=2, seed=1),
+        setup_schema=False,
+        progress=False,
+    )
+    assert report.status == "failed"
+    assert "snowkit setup" in report.message and "u_unifi_source_id" in report.message
+    with client_for(sandbox, "admin") as client:
+        assert client.count("cmdb_ci") == 0 and client.count("cmn_location") == 0
+
+
+def test_the_check_runs_once_whoever_asks_first() -> None:
+    import threading
+
+    from snowkit.cmdb.apply import Once
+
+    calls: list[int] = []
+    ok = Once(lambda: calls.append(1))
+    threads = [threading.Thread(target=ok) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ok()
+    assert calls == [1]
+
+    def refuse() -> None:
+        calls.append(2)
+        raise SchemaNotReadyError("missing", details={})
+
+    failing = Once(refuse)
+    for _ in range(3):
+        with pytest.raises(SchemaNotReadyError):
+            failing()
+    assert calls == [1, 2]
+    Once(None)()  # nothing to check

@@ -18,6 +18,7 @@ from snowkit.servicenow.batch import (
     assign_ids,
     chunk,
     decode_response,
+    encode_item,
     envelope,
     is_idempotent,
 )
@@ -222,3 +223,37 @@ def test_an_unreadable_batch_answer_leaves_writes_ambiguous_not_an_exception() -
     assert [r.ok for r in results] == [False, False]
     assert all(r.ambiguous for r in results)
     assert "look the records up" in results[0].error.guidance.lower()
+
+
+def _reference_encode(request: BatchRequest, item_id: str) -> tuple[dict, int]:
+    """``encode_item`` before it stopped encoding each item twice, verbatim."""
+    method = request.method.upper()
+    headers = {"Accept": "application/json", **request.headers}
+    payload: dict = {"id": item_id, "method": method, "url": request.url}
+    if request.body is not None:
+        raw = orjson.dumps(request.body)
+        headers.setdefault("Content-Type", "application/json")
+        payload["body"] = base64.b64encode(raw).decode("ascii")
+    payload["headers"] = [{"name": k, "value": v} for k, v in headers.items()]
+    return payload, len(orjson.dumps(payload)) + 1
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        BatchRequest("POST", "/api/now/table/x", body={"name": "a", "n": 1}),
+        BatchRequest("PATCH", '/api/now/table/x/abc?q="é"', body={"u": "snow ❄\n\t\\"}),
+        BatchRequest("DELETE", "/api/now/table/x/abc"),
+        BatchRequest("GET", "/api/now/table/x", headers={"X-Custom": 'q"uote'}),
+        BatchRequest("POST", "/api/now/table/x", body=[1, 2], headers={"Accept": "text/xml"}),
+        BatchRequest("POST", "/api/now/table/x", body={}, headers={"Content-Type": "a/b"}),
+        BatchRequest("post", "/api/now/table/x", body="x" * 1000, id="ï"),
+    ],
+)
+def test_encode_item_matches_the_reference(request_: BatchRequest) -> None:
+    """The size is computed without encoding the whole item: it must still be exact, and the
+    payload (key order included) what it was."""
+    item = encode_item(request_, request_.id or "7")
+    payload, size = _reference_encode(request_, request_.id or "7")
+    assert orjson.dumps(item.payload) == orjson.dumps(payload)
+    assert item.size == size == len(orjson.dumps(item.payload)) + 1

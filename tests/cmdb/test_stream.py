@@ -1,0 +1,143 @@
+"""The streaming apply: writes go out by readiness, never before what they depend on.
+
+Black-box against the embedded instance: the engine's chunks are observed on their way to the
+Batch API (``BatchRunner.run_chunk`` wrapped), and the CMDB is read back afterwards.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from snowkit.cmdb.apply import SyncEngine
+from snowkit.cmdb.transform import CMDBRecord, RelationshipSpec, TransformResult
+from snowkit.cmdb.writes import RELATE, WriteOp
+from snowkit.servicenow import ServiceNowAPIClient
+
+from .test_apply import CONNECTS, SID, estate
+
+
+class Recorder:
+    """Wraps an engine's chunk sender: every chunk as sent, and the reads the client made."""
+
+    def __init__(self, engine: SyncEngine) -> None:
+        self.chunks: list[list[tuple[str, str | None, dict[str, str], Any]]] = []
+        self.reads: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+        send, query = engine.runner.run_chunk, engine.client.query
+
+        def run_chunk(chunk: list[WriteOp]) -> None:
+            with self._lock:
+                self.chunks.append([(op.action, op.source_id, dict(op.body), op.spec)
+                                    for op in chunk])  # fmt: skip
+            send(chunk)
+
+        def recording_query(table: str, query: Any = "", *a: Any, **kw: Any) -> Iterator[dict]:
+            with self._lock:
+                self.reads.append((table, str(query)))
+            return query_fn(table, query, *a, **kw)
+
+        query_fn = query
+        engine.runner.run_chunk = run_chunk  # type: ignore[method-assign]
+        engine.client.query = recording_query  # type: ignore[method-assign]
+
+    def first_chunk_of(self) -> dict[str, int]:
+        """Source id → index of the chunk that wrote it."""
+        return {
+            sid: n
+            for n, chunk in enumerate(self.chunks)
+            for action, sid, _body, _spec in chunk
+            if action != RELATE and sid
+        }
+
+
+def run(client: ServiceNowAPIClient, result: TransformResult, **kw: Any) -> tuple[Any, Recorder]:
+    kw.setdefault("batch_size", 4)
+    kw.setdefault("workers", 3)
+    eng = SyncEngine(client, **kw)
+    rec = Recorder(eng)
+    _plan, report = eng.sync(result, progress=False)
+    assert report.status == "success", report.message
+    return report, rec
+
+
+def test_every_write_waits_for_what_it_references(client: ServiceNowAPIClient) -> None:
+    result = estate(sites=2, devices=4, clients=6)
+    report, rec = run(client, result)
+    written_in = rec.first_chunk_of()
+    records = {r.source_id: r for r in result.records}
+    for n, chunk in enumerate(rec.chunks):
+        for action, sid, body, spec in chunk:
+            if action == RELATE:
+                assert written_in[spec.parent_source_id] < n
+                assert written_in[spec.child_source_id] < n
+                continue
+            for fld, target in records[sid].references.items():
+                assert written_in[target] < n, f"{sid} sent before {target}"
+                assert body[fld], f"{sid}.{fld} sent without its sys_id"
+    assert report.relationships.created == len(result.relationships)
+    assert report.applied["created"] == len(result.records)
+
+
+def test_chunks_mix_records_and_links_and_fill_up(client: ServiceNowAPIClient) -> None:
+    result = estate(sites=3, devices=4, clients=8)  # 3 locations, 36 CIs, 33 links
+    _report, rec = run(client, result, batch_size=5, workers=1)
+    sizes = [len(c) for c in rec.chunks]
+    assert sum(sizes) == len(result.records) + len(result.relationships)
+    # the locations go alone (everything else references them), then every chunk is full
+    # but the last: links fill what the records leave
+    assert [a for a, *_ in rec.chunks[0]] == ["create"] * 3
+    assert all(s == 5 for s in sizes[1:-1]), sizes
+    kinds = [{a == RELATE for a, *_ in chunk} for chunk in rec.chunks]
+    assert {True, False} in kinds, "no chunk carried a record and a link together"
+
+
+def test_links_to_records_created_in_the_run_are_not_read_first(
+    client: ServiceNowAPIClient,
+) -> None:
+    _report, rec = run(client, estate())
+    link_reads = [q for table, q in rec.reads if table == "cmdb_rel_ci"]
+    assert link_reads == []
+    links = list(client.query("cmdb_rel_ci", "", fields=["parent", "child", "type"]))
+    keys = [(r["parent"], r["child"], r["type"]) for r in links]
+    assert len(keys) == len(set(keys)) == len(estate().relationships)
+
+
+def test_links_between_records_already_there_are_checked_once(
+    client: ServiceNowAPIClient,
+) -> None:
+    first, _ = run(client, estate())
+    again, rec = run(client, estate())
+    assert again.relationships.created == 0
+    assert again.relationships.existing == first.relationships.created
+    assert rec.chunks == []
+    assert client.count("cmdb_rel_ci") == first.relationships.created
+
+
+def test_a_link_whose_end_failed_is_an_orphan_not_a_half_link(
+    client: ServiceNowAPIClient,
+) -> None:
+    records = [
+        CMDBRecord("cmn_location", "site:x", {"name": "X"}, "location"),
+        CMDBRecord("cmdb_ci_ip_switch", "dev:ok", {"name": "ok"}, "switch", {"location": "site:x"}),
+        CMDBRecord(
+            "cmdb_ci_ip_switch", "dev:bad", {"name": "bad"}, "switch", {"location": "site:x"}
+        ),
+    ]
+    rels = [RelationshipSpec("dev:ok", "dev:bad", CONNECTS)]
+    eng = SyncEngine(client, batch_size=4, workers=2)
+    send = eng.runner.run_chunk
+
+    def refuse_bad(chunk: list[WriteOp]) -> None:  # the instance refuses dev:bad for good
+        for op in chunk:
+            if op.source_id == "dev:bad":
+                eng.ledger.fail(op, "HTTP 400: refused", 400)
+        send([op for op in chunk if op.source_id != "dev:bad"])
+
+    eng.runner.run_chunk = refuse_bad  # type: ignore[method-assign]
+    _plan, report = eng.sync(TransformResult(records=records, relationships=rels), progress=False)
+    assert report.applied["failed"] == 1
+    assert report.relationships.orphans == 1 and report.relationships.created == 0
+    assert client.count("cmdb_rel_ci") == 0
+    assert [r[SID] for r in client.query("cmdb_ci", f"{SID}=dev:ok", fields=[SID])] == ["dev:ok"]
