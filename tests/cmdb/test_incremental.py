@@ -311,8 +311,8 @@ def someone_else(sb: Sandbox) -> ServiceNowAPIClient:
 def remembered_state() -> SyncState:
     store = StateStore()
     try:
-        (state,) = [store.load(k) for (k,) in store._conn.execute("SELECT DISTINCT instance FROM meta")
-                    if store.load(k) is not None]  # fmt: skip
+        keys = [k for (k,) in store._conn.execute("SELECT DISTINCT instance FROM meta")]
+        (state,) = [s for s in map(store.load, keys) if s is not None]
         return state
     finally:
         store.close()
