@@ -43,6 +43,7 @@ from snowkit.cmdb.ledger import RunLedger
 from snowkit.cmdb.linking import Linker, forget_links
 from snowkit.cmdb.outbox import Outbox, is_unreachable_error
 from snowkit.cmdb.plan import CI_TABLE, CREATE, LOCATION_TABLE, SOURCE_ID_FIELD, Plan, PlanItem
+from snowkit.cmdb.quiet_gc import quiet_gc
 from snowkit.cmdb.relationships import RelTypeCache
 from snowkit.cmdb.report import RunReport
 from snowkit.cmdb.stream import WriteStream
@@ -54,6 +55,7 @@ from snowkit.cmdb.writes import (
     write_rank,
 )
 from snowkit.ops.logging import StructuredLogger
+from snowkit.servicenow.limiter import AdaptiveLimiter
 
 #: Records plus links above which no incremental state is kept: it lives in memory during a
 #: run (~1 KB per record), and 50,000 CIs must load within 300 MB; such estates read in full.
@@ -119,7 +121,10 @@ class SyncEngine:
         self.run_id = run_id or _new_run_id()
         self.batch_size = batch_size
         self.workers = workers
-        self.limiter = limiter
+        # without a limiter of the caller's, a fixed one: the writer pool is wider than
+        # ``workers`` (see ``snowkit.cmdb.stream``) but never more than that many sends
+        self.limiter = limiter or AdaptiveLimiter(initial=workers, minimum=workers,
+                                                  maximum=workers)  # fmt: skip
         self.logger = logger or StructuredLogger("snowkit.cmdb.sync")
         self.retire_after_days = retire_after_days
         self.max_attempts = max(1, max_attempts)
@@ -447,6 +452,20 @@ class SyncEngine:
 
         ``preflight`` (the schema check) runs before the outbox is replayed, or when there is
         nothing to replay, alongside the plan's first reads (see :meth:`plan`)."""
+        with quiet_gc():
+            return self._sync(result, dry_run, progress, verify, replay_outbox,
+                              not_seen_since, preflight)  # fmt: skip
+
+    def _sync(
+        self,
+        result: Any,
+        dry_run: bool,
+        progress: bool | None,
+        verify: bool,
+        replay_outbox: bool,
+        not_seen_since: dict[str, str] | None,
+        preflight: Callable[[], Any] | None,
+    ) -> tuple[Plan | None, RunReport]:
         report = RunReport(run_id=self.run_id, dry_run=dry_run, ire=self.ire)
         started = self._clock()
         if preflight is not None:

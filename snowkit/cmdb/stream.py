@@ -221,7 +221,10 @@ class WriteStream:
 
     # -- sending ---------------------------------------------------------------------------
     def _drive(self, old_pairs: list[Any], timings: StreamTimings, started: float) -> None:
-        workers = self.runner.workers
+        # more chunks in hand than requests in flight: while ``workers`` chunks are being sent
+        # (the limiter's cap), others journal their intents or record their outcomes, so no
+        # send waits for that local work (measured: ~25 ms of each ~120 ms chunk)
+        workers = self.runner.workers + max(2, self.runner.workers // 2)
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="snowkit-sync")
         inflight: dict[Future[Any], list[WriteOp] | None] = {}
         try:

@@ -1,0 +1,54 @@
+"""quiet_gc: long-lived objects are frozen for a load and handed back after it."""
+
+from __future__ import annotations
+
+import gc
+import threading
+
+import pytest
+
+from snowkit.cmdb.quiet_gc import quiet_gc
+
+
+def test_objects_alive_at_the_start_are_frozen_then_handed_back() -> None:
+    assert gc.get_freeze_count() == 0
+    keep = [object() for _ in range(10)]
+    with quiet_gc():
+        frozen = gc.get_freeze_count()
+        assert frozen >= len(keep)
+        with quiet_gc():  # nested: no second freeze
+            assert gc.get_freeze_count() == frozen
+        assert gc.get_freeze_count() == frozen
+    assert gc.get_freeze_count() == 0
+
+
+def test_unfrozen_even_when_the_load_fails() -> None:
+    with pytest.raises(RuntimeError), quiet_gc():
+        raise RuntimeError("the load failed")
+    assert gc.get_freeze_count() == 0
+
+
+def test_someone_elses_freeze_is_left_alone() -> None:
+    gc.freeze()
+    try:
+        before = gc.get_freeze_count()
+        with quiet_gc():
+            pass
+        assert gc.get_freeze_count() == before  # not unfrozen by us
+    finally:
+        gc.unfreeze()
+
+
+def test_cycles_made_during_the_block_are_still_collected_after() -> None:
+    collected = threading.Event()
+
+    class Node:
+        def __del__(self) -> None:
+            collected.set()
+
+    with quiet_gc():
+        a, b = Node(), Node()
+        a.other, b.other = b, a  # type: ignore[attr-defined]
+        del a, b
+    gc.collect()
+    assert collected.is_set()
