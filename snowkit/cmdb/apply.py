@@ -30,7 +30,7 @@ import threading
 import time
 from collections import ChainMap
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 from snowkit.cmdb import incremental
@@ -226,16 +226,25 @@ class SyncEngine:
         with an empty outbox (``sync`` drops the round if the outbox replays anything)."""
         if preflight is not None:
             self._preflight = Once(preflight)
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snowkit-prefetch")
+        self._prefetched = pool.submit(self._read_ahead)
+        pool.shutdown(wait=False)
+
+    def _read_ahead(self) -> tuple[incremental.SyncState | None, dict[str, Any], Any]:
+        """(state, listings, None) with a usable remembered state, else (None, {}, the first
+        round of a full read)."""
         state = self.state_store.load(self.instance_key) if self.state_store else None
         if state is not None and sum(map(len, state.rows.values())) > self.max_remembered:
             state = None
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snowkit-prefetch")
         if state is not None:
-            self._prefetched = pool.submit(lambda: (state, self._list_changes(state), None))
-        else:
-            tables = sorted(ALL_CLASS_TABLES)
-            self._prefetched = pool.submit(lambda: (None, {}, self._first_round(tables)))
-        pool.shutdown(wait=False)
+            return state, self._list_changes(state), None
+        return None, {}, self._first_round(sorted(ALL_CLASS_TABLES))
+
+    def wait_for_prefetch(self) -> None:
+        """Block until the read-ahead round is done (its outcome, errors included, is taken
+        by the plan)."""
+        if self._prefetched is not None:
+            wait([self._prefetched])
 
     def _read_cmdb(self, records: list[Any]) -> tuple[set[str], planning.CMDBSnapshot]:
         """Missing class tables and the snapshot: from the remembered state plus what changed

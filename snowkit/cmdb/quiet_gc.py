@@ -8,8 +8,10 @@ what exists at the start into the permanent generation, so collections during th
 look at what the load itself allocates; ``gc.unfreeze()`` hands everything back at the end
 (nothing is leaked: refcounting frees as usual, cycles wait until then).
 
-A process-wide setting: only the outermost ``quiet_gc`` freezes, and one that did not freeze
-never unfreezes what someone else froze.
+A process-wide setting: the outermost ``quiet_gc`` decides (it does nothing when someone else
+froze objects already, so it never unfreezes theirs); a nested one freezes again what was
+allocated since (the job freezes at its start, the sync again once the inventory is in), and
+only the outermost unfreezes.
 """
 
 from __future__ import annotations
@@ -21,21 +23,24 @@ from collections.abc import Iterator
 
 _lock = threading.Lock()
 _depth = 0
+_owner = False
 
 
 @contextlib.contextmanager
 def quiet_gc() -> Iterator[None]:
     """Freeze the objects alive now for the duration of the block (see the module docstring)."""
-    global _depth
+    global _depth, _owner
     with _lock:
         _depth += 1
-        outermost = _depth == 1 and gc.isenabled() and gc.get_freeze_count() == 0
-        if outermost:
+        if _depth == 1:
+            _owner = gc.isenabled() and gc.get_freeze_count() == 0
+        if _owner:
             gc.freeze()
     try:
         yield
     finally:
         with _lock:
             _depth -= 1
-            if outermost:
+            if _depth == 0 and _owner:
+                _owner = False
                 gc.unfreeze()
