@@ -285,7 +285,7 @@ class SyncEngine:
         missing = {t for t in tables if t in missing} | self._missing_among(set(tables) - probed)
         snapshot = planning.read_snapshot(
             self.client, records, missing_tables=missing, workers=self.workers,
-            unsourced=unsourced,
+            unsourced=unsourced, none_sourced=_fields_just_created(self._preflight.result),
         )  # fmt: skip
         if self.state_store is not None:
             self._adopt_state(incremental.state_from_full_read(snapshot, records, missing))
@@ -618,17 +618,26 @@ class Once:
         self._check = check
         self._lock = threading.Lock()
         self._error: BaseException | None = None
+        self.result: Any = None  #: what the check returned
 
-    def __call__(self) -> None:
+    def __call__(self) -> Any:
         with self._lock:
             check, self._check = self._check, None
             if check is not None:
                 try:
-                    check()
+                    self.result = check()
                 except BaseException as exc:
                     self._error = exc
         if self._error is not None:
             raise self._error
+        return self.result
+
+
+def _fields_just_created(status: Any) -> bool:
+    """The schema check created every source-id field just now: no record can carry a source
+    id yet, so reading them would return nothing (a fresh instance's first load)."""
+    created = getattr(status, "created", None)
+    return bool(created) and not getattr(status, "present", True) and not status.missing
 
 
 def _class_tables(tables: Iterable[str]) -> list[str]:

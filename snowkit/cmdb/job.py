@@ -26,8 +26,9 @@ from snowkit.cmdb.intents import IntentJournal
 from snowkit.cmdb.outbox import Outbox, is_unreachable_error
 from snowkit.cmdb.quiet_gc import quiet_gc
 from snowkit.cmdb.report import RunReport, suggestions_from
-from snowkit.cmdb.schema import ensure_schema
+from snowkit.cmdb.schema import SchemaStatus, ensure_schema
 from snowkit.cmdb.state import StateStore
+from snowkit.config import OperationalConfig
 from snowkit.ops import logging as sklog
 from snowkit.ops.audit import AuditTrail
 from snowkit.ops.errors import ConfigurationError
@@ -81,7 +82,7 @@ def start_embedded(faults: Any = None) -> Any:
 
 
 def connect(
-    instance: str = EMBEDDED,
+    instance: str | None = EMBEDDED,
     *,
     credentials: Any = None,
     metrics: MetricsCollector | None = None,
@@ -89,11 +90,21 @@ def connect(
     faults: Any = None,
     verify: bool | str | None = None,
     client_options: dict[str, Any] | None = None,
+    config: OperationalConfig | None = None,
 ) -> Connection:
-    """A client for ``instance`` ("embedded" starts the sandbox unless one is passed)."""
+    """A client for ``instance`` ("embedded" starts the sandbox unless one is passed).
+
+    ``config`` (an ``OperationalConfig``) is handed to the client, so its ``retry``,
+    ``circuit_breaker`` and ``servicenow`` timeouts apply, and to the credential manager of a
+    URL instance (``auth_order``, ``[credentials]`` references, ``ca_bundle``/``verify``).
+    ``instance=None`` means the config's ``servicenow.instance``, else embedded. Without a
+    config the client's built-in defaults apply.
+    """
     from snowkit.credentials import CredentialManager
     from snowkit.servicenow import ServiceNowAPIClient
 
+    if instance is None:
+        instance = config.servicenow.instance if config is not None else EMBEDDED
     options = dict(client_options or {})
     if metrics is not None:
         options.setdefault("metrics", metrics)
@@ -103,15 +114,15 @@ def connect(
         creds = credentials or CredentialManager.static(basic=("admin", sb.users["admin"]))
         chosen = verify if verify is not None else (str(sb.ca_path) if sb.ca_path else True)
         try:
-            client = ServiceNowAPIClient(sb.url, creds, verify=chosen, **options)
+            client = ServiceNowAPIClient(sb.url, creds, config, verify=chosen, **options)
         except Exception:
             if owns:
                 sb.stop()
             raise
         return Connection(client, sb, chosen, owns_sandbox=owns)
-    creds = credentials or CredentialManager()
+    creds = credentials or CredentialManager(config)
     chosen = verify if verify is not None else creds.verify_setting()
-    client = ServiceNowAPIClient(instance, creds, verify=chosen, **options)
+    client = ServiceNowAPIClient(instance, creds, config, verify=chosen, **options)
     return Connection(client, None, chosen)
 
 
@@ -210,7 +221,7 @@ def _run_logging(run_dir: Path, run_id: str) -> Iterator[None]:
 
 
 def run_load(
-    instance: str = EMBEDDED,
+    instance: str | None = None,
     source: str = "lab",
     lab: Any = None,
     dry_run: bool = False,
@@ -233,11 +244,13 @@ def run_load(
     incremental: bool = True,
     schema_ttl_seconds: float = SCHEMA_TTL_SECONDS,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    config: OperationalConfig | None = None,
 ) -> RunReport:
     """Run one load and return its report (also written to ``runs/<run_id>/report.json``).
 
     ``instance`` is "embedded" (start the sandbox; or pass a running ``sandbox``) or an instance
-    URL (credentials from the credential manager). ``setup_schema`` creates the source-id fields
+    URL (credentials from the credential manager); None (the default) means
+    ``config.servicenow.instance``, else "embedded". ``setup_schema`` creates the source-id fields
     when missing (default: only on the embedded instance; elsewhere a missing field stops the
     run with what an admin must add). ``on_batch`` is a hook after every batch (tests).
 
@@ -248,7 +261,15 @@ def run_load(
     ``max_attempts`` is how often a write is tried before it is reported failed (creates are
     looked up by source id before every retry); a run that ends ``partial`` on transient
     errors finishes with a rerun or a higher value (``snowkit load --max-attempts``).
+
+    ``config`` (an ``OperationalConfig``, e.g. from ``ConfigurationManager().load_configuration``)
+    configures the client: ``retry`` (attempts per HTTP request, unlike ``max_attempts``, which
+    counts attempts per write), ``circuit_breaker``, ``servicenow`` timeouts, ``auth_order`` and
+    ``ca_bundle``; secrets still come from the credential manager. Without it the client's
+    built-in defaults apply (as in the notebooks). ``workers``/``batch_size`` stay arguments.
     """
+    if instance is None:
+        instance = config.servicenow.instance if config is not None else EMBEDDED
     if max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")
     run_id = run_id or sklog.new_run_id()
@@ -282,6 +303,7 @@ def run_load(
                 faults=faults,
                 verify=verify_tls,
                 client_options=client_options,
+                config=config,
             )
             if connection.sandbox is not None:
                 report.instance = connection.sandbox.url
@@ -411,21 +433,23 @@ def _schema_preflight(
     *,
     create: bool,
     clock: Callable[[], float],
-) -> Callable[[], None]:
+) -> Callable[[], SchemaStatus | None]:
     """The schema check as the engine's preflight (it runs alongside the first reads): a
     missing field stops the run; an unreachable instance only warns (the writes are queued
     and the next run checks the schema before replaying them)."""
 
-    def check() -> None:
+    def check() -> SchemaStatus | None:
         t0 = clock()
         try:
-            ensure_schema(client, create=create)
+            status = ensure_schema(client, create=create)
             if state is not None:
                 state.schema_passed(key)
+            return status
         except Exception as exc:
             if not is_unreachable_error(exc):
                 raise
             report.warnings.append(f"schema not checked, instance unreachable: {exc}")
+            return None
         finally:
             report.timings["schema"] = round(clock() - t0, 3)
 

@@ -516,17 +516,23 @@ def read_snapshot(
     page_size: int | None = 1000,
     workers: int = 4,
     unsourced: Mapping[str, bool] | None = None,
+    none_sourced: bool = False,
 ) -> CMDBSnapshot:
     """Read what the CMDB holds for this source, plus adoption candidates (``unsourced``:
-    ``any_without_source_id`` per table, when already known).
+    ``any_without_source_id`` per table, when already known; ``none_sourced``: the source-id
+    fields did not exist before this run, so only candidates are read).
 
     - every CI and location carrying a source id (``read_sourced``: one paged query through
       ``cmdb_ci``, plus class tables for fields ``cmdb_ci`` lacks; finds not-seen and
       reclassified CIs too);
     - adoption candidates (``read_candidates``).
     """
-    rows = read_sourced(
-        client, records, missing_tables=missing_tables, page_size=page_size, workers=workers
+    rows = (
+        {}
+        if none_sourced
+        else read_sourced(
+            client, records, missing_tables=missing_tables, page_size=page_size, workers=workers
+        )
     )
     snapshot = snapshot_from_rows(rows, missing_tables, records)
     read_candidates(client, snapshot, records, in_chunk=in_chunk, page_size=page_size,

@@ -91,3 +91,30 @@ def test_the_check_runs_once_whoever_asks_first() -> None:
             failing()
     assert calls == [1, 2]
     Once(None)()  # nothing to check
+
+
+def test_right_after_creating_the_fields_no_sourced_record_is_read(sandbox: Sandbox) -> None:
+    """A field created just now holds no values: the plan skips that read (one round less on
+    a fresh instance's first load); once the fields exist, it reads them."""
+    from snowkit.cmdb.apply import SyncEngine
+    from snowkit.cmdb.transform import CMDBRecord, TransformResult
+
+    result = TransformResult(
+        records=[CMDBRecord("cmdb_ci_ip_switch", "d1", {"name": "sw"}, "switch")]
+    )
+    with client_for(sandbox, "admin") as client:
+        reads: list[str] = []
+        real = client.query
+
+        def recording(table: str, query: object = "", *a: object, **kw: object):  # type: ignore[no-untyped-def]
+            reads.append(f"{table}:{query}")
+            return real(table, query, *a, **kw)
+
+        client.query = recording  # type: ignore[method-assign]
+        sourced = "u_unifi_source_idISNOTEMPTY"
+        fresh = SyncEngine(client, workers=2).plan(result, preflight=lambda: ensure_schema(client))
+        assert fresh.counts()["create"] == 1
+        assert not [q for q in reads if sourced in q], reads
+        again = SyncEngine(client, workers=2).plan(result, preflight=lambda: ensure_schema(client))
+        assert again.counts()["create"] == 1
+        assert [q for q in reads if sourced in q]
