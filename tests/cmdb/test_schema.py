@@ -106,7 +106,7 @@ def test_right_after_creating_the_fields_no_sourced_record_is_read(sandbox: Sand
         reads: list[str] = []
         real = client.query
 
-        def recording(table: str, query: object = "", *a: object, **kw: object):  # type: ignore[no-untyped-def]
+        def recording(table: str, query: object = "", *a: object, **kw: object) -> object:
             reads.append(f"{table}:{query}")
             return real(table, query, *a, **kw)
 
