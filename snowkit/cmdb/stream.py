@@ -269,8 +269,9 @@ class WriteStream:
             ready = len(self._records) + len(self._links)
             if not ready:
                 return
-            if ready < size and inflight and self._blocked:
-                return  # more will join this chunk when something in flight settles
+            sending = any(chunk for chunk in inflight.values())
+            if ready < size and sending and self._blocked:
+                return  # more will join this chunk when a write in flight settles
             chunk = self._take_chunk(size)
             inflight[pool.submit(self._send, chunk)] = chunk
 
