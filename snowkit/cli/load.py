@@ -4,19 +4,28 @@ Thin commands over ``snowkit.cmdb``: every step lives in the library (``run_load
 ``ensure_schema``, ``Outbox``, ``rollback``) so notebooks and the CLI behave the same.
 
 Exit codes of ``load``: 0 done (or dry run), 1 failed, 3 partial (some items failed; see the
-report), 4 queued (the instance was unreachable; writes wait in the outbox).
+report), 4 queued (the instance was unreachable; writes wait in the outbox), 78 the
+configuration could not be loaded (nothing was started or written).
+
+``load`` reads the operational configuration (``snowkit.config``) when it is asked for:
+``--config``/``SNOWKIT_CONFIG`` or ``--environment``/``BEAST_ENVIRONMENT``; otherwise the
+client's built-in defaults apply, as before, and the run report notes it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from snowkit.cli.config import EX_CONFIG
+
 if TYPE_CHECKING:
+    from snowkit.config import OperationalConfig
     from snowkit.ops.audit import AuditTrail
 
 EXIT_OK = 0
@@ -25,6 +34,13 @@ DEFAULT_MAX_ATTEMPTS = 3
 EXIT_FAILED = 1
 EXIT_PARTIAL = 3
 EXIT_QUEUED = 4
+#: The configuration was asked for but is invalid (sysexits EX_CONFIG, as `snowkit config show`).
+EXIT_CONFIG = EX_CONFIG
+#: The run report's note when ``load`` ran without a configuration.
+NO_CONFIG_NOTE = (
+    "no configuration loaded (no --config, SNOWKIT_CONFIG, --environment or BEAST_ENVIRONMENT): "
+    "the client's built-in defaults applied (retry, circuit breaker, timeouts, auth order)"
+)
 _STATUS_EXIT = {
     "success": EXIT_OK,
     "dry_run": EXIT_OK,
@@ -39,9 +55,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "load",
         help="load UniFi inventory into the CMDB",
         description="Collect, transform, plan, apply, verify; writes .snowkit/runs/<run_id>/. "
-        "Exit 0 done, 1 failed, 3 partial, 4 queued in the outbox.",
+        "Exit 0 done, 1 failed, 3 partial, 4 queued in the outbox, 78 invalid configuration. "
+        "Configuration: when --config (or SNOWKIT_CONFIG) or --environment (or "
+        "BEAST_ENVIRONMENT) is given, the configuration is loaded and its retry, "
+        "circuit_breaker and servicenow settings (timeouts, auth_order, ca_bundle, instance) "
+        "configure the ServiceNow client; an invalid one stops the load with exit 78 before "
+        "anything is written. With neither, the built-in defaults apply and the run report notes "
+        "it. Credentials always come from the credential manager (SERVICENOW_* variables or "
+        "1Password references), never from values in the file.",
     )
-    _instance_arg(load)
+    load.add_argument(
+        "--instance",
+        metavar="URL|embedded",
+        default=None,
+        help="'embedded' (start the local instance) or the instance URL; overrides "
+        "servicenow.instance from the configuration (default: that, else 'embedded')",
+    )
+    load.add_argument(
+        "--config",
+        dest="config_file",
+        metavar="FILE",
+        help="configuration file, TOML, JSON or YAML (default: $SNOWKIT_CONFIG); needs an "
+        "environment (--environment or BEAST_ENVIRONMENT)",
+    )
+    load.add_argument(
+        "--environment",
+        metavar="ENV",
+        help="development, testing, staging, production or unknown (default: "
+        "$BEAST_ENVIRONMENT); each brings its defaults, e.g. testing retries no HTTP request",
+    )
     load.add_argument(
         "--source",
         default="lab",
@@ -59,7 +101,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="attempts per write before it is reported as failed (a create is looked up by "
         "source id before each retry, so retries never duplicate); default "
         f"{DEFAULT_MAX_ATTEMPTS}. Raise it when a run ends partial on transient errors "
-        "(5xx, 429); if 429s dominate, lower --workers instead",
+        "(5xx, 429); if 429s dominate, lower --workers instead. Not the configuration's "
+        "retry.max_attempts: that one is per HTTP request, inside the client, so one write may "
+        "send up to --max-attempts x retry.max_attempts requests",
     )
     load.add_argument(
         "--ire", action="store_true", help="load CIs through the IRE API (identifyreconcile)"
@@ -153,7 +197,19 @@ def _err(message: str) -> None:
 
 def _load(args: argparse.Namespace) -> int:
     from snowkit.cmdb.job import SCHEMA_TTL_SECONDS, run_load
+    from snowkit.ops.errors import ConfigurationError
     from snowkit.unifi import LabConfig
+
+    try:
+        config = load_config(args.config_file, args.environment)
+    except ConfigurationError as exc:
+        _err(f"load not started: {exc}")
+        if not (args.environment or os.environ.get("BEAST_ENVIRONMENT")):
+            _err(
+                "a configuration needs an environment: pass --environment NAME or set "
+                "BEAST_ENVIRONMENT (development, testing, staging, production or unknown)"
+            )
+        return EXIT_CONFIG
 
     lab = None
     if args.source == "lab":
@@ -168,7 +224,7 @@ def _load(args: argparse.Namespace) -> int:
             _err(f"invalid lab size: {exc}")
             return 2
     report = run_load(
-        instance=args.instance,
+        instance=args.instance,  # None: servicenow.instance from the configuration, else embedded
         source=args.source,
         lab=lab,
         dry_run=args.dry_run,
@@ -180,7 +236,9 @@ def _load(args: argparse.Namespace) -> int:
         retire_after_days=args.retire_after_days,
         incremental=not args.full_read,
         schema_ttl_seconds=0.0 if args.full_read else SCHEMA_TTL_SECONDS,
+        config=config,
     )
+    _note_configuration(report, config, args.config_file)
     if args.json:
         print(report.to_json())
     else:
@@ -189,6 +247,45 @@ def _load(args: argparse.Namespace) -> int:
     if code and report.message:
         _err(f"load {report.status}: {report.message}")
     return code
+
+
+def load_config(config_file: str | None, environment: str | None) -> OperationalConfig | None:
+    """The configuration when one is asked for, else None (built-in defaults).
+
+    Asked for: a config file (``config_file`` or ``SNOWKIT_CONFIG``) or an environment
+    (``environment`` or ``BEAST_ENVIRONMENT``). Then it must load: a ``ConfigurationError``
+    (listing every problem, never a value) propagates, e.g. for a file without an environment.
+    """
+    from snowkit.config import CONFIG_FILE_VARIABLE, ENVIRONMENT_VARIABLE, ConfigurationManager
+
+    asked = config_file or environment
+    if not (asked or os.environ.get(ENVIRONMENT_VARIABLE) or os.environ.get(CONFIG_FILE_VARIABLE)):
+        return None
+    return ConfigurationManager().load_configuration(
+        config_file=config_file or None, environment=environment or None
+    )
+
+
+def _note_configuration(report: Any, config: Any, config_file: str | None) -> None:
+    """Say in the run report (and its report.json) which configuration the run used."""
+    from pathlib import Path
+
+    from snowkit.config import CONFIG_FILE_VARIABLE
+
+    if config is None:
+        note = NO_CONFIG_NOTE
+    else:
+        source = config_file or os.environ.get(CONFIG_FILE_VARIABLE)
+        note = f"configuration loaded: environment {config.environment.value}" + (
+            f", file {source}" if source else ", no file"
+        )
+    report.notes.insert(0, note)
+    path = report.paths.get("report")
+    if path:
+        try:
+            report.write(Path(path))
+        except OSError as exc:
+            _err(f"warning: could not add the configuration note to {path}: {exc}")
 
 
 def _print_report(report: Any) -> None:
@@ -200,6 +297,9 @@ def _print_report(report: Any) -> None:
         print(f"  failed {failure.action} {failure.table} {failure.source_id}: {failure.error}")
     if len(report.failures) > 20:
         print(f"  ... and {len(report.failures) - 20} more failures (see the report)")
+    for note in report.notes[:1]:
+        if note.startswith(("configuration loaded", "no configuration")):
+            print(f"  {note}")
     for warning in report.warnings:
         print(f"  warning: {warning}")
     for tip in report.suggestions:
