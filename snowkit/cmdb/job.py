@@ -209,15 +209,18 @@ def _serve_locally(app: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _run_logging(run_dir: Path, run_id: str) -> Iterator[None]:
-    """Send the log of this run to ``runs/<run_id>/log.jsonl`` (console quiet), then back to
-    ``logs/snowkit.jsonl``."""
-    sklog.configure_logging(file_path=run_dir / "log.jsonl", console=False)
+def _run_logging(run_dir: Path, run_id: str, level: str = "INFO") -> Iterator[None]:
+    """Send the log of this run to ``runs/<run_id>/log.jsonl`` (console quiet; ``level`` from
+    the configuration's ``logging.level``), then back to ``logs/snowkit.jsonl``. The run log
+    stays JSON whatever the configured format: the analysis frames read it."""
+    sklog.configure_logging(level=level, file_path=run_dir / "log.jsonl", console=False)
     sklog.bind_run_id(run_id)
     try:
         yield
     finally:
-        sklog.configure_logging(file_path=paths.logs_dir() / "snowkit.jsonl", console=False)
+        sklog.configure_logging(
+            level=level, file_path=paths.logs_dir() / "snowkit.jsonl", console=False
+        )
 
 
 def run_load(
@@ -286,7 +289,8 @@ def run_load(
     }
     clock = time.perf_counter
     started = clock()
-    with _run_logging(run_dir, run_id), quiet_gc():
+    level = config.logging.level if config is not None else "INFO"
+    with _run_logging(run_dir, run_id, level), quiet_gc():
         log = sklog.get_logger("snowkit.cmdb.job")
         log.info("load_start", instance=report.instance, source=source, dry_run=dry_run)
         connection: Connection | None = None

@@ -23,7 +23,9 @@ from snowkit.cmdb.schema import ensure_schema
 from snowkit.credentials import CredentialManager
 from snowkit.sandbox import Sandbox
 from snowkit.servicenow import ServiceNowAPIClient
+from snowkit.unifi import LabConfig
 
+TINY_LAB = LabConfig(sites=1, devices_per_site=2, clients_per_site=2, seed=5)
 LAB = ["--lab-sites", "1", "--lab-devices", "2", "--lab-clients", "2", "--batch-size", "5"]
 CANARY = "Canary-7f3a9c-NOT-FOR-OUTPUT"
 SID = "u_unifi_source_id"
@@ -290,3 +292,24 @@ def test_help_explains_the_configuration_and_both_attempt_settings(
     text = " ".join(capsys.readouterr().out.split())
     for words in HELP_WORDS:
         assert words in text, words
+
+
+def test_the_configured_log_level_applies_to_the_run_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``logging.level = "WARNING"``: the run log keeps warnings, drops the per-request lines."""
+    from snowkit.cmdb.job import run_load
+    from snowkit.config import OperationalConfig
+
+    monkeypatch.delenv("BEAST_ENVIRONMENT", raising=False)
+    config = OperationalConfig.model_validate({"logging": {"level": "WARNING"}})
+    report = run_load(lab=TINY_LAB, config=config, progress=False)
+    assert report.status == "success", report.message
+    assert "request" not in logged_events(report.paths["log"])
+    default = run_load(lab=TINY_LAB, progress=False)
+    assert "request" in logged_events(default.paths["log"])
+
+
+def logged_events(path: str) -> list[str]:
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [json.loads(line)["event"] for line in lines]
