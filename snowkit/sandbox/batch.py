@@ -4,11 +4,15 @@ pysnc's ``update_multiple``/``delete_multiple`` and long list queries go through
 is decoded from base64, run through the same dispatcher as a top-level call (with the outer
 caller's identity), and its response is re-encoded. Items may be left unserviced on purpose
 (fault ``batch_unserviced_rate``) so clients can prove they resubmit them.
+
+The caller (``app.py``) runs the whole request in one store transaction, so a 100-item load
+commits once; each item remains its own atomic write and its own answer. This loop is on the
+per-item hot path of bulk loads, so it calls ``binascii`` directly and looks status phrases up
+in a table.
 """
 
 from __future__ import annotations
 
-import base64
 import binascii
 import time
 from collections.abc import Callable
@@ -17,7 +21,7 @@ from http import HTTPStatus
 from typing import Any
 
 
-@dataclass
+@dataclass(slots=True)
 class SubResponse:
     """What the dispatcher returns for one sub-request."""
 
@@ -72,8 +76,8 @@ def _run_item(
         for h in item.get("headers") or []
         if isinstance(h, dict)
     }
-    try:
-        body = base64.b64decode(item.get("body") or "", validate=False)
+    try:  # what base64.b64decode(validate=False) does, minus two Python-level calls
+        body = binascii.a2b_base64(item.get("body") or "")
     except (binascii.Error, ValueError, TypeError):
         response = SubResponse(400, [], b"")
         error = "The body of the request is not valid base64"
@@ -87,16 +91,19 @@ def _run_item(
     result: dict[str, Any] = {
         "id": item_id,
         "status_code": response.status,
-        "status_text": _phrase(response.status),
+        "status_text": _PHRASES.get(response.status) or _phrase(response.status),
         "headers": []
         if item.get("exclude_response_headers")
         else [{"name": k, "value": v} for k, v in response.headers],
-        "body": base64.b64encode(response.body).decode("ascii"),
+        "body": binascii.b2a_base64(response.body, newline=False).decode("ascii"),
         "execution_time": int((clock() - started) * 1000),
     }
     if error:
         result["error_message"] = error
     return result
+
+
+_PHRASES = {s.value: s.phrase for s in HTTPStatus}
 
 
 def _phrase(status: int) -> str:

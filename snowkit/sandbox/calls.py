@@ -18,7 +18,7 @@ from snowkit.sandbox.auth import Identity
 JSON_TYPE = "application/json;charset=UTF-8"
 
 
-@dataclass
+@dataclass(slots=True)
 class Call:
     """One API call after transport concerns are settled (also used for batch items)."""
 
@@ -32,7 +32,7 @@ class Call:
     top_level: bool = True
 
 
-@dataclass
+@dataclass(slots=True)
 class Reply:
     """One HTTP answer before it is written: status, extra headers, body."""
 

@@ -234,7 +234,8 @@ class FaultInjector:
         return self._roll(self._profile.ambiguous_write_rate)
 
     def should_leave_unserviced(self) -> bool:
-        return self._roll(self._profile.batch_unserviced_rate)
+        rate = self._profile.batch_unserviced_rate  # asked once per batch item: stay cheap
+        return rate > 0.0 and self._roll(rate)
 
     def check_rate_limit(self, user: str) -> RateDecision:
         """Count one request for ``user`` in the current fixed window of the rule, if any."""

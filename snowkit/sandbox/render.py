@@ -21,11 +21,15 @@ live in UTC).
 ``sysparm_fields`` picks and orders the keys; unknown names are ignored; a dot-walked name
 (``opened_by.email``) is resolved through the store and returned under its full dotted name as
 a flat key, which is where pysnc looks for it.
+
+``record_renderer`` settles everything that does not depend on the record (mode, selected
+names, their definitions, which render as the bare value) once, so rendering a page, or the
+answer to each write of a batch, pays only for the per-record part.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from snowkit.sandbox.schema import FieldDef, Schema
@@ -49,21 +53,44 @@ def render_record(
 ) -> dict[str, Any]:
     """One record as the Table API returns it. ``store`` is needed for reference display
     values and dot-walked fields; without it those display as ``""`` / are left out."""
+    return record_renderer(
+        table,
+        schema,
+        base_url=base_url,
+        display_value=display_value,
+        exclude_reference_link=exclude_reference_link,
+        fields=fields,
+        store=store,
+    )(record)
+
+
+def record_renderer(
+    table: str,
+    schema: Schema,
+    *,
+    base_url: str,
+    display_value: str = "false",
+    exclude_reference_link: bool = False,
+    fields: Sequence[str] | None = None,
+    store: Store | None = None,
+) -> Callable[[Mapping[str, str]], dict[str, Any]]:
+    """``render_record`` with these options, as a function of the record.
+
+    Everything that does not depend on the record (the mode, the selected names, their field
+    definitions, which of them render as the bare value) is settled here once, so a caller
+    rendering many records, or caching the function (the Table API does, per schema version),
+    pays only for the per-record part. Valid until the schema changes.
+    """
     mode = display_value.lower() if display_value.lower() in DISPLAY_MODES else "false"
     base = base_url.rstrip("/")
     visible = schema.fields(table) if schema.has_table(table) else {}
-    out: dict[str, Any] = {}
-    for name in _selected(record, fields):
-        if "." in name:
-            walked = _walk(record, table, name.split("."), schema, store)
-            if walked is None:
-                continue
-            value, field_def = walked
-        elif name in record:
-            value, field_def = str(record[name]), visible.get(name) or FieldDef(name)
-        else:
-            continue
-        out[name] = render_value(
+
+    def bare(field_def: FieldDef) -> bool:
+        """Whether the field renders as its value, whatever the value (see render_value)."""
+        return mode == "false" and (field_def.reference is None or exclude_reference_link)
+
+    def full(value: str, field_def: FieldDef) -> Any:
+        return render_value(
             value,
             field_def,
             mode=mode,
@@ -71,7 +98,50 @@ def render_record(
             base_url=base,
             store=store,
         )
-    return out
+
+    names = _wanted(fields)
+    if names is None:  # every key of the record, in the record's order
+        plain = frozenset(n for n, f in visible.items() if bare(f))
+        unknown_bare = mode == "false"  # a name outside the schema renders as a plain string
+
+        def render_all(record: Mapping[str, str]) -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            for name, value in record.items():
+                if name in plain:
+                    out[name] = str(value)
+                elif "." in name:
+                    walked = _walk(record, table, name.split("."), schema, store)
+                    if walked is not None:
+                        out[name] = full(walked[0], walked[1])
+                elif unknown_bare and name not in visible:
+                    out[name] = str(value)
+                else:
+                    out[name] = full(str(value), visible.get(name) or FieldDef(name))
+            return out
+
+        return render_all
+
+    steps: list[tuple[str, FieldDef | None, bool]] = []
+    for name in names:
+        if "." in name:
+            steps.append((name, None, False))
+        else:
+            field_def = visible.get(name) or FieldDef(name)
+            steps.append((name, field_def, bare(field_def)))
+
+    def render_selected(record: Mapping[str, str]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, field_def, is_bare in steps:
+            if field_def is None:
+                walked = _walk(record, table, name.split("."), schema, store)
+                if walked is not None:
+                    out[name] = full(walked[0], walked[1])
+            elif name in record:
+                value = str(record[name])
+                out[name] = value if is_bare else full(value, field_def)
+        return out
+
+    return render_selected
 
 
 def render_records(
@@ -110,12 +180,13 @@ def render_value(
     return {"display_value": display, "link": link, "value": value}
 
 
-def _selected(record: Mapping[str, str], fields: Sequence[str] | None) -> list[str]:
+def _wanted(fields: Sequence[str] | None) -> list[str] | None:
+    """The names ``sysparm_fields`` selects, de-duplicated in order; None means every field."""
     if fields is None:
-        return list(record)
+        return None
     names = [f.strip() for f in fields if f and f.strip()]
     if not names:
-        return list(record)
+        return None
     return list(dict.fromkeys(names))
 
 

@@ -3,9 +3,12 @@
 Layout (table-per-hierarchy, as on the platform): one SQLite table ``t_<root>`` per hierarchy
 root (``t_cmdb_ci`` holds every CI, ``t_task`` every incident and problem), one TEXT column per
 field any class of the hierarchy has (``NOT NULL DEFAULT ''``: values are strings, empty is
-``""``), and an ``AUTOINCREMENT`` row number that gives insertion order. Custom fields become new
-columns (``ALTER TABLE ADD COLUMN``, indexed). Wide columns beat a JSON blob here because every
-encoded-query condition then compiles to plain SQL over real, indexable columns.
+``""``), and an ``INTEGER PRIMARY KEY`` row number that gives insertion order (a new row gets
+one more than the largest present, so it sorts after every row present; ``AUTOINCREMENT``,
+which databases created before kept, only adds a ``sqlite_sequence`` write per insert and
+never reuses the numbers of deleted last rows, which order does not need). Custom fields
+become new columns (``ALTER TABLE ADD COLUMN``, indexed). Wide columns beat a JSON blob here
+because every encoded-query condition then compiles to plain SQL over real, indexable columns.
 
 Queries: ``query.parse`` gives the structure; this module compiles it to one SQL WHERE clause
 (dot-walks become correlated sub-selects, ``IN`` lists a ``json_each`` parameter, comparisons
@@ -34,21 +37,37 @@ microseconds, far below the HTTP and JSON cost per request (measured: ~5,000 lis
 ~5,000 inserts/s from 8 threads on a file database). File databases use WAL with
 ``synchronous=NORMAL``; planner statistics are refreshed every ``ANALYZE_EVERY`` writes.
 
+Cost per write: the instance runs in one process, so its CPU per write bounds how fast a
+client can load it (a 100-item Batch API request should cost a few ms, not the 55 ms of
+latency it is meant to model). Hence: ``transaction()`` lets the Batch API commit once per
+request instead of once per item (BEGIN + COMMIT were a third of an insert); each write stays
+atomic on its own inside it, a single statement needing nothing and a multi-statement write
+(an insert drawing a ``number``, a cascading delete) taking a SAVEPOINT, so one item failing
+never undoes another and what was answered as written stays written. Per (table, class) an
+``_InsertPlan`` caches what does not depend on the values (writable names, defaults, SQL text,
+the ``_get`` SELECT) until the schema version changes (a field added through sys_dictionary);
+an INSERT binds only the columns it sets; timestamps are formatted once per second; generated
+sys_ids take their random half from a PRNG seeded by ``os.urandom`` rather than a system call
+per record. Together these cut the store's CPU per insert by about 3x.
+
 Extensions beyond the contract in docs/architecture.md: ``Store(clock=..., seed=True)``,
 ``lookup()`` (cached reference reads for rendering; do not mutate what it returns),
 ``display_value()``, ``count()``, ``WriteRejected`` / ``DuplicateRecord`` (a write the platform
-refuses: HTTP should answer 400).
+refuses: HTTP should answer 400), ``transaction()``, ``list(fields=...)`` (read only the
+columns a ``sysparm_fields`` page shows).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import random
 import re
-import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -117,6 +136,8 @@ def _quote(name: str) -> str:
 
 def _as_text(value: Any) -> str:
     """Table API input → stored string: None → "", booleans → "true"/"false", {"value": v} → v."""
+    if value.__class__ is str:
+        return value
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -163,6 +184,110 @@ class _Compiled:
         self.where, self.params, self.order = where, params, order
 
 
+class _InsertPlan:
+    """What an insert into ``table`` creating a ``cls`` record needs, computed once per
+    (table, class, schema version): the writable names, the literal and computed defaults, a
+    blank record over every column of ``cls``, and INSERT statements.
+
+    An INSERT names only the columns it sets (the given fields, the defaults they leave, the
+    system fields); the others keep the column default ``''``, and constants are SQL literals.
+    Every bound value costs SQLite a copy: binding the ~25 empty columns of a wide hierarchy
+    was a third of its cost per insert. Statements are cached per tuple of given names (a
+    client sends the same names again and again), so their SQL text is built once and
+    SQLite's statement cache hits.
+    """
+
+    __slots__ = (
+        "blank",
+        "computed",
+        "get_sql",
+        "hierarchy",
+        "literal",
+        "out",
+        "root",
+        "statements",
+        "subtree",
+        "visible",
+        "writable",
+    )
+
+    def __init__(self, schema: Schema, table: str, cls: str, root: str) -> None:
+        fields = schema.fields(cls)
+        self.writable = frozenset(f for f in schema.fields(table) if not f.startswith("sys_"))
+        self.literal = {n: f.default for n, f in fields.items() if f.default and not _computed(f)}
+        self.computed = [(n, f) for n, f in fields.items() if f.default and _computed(f)]
+        self.hierarchy = schema.in_hierarchy(cls)
+        # A new record before its given values, computed defaults and system values: every
+        # column of cls in field order, "" unless a literal default or a constant fills it.
+        self.blank = dict.fromkeys(fields, "")
+        self.blank.update(self.literal)
+        self.blank["sys_mod_count"] = "0"
+        if self.hierarchy:
+            self.blank["sys_class_name"] = cls
+        self.out = None if table == cls else tuple(schema.fields(table))
+        self.root = _quote("t_" + root)
+        self.statements: dict[tuple[str, ...], _Statement] = {}
+        # Reading one record of ``table`` (``Store._get``), built here once rather than per read.
+        self.visible = tuple(schema.fields(table))
+        self.get_sql = (
+            f"SELECT {', '.join(_quote(c) for c in self.visible)} FROM {self.root} "
+            'WHERE "sys_id" = ?'
+        )
+        self.subtree = None if table == root else frozenset(schema.descendants(table))
+
+    def statement(self, given: tuple[str, ...]) -> _Statement:
+        """The INSERT for a record whose given (writable) names are ``given``, in that order.
+
+        Parameters, in order: the given values, the computed defaults, sys_id, now, user.
+        Constants (literal defaults, ``sys_mod_count``, the class) are SQL literals and ``now``
+        and ``user`` are bound once for both of their columns: every bound value costs SQLite
+        a copy.
+        """
+        found = self.statements.get(given)
+        if found is None:
+            computed = [(n, f) for n, f in self.computed if n not in given]
+            columns = [*given, *(n for n, _ in computed), "sys_id"]
+            values = [f"?{i}" for i in range(1, len(columns) + 1)]
+            now, user = f"?{len(columns) + 1}", f"?{len(columns) + 2}"
+            columns += ["sys_created_on", "sys_created_by", "sys_updated_on", "sys_updated_by"]
+            values += [now, user, now, user]
+            columns.append("sys_mod_count")
+            values.append("'0'")
+            for name, value in self.literal.items():
+                if name not in given:
+                    columns.append(name)
+                    values.append(_literal(value))
+            if self.hierarchy:
+                columns.append("sys_class_name")
+                values.append(_literal(self.blank["sys_class_name"]))
+            if len(self.statements) >= 64:  # clients sending ever new name sets: stay bounded
+                self.statements.clear()
+            found = self.statements[given] = _Statement(
+                f"INSERT INTO {self.root} ({', '.join(_quote(c) for c in columns)}) "
+                f"VALUES ({', '.join(values)})",
+                computed,
+            )
+        return found
+
+
+class _Statement:
+    """One INSERT of an ``_InsertPlan``: its SQL and the computed defaults it fills in."""
+
+    __slots__ = ("computed", "sql")
+
+    def __init__(self, sql: str, computed: list[tuple[str, FieldDef]]) -> None:
+        self.sql, self.computed = sql, computed
+
+
+def _literal(value: str) -> str:
+    """A string as an SQL literal (for schema constants: defaults and class names)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _computed(field_def: FieldDef) -> bool:
+    return field_def.default in (USER_ID_DEFAULT, NOW_DEFAULT, NUMBER_DEFAULT)
+
+
 class Store:
     """Records of every table, with the Table API's semantics (see module docstring)."""
 
@@ -171,16 +296,22 @@ class Store:
         path: str | Path = ":memory:",
         *,
         missing_tables: Iterable[str] = (),
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Callable[[], datetime] | None = None,
         seed: bool = True,
     ) -> None:
         self._schema = Schema()
-        self._clock = clock
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._wall_clock = clock is None  # then _now reads time.time(), a cheaper call
         self._lock = threading.RLock()
         self._missing: frozenset[str] = frozenset(missing_tables)
         self._lookup_cache: dict[tuple[str, str], dict[str, str] | None] = {}
         self._compiled: dict[tuple[Any, ...], _Compiled] = {}
         self._id_seq = 0
+        self._id_random = random.Random(os.urandom(16))
+        self._now_key: Any = None
+        self._now_text = ""
+        self._plans: dict[tuple[str, str], _InsertPlan] = {}
+        self._plans_version = -1
         self._writes = 0
         self._conn = sqlite3.connect(
             str(path), check_same_thread=False, isolation_level=None, cached_statements=256
@@ -216,13 +347,22 @@ class Store:
         limit: int = 10000,
         offset: int = 0,
         filters: Mapping[str, str] | None = None,
+        fields: Iterable[str] | None = None,
     ) -> tuple[list[dict[str, str]], int]:
-        """(rows of one page, number of rows matching ignoring limit/offset)."""
+        """(rows of one page, number of rows matching ignoring limit/offset).
+
+        ``fields`` (optional) names the columns the caller will read: rows then carry only
+        those of ``table``'s columns (a dotted name needs its first part), not all of them,
+        which makes a 10,000-row ``sysparm_fields`` page about twice as cheap.
+        """
         self._check(table)
         if len(parse(query).conditions()) + len(filters or {}) > SQL_CONDITION_LIMIT:
             return self._list_in_python(table, query, limit, offset, filters or {})
         compiled = self._compile(table, query, filters)
         columns = list(self._schema.fields(table))
+        if fields is not None:
+            wanted = {name.split(".", 1)[0] for name in fields}
+            columns = [c for c in columns if c in wanted] or ["sys_id"]
         root = _quote("t_" + self._schema.root(table))
         select = ", ".join(f"r.{_quote(c)}" for c in columns)
         sql = (
@@ -339,7 +479,8 @@ class Store:
 
     def insert(self, table: str, values: Mapping[str, Any], *, user: str) -> dict[str, str]:
         """Create a record; returns it with ``table``'s columns. Raises DuplicateRecord."""
-        self._check(table)
+        if table in self._missing or not self._schema.has_table(table):
+            raise TableNotFound(table)
         if (
             table == "sys_dictionary"
             and self._schema.has_table(_as_text(values.get("name")))
@@ -352,23 +493,23 @@ class Store:
                 int(as_number(_as_text(values.get("max_length"))) or 255),
             )
         with self._lock:
-            self._conn.execute("BEGIN")
-            try:
-                record = self._insert(table, values, user)
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            return record
+            cls = self._insert_class(table, values) if "sys_class_name" in values else table
+            plan = self._plans.get((table, cls))
+            if plan is None or self._plans_version != self._schema.version:
+                plan = self._plan(table, cls)
+            if not plan.computed:  # one INSERT: atomic on its own
+                return self._insert_planned(plan, cls, values, user)
+            with self._atomic():  # a number default writes _counters too
+                return self._insert_planned(plan, cls, values, user)
 
     def update(
         self, table: str, sys_id: str, values: Mapping[str, Any], *, user: str
     ) -> dict[str, str] | None:
         """Change writable fields of ``table``; None when no such record (in that subtree)."""
         self._check(table)
-        writable = self._writable(table)
-        changes = {k: _as_text(v) for k, v in values.items() if k in writable}
         with self._lock:
+            writable = self._writable(table)
+            changes = {k: _as_text(v) for k, v in values.items() if k in writable}
             current = self._get(table, sys_id)
             if current is None:
                 return None
@@ -393,15 +534,34 @@ class Store:
         with self._lock:
             if self._get(table, sys_id) is None:
                 return False
-            self._conn.execute("BEGIN")
-            try:
+            with self._atomic():
                 self._delete(table, sys_id)
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
             self._written()
             return True
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Run a sequence of calls (a Batch API request) in one SQLite transaction.
+
+        Holds the store's lock throughout, so no other thread's statement lands inside it.
+        Every write inside stays atomic on its own (a single statement, or a SAVEPOINT), so the
+        transaction is committed however the block ends: what a caller saw succeed stays
+        written, as if each call had committed by itself. Nested use joins the outer one.
+        """
+        with self._lock:
+            if self._conn.in_transaction:
+                yield
+                return
+            self._conn.execute("BEGIN")
+            try:
+                yield
+            finally:
+                try:
+                    self._conn.execute("COMMIT")
+                except sqlite3.Error:
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                    raise
 
     def add_field(
         self, table: str, element: str, internal_type: str = "string", max_length: int = 255
@@ -443,7 +603,7 @@ class Store:
         for root in self._roots():
             name = _quote("t_" + root)
             self._conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {name} (_row INTEGER PRIMARY KEY AUTOINCREMENT, "
+                f"CREATE TABLE IF NOT EXISTS {name} (_row INTEGER PRIMARY KEY, "
                 f'"sys_id" TEXT NOT NULL UNIQUE)'
             )
             self._ensure_columns(root)
@@ -488,11 +648,46 @@ class Store:
     # -- internals ----------------------------------------------------------------------------
 
     def _check(self, table: str) -> None:
-        if not self.table_exists(table):
+        if table in self._missing or not self._schema.has_table(table):
             raise TableNotFound(table)
 
     def _now(self) -> str:
-        return self._clock().astimezone(UTC).strftime(DATE_FORMAT)
+        """The current time as the platform writes it; formatted once per second, not once
+        per record (formatting was ~5% of an insert)."""
+        if self._wall_clock:
+            second: Any = int(time.time())
+            if second != self._now_key:
+                self._now_text = time.strftime(DATE_FORMAT, time.gmtime(second))
+                self._now_key = second
+            return self._now_text
+        moment = self._clock()
+        second = moment.replace(microsecond=0)
+        if second != self._now_key:
+            self._now_text = moment.astimezone(UTC).strftime(DATE_FORMAT)
+            self._now_key = second
+        return self._now_text
+
+    @contextlib.contextmanager
+    def _atomic(self) -> Iterator[None]:
+        """Make several statements one write: a transaction, or a SAVEPOINT inside one."""
+        conn = self._conn
+        if not conn.in_transaction:
+            conn.execute("BEGIN")
+            try:
+                yield
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return
+        conn.execute("SAVEPOINT snk_write")
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK TO snk_write")
+            conn.execute("RELEASE snk_write")
+            raise
+        conn.execute("RELEASE snk_write")
 
     def _written(self) -> None:
         self._lookup_cache.clear()
@@ -504,23 +699,34 @@ class Store:
 
     def _new_sys_id(self) -> str:
         """32 lowercase hex, increasing: 12 hex of milliseconds, 4 of counter, 16 random."""
-        self._id_seq = max(self._id_seq + 1, int(time.time() * 1000) << 16)
-        return f"{self._id_seq:016x}{secrets.token_hex(8)}"
+        seq = self._id_seq + 1
+        clock = int(time.time() * 1000) << 16
+        self._id_seq = seq = clock if clock > seq else seq
+        # The counter makes ids unique; the random half (a PRNG seeded from os.urandom, not a
+        # system call per record) only keeps other processes' ids apart.
+        return "%032x" % (seq << 64 | self._id_random.getrandbits(64))
 
-    def _writable(self, table: str) -> set[str]:
-        return {f for f in self._schema.fields(table) if not f.startswith("sys_")}
+    def _plan(self, table: str, cls: str) -> _InsertPlan:
+        """The cached insert plan; every cached plan is dropped when the schema changes."""
+        if self._plans_version != self._schema.version:
+            self._plans.clear()
+            self._plans_version = self._schema.version
+        plan = self._plans.get((table, cls))
+        if plan is None:
+            plan = _InsertPlan(self._schema, table, cls, self._schema.root(table))
+            self._plans[(table, cls)] = plan
+        return plan
+
+    def _writable(self, table: str) -> frozenset[str]:
+        return self._plan(table, table).writable
 
     def _get(self, table: str, sys_id: str) -> dict[str, str] | None:
-        columns = list(self._schema.fields(table))
-        root = self._schema.root(table)
-        select = ", ".join(_quote(c) for c in columns)
-        row = self._conn.execute(
-            f'SELECT {select} FROM {_quote("t_" + root)} WHERE "sys_id" = ?', (sys_id,)
-        ).fetchone()
+        plan = self._plan(table, table)
+        row = self._conn.execute(plan.get_sql, (sys_id,)).fetchone()
         if row is None:
             return None
-        record = dict(zip(columns, row, strict=True))
-        if table != root and record["sys_class_name"] not in self._schema.descendants(table):
+        record = dict(zip(plan.visible, row, strict=True))
+        if plan.subtree is not None and record["sys_class_name"] not in plan.subtree:
             return None
         return record
 
@@ -551,47 +757,55 @@ class Store:
             return self._next_number(prefix) if prefix else ""
         return default
 
-    def _insert(self, table: str, values: Mapping[str, Any], user: str) -> dict[str, str]:
+    def _insert_class(self, table: str, values: Mapping[str, Any]) -> str:
+        """The class a record inserted into ``table`` gets (``sys_class_name`` may pick one)."""
         schema = self._schema
-        cls = table
-        if schema.in_hierarchy(table):
+        if "sys_class_name" in values and schema.in_hierarchy(table):
             requested = _as_text(values.get("sys_class_name"))
             if requested in schema.descendants(table) and requested not in self._missing:
-                cls = requested
-        writable = self._writable(table)
-        given = {k: _as_text(v) for k, v in values.items() if k in writable}
+                return requested
+        return table
+
+    def _insert(self, table: str, values: Mapping[str, Any], user: str) -> dict[str, str]:
+        cls = self._insert_class(table, values)
+        return self._insert_planned(self._plan(table, cls), cls, values, user)
+
+    def _insert_planned(
+        self, plan: _InsertPlan, cls: str, values: Mapping[str, Any], user: str
+    ) -> dict[str, str]:
+        writable = plan.writable
+        given = {
+            k: v if v.__class__ is str else _as_text(v) for k, v in values.items() if k in writable
+        }
+        names = tuple(given)
+        statement = plan.statements.get(names) or plan.statement(names)
         now = self._now()
-        record: dict[str, str] = {}
-        for name, field_def in schema.fields(cls).items():
-            if name in given:
-                record[name] = given[name]
-            elif field_def.default:
-                record[name] = self._default(cls, field_def, user, now)
-        record["sys_id"] = _as_text(values.get("sys_id")) or self._new_sys_id()
-        record.update(
-            sys_created_on=now,
-            sys_created_by=user,
-            sys_updated_on=now,
-            sys_updated_by=user,
-            sys_mod_count="0",
-            sys_tags="",
+        sys_id = values.get("sys_id")
+        sys_id = (sys_id if sys_id.__class__ is str else _as_text(sys_id)) or self._new_sys_id()
+        computed = (
+            [self._default(cls, f, user, now) for _, f in statement.computed]
+            if statement.computed
+            else ()
         )
-        if schema.in_hierarchy(cls):
-            record["sys_class_name"] = cls
-        root = _quote("t_" + schema.root(table))
-        cols = ", ".join(_quote(k) for k in record)
-        marks = ", ".join("?" * len(record))
         try:
-            self._conn.execute(
-                f"INSERT INTO {root} ({cols}) VALUES ({marks})", list(record.values())
-            )
+            self._conn.execute(statement.sql, (*given.values(), *computed, sys_id, now, user))
         except sqlite3.IntegrityError:
             raise DuplicateRecord(
-                f"A record with sys_id {record['sys_id']} already exists; "
+                f"A record with sys_id {sys_id} already exists; "
                 "update it instead, or omit sys_id to get a new one"
             ) from None
         self._written()
-        return {name: record.get(name, "") for name in schema.fields(table)}
+        record = plan.blank.copy()
+        record.update(given)
+        if computed:
+            for (name, _), value in zip(statement.computed, computed, strict=True):
+                record[name] = value
+        record["sys_id"] = sys_id
+        record["sys_created_on"] = record["sys_updated_on"] = now
+        record["sys_created_by"] = record["sys_updated_by"] = user
+        if plan.out is None:
+            return record
+        return {name: record[name] for name in plan.out}
 
     def _delete(self, table: str, sys_id: str) -> None:
         root = self._schema.root(table)

@@ -3,6 +3,10 @@
 Separate from the WSGI pipeline (``app.py``) because this is where ServiceNow's observable
 behaviour lives (``sysparm_*`` options, ``X-Total-Count`` and ``Link`` paging headers, v1's 404
 on an empty list, ``X-no-response-body``), and the client's paging and write tests depend on it.
+
+Renderers are built once per (table, display options, ``sysparm_fields``, schema version) and
+cached: a Batch API request renders a hundred writes with the same options. A list with
+``sysparm_fields`` reads only those columns from the store.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from snowkit.sandbox.calls import (
     json_reply,
     not_found,
 )
-from snowkit.sandbox.render import render_record
+from snowkit.sandbox.render import record_renderer
 from snowkit.sandbox.store import Store, TableNotFound, WriteRejected
 
 DEFAULT_LIMIT = 10000
@@ -32,6 +36,8 @@ class TableAPI:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._schema = store.schema()  # the same object for the store's whole life
+        self._renderers: dict[tuple[Any, ...], Callable[[dict[str, str]], dict[str, Any]]] = {}
 
     def handle(self, call: Call, version: str | None, table: str, sys_id: str | None) -> Reply:
         """Answer ``/api/now[/v1|v2]/table/<table>[/<sys_id>]`` for any method."""
@@ -58,26 +64,40 @@ class TableAPI:
         return error_reply(405, "Method not Supported", f"{method} is not supported on this path")
 
     def _renderer(self, call: Call, table: str) -> Callable[[dict[str, str]], dict[str, Any]]:
-        """A function rendering records of ``table`` as the call's sysparm_* options ask."""
-        params = call.params
-        display = (params.get("sysparm_display_value") or "false").lower()
-        if display not in ("true", "false", "all"):
-            display = "false"
-        exclude = (params.get("sysparm_exclude_reference_link") or "").lower() == "true"
-        schema, fields = self.store.schema(), _fields(params)  # once per call, not per row
+        """A function rendering records of ``table`` as the call's sysparm_* options ask.
 
-        def render(record: dict[str, str]) -> dict[str, Any]:
-            return render_record(
-                record,
+        Cached per (table, options, base url, schema version): a Batch API request asks the
+        same options for each of its items, and building the function is most of the cost of
+        rendering one record.
+        """
+        params = call.params
+        schema = self._schema
+        key = (
+            table,
+            schema.version,
+            call.base_url,
+            params.get("sysparm_display_value"),
+            params.get("sysparm_exclude_reference_link"),
+            params.get("sysparm_fields"),
+        )
+        render = self._renderers.get(key)
+        if render is None:
+            display = (params.get("sysparm_display_value") or "false").lower()
+            if display not in ("true", "false", "all"):
+                display = "false"
+            exclude = (params.get("sysparm_exclude_reference_link") or "").lower() == "true"
+            render = record_renderer(
                 table,
                 schema,
                 base_url=call.base_url,
                 display_value=display,
                 exclude_reference_link=exclude,
-                fields=fields,
+                fields=_fields(params),
                 store=self.store,
             )
-
+            if len(self._renderers) >= 512:
+                self._renderers.clear()
+            self._renderers[key] = render
         return render
 
     def _render(self, call: Call, record: dict[str, str], table: str) -> dict[str, Any]:
@@ -98,6 +118,7 @@ class TableAPI:
             limit=limit,
             offset=offset,
             filters=filters or None,
+            fields=_fields(params),  # None (every column) when sysparm_fields is not given
         )
         headers = [("X-Total-Count", str(total))]
         suppress = (params.get("sysparm_suppress_pagination_header") or "").lower() == "true"
@@ -155,7 +176,7 @@ class TableAPI:
     ) -> Reply:
         if call.headers.get("x-no-response-body", "").lower() == "true":
             return Reply(status, b"", headers)
-        return json_reply(status, {"result": self._render(call, record, table)}, headers)
+        return json_reply(status, {"result": self._renderer(call, table)(record)}, headers)
 
     def _add_field(self, call: Call) -> Reply:
         """``POST /table/sys_dictionary``: an admin creates a column, as on a real instance."""
