@@ -230,8 +230,8 @@ def parse(query: str) -> EncodedQuery:
 
 def as_number(value: str) -> float | None:
     """The number a string spells (``"3"``, ``"-1.5e3"``), else None; strict, no spaces/inf."""
-    if _NUMBER.fullmatch(value) is None:
-        return None
+    if not (value.isascii() and value.isdigit()) and _NUMBER.fullmatch(value) is None:
+        return None  # plain ASCII digits (counts, ids: the common case) skip the regex
     number = float(value)
     return number if math.isfinite(number) else None
 

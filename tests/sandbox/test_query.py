@@ -223,3 +223,24 @@ def test_field_to_field_operators() -> None:
     assert evaluate(parse("bGT_FIELDa"), rec)  # numeric, not "10" < "5"
     assert evaluate(parse("aLT_OR_EQUALS_FIELDc"), rec)
     assert evaluate(parse("aSAMEASmissing^a=4"), rec) is False  # unknown other field: dropped
+
+
+@given(st.text(alphabet="0123456789", min_size=1, max_size=400))
+def test_plain_digit_strings_read_as_the_full_rule_reads_them(digits: str) -> None:
+    """The fast path for plain digits agrees with the strict number rule, infinity included
+    (a 400-digit string is too big for a float: not a number)."""
+    import math
+
+    from snowkit.sandbox.query import _NUMBER, as_number
+
+    assert _NUMBER.fullmatch(digits) is not None
+    expected = float(digits) if math.isfinite(float(digits)) else None
+    assert as_number(digits) == expected
+
+
+def test_other_digits_go_through_the_full_rule() -> None:
+    from snowkit.sandbox.query import as_number
+
+    assert as_number("²") is None  # a superscript is not a decimal digit
+    assert as_number("١٢") == 12.0  # Arabic-Indic digits are, as before
+    assert as_number("9" * 400) is None and as_number("12") == 12.0
