@@ -233,11 +233,14 @@ class SyncEngine:
     def _read_ahead(self) -> tuple[incremental.SyncState | None, dict[str, Any], Any]:
         """(state, listings, None) with a usable remembered state, else (None, {}, the first
         round of a full read)."""
-        state = self.state_store.load(self.instance_key) if self.state_store else None
-        if state is not None and sum(map(len, state.rows.values())) > self.max_remembered:
+        store, key = self.state_store, self.instance_key
+        state = store.load_head(key) if store else None
+        if state is not None and sum(state.counts.values()) > self.max_remembered:
             state = None
         if state is not None:
-            return state, self._list_changes(state), None
+            listings = self._list_changes(state, load_rows=lambda: store.load_rows(key, state))
+            if sum(map(len, state.rows.values())) <= self.max_remembered:
+                return state, listings, None
         return None, {}, self._first_round(sorted(ALL_CLASS_TABLES))
 
     def wait_for_prefetch(self) -> None:
@@ -322,12 +325,15 @@ class SyncEngine:
         unsourced = dict(zip(unsourced_tables, results[1:3], strict=True))
         return set(tables), {t for t in results[3:] if t}, unsourced
 
-    def _list_changes(self, state: incremental.SyncState) -> dict[str, incremental.Listing]:
-        """One round: the listings and counts, the relationship types, the preflight."""
+    def _list_changes(
+        self, state: incremental.SyncState, load_rows: Callable[[], None] | None = None
+    ) -> dict[str, incremental.Listing]:
+        """One round: the listings and counts, the relationship types, the preflight (and,
+        with ``load_rows``, the loading of the remembered rows alongside)."""
         names = list(state.rel_type_names)
         extra: list[Callable[[], Any]] = [self._preflight, lambda: self.rel_types.prefetch(names)]
         listings, _ = incremental.list_changes(
-            self.client, state, workers=self.workers, extra=extra
+            self.client, state, workers=self.workers, extra=extra, load_rows=load_rows
         )
         return listings
 
@@ -356,8 +362,9 @@ class SyncEngine:
             self._apply_in_phases(plan, report, progress)
         else:
             stream = WriteStream(self.runner, self.ledger, self.linker, clock=self._clock)
-            ops = [self._op_for(i) for i in sorted(writes, key=write_rank)]
-            took = stream.run(ops, plan.relationships, report, progress)
+            # no local name for the ops: the stream lets each go once it is sent
+            took = stream.run([self._op_for(i) for i in sorted(writes, key=write_rank)],
+                              plan.relationships, report, progress)  # fmt: skip
             report.timings["apply_records"] = round(took.records_s, 3)
             report.timings["relationships"] = round(took.total_s - took.records_s, 3)
         report.timings["apply_total"] = round(self._clock() - started, 3)
@@ -568,6 +575,7 @@ class SyncEngine:
             state.updater = self.ledger.updater()
             why = incremental.seal(self.client, state, since, ours, workers=self.workers)
         if why is None:
+            incremental.choose_canaries(state)
             store.save(self.instance_key, state, rows=state.dirty)
         else:
             self.logger.event("incremental_state_forgotten", reason=why)

@@ -34,6 +34,7 @@ version; in normal use runs are minutes apart and that window is nearly empty).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -179,18 +180,22 @@ def _list(
     client: Any,
     kind: str,
     since: str | None,
-    known: Mapping[str, str],
+    versions: Callable[[], Mapping[str, str]],
     recent_before: set[str],
     me: str = "",
+    canary: str | None = None,
 ) -> Listing:
+    """One listing; ``versions`` gives the remembered versions (it may wait for them to be
+    loaded: the request goes out first when ``canary`` is already known)."""
     out = Listing(narrowed=bool(me and since))
     if out.narrowed:
-        out.canary = canary_for(known, since)
+        out.canary = canary if canary is not None else canary_for(versions(), since)
     query = listing_query(kind, since, me if out.narrowed else "", out.canary)
     fields = ["sys_id", *VERSION_FIELDS]
     if kind == "rel":
         fields.append("sys_created_on")  # tells links created since from links changed
-    rows = client.query(_KIND_TABLE[kind], query, fields=fields, page_size=LISTING_PAGE)
+    rows = list(client.query(_KIND_TABLE[kind], query, fields=fields, page_size=LISTING_PAGE))
+    known = versions()
     newest = ""
     for row in rows:
         sys_id, version = as_str(row.get("sys_id")), version_of(row)
@@ -244,25 +249,59 @@ def list_changes(
     extra: Sequence[Callable[[], Any]] = (),
     kinds: Sequence[str] = ("ci", "loc", "rel"),
     since: Mapping[str, str | None] | None = None,
+    load_rows: Callable[[], None] | None = None,
 ) -> tuple[dict[str, Listing], list[Any]]:
     """One parallel round: a listing (since each kind's watermark, or ``since``) and a count
-    per kind, plus ``extra`` reads (e.g. the class-table probes) so they share the round."""
+    per kind, plus ``extra`` reads (e.g. the class-table probes) so they share the round.
+
+    ``load_rows`` fills ``state`` (loaded head only) with its rows and versions alongside the
+    requests: each listing compares its answer once they are in. Its canaries then come from
+    the head (``state.canaries``, set by :func:`choose_canaries` before the state was saved)."""
     marks = state.watermarks if since is None else since
-    jobs: list[tuple[Callable[[], Any]]] = []
+    loaded = threading.Event()
+    if load_rows is None:
+        loaded.set()
+
+    def load() -> None:
+        try:
+            assert load_rows is not None
+            load_rows()
+        finally:
+            loaded.set()
+
+    def versions(kind: str) -> Mapping[str, str]:
+        loaded.wait()
+        return state.versions[kind]
+
+    jobs: list[tuple[Callable[[], Any]]] = [(load,)] if load_rows is not None else []
+    first = len(jobs)
     for kind in kinds:
         start = cut(marks.get(kind))
-        known = state.versions[kind]
+        canary = state.canaries.get(kind) if since is None and load_rows is not None else None
         jobs.append(
-            (lambda k=kind, s=start, v=known: _list(client, k, s, v, state.recent, state.updater),)
+            (
+                lambda k=kind, s=start, c=canary: _list(
+                    client, k, s, lambda: versions(k), state.recent, state.updater, c
+                ),
+            )
         )
         jobs.append((lambda k=kind: _count(client, k),))
     jobs.extend((fn,) for fn in extra)
-    results = parallel_map(lambda fn: fn(), jobs, workers)
+    results = parallel_map(lambda fn: fn(), jobs, max(workers, len(jobs)))[first:]
     listings: dict[str, Listing] = {}
     for n, kind in enumerate(kinds):
         listing, listing.count = results[2 * n], results[2 * n + 1]
         listings[kind] = listing
     return listings, results[2 * len(kinds) :]
+
+
+def choose_canaries(state: SyncState) -> None:
+    """Pick, per kind, the canary the next run's listing must return (see ``Listing``)."""
+    state.canaries = {}
+    for kind in ("ci", "loc", "rel"):
+        canary = canary_for(state.versions[kind], cut(state.watermarks.get(kind)))
+        if canary:
+            state.canaries[kind] = canary
 
 
 def refresh_records(

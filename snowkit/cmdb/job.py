@@ -503,9 +503,9 @@ def _add_metric_suggestions(
     retries = sum(getattr(m, "retries", 0) for m in ops)
     server_errors = 0
     with contextlib.suppress(Exception):
-        frame = metrics.samples_frame()
-        if len(frame) and "status_code" in frame:
-            server_errors = int((frame["status_code"].fillna(0) >= 500).sum())
+        server_errors = sum(
+            1 for s in metrics.samples() if (s.get("status_code") or 0) >= 500
+        )  # fmt: skip
     report.requests = {
         "total": sum(m.total_requests for m in ops),
         "failed": sum(m.failed_requests for m in ops),

@@ -71,6 +71,9 @@ class SyncState:
     #: the account our writes are stamped with (``sys_updated_by``): listings leave out what
     #: it created and nobody touched since (``snowkit.cmdb.incremental.listing_query``)
     updater: str = ""
+    #: per kind, the remembered record a listing since the watermark must return (chosen when
+    #: saved, so a rerun can send its listings before the rows are loaded)
+    canaries: dict[str, str] = field(default_factory=dict)
     #: rows changed since loaded (not stored): a save must rewrite them
     dirty: bool = False
 
@@ -93,17 +96,37 @@ class StateStore:
     # -- the state -------------------------------------------------------------------------
     def load(self, instance: str) -> SyncState | None:
         """The remembered state of ``instance``, or None (never synced, or forgotten)."""
+        state = self.load_head(instance)
+        if state is not None:
+            self.load_rows(instance, state)
+        return state
+
+    def load_rows(self, instance: str, state: SyncState) -> None:
+        """Fill ``state`` (from :meth:`load_head`) with its rows and versions: the bulk of a
+        state, which a rerun reads while its first requests are on the wire."""
+        with self._lock:
+            blobs = self._conn.execute(
+                "SELECT kind, data FROM rows WHERE instance=?", (instance,)
+            ).fetchall()
+        for name, data in blobs:
+            kind, _, part = name.partition(":")
+            if kind == "covered":
+                covered = state.covered_parents if part == "parents" else state.covered_children
+                covered.update(orjson.loads(data))
+                continue
+            (state.versions if part == "versions" else state.rows)[kind] = orjson.loads(data)
+
+    def load_head(self, instance: str) -> SyncState | None:
+        """The remembered state without its rows and versions (watermarks, counts, canaries,
+        ...: what the first requests of a rerun need), or None."""
         with self._lock:
             meta = dict(
                 self._conn.execute(
                     "SELECT key, value FROM meta WHERE instance=?", (instance,)
                 ).fetchall()
             )
-            if "state" not in meta:
-                return None
-            blobs = self._conn.execute(
-                "SELECT kind, data FROM rows WHERE instance=?", (instance,)
-            ).fetchall()
+        if "state" not in meta:
+            return None
         head = json.loads(meta["state"])
         if head.get("format") != FORMAT:
             return None
@@ -114,15 +137,14 @@ class StateStore:
             recent=set(head["recent"]),
             missing_tables=head["missing_tables"],
             has_links=head["has_links"],
-            covered_parents=set(head["covered_parents"]),
-            covered_children=set(head["covered_children"]),
+            # stored in the head by earlier versions, in blobs since (see ``save``)
+            covered_parents=set(head.get("covered_parents", ())),
+            covered_children=set(head.get("covered_children", ())),
             class_tables=head["class_tables"],
             rel_type_names=head["rel_type_names"],
             updater=head.get("updater", ""),
+            canaries=head.get("canaries", {}),
         )
-        for name, data in blobs:
-            kind, _, part = name.partition(":")
-            (state.versions if part == "versions" else state.rows)[kind] = orjson.loads(data)
         return state
 
     def save(self, instance: str, state: SyncState, *, rows: bool = True) -> None:
@@ -136,11 +158,10 @@ class StateStore:
             "recent": sorted(state.recent),
             "missing_tables": sorted(state.missing_tables),
             "has_links": state.has_links,
-            "covered_parents": sorted(state.covered_parents),
-            "covered_children": sorted(state.covered_children),
             "class_tables": sorted(state.class_tables),
             "rel_type_names": sorted(state.rel_type_names),
             "updater": state.updater,
+            "canaries": state.canaries,
         }
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
@@ -153,6 +174,13 @@ class StateStore:
                                 "INSERT INTO rows VALUES (?, ?, ?)",
                                 (instance, f"{kind}:{part}", orjson.dumps(data[kind])),
                             )
+                    # the link coverage changes only with the rows: a blob, not the head
+                    for part, ids in (("parents", state.covered_parents),
+                                      ("children", state.covered_children)):  # fmt: skip
+                        self._conn.execute(
+                            "INSERT INTO rows VALUES (?, ?, ?)",
+                            (instance, f"covered:{part}", orjson.dumps(sorted(ids))),
+                        )
                 self._put(instance, "state", json.dumps(head))
                 self._conn.execute("COMMIT")
             except BaseException:

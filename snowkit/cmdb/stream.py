@@ -41,7 +41,7 @@ from snowkit.cmdb.report import RunReport
 from snowkit.cmdb.writes import RELATE, WriteOp
 
 
-@dataclass
+@dataclass(slots=True)
 class _Waiting:
     """Something held back until ``remaining`` of the records it needs have settled."""
 
@@ -80,7 +80,9 @@ class WriteStream:
         self.linker = linker
         self._clock = clock
         self._records: deque[WriteOp] = deque()
-        self._links: deque[WriteOp] = deque()
+        #: links ready to go, as (spec, body): their ops are made when a chunk takes them
+        #: (55,000 queued ops would cost ~20 MB at the peak of a 50,000-CI load)
+        self._links: deque[tuple[Any, dict[str, str]]] = deque()
         self._waiting: dict[str, list[_Waiting]] = {}
         self._blocked = 0
         self._records_left = 0
@@ -104,10 +106,11 @@ class WriteStream:
         self.linker.begin_links()
         for op in ops:
             self._hold_record(op, landing)
+        del ops  # held or queued now: each op is freed once its chunk is done (50,000 CIs)
         old_pairs = [s for s in specs if not self._hold_link(s, created_here)]
         with (
             self.runner.throttle_feed(),
-            bar(len(ops) + len(specs), "writing", enabled=progress) as pbar,
+            bar(self._records_left + len(specs), "writing", enabled=progress) as pbar,
         ):
             self._pbar = pbar
             self._drive(old_pairs, timings, started)
@@ -187,7 +190,7 @@ class WriteStream:
         self._pbar.update(plan.existing + len(plan.orphans) + sum(plan.unknown_types.values()))
         for spec, body in plan.to_create:
             self._found.seen.add((body["parent"], body["child"], body["type"]))
-            self._links.append(self.linker.op_for(spec, body))
+            self._links.append((spec, body))
 
     def _decide_old_pairs(self, specs: list[Any], existing: set[LinkKey] | None) -> None:
         self._blocked -= 1
@@ -277,9 +280,11 @@ class WriteStream:
 
     def _take_chunk(self, size: int) -> list[WriteOp]:
         chunk: list[WriteOp] = []
-        for queue in (self._records, self._links):
-            while queue and len(chunk) < size:
-                chunk.append(queue.popleft())
+        records, links = self._records, self._links
+        while records and len(chunk) < size:
+            chunk.append(records.popleft())
+        while links and len(chunk) < size:
+            chunk.append(self.linker.op_for(*links.popleft()))
         return chunk
 
     def _send(self, chunk: list[WriteOp]) -> None:
