@@ -103,9 +103,12 @@ def connect(
     from snowkit.credentials import CredentialManager
     from snowkit.servicenow import ServiceNowAPIClient
 
+    options = dict(client_options or {})
+    # a config among the client options (how callers passed one before ``config``) counts too
+    config = config if config is not None else options.pop("config", None)
+    options.pop("config", None)
     if instance is None:
         instance = config.servicenow.instance if config is not None else EMBEDDED
-    options = dict(client_options or {})
     if metrics is not None:
         options.setdefault("metrics", metrics)
     if instance == EMBEDDED or sandbox is not None:

@@ -313,3 +313,16 @@ def test_the_configured_log_level_applies_to_the_run_log(
 def logged_events(path: str) -> list[str]:
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     return [json.loads(line)["event"] for line in lines]
+
+
+def test_a_config_passed_among_the_client_options_still_works(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """How callers handed a config to the client before ``run_load(config=...)`` existed."""
+    from snowkit.cmdb.job import run_load
+    from snowkit.config import OperationalConfig
+
+    monkeypatch.delenv("BEAST_ENVIRONMENT", raising=False)
+    config = OperationalConfig.model_validate({"logging": {"level": "WARNING"}})
+    report = run_load(lab=TINY_LAB, progress=False, client_options={"config": config})
+    assert report.status == "success", report.message
