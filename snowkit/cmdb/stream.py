@@ -239,6 +239,8 @@ class WriteStream:
                 inflight[pool.submit(self._prefetch_types, names)] = []
             while True:
                 self._fill_slots(pool, inflight, workers)
+                if not inflight and self._break_cycle():
+                    continue
                 if not inflight:
                     break
                 done, _ = wait(inflight, return_when=FIRST_COMPLETED)
@@ -260,6 +262,18 @@ class WriteStream:
         pool.shutdown(wait=True)
         if self._blocked:  # cannot happen: every record settles; guard the invariant
             raise RuntimeError(f"{self._blocked} write(s) still waiting on a dependency")
+
+    def _break_cycle(self) -> bool:
+        """Nothing in flight, yet records wait: they reference each other in a cycle. Send the
+        first of them with the references still unresolved (as the phased path did); the
+        others follow once it has landed. False when nothing waits."""
+        for waiting in (w for ws in self._waiting.values() for w in ws):
+            if waiting.op is not None and waiting.remaining:
+                waiting.remaining = 0  # settling its targets later leaves it below zero
+                self._blocked -= 1
+                self._ready_record(waiting.op)
+                return True
+        return False
 
     def _held_type_names(self) -> set[str]:
         return {w.spec.type_name for ws in self._waiting.values() for w in ws if w.spec}

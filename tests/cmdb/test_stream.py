@@ -141,3 +141,24 @@ def test_a_link_whose_end_failed_is_an_orphan_not_a_half_link(
     assert report.relationships.orphans == 1 and report.relationships.created == 0
     assert client.count("cmdb_rel_ci") == 0
     assert [r[SID] for r in client.query("cmdb_ci", f"{SID}=dev:ok", fields=[SID])] == ["dev:ok"]
+
+
+def test_records_referencing_each_other_in_a_cycle_still_go(client: ServiceNowAPIClient) -> None:
+    """A reference cycle cannot wait for itself: one record goes first without the reference
+    (as the phased path did), the other then carries its sys_id."""
+    records = [
+        CMDBRecord("cmdb_ci_ip_switch", "dev:a", {"name": "a"}, "switch", {"location": "dev:b"}),
+        CMDBRecord("cmdb_ci_ip_switch", "dev:b", {"name": "b"}, "switch", {"location": "dev:a"}),
+    ]
+    eng = SyncEngine(client, batch_size=4, workers=2)
+    _plan, report = eng.sync(TransformResult(records=records), progress=False, verify=False)
+    assert report.applied["created"] == 2, report.message
+    rows = {
+        r[SID]: r
+        for r in client.query("cmdb_ci", f"{SID}STARTSWITHdev:", fields=[SID, "sys_id", "location"])
+    }
+    assert set(rows) == {"dev:a", "dev:b"}
+    linked = [sid for sid, row in rows.items() if row["location"]]
+    assert len(linked) == 1
+    other = "dev:b" if linked == ["dev:a"] else "dev:a"
+    assert rows[linked[0]]["location"] in (rows[other]["sys_id"], {"value": rows[other]["sys_id"]})
