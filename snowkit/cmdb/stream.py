@@ -87,6 +87,7 @@ class WriteStream:
         self._blocked = 0
         self._records_left = 0
         self._found = _Links()
+        self._pbar: Any = None  # the run's progress bar (set by ``run``)
 
     # -- public ----------------------------------------------------------------------------
     def run(

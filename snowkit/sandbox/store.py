@@ -371,10 +371,13 @@ class Store:
         )
         page = [*compiled.params, limit if limit >= 0 else -1, max(offset, 0)]
         with self._lock:
-            total = self._conn.execute(
-                f"SELECT COUNT(*) FROM {root} AS r WHERE {compiled.where}", compiled.params
-            ).fetchone()[0]
-            rows = self._conn.execute(sql, page).fetchall() if total and limit != 0 else []
+            rows = self._conn.execute(sql, page).fetchall() if limit != 0 else []
+            if rows and 0 < limit and len(rows) < limit:
+                total = max(offset, 0) + len(rows)  # the last page: no second scan to count
+            else:
+                total = self._conn.execute(
+                    f"SELECT COUNT(*) FROM {root} AS r WHERE {compiled.where}", compiled.params
+                ).fetchone()[0]
         return [dict(zip(columns, row, strict=True)) for row in rows], total
 
     def _list_in_python(

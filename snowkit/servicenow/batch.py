@@ -184,6 +184,11 @@ def is_idempotent(items: Sequence[EncodedItem]) -> bool:
     return all(item.payload["method"] in IDEMPOTENT_METHODS for item in items)
 
 
+def is_read_only(items: Sequence[EncodedItem]) -> bool:
+    """Every item only reads (metrics name such a batch ``batch_read``, not ``batch``)."""
+    return all(item.payload["method"] in ("GET", "HEAD") for item in items)
+
+
 def decode_response(
     body: Mapping[str, Any], items: Sequence[EncodedItem]
 ) -> tuple[list[BatchResult], list[EncodedItem]]:

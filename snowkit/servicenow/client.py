@@ -507,7 +507,7 @@ class ServiceNowAPIClient:
                     "POST",
                     batch_api.BATCH_PATH,
                     json=batch_api.envelope(pending),
-                    operation="batch",
+                    operation="batch_read" if batch_api.is_read_only(pending) else "batch",
                     idempotent=batch_api.is_idempotent(pending),
                     source_id=",".join(str(i.request.source_id or i.id) for i in pending[:20]),
                 )

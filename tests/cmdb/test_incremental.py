@@ -39,8 +39,13 @@ def events(run_id: str, name: str) -> list[dict]:
 
 
 def writes_sent(run_id: str) -> int:
+    """Write requests (a Batch API request of reads only is ``batch_read``: not a write)."""
     metrics = json.loads((paths.runs_dir() / run_id / "metrics.json").read_text())
-    return sum(1 for s in metrics["samples"] if s["method"] in ("POST", "PATCH", "DELETE"))
+    return sum(
+        1
+        for s in metrics["samples"]
+        if s["method"] in ("POST", "PATCH", "DELETE") and s.get("operation") != "batch_read"
+    )
 
 
 def requests_to(run_id: str, table: str) -> int:
@@ -396,3 +401,72 @@ def test_a_record_created_with_our_account_outside_a_run_forces_a_full_read(
     assert again.action_totals()["not_seen"] == 1
     assert again.applied["created"] == 0
     assert again.action_totals()["no_change"] == first.action_totals()["create"]
+
+
+# -- the round as one Batch API request -----------------------------------------------------
+
+
+def operations(run_id: str) -> list[str]:
+    metrics = json.loads((paths.runs_dir() / run_id / "metrics.json").read_text())
+    return [s["operation"] for s in metrics["samples"]]
+
+
+def test_a_rerun_reads_its_listings_and_counts_in_one_request(sandbox: Sandbox, load) -> None:
+    load(sandbox)
+    again = load(sandbox)
+    assert events(again.run_id, "incremental_snapshot")
+    ops = operations(again.run_id)
+    assert ops.count("batch_read") == 1
+    assert "count" not in ops  # the counts rode along in the batch
+
+
+class BatchLess:
+    """The real client, but every Batch API request comes back failed (or is refused)."""
+
+    def __init__(self, client: ServiceNowAPIClient, *, raise_: bool = False) -> None:
+        self._client, self._raise = client, raise_
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def batch(self, requests: list[Any]) -> list[Any]:
+        if self._raise:
+            raise RuntimeError("no Batch API here")
+        results = self._client.batch(requests)
+        for result in results:
+            result.status_code = 500
+        return results
+
+
+def listings_of(client: Any, state: SyncState) -> dict[str, tuple[int, dict[str, str], int]]:
+    """Per kind: the count, what changed, and how many remembered records were listed."""
+    found, _ = incremental.list_changes(client, state, workers=2)
+    return {k: (v.count, v.changed, v.known_recent) for k, v in found.items()}
+
+
+@pytest.mark.parametrize("raise_", [False, True])
+def test_without_a_usable_batch_answer_the_reads_go_one_by_one(
+    sandbox: Sandbox, load, raise_: bool
+) -> None:
+    load(sandbox)
+    state = remembered_state()
+    with make_client(sandbox) as client:
+        edited = a_client_ci(client)
+        client.update(edited["sys_class_name"], edited["sys_id"], {"name": "edited"})
+        batched = listings_of(client, state)
+        one_by_one = listings_of(BatchLess(client, raise_=raise_), state)
+    assert batched == one_by_one
+    assert edited["sys_id"] in batched["ci"][1]
+
+
+def test_a_listing_that_fills_a_page_is_read_again_with_paging(
+    sandbox: Sandbox, load, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    load(sandbox)
+    state = remembered_state()
+    state.updater = ""  # list everything in the window: more rows than the page below
+    with make_client(sandbox) as client:
+        whole = listings_of(client, state)
+        monkeypatch.setattr(incremental, "LISTING_PAGE", 3)
+        paged = listings_of(client, state)
+    assert paged == whole and whole["ci"][2] > 3  # every listed row, not the first page

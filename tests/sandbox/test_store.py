@@ -627,3 +627,19 @@ def test_add_field_while_others_read_and_write() -> None:
     assert after["u_late"] == "v"
     assert "u_late" in s.list("cmdb_ci_netgear", limit=1)[0][0]
     assert s.count("cmdb_ci", "u_late=v") >= 1
+
+
+@pytest.mark.parametrize(
+    ("limit", "offset", "rows"),
+    [(10, 0, 7), (7, 0, 7), (3, 0, 3), (3, 6, 1), (3, 7, 0), (3, 20, 0), (0, 0, 0), (-1, 2, 5)],
+)
+def test_the_total_is_the_whole_match_whatever_the_page(
+    store: Store, limit: int, offset: int, rows: int
+) -> None:
+    """A short last page gives the total without a second scan; every page agrees on it."""
+    for n in range(7):
+        store.insert("incident", {"short_description": f"page test {n}"}, user="admin")
+    page, total = store.list(
+        "incident", "short_descriptionSTARTSWITHpage test", limit=limit, offset=offset
+    )
+    assert (len(page), total) == (rows, 7)
