@@ -16,6 +16,16 @@ def snowkit_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
+@pytest.fixture(autouse=True)
+def snowkit_logging_configured() -> None:
+    """snowkit configures structlog on its first ``get_logger``; were that first call made
+    inside ``structlog.testing.capture_logs()``, it would replace the capture and the test
+    would see no events (a failure that came and went with the order tests ran in)."""
+    from snowkit.ops.logging import get_logger
+
+    get_logger("snowkit.tests")
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     """``--run-drills``: run the long reliability drills in tests/drills (``make drill``)."""
     parser.addoption(

@@ -561,13 +561,14 @@ def read_candidates(
             known[table] = any_without_source_id(client, table)
         return known[table]
 
-    ci_fields, loc_fields = read_fields(records)
-
     def read(table: str, query: Any, wanted: set[str]) -> list[dict[str, str]]:
         rows = client.query(table, query, fields=sorted(wanted), page_size=page_size)
         return [_compact(row, wanted) for row in rows]
 
     unmatched = [r for r in records if r.source_id not in snapshot.rows]
+    if not unmatched:
+        return  # every record has its row (a rerun): no candidates to look for
+    ci_fields, loc_fields = read_fields(records)
     ci_unmatched = [r for r in unmatched if r.table != LOCATION_TABLE]
     loc_unmatched = [r for r in unmatched if r.table == LOCATION_TABLE]
     jobs: list[tuple[str, Any, set[str]]] = []

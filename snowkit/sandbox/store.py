@@ -372,7 +372,7 @@ class Store:
         page = [*compiled.params, limit if limit >= 0 else -1, max(offset, 0)]
         with self._lock:
             rows = self._conn.execute(sql, page).fetchall() if limit != 0 else []
-            if rows and 0 < limit and len(rows) < limit:
+            if rows and limit > 0 and len(rows) < limit:
                 total = max(offset, 0) + len(rows)  # the last page: no second scan to count
             else:
                 total = self._conn.execute(
