@@ -30,7 +30,7 @@ import threading
 import time
 from collections import ChainMap
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from snowkit.cmdb import incremental
@@ -242,12 +242,6 @@ class SyncEngine:
             if sum(map(len, state.rows.values())) <= self.max_remembered:
                 return state, listings, None
         return None, {}, self._first_round(sorted(ALL_CLASS_TABLES))
-
-    def wait_for_prefetch(self) -> None:
-        """Block until the read-ahead round is done (its outcome, errors included, is taken
-        by the plan)."""
-        if self._prefetched is not None:
-            wait([self._prefetched])
 
     def _read_cmdb(self, records: list[Any]) -> tuple[set[str], planning.CMDBSnapshot]:
         """Missing class tables and the snapshot: from the remembered state plus what changed

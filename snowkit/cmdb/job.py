@@ -26,6 +26,7 @@ from snowkit.cmdb.intents import IntentJournal
 from snowkit.cmdb.outbox import Outbox, is_unreachable_error
 from snowkit.cmdb.quiet_gc import quiet_gc
 from snowkit.cmdb.report import RunReport, suggestions_from
+from snowkit.cmdb.responsive import responsive_threads
 from snowkit.cmdb.schema import SchemaStatus, ensure_schema
 from snowkit.cmdb.state import StateStore
 from snowkit.config import OperationalConfig
@@ -368,15 +369,12 @@ def run_load(
             if inventory is None:
                 inventory = collect_inventory(source, lab=lab, connection=connection)
             report.timings["collect"] = round(clock() - t0, 3)
-            # let the read-ahead round finish before the CPU-bound transform: threads waiting
-            # on the network crawl while another holds the GIL (measured: a 1-row listing
-            # took 160-220 ms instead of ~60 alongside the transform)
-            engine.wait_for_prefetch()
             t0 = clock()
             from snowkit.cmdb.quality import quality_summary
             from snowkit.cmdb.transform import transform
 
-            result = transform(inventory)
+            with responsive_threads():  # the read-ahead round is still on the wire
+                result = transform(inventory)
             inventory = None  # the records are all we need now: free the raw inventory
             report.timings["transform"] = round(clock() - t0, 3)
             report.data_quality = quality_summary(result)
