@@ -150,6 +150,11 @@ class SyncEngine:
         self.max_remembered = max_remembered
         self._state_since: dict[str, str] = {}
         self._prefetched: Any = None
+        #: the remembered state the read-ahead round is reading, once its head is in, and
+        #: whether its rows are loaded (a plan can be built on them while the round runs)
+        self._ahead_state: incremental.SyncState | None = None
+        self._ahead_rows = threading.Event()
+        self._unchanged = False  # the incremental read found nothing changed
         self._preflight: Once = Once(None)
 
     # ------------------------------------------------------------------------------------
@@ -197,16 +202,21 @@ class SyncEngine:
                               links=len(relationships), limit=self.max_remembered)  # fmt: skip
             self.state_store.forget(self.instance_key)
             self.state_store, self._prefetched = None, None
+        ahead = self._plan_ahead(records, relationships, not_seen_since)
         missing, snapshot = self._read_cmdb(records)
         for table in missing:
             self.ledger.fallbacks[table] = CI_TABLE
-        plan = planning.build_plan(
-            records,
-            snapshot,
-            relationships=relationships,
-            retire_after_days=self.retire_after_days,
-            not_seen_since=not_seen_since,
-        )
+        if ahead is not None and self._unchanged and ahead[0] == missing:
+            plan = ahead[1]  # nothing changed in the CMDB: the plan built ahead stands
+            self.logger.event("plan_built_ahead", items=len(plan.items))
+        else:
+            plan = planning.build_plan(
+                records,
+                snapshot,
+                relationships=relationships,
+                retire_after_days=self.retire_after_days,
+                not_seen_since=not_seen_since,
+            )
         for table in sorted(missing):
             plan.notes.append(
                 f"class table {table} is missing on the instance: its records go to cmdb_ci "
@@ -230,6 +240,36 @@ class SyncEngine:
         self._prefetched = pool.submit(self._read_ahead)
         pool.shutdown(wait=False)
 
+    def _plan_ahead(
+        self,
+        records: list[Any],
+        relationships: list[Any],
+        not_seen_since: dict[str, str] | None,
+    ) -> tuple[set[str], Plan] | None:
+        """While the read-ahead round is still on the wire, the plan against the remembered
+        rows (a rerun's usual outcome: nothing changed). ``plan`` uses it only if the round
+        then shows no change; None when there is nothing to gain or it might differ (a class
+        table never probed, a record to create: adoption candidates would be read)."""
+        ahead, state = self._prefetched, self._ahead_state
+        if ahead is None or ahead.done() or state is None:
+            return None
+        self._ahead_rows.wait()
+        tables = _class_tables(r.table for r in records)
+        if not set(tables) <= set(state.class_tables):
+            return None
+        missing = {t for t in tables if t in state.missing_tables}
+        snapshot = incremental.snapshot_of(state, records, missing)
+        plan = planning.build_plan(
+            records,
+            snapshot,
+            relationships=relationships,
+            retire_after_days=self.retire_after_days,
+            not_seen_since=not_seen_since,
+        )
+        if any(item.action == CREATE for item in plan.items):
+            return None
+        return missing, plan
+
     def _read_ahead(self) -> tuple[incremental.SyncState | None, dict[str, Any], Any]:
         """(state, listings, None) with a usable remembered state, else (None, {}, the first
         round of a full read)."""
@@ -237,8 +277,16 @@ class SyncEngine:
         state = store.load_head(key) if store else None
         if state is not None and sum(state.counts.values()) > self.max_remembered:
             state = None
-        if state is not None:
-            listings = self._list_changes(state, load_rows=lambda: store.load_rows(key, state))
+        if state is not None and store is not None:
+
+            def load_rows() -> None:
+                try:
+                    store.load_rows(key, state)
+                finally:
+                    self._ahead_rows.set()
+
+            self._ahead_state = state
+            listings = self._list_changes(state, load_rows=load_rows)
             if sum(map(len, state.rows.values())) <= self.max_remembered:
                 return state, listings, None
         return None, {}, self._first_round(sorted(ALL_CLASS_TABLES))
@@ -271,6 +319,7 @@ class SyncEngine:
                 snapshot = incremental.snapshot_of(state, records, missing)
                 planning.read_candidates(self.client, snapshot, records, workers=self.workers)
                 self._adopt_state(state)
+                self._unchanged = not (listings["ci"].changed or listings["loc"].changed)
                 self.logger.event(
                     "incremental_snapshot",
                     links=why_links or "remembered",

@@ -185,6 +185,9 @@ class BatchRunner:
                 ledger.add("retried", len(pending))
             try:
                 results = self._send(pending)
+                if results is None:  # the instance went away while this chunk waited
+                    (ledger.skip if ledger.forbidden else ledger.queue)(pending)
+                    return
             except Exception as exc:
                 if ledger.absorb_chunk_failure(pending, exc):
                     return
@@ -240,7 +243,9 @@ class BatchRunner:
         for op in pending:
             ledger.fail(op, last_error.get(op.key, "no outcome after retries"), None)
 
-    def _send(self, ops: list[WriteOp]) -> dict[str, Any]:
+    def _send(self, ops: list[WriteOp]) -> dict[str, Any] | None:
+        """The chunk's answers by key; None when, by the time a slot was free, the instance
+        was known to be unreachable or to refuse writes (nothing sent: no doomed request)."""
         requests = [
             BatchRequest(
                 method=op.method,
@@ -255,6 +260,9 @@ class BatchRunner:
         was_throttled = False
         if self.limiter is not None:
             self.limiter.acquire()
+            if self.ledger.unreachable or self.ledger.forbidden:
+                self.limiter.release()
+                return None
         started = self._clock()
         try:
             results = self.client.batch(requests)

@@ -470,3 +470,25 @@ def test_a_listing_that_fills_a_page_is_read_again_with_paging(
         monkeypatch.setattr(incremental, "LISTING_PAGE", 3)
         paged = listings_of(client, state)
     assert paged == whole and whole["ci"][2] > 3  # every listed row, not the first page
+
+
+def test_a_plan_built_during_the_round_is_used_only_when_nothing_changed(
+    shared_sandbox: Sandbox, load
+) -> None:
+    """The rerun builds its plan on the remembered rows while the round is on the wire; an
+    edit by someone else found by the round makes it plan again from what was read."""
+    load(shared_sandbox)
+    shared_sandbox.set_faults({"latency_ms": 300})  # the round is surely still out
+    quiet = load(shared_sandbox)
+    assert events(quiet.run_id, "plan_built_ahead")
+    shared_sandbox.set_faults(None)
+    with someone_else(shared_sandbox) as other:
+        ci = a_client_ci(other)
+        other.update(ci["sys_class_name"], ci["sys_id"], {"name": "edited meanwhile"})
+    shared_sandbox.set_faults({"latency_ms": 300})
+    edited = load(shared_sandbox)
+    shared_sandbox.set_faults(None)
+    assert not events(edited.run_id, "plan_built_ahead")
+    assert edited.applied["updated"] == 1  # repaired from the read, not from the old rows
+    assert quiet.action_totals()["no_change"] == edited.action_totals()["no_change"] + 1
+    assert quiet.applied["batches"] == 0
