@@ -6,11 +6,13 @@ The data flow of one ``sync``:
 2. ``plan``: read what the CMDB holds — incrementally from the remembered state when it is
    valid (``snowkit.cmdb.incremental``), else in full (``snowkit.cmdb.plan.read_snapshot``) —
    and diff it with the transformed records (nothing written: a dry run stops here);
-3. ``apply``: writes in dependency order (``writes.dependency_phases``: locations, network gear,
-   clients), each phase cut into Batch API requests of ``batch_size`` items sent by ``workers``
-   threads under the adaptive limiter (``batches.BatchRunner``; CIs through
-   ``ire.IRELoader`` in IRE mode); then the relationships (``linking.Linker``). Every outcome
-   lands in the run's ``ledger.RunLedger`` (sys_ids, audit, failures, outbox, state);
+3. ``apply``: every write goes as soon as the records it references have landed, a link as
+   soon as both its ends have (``stream.WriteStream``): Batch API requests of ``batch_size``
+   items, at most ``workers`` in flight under the limiter, each sent by
+   ``batches.BatchRunner.run_chunk``. IRE mode goes phase by phase instead
+   (``writes.dependency_phases``, CIs through ``ire.IRELoader``, then ``linking.Linker``).
+   Every outcome lands in the run's ``ledger.RunLedger`` (sys_ids, audit, failures, outbox,
+   state);
 4. verify: read back what was written and compare field by field (``snowkit.cmdb.verify``);
 5. keep the incremental state for the next run only if it provably matches the CMDB.
 
