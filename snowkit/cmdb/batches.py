@@ -261,7 +261,7 @@ class BatchRunner:
         if self.limiter is not None:
             self.limiter.acquire()
             if self.ledger.unreachable or self.ledger.forbidden:
-                self.limiter.release()
+                getattr(self.limiter, "abandon", self.limiter.release)()
                 return None
         started = self._clock()
         try:

@@ -101,6 +101,12 @@ class AdaptiveLimiter:
                     self.increases += 1
             self._cond.notify_all()
 
+    def abandon(self) -> None:
+        """Give a slot back unused (nothing was sent): no outcome to learn from."""
+        with self._cond:
+            self._in_flight = max(0, self._in_flight - 1)
+            self._cond.notify_all()
+
     def note_throttled(self, retry_after_s: float | None = None) -> None:
         """A 429 arrived (possibly for a request still being retried): cut now."""
         with self._cond:

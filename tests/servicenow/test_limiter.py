@@ -175,3 +175,12 @@ def test_paced_callers_get_successive_slots() -> None:
         pacer.observe({"X-RateLimit-Limit": "100", "X-RateLimit-Reset": "600"})
     assert pacer.remaining == 2
     assert [pacer.delay(), pacer.delay(), pacer.delay()] == [300.0, 600.0, 900.0]
+
+
+def test_an_abandoned_slot_is_free_again_and_teaches_nothing() -> None:
+    limiter = AdaptiveLimiter(initial=1, maximum=4, increase_after=1, clock=Clock())
+    assert limiter.acquire(timeout=0)
+    assert not limiter.acquire(timeout=0)  # the one slot is taken
+    limiter.abandon()
+    assert limiter.in_flight == 0 and limiter.limit == 1  # not counted as a success
+    assert limiter.acquire(timeout=0)
