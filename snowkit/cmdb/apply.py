@@ -299,6 +299,7 @@ class SyncEngine:
         check) has passed before anything read is used."""
         tables = _class_tables(r.table for r in records)
         state, listings, first = None, {}, None
+        self._unchanged = False
         ahead, self._prefetched = self._prefetched, None
         if ahead is not None:
             state, listings, first = ahead.result()
