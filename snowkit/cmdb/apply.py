@@ -140,7 +140,7 @@ class SyncEngine:
             self.ledger,
             batch_size=batch_size,
             workers=workers,
-            limiter=limiter,
+            limiter=self.limiter,
             max_attempts=self.max_attempts,
             on_batch=on_batch,
             clock=clock,
@@ -148,6 +148,9 @@ class SyncEngine:
         self.rel_types = RelTypeCache(client)
         self.linker = Linker(client, self.ledger, self.runner, self.rel_types)
         self.state_store = state_store if instance_key and not ire else None
+        # marks the remembered state unsealed before any write, IRE mode included (its
+        # writes are ours too, though it keeps no state of its own)
+        self._writes_mark = state_store if instance_key else None
         self.instance_key = instance_key or ""
         self.max_remembered = max_remembered
         self._state_since: dict[str, str] = {}
@@ -238,6 +241,7 @@ class SyncEngine:
         with an empty outbox (``sync`` drops the round if the outbox replays anything)."""
         if preflight is not None:
             self._preflight = Once(preflight)
+        self._ahead_state, self._ahead_rows = None, threading.Event()
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snowkit-prefetch")
         self._prefetched = pool.submit(self._read_ahead)
         pool.shutdown(wait=False)
@@ -277,7 +281,10 @@ class SyncEngine:
         round of a full read)."""
         store, key = self.state_store, self.instance_key
         state = store.load_head(key) if store else None
-        if state is not None and sum(state.counts.values()) > self.max_remembered:
+        # links counted are the whole table's (everyone's): only records can rule the state out
+        if state is not None and state.counts.get("ci", 0) + state.counts.get("loc", 0) > (
+            self.max_remembered
+        ):
             state = None
         if state is not None and store is not None:
 
@@ -346,8 +353,10 @@ class SyncEngine:
         tables it never probed are probed now. A write to a missing table falls back to
         ``cmdb_ci`` when it is refused anyway."""
         known = set(state.class_tables)
-        missing = {t for t in tables if t in state.missing_tables}
-        return missing | self._missing_among({t for t in tables if t not in known})
+        # never probed, or missing last time (installed since? then the state is re-read)
+        return self._missing_among(
+            {t for t in tables if t not in known or t in state.missing_tables}
+        )
 
     def _missing_among(self, tables: set[str]) -> set[str]:
         if not tables:
@@ -364,12 +373,17 @@ class SyncEngine:
         jobs: list[tuple[Callable[[], Any]]] = [(self._preflight,)]
         jobs += [(lambda t=t: planning.any_without_source_id(self.client, t),)
                  for t in unsourced_tables]  # fmt: skip
+        # if the preflight creates the field, the question above was asked of a field that
+        # did not exist yet (some instances then answer "none"): any record at all is then
+        # the right question, every one of them lacking a source id
+        jobs += [(lambda t=t: planning.any_record(self.client, t),) for t in unsourced_tables]
         jobs += [(lambda t=t: self._probe(t),) for t in tables]
         # as wide as the client's connection pool (8 by default), so no connection is dropped
         width = min(len(jobs), max(self.workers, 8))
         results = planning.parallel_map(lambda fn: fn(), jobs, width)
-        unsourced = dict(zip(unsourced_tables, results[1:3], strict=True))
-        return set(tables), {t for t in results[3:] if t}, unsourced
+        answers = results[3:5] if _fields_just_created(self._preflight.result) else results[1:3]
+        unsourced = dict(zip(unsourced_tables, answers, strict=True))
+        return set(tables), {t for t in results[5:] if t}, unsourced
 
     def _list_changes(
         self, state: incremental.SyncState, load_rows: Callable[[], None] | None = None
@@ -538,6 +552,7 @@ class SyncEngine:
             t0 = self._clock()
             if self.outbox.count():
                 self._preflight()  # the schema is checked before anything is replayed
+                self._mark_writing()
                 self._prefetched = None  # read before the replay's writes: read again
                 replay = self.outbox.replay(self.client, audit=self.audit, intents=self.intents)
                 report.outbox = {"replayed": replay.to_dict()}
@@ -573,6 +588,7 @@ class SyncEngine:
             report.fallbacks.update(plan.fallbacks)
             report.finish("dry_run", clock_s=self._clock() - started)
             return plan, report
+        self._mark_writing()
         self.apply(plan, progress=progress, report=report)
         if verify and not self.unreachable:
             t0 = self._clock()
@@ -597,6 +613,12 @@ class SyncEngine:
             self._settle_state(None)
         report.finish(clock_s=self._clock() - started)
         return plan, report
+
+    def _mark_writing(self) -> None:
+        """Before the first write: the remembered state is unsealed until this run saves it
+        again (``StateStore.mark_writing``)."""
+        if self._writes_mark is not None:
+            self._writes_mark.mark_writing(self.instance_key)
 
     def _settle_state(self, verified: Any) -> None:
         """Keep the incremental state for the next run only if it is known to match the CMDB

@@ -212,11 +212,16 @@ class BatchRunner:
                     ledger.add("ambiguous", len(pending))
             retry: list[WriteOp] = []
             landed: list[Landed] = []
+            others: list[WriteOp] = []
             for op in pending:
                 res = results.get(op.key)
                 if res is not None and res.ok:
                     landed.append((op, sys_id_of(res), version_of_result(res), res.result))
-                    continue
+                else:
+                    others.append(op)
+            ledger.succeed_many(landed)  # first: what landed is recorded whatever comes next
+            for op in others:
+                res = results.get(op.key)
                 status = None if res is None else res.status_code
                 message = result_error(res)
                 if forbidden_result(res):
@@ -231,7 +236,6 @@ class BatchRunner:
                     retry.append(op)
                     continue
                 ledger.fail(op, message, status)
-            ledger.succeed_many(landed)
             if not retry:
                 return
             if ledger.forbidden:

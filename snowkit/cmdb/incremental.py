@@ -143,9 +143,11 @@ def listing_query(kind: str, since: str | None, me: str = "", canary: str | None
     run before (the overlap window), and a run's seal every write of its own. Left in: all
     that others changed, everything ``me`` changed after creating it (``sys_mod_count > 0``:
     our updates, business rules running as us, a rollback), and ``canary`` (a remembered
-    record stamped after the cut, proving the time filter). A record ``me`` created outside
-    a sealed run shows in the count instead (remembered + listed-unknown no longer add up).
-    Assumes the account is snowkit's alone, as the intent journal already does.
+    record stamped after the cut, proving the time filter). Only used on a sealed state
+    (``SyncState.sealed``: no write since it was saved), so every record ``me`` created in the
+    window is one the state knows; after a run that crashed or lost the instance, the next one
+    lists everything (one of its creates could otherwise cancel out someone else's deletion
+    in the counts). Assumes the account is snowkit's alone, as the intent journal does.
     """
     sourced = kind != "rel"
     if not since:
@@ -319,17 +321,19 @@ def list_changes(
     def canary(kind: str) -> str | None:
         return state.canaries.get(kind) if since is None and load_rows is not None else None
 
+    # our own untouched creates are left out only when every write since the state was saved
+    # is known: a seal (``since`` given) knows its own run's; a rerun needs a sealed state
+    me = state.updater if since is not None or state.sealed else ""
+
     def listing(kind: str) -> Listing:
         return _list(client, kind, cut(marks.get(kind)), lambda: versions(kind), state.recent,
-                     state.updater, canary(kind))  # fmt: skip
+                     me, canary(kind))  # fmt: skip
 
     def batched() -> dict[str, Listing] | None:
         if not callable(getattr(client, "batch", None)):
             return None
         reads = [
-            _listing_read(
-                kind, cut(marks.get(kind)), lambda k=kind: versions(k), state.updater, canary(kind)
-            )
+            _listing_read(kind, cut(marks.get(kind)), lambda k=kind: versions(k), me, canary(kind))
             for kind in kinds
         ]
         return _listings_in_one_batch(client, reads, versions, state.recent)

@@ -595,6 +595,12 @@ def read_candidates(
                 snapshot.candidates.append(row)
 
 
+def any_record(client: Any, table: str) -> bool:
+    """One cheap request: does ``table`` hold any record at all?"""
+    rows = client.query(table, "", fields=["sys_id"], page_size=1)
+    return any(True for _ in itertools.islice(rows, 1))
+
+
 def any_without_source_id(client: Any, table: str) -> bool:
     """One cheap request: does ``table`` hold any record without a source id?"""
     rows = client.query(table, f"{SOURCE_ID_FIELD}ISEMPTY", fields=["sys_id"], page_size=1)

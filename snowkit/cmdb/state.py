@@ -74,6 +74,8 @@ class SyncState:
     #: per kind, the remembered record a listing since the watermark must return (chosen when
     #: saved, so a rerun can send its listings before the rows are loaded)
     canaries: dict[str, str] = field(default_factory=dict)
+    #: no write since the state was saved (see ``StateStore.mark_writing``); not stored
+    sealed: bool = True
     #: rows changed since loaded (not stored): a save must rewrite them
     dirty: bool = False
 
@@ -130,6 +132,7 @@ class StateStore:
         head = json.loads(meta["state"])
         if head.get("format") != FORMAT:
             return None
+        sealed = "writing" not in meta
         state = SyncState(
             signature=head["signature"],
             watermarks=head["watermarks"],
@@ -144,6 +147,7 @@ class StateStore:
             rel_type_names=head["rel_type_names"],
             updater=head.get("updater", ""),
             canaries=head.get("canaries", {}),
+            sealed=sealed,
         )
         return state
 
@@ -182,6 +186,9 @@ class StateStore:
                             (instance, f"covered:{part}", orjson.dumps(sorted(ids))),
                         )
                 self._put(instance, "state", json.dumps(head))
+                self._conn.execute(
+                    "DELETE FROM meta WHERE instance=? AND key='writing'", (instance,)
+                )
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
@@ -191,7 +198,18 @@ class StateStore:
         """Drop ``instance``'s state: the next run reads everything."""
         with self._lock:
             self._conn.execute("DELETE FROM rows WHERE instance=?", (instance,))
-            self._conn.execute("DELETE FROM meta WHERE instance=? AND key='state'", (instance,))
+            self._conn.execute(
+                "DELETE FROM meta WHERE instance=? AND key IN ('state', 'writing')", (instance,)
+            )
+
+    def mark_writing(self, instance: str) -> None:
+        """Writes to ``instance`` are about to start: until a state is saved again (``save``,
+        after the run's seal) the remembered state is *unsealed*, and a rerun lists everything
+        since the watermark, our own account's creates included (a run that crashed or lost
+        the instance created records the state does not know; left out of a listing, one of
+        them could cancel out someone else's deletion in the counts)."""
+        with self._lock:
+            self._put(instance, "writing", repr(self._clock()))
 
     # -- the schema check ------------------------------------------------------------------
     def schema_checked_recently(self, instance: str, ttl_seconds: float) -> bool:

@@ -88,6 +88,7 @@ class WriteStream:
         self._records_left = 0
         self._found = _Links()
         self._pbar: Any = None  # the run's progress bar (set by ``run``)
+        self._had_records = False
 
     # -- public ----------------------------------------------------------------------------
     def run(
@@ -102,6 +103,7 @@ class WriteStream:
         timings = StreamTimings()
         self._found.plan.wanted = len(specs)
         self._records_left = len(ops)
+        self._had_records = bool(ops)
         created_here = {op.source_id for op in ops if op.action == CREATE and op.source_id}
         landing = {op.source_id for op in ops if op.source_id}
         self.linker.begin_links()
@@ -148,7 +150,7 @@ class WriteStream:
         self._records_left -= 1
         for waiting in self._waiting.pop(op.source_id or "", ()):
             waiting.remaining -= 1
-            if waiting.remaining:
+            if waiting.remaining != 0:  # still waiting, or released by a broken cycle (< 0)
                 continue
             self._blocked -= 1
             if waiting.op is not None:
@@ -255,7 +257,7 @@ class WriteStream:
                         self._settled(op)
                     if chunk:
                         self.runner.after_batch(self._pbar, len(chunk))
-                    if self._records_left == 0 and not timings.records_s:
+                    if self._had_records and self._records_left == 0 and not timings.records_s:
                         timings.records_s = self._clock() - started
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -269,7 +271,7 @@ class WriteStream:
         first of them with the references still unresolved (as the phased path did); the
         others follow once it has landed. False when nothing waits."""
         for waiting in (w for ws in self._waiting.values() for w in ws):
-            if waiting.op is not None and waiting.remaining:
+            if waiting.op is not None and waiting.remaining > 0:
                 waiting.remaining = 0  # settling its targets later leaves it below zero
                 self._blocked -= 1
                 self._ready_record(waiting.op)

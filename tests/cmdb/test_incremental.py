@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from snowkit import paths
 from snowkit.cmdb import incremental
+from snowkit.cmdb.schema import ensure_schema
 from snowkit.cmdb.state import StateStore, SyncState
 from snowkit.credentials import CredentialManager
 from snowkit.ops.audit import read_audit
@@ -299,6 +300,7 @@ def test_estates_above_the_limit_keep_no_state(client) -> None:
 # -- narrowed listings: our own untouched creates are left out --------------------------------
 
 OTHER_USER, OTHER_PASSWORD = "jdoe", "another-account-pw"
+SID_FIELD = "u_unifi_source_id"
 
 
 @pytest.fixture
@@ -492,3 +494,90 @@ def test_a_plan_built_during_the_round_is_used_only_when_nothing_changed(
     assert edited.applied["updated"] == 1  # repaired from the read, not from the old rows
     assert quiet.action_totals()["no_change"] == edited.action_totals()["no_change"] + 1
     assert quiet.applied["batches"] == 0
+
+
+def test_a_write_outside_a_sealed_run_cannot_hide_behind_a_deletion(
+    shared_sandbox: Sandbox,
+) -> None:
+    """A run that crashed created record N (our account, untouched since) and never saved the
+    state; meanwhile someone else deleted remembered record X. The counts balance, so a
+    listing that left our own creates out would plan N again (a duplicate) and miss X. The
+    crashed run marked the state unsealed: the next run lists everything and sees both."""
+    from snowkit.cmdb.apply import SyncEngine
+    from snowkit.cmdb.transform import CMDBRecord, TransformResult
+
+    from .test_apply import estate
+
+    base = estate(sites=1, devices=2, clients=3)
+    new = CMDBRecord("cmdb_ci_hardware", "cl:new", {"name": "new client"}, "client")
+    grown = TransformResult(records=[*base.records, new], relationships=base.relationships)
+    store = StateStore()
+    with make_client(shared_sandbox) as client:
+        ensure_schema(client)
+
+        def sync(result: TransformResult) -> Any:
+            engine = SyncEngine(client, state_store=store, instance_key="k", workers=2)
+            return engine.sync(result, progress=False)[1]
+
+        assert sync(base).status == "success"
+        assert store.load_head("k") is not None and store.load_head("k").sealed
+        # the crashed run: marked, created N, died before saving the state
+        store.mark_writing("k")
+        client.create("cmdb_ci_hardware", {"name": "new client", SID_FIELD: "cl:new"})
+        with someone_else(shared_sandbox) as other:
+            (gone,) = other.query("cmdb_ci", f"{SID_FIELD}=cl:0:2", fields=["sys_id"])
+            other.delete("cmdb_ci", gone["sys_id"])
+        assert not store.load_head("k").sealed
+        report = sync(grown)
+        assert report.status == "success", report.message
+        assert report.applied["created"] == 1  # X again; N was found, not created twice
+        held = [r[SID_FIELD] for r in client.query("cmdb_ci", f"{SID_FIELD}ISNOTEMPTY",
+                                                     fields=[SID_FIELD])]  # fmt: skip
+        assert held.count("cl:new") == 1 and held.count("cl:0:2") == 1
+        assert store.load_head("k").sealed  # saved again after the seal
+    store.close()
+
+
+def test_many_links_made_by_others_do_not_turn_the_incremental_read_off(
+    shared_sandbox: Sandbox,
+) -> None:
+    """The remembered link count is the whole table's: only our records may exceed
+    ``max_remembered``, or a CMDB with many foreign links would be read in full every run."""
+    from snowkit.cmdb.apply import SyncEngine
+
+    from .test_apply import estate
+
+    result = estate(sites=1, devices=2, clients=3)  # 6 records, 4 links
+    store = StateStore()
+    with make_client(shared_sandbox) as client:
+        ensure_schema(client)
+
+        def sync() -> list[str]:
+            engine = SyncEngine(client, state_store=store, instance_key="k", workers=2,
+                                max_remembered=15)  # fmt: skip
+            reads: list[str] = []
+            real = client.query
+
+            def recording(table: str, query: object = "", *a: object, **kw: object) -> object:
+                reads.append(f"{table}:{query}")
+                return real(table, query, *a, **kw)
+
+            client.query = recording  # type: ignore[method-assign]
+            try:
+                engine.prefetch()
+                assert engine.sync(result, progress=False)[1].status == "success"
+            finally:
+                client.query = real  # type: ignore[method-assign]
+            return reads
+
+        sync()
+        with someone_else(shared_sandbox) as other:  # another part of the CMDB, not ours
+            cis = [other.create("cmdb_ci_hardware", {"name": f"theirs {n}"})["sys_id"]
+                   for n in range(4)]  # fmt: skip
+            for n in range(12):  # 12 foreign links: the table now holds 16 > 15
+                other.create("cmdb_rel_ci", {"parent": cis[n % 4],
+                                             "child": cis[(n + 1) % 4]})  # fmt: skip
+        sync()  # takes the new link count in
+        reads = sync()
+        assert not [q for q in reads if q.startswith("cmdb_ci:u_unifi_source_idISNOTEMPTY")]
+    store.close()

@@ -118,3 +118,24 @@ def test_right_after_creating_the_fields_no_sourced_record_is_read(sandbox: Sand
         again = SyncEngine(client, workers=2).plan(result, preflight=lambda: ensure_schema(client))
         assert again.counts()["create"] == 1
         assert [q for q in reads if sourced in q]
+
+
+def test_fields_created_during_the_first_round_do_not_hide_adoption_candidates() -> None:
+    """The adoption check asked ``u_unifi_source_idISEMPTY`` while the field did not exist
+    yet; an instance may answer that with no rows. Once the preflight created the field, the
+    plan asks whether any record exists instead: every one of them lacks a source id."""
+    from snowkit.cmdb.apply import SyncEngine
+    from snowkit.cmdb.schema import REQUIRED_FIELDS, SchemaStatus
+
+    class Instance:  # answers like an instance that returns no rows for unknown fields
+        def query(self, table: str, query: object = "", *a: object, **kw: object) -> object:
+            return iter([] if "u_unifi_source_id" in str(query) else [{"sys_id": "x" * 32}])
+
+    created = SchemaStatus(created=list(REQUIRED_FIELDS))
+    engine = SyncEngine(Instance(), workers=2)
+    engine._preflight = type(engine._preflight)(lambda: created)
+    _probed, _missing, unsourced = engine._first_round([])
+    assert unsourced == {"cmdb_ci": True, "cmn_location": True}
+    engine._preflight = type(engine._preflight)(lambda: SchemaStatus(present=list(REQUIRED_FIELDS)))
+    _probed, _missing, unsourced = engine._first_round([])
+    assert unsourced == {"cmdb_ci": False, "cmn_location": False}

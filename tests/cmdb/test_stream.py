@@ -162,3 +162,28 @@ def test_records_referencing_each_other_in_a_cycle_still_go(client: ServiceNowAP
     assert len(linked) == 1
     other = "dev:b" if linked == ["dev:a"] else "dev:a"
     assert rows[linked[0]]["location"] in (rows[other]["sys_id"], {"value": rows[other]["sys_id"]})
+
+
+def test_two_cycles_sharing_a_record_still_write_each_record_once(
+    client: ServiceNowAPIClient,
+) -> None:
+    """A references T1 and T2, T1 references A, T2 and X reference each other: breaking the
+    first cycle must not leave A to be sent again when the second is broken."""
+
+    def ci(sid: str, refs: dict[str, str]) -> CMDBRecord:
+        return CMDBRecord("cmdb_ci_ip_switch", sid, {"name": sid}, "switch", refs)
+
+    records = [
+        ci("dev:a", {"location": "dev:t1", "u_peer": "dev:t2"}),
+        ci("dev:t1", {"location": "dev:a"}),
+        ci("dev:t2", {"location": "dev:x"}),
+        ci("dev:x", {"location": "dev:t2"}),
+    ]
+    eng = SyncEngine(client, batch_size=1, workers=1)
+    rec = Recorder(eng)
+    _plan, report = eng.sync(TransformResult(records=records), progress=False, verify=False)
+    sent = [sid for chunk in rec.chunks for _a, sid, _b, _s in chunk]
+    assert sorted(sent) == ["dev:a", "dev:t1", "dev:t2", "dev:x"], sent
+    assert report.applied["created"] == 4
+    held = [r[SID] for r in client.query("cmdb_ci", f"{SID}STARTSWITHdev:", fields=[SID])]
+    assert sorted(held) == ["dev:a", "dev:t1", "dev:t2", "dev:x"]
