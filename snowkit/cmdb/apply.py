@@ -171,11 +171,6 @@ class SyncEngine:
 
         return ensure_schema(self.client, create=create)
 
-    def missing_tables(self, tables: Iterable[str]) -> set[str]:
-        """Class tables the instance does not have (plugin not installed)."""
-        candidates = [(t,) for t in _class_tables(tables)]
-        return {t for t in planning.parallel_map(self._probe, candidates, self.workers) if t}
-
     def _probe(self, table: str) -> str | None:
         """``table`` when the instance does not have it, else None."""
         try:

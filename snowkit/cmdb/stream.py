@@ -2,9 +2,11 @@
 
 Why: sending phase by phase (locations, network gear, clients, then every relationship) leaves
 the instance's concurrency slots idle at each phase's tail and makes the links wait for the
-last client. Here one pool of ``workers`` threads sends Batch API chunks of ``batch_size``
-writes taken from a ready queue; a record joins the queue once every record it references
-(written in this run) has settled, a relationship once both its ends have. Chunks mix tables
+last client. Here one pool of threads sends Batch API chunks of ``batch_size`` writes taken
+from a ready queue, at most ``workers`` at a time (the limiter; the pool is half as wide
+again, so the next chunks' local work overlaps the sends). A record joins the queue once
+every record it references (written in this run) has settled, a relationship once both its
+ends have. Chunks mix tables
 freely (the Batch API addresses each item on its own), records before links, so the records
 that unlock others go first.
 
