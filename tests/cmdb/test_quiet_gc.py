@@ -13,13 +13,15 @@ from snowkit.cmdb.quiet_gc import quiet_gc
 def test_objects_alive_at_the_start_are_frozen_then_handed_back() -> None:
     assert gc.get_freeze_count() == 0
     keep = [[] for _ in range(10)]  # containers: tracked by the collector
+    # counts, not identities: a frozen object that loses its last reference is still freed
+    # (refcounting), so the exact count may drop while frozen; unfreezing empties it
     with quiet_gc():
-        frozen = gc.get_freeze_count()
-        assert frozen >= len(keep)
+        assert gc.get_freeze_count() >= len(keep)
         more = [[] for _ in range(10)]
         with quiet_gc():  # nested: what came since is frozen too
-            assert gc.get_freeze_count() >= frozen + len(more)
-        assert gc.get_freeze_count() >= frozen + len(more)
+            nested = gc.get_freeze_count()
+            assert nested >= len(keep) + len(more)
+        assert gc.get_freeze_count() > 0  # the nested block did not unfreeze
     assert gc.get_freeze_count() == 0
 
 
@@ -32,10 +34,9 @@ def test_unfrozen_even_when_the_load_fails() -> None:
 def test_someone_elses_freeze_is_left_alone() -> None:
     gc.freeze()
     try:
-        before = gc.get_freeze_count()
         with quiet_gc():
             pass
-        assert gc.get_freeze_count() == before  # not unfrozen by us
+        assert gc.get_freeze_count() > 0  # not unfrozen by us
     finally:
         gc.unfreeze()
 
