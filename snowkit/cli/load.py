@@ -71,19 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="'embedded' (start the local instance) or the instance URL; overrides "
         "servicenow.instance from the configuration (default: that, else 'embedded')",
     )
-    load.add_argument(
-        "--config",
-        dest="config_file",
-        metavar="FILE",
-        help="configuration file, TOML, JSON or YAML (default: $SNOWKIT_CONFIG); needs an "
-        "environment (--environment or BEAST_ENVIRONMENT)",
-    )
-    load.add_argument(
-        "--environment",
-        metavar="ENV",
-        help="development, testing, staging, production or unknown (default: "
-        "$BEAST_ENVIRONMENT); each brings its defaults, e.g. testing retries no HTTP request",
-    )
+    _config_args(load)
     load.add_argument(
         "--source",
         default="lab",
@@ -166,11 +154,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _instance_arg(parser: argparse.ArgumentParser) -> None:
+    """``--instance`` and the configuration options of the maintenance commands (setup, outbox
+    replay, rollback): they read the configuration under the same rule as ``load``."""
     parser.add_argument(
         "--instance",
-        default="embedded",
-        help="'embedded' (start the local instance) or the instance URL "
-        "(credentials from the credential manager: SERVICENOW_* or 1Password)",
+        default=None,
+        help="'embedded' (start the local instance) or the instance URL (credentials from the "
+        "credential manager: SERVICENOW_* or 1Password); overrides servicenow.instance from "
+        "the configuration (default: that, else 'embedded')",
+    )
+    _config_args(parser)
+
+
+def _config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        dest="config_file",
+        metavar="FILE",
+        help="configuration file, TOML, JSON or YAML (default: $SNOWKIT_CONFIG); needs an "
+        "environment (--environment or BEAST_ENVIRONMENT)",
+    )
+    parser.add_argument(
+        "--environment",
+        metavar="ENV",
+        help="development, testing, staging, production or unknown (default: "
+        "$BEAST_ENVIRONMENT); each brings its defaults, e.g. testing retries no HTTP request",
     )
 
 
@@ -203,13 +211,7 @@ def _load(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config_file, args.environment)
     except ConfigurationError as exc:
-        _err(f"load not started: {exc}")
-        if not (args.environment or os.environ.get("BEAST_ENVIRONMENT")):
-            _err(
-                "a configuration needs an environment: pass --environment NAME or set "
-                "BEAST_ENVIRONMENT (development, testing, staging, production or unknown)"
-            )
-        return EXIT_CONFIG
+        return _config_refused("load", args, exc)
 
     lab = None
     if args.source == "lab":
@@ -266,6 +268,17 @@ def load_config(config_file: str | None, environment: str | None) -> Operational
     )
 
 
+def _config_refused(command: str, args: argparse.Namespace, exc: Exception) -> int:
+    """Say why the configuration stops ``command`` (every problem, never a value); exit 78."""
+    _err(f"{command} not started: {exc}")
+    if not (args.environment or os.environ.get("BEAST_ENVIRONMENT")):
+        _err(
+            "a configuration needs an environment: pass --environment NAME or set "
+            "BEAST_ENVIRONMENT (development, testing, staging, production or unknown)"
+        )
+    return EXIT_CONFIG
+
+
 def _note_configuration(report: Any, config: Any, config_file: str | None) -> None:
     """Say in the run report (and its report.json) which configuration the run used."""
     from pathlib import Path
@@ -313,15 +326,25 @@ def _print_report(report: Any) -> None:
 
 
 @contextmanager
-def _client(instance: str) -> Iterator[Any]:
+def _client(args: argparse.Namespace, *, writes_records: bool = False) -> Iterator[Any]:
+    """A client as the command's ``--instance`` and configuration say. ``writes_records``:
+    the command writes CMDB records outside a load (outbox replay, rollback), so the
+    remembered state is marked unsealed first (``StateStore.mark_writing``): the next load
+    then lists everything since its watermark instead of trusting what it remembers."""
     from snowkit import paths
-    from snowkit.cmdb.job import connect
+    from snowkit.cmdb.job import EMBEDDED, connect, instance_key
+    from snowkit.cmdb.state import StateStore
     from snowkit.ops.logging import configure_logging
 
+    config = load_config(args.config_file, args.environment)  # ConfigurationError: the caller
+    instance = args.instance or (config.servicenow.instance if config else None) or EMBEDDED
     # request logs go to the log file; the terminal gets the command's own answer
     configure_logging(file_path=paths.logs_dir() / "snowkit.jsonl", console=False)
-    connection = connect(instance)
+    connection = connect(instance, config=config)
     try:
+        if writes_records:
+            with StateStore() as store:
+                store.mark_writing(instance_key(instance, connection))
         yield connection.client
     finally:
         connection.close()
@@ -329,10 +352,13 @@ def _client(instance: str) -> Iterator[Any]:
 
 def _setup(args: argparse.Namespace) -> int:
     from snowkit.cmdb.schema import SchemaNotReadyError, check_schema, ensure_schema
+    from snowkit.ops.errors import ConfigurationError
 
     try:
-        with _client(args.instance) as client:
+        with _client(args) as client:
             status = check_schema(client) if args.check else ensure_schema(client)
+    except ConfigurationError as exc:
+        return _config_refused("setup", args, exc)
     except SchemaNotReadyError as exc:
         _err(str(exc))
         return EXIT_FAILED
@@ -412,16 +438,19 @@ def _open_audit() -> AuditTrail:
 def _outbox_replay(args: argparse.Namespace) -> int:
     from snowkit.cmdb.intents import IntentJournal, reconcile_intents
     from snowkit.cmdb.outbox import Outbox
+    from snowkit.ops.errors import ConfigurationError
 
     with Outbox() as outbox, IntentJournal() as intents:
         if not outbox.count() and not intents.count():
             print("the outbox is empty")
             return EXIT_OK
         try:
-            with _client(args.instance) as client, _open_audit() as audit:
+            with _client(args, writes_records=True) as client, _open_audit() as audit:
                 # first what a killed run or replay committed but never audited
                 found = reconcile_intents(client, intents, audit)
                 result = outbox.replay(client, audit=audit, intents=intents)
+        except ConfigurationError as exc:
+            return _config_refused("outbox replay", args, exc)
         except Exception as exc:
             _err(f"replay failed: {type(exc).__name__}: {exc}")
             return EXIT_FAILED
@@ -446,10 +475,13 @@ def _outbox_replay(args: argparse.Namespace) -> int:
 
 def _rollback(args: argparse.Namespace) -> int:
     from snowkit.cmdb.rollback import NothingToRollBackError, rollback
+    from snowkit.ops.errors import ConfigurationError
 
     try:
-        with _client(args.instance) as client, _open_audit() as audit:
+        with _client(args, writes_records=True) as client, _open_audit() as audit:
             result = rollback(client, args.run_id, audit=audit)
+    except ConfigurationError as exc:
+        return _config_refused("rollback", args, exc)
     except NothingToRollBackError as exc:
         _err(str(exc))
         return EXIT_FAILED

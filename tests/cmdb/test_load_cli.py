@@ -165,3 +165,44 @@ def test_outbox_show_explains_what_the_entries_are(capsys: pytest.CaptureFixture
         "create": {"cmdb_ci_ip_switch": 1, "cmn_location": 1},
         "relate": {"cmdb_rel_ci": 2},
     }
+
+
+def test_a_rollback_leaves_the_remembered_state_unsealed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A rollback writes with our account outside a load: the next load must not trust its
+    narrowed listing, so the state is marked unsealed until a load saves it again."""
+    from snowkit.cmdb.job import embedded_db_path
+    from snowkit.cmdb.state import StateStore
+
+    key = f"embedded:{embedded_db_path()}"
+    assert main(["load", "--json", *LAB]) == 0
+    run_id = json.loads(capsys.readouterr().out)["run_id"]
+    with StateStore() as store:
+        head = store.load_head(key)
+        assert head is not None and head.sealed
+    assert main(["rollback", run_id, "--json"]) == 0
+    capsys.readouterr()
+    with StateStore() as store:
+        head = store.load_head(key)
+        assert head is not None and not head.sealed
+    assert main(["load", "--json", *LAB]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["applied"]["created"] > 0  # everything rolled back is written again
+    with StateStore() as store:
+        assert store.load_head(key).sealed
+
+
+def test_maintenance_commands_read_the_configuration(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """setup, outbox replay and rollback follow load's rule: an invalid configuration stops
+    them with exit 78, naming the problem and never the value."""
+    bad = tmp_path / "snowkit.toml"
+    bad.write_text('[retry]\nmax_attempts = "many-canary-9f2"\n', encoding="utf-8")
+    for command in (["setup"], ["rollback", "20990101T000000Z-000000"]):
+        code = main([*command, "--config", str(bad), "--environment", "production"])
+        err = capsys.readouterr().err
+        assert code == 78, (command, err)
+        assert "not started" in err and "max_attempts" in err
+        assert "many-canary-9f2" not in err
