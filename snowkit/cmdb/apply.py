@@ -202,7 +202,17 @@ class SyncEngine:
                               links=len(relationships), limit=self.max_remembered)  # fmt: skip
             self.state_store.forget(self.instance_key)
             self.state_store, self._prefetched = None, None
-        ahead = self._plan_ahead(records, relationships, not_seen_since)
+
+        def diff(snapshot: planning.CMDBSnapshot) -> Plan:
+            return planning.build_plan(
+                records,
+                snapshot,
+                relationships=relationships,
+                retire_after_days=self.retire_after_days,
+                not_seen_since=not_seen_since,
+            )
+
+        ahead = self._plan_ahead(records, diff)
         missing, snapshot = self._read_cmdb(records)
         for table in missing:
             self.ledger.fallbacks[table] = CI_TABLE
@@ -210,13 +220,7 @@ class SyncEngine:
             plan = ahead[1]  # nothing changed in the CMDB: the plan built ahead stands
             self.logger.event("plan_built_ahead", items=len(plan.items))
         else:
-            plan = planning.build_plan(
-                records,
-                snapshot,
-                relationships=relationships,
-                retire_after_days=self.retire_after_days,
-                not_seen_since=not_seen_since,
-            )
+            plan = diff(snapshot)
         for table in sorted(missing):
             plan.notes.append(
                 f"class table {table} is missing on the instance: its records go to cmdb_ci "
@@ -242,12 +246,9 @@ class SyncEngine:
         pool.shutdown(wait=False)
 
     def _plan_ahead(
-        self,
-        records: list[Any],
-        relationships: list[Any],
-        not_seen_since: dict[str, str] | None,
+        self, records: list[Any], diff: Callable[[planning.CMDBSnapshot], Plan]
     ) -> tuple[set[str], Plan] | None:
-        """While the read-ahead round is still on the wire, the plan against the remembered
+        """While the read-ahead round is still on the wire, ``diff`` against the remembered
         rows (a rerun's usual outcome: nothing changed). ``plan`` uses it only if the round
         then shows no change; None when there is nothing to gain or it might differ (a class
         table never probed, a record to create: adoption candidates would be read)."""
@@ -259,14 +260,7 @@ class SyncEngine:
         if not set(tables) <= set(state.class_tables):
             return None
         missing = {t for t in tables if t in state.missing_tables}
-        snapshot = incremental.snapshot_of(state, records, missing)
-        plan = planning.build_plan(
-            records,
-            snapshot,
-            relationships=relationships,
-            retire_after_days=self.retire_after_days,
-            not_seen_since=not_seen_since,
-        )
+        plan = diff(incremental.snapshot_of(state, records, missing))
         if any(item.action == CREATE for item in plan.items):
             return None
         return missing, plan
