@@ -7,6 +7,7 @@ out a back-off.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -45,6 +46,23 @@ def heal_sandbox(sb: Sandbox) -> None:
             return
         time.sleep(0.02)
     raise AssertionError("the sandbox did not reopen its socket")
+
+
+@contextlib.contextmanager
+def recorded_queries(client: ServiceNowAPIClient) -> Iterator[list[str]]:
+    """Every ``client.query`` made inside the block, as ``"table:query"``."""
+    reads: list[str] = []
+    real = client.query
+
+    def recording(table: str, query: object = "", *a: object, **kw: object) -> object:
+        reads.append(f"{table}:{query}")
+        return real(table, query, *a, **kw)
+
+    client.query = recording  # type: ignore[method-assign]
+    try:
+        yield reads
+    finally:
+        client.query = real  # type: ignore[method-assign]
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from snowkit.ops.audit import read_audit
 from snowkit.sandbox import Sandbox
 from snowkit.servicenow import ServiceNowAPIClient
 
-from .conftest import make_client
+from .conftest import make_client, recorded_queries
 
 
 @pytest.fixture
@@ -555,19 +555,9 @@ def test_many_links_made_by_others_do_not_turn_the_incremental_read_off(
         def sync() -> list[str]:
             engine = SyncEngine(client, state_store=store, instance_key="k", workers=2,
                                 max_remembered=15)  # fmt: skip
-            reads: list[str] = []
-            real = client.query
-
-            def recording(table: str, query: object = "", *a: object, **kw: object) -> object:
-                reads.append(f"{table}:{query}")
-                return real(table, query, *a, **kw)
-
-            client.query = recording  # type: ignore[method-assign]
-            try:
+            with recorded_queries(client) as reads:
                 engine.prefetch()
                 assert engine.sync(result, progress=False)[1].status == "success"
-            finally:
-                client.query = real  # type: ignore[method-assign]
             return reads
 
         sync()

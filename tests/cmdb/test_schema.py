@@ -9,6 +9,8 @@ from snowkit.credentials import CredentialManager
 from snowkit.sandbox import Sandbox
 from snowkit.servicenow import ServiceNowAPIClient
 
+from .conftest import recorded_queries
+
 
 def client_for(sb: Sandbox, user: str) -> ServiceNowAPIClient:
     creds = CredentialManager.static(basic=(user, sb.users[user]))
@@ -102,15 +104,7 @@ def test_right_after_creating_the_fields_no_sourced_record_is_read(sandbox: Sand
     result = TransformResult(
         records=[CMDBRecord("cmdb_ci_ip_switch", "d1", {"name": "sw"}, "switch")]
     )
-    with client_for(sandbox, "admin") as client:
-        reads: list[str] = []
-        real = client.query
-
-        def recording(table: str, query: object = "", *a: object, **kw: object) -> object:
-            reads.append(f"{table}:{query}")
-            return real(table, query, *a, **kw)
-
-        client.query = recording  # type: ignore[method-assign]
+    with client_for(sandbox, "admin") as client, recorded_queries(client) as reads:
         sourced = "u_unifi_source_idISNOTEMPTY"
         fresh = SyncEngine(client, workers=2).plan(result, preflight=lambda: ensure_schema(client))
         assert fresh.counts()["create"] == 1
