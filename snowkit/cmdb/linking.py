@@ -20,6 +20,7 @@ from snowkit.cmdb.outbox import is_unreachable_error
 from snowkit.cmdb.relationships import (
     REL_TABLE,
     LinkKey,
+    LinkPlan,
     RelTypeCache,
     existing_link_rows,
     plan_links,
@@ -60,20 +61,10 @@ class Linker:
             self.queue_specs(specs)
             stats.queued = ledger.stats.rel_queued
             return
-        stats.existing = link_plan.existing
-        stats.orphans = len(link_plan.orphans)
-        stats.orphan_examples = [
-            f"{s.parent_source_id} -> {s.child_source_id} ({s.type_name})"
-            for s in link_plan.orphans[:10]
-        ]
-        for name, n in link_plan.unknown_types.items():
-            report.warnings.append(f"relationship type {name!r} not found: {n} link(s) skipped")
-            stats.failed += n
+        report_link_decisions(report, link_plan)
         ops = [self.op_for(spec, body) for spec, body in link_plan.to_create]
         self.runner.run(ops, "relationships", progress)
-        stats.created = ledger.stats.rel_created
-        stats.failed += ledger.stats.rel_failed
-        stats.queued = ledger.stats.rel_queued
+        report_link_outcomes(report, ledger)
 
     def begin_links(self) -> None:
         """Before a streamed run (``snowkit.cmdb.stream``): the remembered state is made to
@@ -133,6 +124,29 @@ class Linker:
                     raise
             ops.append(self.op_for(spec, {"type": type_id or ""}))
         self.ledger.queue(ops)
+
+
+def report_link_decisions(report: RunReport, link_plan: LinkPlan) -> None:
+    """The report's relationship figures from the link decisions: links already there,
+    orphans (with examples), unknown types (a warning each, counted failed)."""
+    stats = report.relationships
+    stats.existing = link_plan.existing
+    stats.orphans = len(link_plan.orphans)
+    stats.orphan_examples = [
+        f"{s.parent_source_id} -> {s.child_source_id} ({s.type_name})"
+        for s in link_plan.orphans[:10]
+    ]
+    for name, n in link_plan.unknown_types.items():
+        report.warnings.append(f"relationship type {name!r} not found: {n} link(s) skipped")
+        stats.failed += n
+
+
+def report_link_outcomes(report: RunReport, ledger: RunLedger) -> None:
+    """The report's relationship figures from what the link writes became."""
+    stats = report.relationships
+    stats.created = ledger.stats.rel_created
+    stats.failed += ledger.stats.rel_failed
+    stats.queued = ledger.stats.rel_queued
 
 
 def forget_links(state: incremental.SyncState) -> None:

@@ -34,7 +34,7 @@ from typing import Any
 
 from snowkit.cmdb.batches import BatchRunner
 from snowkit.cmdb.ledger import RunLedger
-from snowkit.cmdb.linking import Linker
+from snowkit.cmdb.linking import Linker, report_link_decisions, report_link_outcomes
 from snowkit.cmdb.outbox import is_unreachable_error
 from snowkit.cmdb.plan import CREATE
 from snowkit.cmdb.progress import bar
@@ -314,17 +314,9 @@ class WriteStream:
 
     # -- report ----------------------------------------------------------------------------
     def _fill(self, report: RunReport) -> None:
-        found, stats, ledger = self._found.plan, report.relationships, self.ledger
-        stats.wanted = found.wanted
-        stats.existing = found.existing
-        stats.orphans = len(found.orphans)
-        stats.orphan_examples = [
-            f"{s.parent_source_id} -> {s.child_source_id} ({s.type_name})"
-            for s in found.orphans[:10]
-        ]
-        for name, n in sorted(found.unknown_types.items()):
-            report.warnings.append(f"relationship type {name!r} not found: {n} link(s) skipped")
-            stats.failed += n
-        stats.created = ledger.stats.rel_created
-        stats.failed += ledger.stats.rel_failed
-        stats.queued = ledger.stats.rel_queued
+        found = self._found.plan
+        report.relationships.wanted = found.wanted
+        # decided as ends landed, in no fixed order: name unknown types alphabetically
+        found.unknown_types = dict(sorted(found.unknown_types.items()))
+        report_link_decisions(report, found)
+        report_link_outcomes(report, self.ledger)
