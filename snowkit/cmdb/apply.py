@@ -33,6 +33,7 @@ import time
 from collections import ChainMap
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 from snowkit.cmdb import incremental
@@ -45,6 +46,7 @@ from snowkit.cmdb.ledger import RunLedger
 from snowkit.cmdb.linking import Linker, forget_links
 from snowkit.cmdb.outbox import Outbox, is_unreachable_error
 from snowkit.cmdb.plan import CI_TABLE, CREATE, LOCATION_TABLE, SOURCE_ID_FIELD, Plan, PlanItem
+from snowkit.cmdb.questions import MISSING, Question, ask, ask_one
 from snowkit.cmdb.quiet_gc import quiet_gc
 from snowkit.cmdb.relationships import RelTypeCache
 from snowkit.cmdb.report import RunReport
@@ -75,6 +77,17 @@ __all__ = [
     "dependency_phases",
     "write_rank",
 ]
+
+
+@dataclass
+class FirstRound:
+    """What the round before a full read found (see ``SyncEngine._first_round``)."""
+
+    probed: set[str] = field(default_factory=set)  #: class tables asked about
+    missing: set[str] = field(default_factory=set)  #: those the instance does not have
+    #: per table (cmdb_ci, cmn_location): does it hold records without a source id
+    unsourced: dict[str, bool] = field(default_factory=dict)
+    sourced: bool = True  #: does either hold a record with a source id
 
 
 class CrashSimulation(RuntimeError):
@@ -173,14 +186,7 @@ class SyncEngine:
 
     def _probe(self, table: str) -> str | None:
         """``table`` when the instance does not have it, else None."""
-        try:
-            for _ in self.client.query(table, "", fields=["sys_id"], page_size=1):
-                break
-        except Exception as exc:
-            if type(exc).__name__ == "InvalidTableError":
-                return table
-            raise
-        return None
+        return table if ask_one(self.client, Question(table)) is MISSING else None
 
     def plan(
         self,
@@ -265,7 +271,7 @@ class SyncEngine:
             return None
         return missing, plan
 
-    def _read_ahead(self) -> tuple[incremental.SyncState | None, dict[str, Any], Any]:
+    def _read_ahead(self) -> tuple[incremental.SyncState | None, dict[str, Any], FirstRound | None]:
         """(state, listings, None) with a usable remembered state, else (None, {}, the first
         round of a full read)."""
         store, key = self.state_store, self.instance_key
@@ -326,11 +332,12 @@ class SyncEngine:
                 )
                 return missing, snapshot
             self.logger.event("incremental_snapshot_skipped", reason=why)
-        probed, missing, unsourced = first or self._first_round(tables)
-        missing = {t for t in tables if t in missing} | self._missing_among(set(tables) - probed)
+        first = first or self._first_round(tables)
+        missing = {t for t in tables if t in first.missing}
+        missing |= self._missing_among(set(tables) - first.probed)
         snapshot = planning.read_snapshot(
             self.client, records, missing_tables=missing, workers=self.workers,
-            unsourced=unsourced, none_sourced=_fields_just_created(self._preflight.result),
+            unsourced=first.unsourced, none_sourced=not first.sourced,
         )  # fmt: skip
         if self.state_store is not None:
             self._adopt_state(incremental.state_from_full_read(snapshot, records, missing))
@@ -353,26 +360,34 @@ class SyncEngine:
         return {t for t in planning.parallel_map(self._probe, [(t,) for t in sorted(tables)],
                                                  self.workers) if t}  # fmt: skip
 
-    def _first_round(self, tables: list[str]) -> tuple[set[str], set[str], dict[str, bool]]:
-        """One parallel round before a full read: the preflight (schema check: nothing read
-        here relies on the source-id field), whether CIs and locations without a source id
-        exist (adoption candidates), and the class-table probes. Returns the tables probed,
-        the missing ones, and the adoption checks."""
-        unsourced_tables = (CI_TABLE, LOCATION_TABLE)
-        jobs: list[tuple[Callable[[], Any]]] = [(self._preflight,)]
-        jobs += [(lambda t=t: planning.any_without_source_id(self.client, t),)
-                 for t in unsourced_tables]  # fmt: skip
+    def _first_round(self, tables: list[str]) -> FirstRound:
+        """One round before a full read: the preflight (schema check: nothing asked here
+        relies on the source-id field) beside the plan's yes/no questions, asked together
+        (``snowkit.cmdb.questions``): does each class table exist; do ``cmdb_ci`` and
+        ``cmn_location`` hold records without a source id (adoption candidates), any at
+        all, any with a source id (none: nothing sourced to read)."""
+        both = (CI_TABLE, LOCATION_TABLE)
+        questions = [Question(t, f"{SOURCE_ID_FIELD}ISEMPTY") for t in both]
         # if the preflight creates the field, the question above was asked of a field that
         # did not exist yet (some instances then answer "none"): any record at all is then
         # the right question, every one of them lacking a source id
-        jobs += [(lambda t=t: planning.any_record(self.client, t),) for t in unsourced_tables]
-        jobs += [(lambda t=t: self._probe(t),) for t in tables]
-        # as wide as the client's connection pool (8 by default), so no connection is dropped
-        width = min(len(jobs), max(self.workers, 8))
-        results = planning.parallel_map(lambda fn: fn(), jobs, width)
-        answers = results[3:5] if _fields_just_created(self._preflight.result) else results[1:3]
-        unsourced = dict(zip(unsourced_tables, answers, strict=True))
-        return set(tables), {t for t in results[5:] if t}, unsourced
+        questions += [Question(t) for t in both]
+        questions += [Question(t, f"{SOURCE_ID_FIELD}ISNOTEMPTY") for t in both]
+        questions += [Question(t) for t in tables]
+        # as wide as the client's connection pool (8 by default) if asked one by one
+        width = max(self.workers, 8) - 1
+        _, answers = planning.parallel_map(lambda fn: fn(), [
+            (self._preflight,), (lambda: ask(self.client, questions, width=width),),
+        ], 2)  # fmt: skip
+        just_created = _fields_just_created(self._preflight.result)
+        without, anything, sourced = answers[0:2], answers[2:4], answers[4:6]
+        unsourced = anything if just_created else without
+        return FirstRound(
+            probed=set(tables),
+            missing={t for t, a in zip(tables, answers[6:], strict=True) if a is MISSING},
+            unsourced={t: bool(a) for t, a in zip(both, unsourced, strict=True)},
+            sourced=not just_created and any(sourced),
+        )
 
     def _list_changes(
         self, state: incremental.SyncState, load_rows: Callable[[], None] | None = None
@@ -626,6 +641,11 @@ class SyncEngine:
             why = "some fields were written to tables that do not hold them"
         if why is None and wrote:
             since: dict[str, str | None] = dict(self._state_since)
+            # no stamp to list from (nothing of ours was in that table): from our first
+            # write, less the overlap, so the listing leaves out what we created (not all of
+            # it, as with no bound); the count still catches a record created by anyone else
+            for kind in ("ci", "loc"):
+                since[kind] = since.get(kind) or self.ledger.first_stamp
             if since.get("rel") is None:
                 since["rel"] = since.get("ci") or self.ledger.first_stamp
             ours = set(state.rows["ci"])

@@ -43,7 +43,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlencode
 
 from snowkit.cmdb.fields import as_str
 from snowkit.cmdb.plan import (
@@ -56,6 +55,7 @@ from snowkit.cmdb.plan import (
     read_sourced,
     snapshot_from_rows,
 )
+from snowkit.cmdb.questions import table_url
 from snowkit.cmdb.relationships import REL_TABLE, LinkKey, existing_link_rows
 from snowkit.cmdb.state import SyncState
 from snowkit.servicenow.batch import BatchRequest
@@ -367,11 +367,11 @@ def _listings_in_one_batch(
     requests: list[BatchRequest] = []
     for read in reads:
         table = _KIND_TABLE[read.kind]
-        requests.append(BatchRequest("GET", _table_url(table, {
+        requests.append(BatchRequest("GET", table_url(table, {
             "sysparm_query": read.query, "sysparm_fields": ",".join(read.fields),
             "sysparm_limit": str(LISTING_PAGE), "sysparm_exclude_reference_link": "true",
         })))  # fmt: skip
-        requests.append(BatchRequest("GET", _table_url(table, {
+        requests.append(BatchRequest("GET", table_url(table, {
             "sysparm_query": _count_query(read.kind), "sysparm_fields": "sys_id",
             "sysparm_limit": "1",
         })))  # fmt: skip
@@ -396,10 +396,6 @@ def _listings_in_one_batch(
         listing.count = int(total)
         listings[read.kind] = listing
     return listings
-
-
-def _table_url(table: str, params: Mapping[str, str]) -> str:
-    return f"/api/now/table/{table}?{urlencode(params)}"
 
 
 def _header(answer: Any, name: str) -> str | None:

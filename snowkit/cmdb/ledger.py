@@ -28,7 +28,7 @@ from snowkit.cmdb.report import ItemFailure, RunReport, suggestions_from
 from snowkit.cmdb.writes import RELATE, RETRYABLE_STATUSES, WriteOp, describe, forbidden_error
 
 #: Fields the engine adds that verification does not compare.
-_META_FIELDS = frozenset({SOURCE_ID_FIELD, "sys_class_name"})
+_META_FIELDS = frozenset({SOURCE_ID_FIELD, "sys_class_name", "sys_id"})
 
 Written = tuple[str, str, Mapping[str, str], tuple[tuple[str, str], ...]]
 #: (op, sys_id, version, the record answered) of a write that landed

@@ -377,6 +377,28 @@ def test_a_back_to_back_rerun_lists_none_of_its_own_writes(shared_sandbox: Sandb
     assert writes_sent(again.run_id) == 0
 
 
+def test_the_first_seal_on_a_fresh_instance_lists_none_of_its_own_creates(
+    sandbox: Sandbox, load, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing carried a source id before the first run (no stamp to list from): its seal
+    lists from its first write, without the records it created, not every record there is."""
+    listed: list[tuple[str, bool, int]] = []
+    compare = incremental._compare
+
+    def spy(read: Any, rows: Any, known: Any, recent_before: Any) -> Any:
+        rows = list(rows)
+        listed.append((read.kind, read.narrowed, len(rows)))
+        return compare(read, rows, known, recent_before)
+
+    monkeypatch.setattr(incremental, "_compare", spy)
+    load(sandbox)
+    assert sorted(kind for kind, narrowed, _ in listed if narrowed) == ["ci", "loc", "rel"]
+    assert all(n <= 1 for _, _, n in listed), listed  # at most the canary
+    again = load(sandbox)
+    assert events(again.run_id, "incremental_snapshot")
+    assert writes_sent(again.run_id) == 0
+
+
 def test_an_edit_by_someone_else_in_the_window_is_seen(shared_sandbox: Sandbox, load) -> None:
     load(shared_sandbox)
     with someone_else(shared_sandbox) as other:

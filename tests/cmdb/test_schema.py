@@ -97,7 +97,8 @@ def test_the_check_runs_once_whoever_asks_first() -> None:
 
 def test_right_after_creating_the_fields_no_sourced_record_is_read(sandbox: Sandbox) -> None:
     """A field created just now holds no values: the plan skips that read (one round less on
-    a fresh instance's first load); once the fields exist, it reads them."""
+    a fresh instance's first load); once the fields exist, it reads them if the first round
+    found a record carrying a source id."""
     from snowkit.cmdb.apply import SyncEngine
     from snowkit.cmdb.transform import CMDBRecord, TransformResult
 
@@ -111,6 +112,10 @@ def test_right_after_creating_the_fields_no_sourced_record_is_read(sandbox: Sand
         assert not [q for q in reads if sourced in q], reads
         again = SyncEngine(client, workers=2).plan(result, preflight=lambda: ensure_schema(client))
         assert again.counts()["create"] == 1
+        assert not [q for q in reads if sourced in q], "nothing carries a source id yet"
+        client.create("cmdb_ci_ip_switch", {"name": "other", "u_unifi_source_id": "d0"})
+        third = SyncEngine(client, workers=2).plan(result, preflight=lambda: ensure_schema(client))
+        assert third.counts()["create"] == 1
         assert [q for q in reads if sourced in q]
 
 
@@ -128,8 +133,9 @@ def test_fields_created_during_the_first_round_do_not_hide_adoption_candidates()
     created = SchemaStatus(created=list(REQUIRED_FIELDS))
     engine = SyncEngine(Instance(), workers=2)
     engine._preflight = type(engine._preflight)(lambda: created)
-    _probed, _missing, unsourced = engine._first_round([])
-    assert unsourced == {"cmdb_ci": True, "cmn_location": True}
+    first = engine._first_round([])
+    assert first.unsourced == {"cmdb_ci": True, "cmn_location": True}
+    assert not first.sourced  # nothing can carry a field created just now
     engine._preflight = type(engine._preflight)(lambda: SchemaStatus(present=list(REQUIRED_FIELDS)))
-    _probed, _missing, unsourced = engine._first_round([])
-    assert unsourced == {"cmdb_ci": False, "cmn_location": False}
+    first = engine._first_round([])
+    assert first.unsourced == {"cmdb_ci": False, "cmn_location": False}

@@ -62,10 +62,16 @@ def run(client: ServiceNowAPIClient, result: TransformResult, **kw: Any) -> tupl
     return report, rec
 
 
-def test_every_write_waits_for_what_it_references(client: ServiceNowAPIClient) -> None:
+def test_links_wait_for_their_ends_and_references_name_the_chosen_sys_id(
+    client: ServiceNowAPIClient,
+) -> None:
     result = estate(sites=2, devices=4, clients=6)
     report, rec = run(client, result)
     written_in = rec.first_chunk_of()
+    bodies = {sid: body for chunk in rec.chunks for action, sid, body, _ in chunk
+              if action != RELATE and sid}  # fmt: skip
+    stored = {row[SID]: row for row in client.query("cmdb_ci", f"{SID}ISNOTEMPTY")}
+    stored.update({row[SID]: row for row in client.query("cmn_location", f"{SID}ISNOTEMPTY")})
     records = {r.source_id: r for r in result.records}
     for n, chunk in enumerate(rec.chunks):
         for action, sid, body, spec in chunk:
@@ -73,9 +79,12 @@ def test_every_write_waits_for_what_it_references(client: ServiceNowAPIClient) -
                 assert written_in[spec.parent_source_id] < n
                 assert written_in[spec.child_source_id] < n
                 continue
+            # every create is sent with the sys_id it is stored under ...
+            assert body["sys_id"] == stored[sid]["sys_id"]
+            # ... so a reference to a record created in the same run needs no wait for it
             for fld, target in records[sid].references.items():
-                assert written_in[target] < n, f"{sid} sent before {target}"
-                assert body[fld], f"{sid}.{fld} sent without its sys_id"
+                assert body[fld] == bodies[target]["sys_id"] == stored[target]["sys_id"]
+                assert stored[sid][fld] == stored[target]["sys_id"]
     assert report.relationships.created == len(result.relationships)
     assert report.applied["created"] == len(result.records)
 
@@ -85,10 +94,10 @@ def test_chunks_mix_records_and_links_and_fill_up(client: ServiceNowAPIClient) -
     _report, rec = run(client, result, batch_size=5, workers=1)
     sizes = [len(c) for c in rec.chunks]
     assert sum(sizes) == len(result.records) + len(result.relationships)
-    # the locations go alone (everything else references them), then every chunk is full
-    # but the last: links fill what the records leave
-    assert [a for a, *_ in rec.chunks[0]] == ["create"] * 3
-    assert all(s == 5 for s in sizes[1:-1]), sizes
+    # records go first (none waits for the location it references), then every chunk is
+    # full but the last: links fill what the records leave
+    assert [a for a, *_ in rec.chunks[0]] == ["create"] * 5
+    assert all(s == 5 for s in sizes[:-1]), sizes
     kinds = [{a == RELATE for a, *_ in chunk} for chunk in rec.chunks]
     assert {True, False} in kinds, "no chunk carried a record and a link together"
 
@@ -144,8 +153,8 @@ def test_a_link_whose_end_failed_is_an_orphan_not_a_half_link(
 
 
 def test_records_referencing_each_other_in_a_cycle_still_go(client: ServiceNowAPIClient) -> None:
-    """A reference cycle cannot wait for itself: one record goes first without the reference
-    (as the phased path did), the other then carries its sys_id."""
+    """A reference cycle needs no wait at all: each create carries the sys_id chosen for it,
+    so both records go with the other's sys_id filled in."""
     records = [
         CMDBRecord("cmdb_ci_ip_switch", "dev:a", {"name": "a"}, "switch", {"location": "dev:b"}),
         CMDBRecord("cmdb_ci_ip_switch", "dev:b", {"name": "b"}, "switch", {"location": "dev:a"}),
@@ -158,10 +167,8 @@ def test_records_referencing_each_other_in_a_cycle_still_go(client: ServiceNowAP
         for r in client.query("cmdb_ci", f"{SID}STARTSWITHdev:", fields=[SID, "sys_id", "location"])
     }
     assert set(rows) == {"dev:a", "dev:b"}
-    linked = [sid for sid, row in rows.items() if row["location"]]
-    assert len(linked) == 1
-    other = "dev:b" if linked == ["dev:a"] else "dev:a"
-    assert rows[linked[0]]["location"] in (rows[other]["sys_id"], {"value": rows[other]["sys_id"]})
+    assert rows["dev:a"]["location"] == rows["dev:b"]["sys_id"]
+    assert rows["dev:b"]["location"] == rows["dev:a"]["sys_id"]
 
 
 def test_two_cycles_sharing_a_record_still_write_each_record_once(

@@ -1,0 +1,76 @@
+"""The plan's yes/no questions: one Batch API request, answers in order, and a fallback to
+one request per question when that answer cannot be used."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from snowkit.cmdb.questions import MISSING, Question, ask, ask_together
+from snowkit.servicenow import ServiceNowAPIClient
+from snowkit.servicenow.batch import BatchRequest, BatchResult
+
+SID = "u_unifi_source_id"
+
+
+def test_questions_go_as_one_batch_request_with_answers_in_order(
+    client: ServiceNowAPIClient,
+) -> None:
+    client.create("cmdb_ci_ip_switch", {"name": "sw", SID: "dev:1"})
+    client.create("cmdb_ci_ip_switch", {"name": "bare"})
+    batches: list[int] = []
+    real = client.batch
+
+    def counting(requests: Any, **kw: Any) -> Any:
+        batches.append(len(requests))
+        return real(requests, **kw)
+
+    client.batch = counting  # type: ignore[method-assign]
+    questions = [
+        Question("cmdb_ci_ip_switch"),
+        Question("cmdb_ci_ip_switch", f"{SID}ISEMPTY"),
+        Question("cmn_location", f"{SID}ISNOTEMPTY"),
+        Question("u_not_installed"),
+        Question("cmdb_ci", f"{SID}=dev:1"),
+    ]
+    assert ask(client, questions, width=4) == [True, True, False, MISSING, True]
+    assert batches == [5]
+
+
+class _Answers:
+    """A client whose Batch API answers every item with ``status`` (or fails as a whole)."""
+
+    def __init__(self, status: int | None, message: str = "", rows: Any = None) -> None:
+        self.status, self.message, self.rows = status, message, rows
+        self.queries: list[str] = []
+
+    def batch(self, requests: list[BatchRequest]) -> list[BatchResult]:
+        if self.status is None:
+            raise ConnectionError("the batch request failed")
+        body = {"result": self.rows} if self.status == 200 else {"error": {}}
+        return [
+            BatchResult(str(n), r, self.status, body=body, error_message=self.message)
+            for n, r in enumerate(requests)
+        ]
+
+    def query(self, table: str, query: Any = "", **kw: Any) -> Any:
+        self.queries.append(table)
+        return iter([{"sys_id": "1" * 32}])
+
+
+def test_an_answer_that_is_not_one_means_asking_one_by_one() -> None:
+    questions = [Question("cmdb_ci"), Question("cmn_location")]
+    for client in (
+        _Answers(None),  # the request failed as a whole
+        _Answers(403, "Insufficient rights to query records"),  # an ACL, not an answer
+        _Answers(200, rows={"not": "a list"}),
+        _Answers(404, "No Record found"),
+    ):
+        assert ask_together(client, questions) is None
+        assert ask(client, questions, width=2) == [True, True]
+        assert sorted(client.queries) == ["cmdb_ci", "cmn_location"]
+
+
+def test_invalid_table_is_an_answer() -> None:
+    client = _Answers(400, "Invalid table u_gone")
+    assert ask_together(client, [Question("u_gone")]) == [MISSING]
+    assert client.queries == []
