@@ -154,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
             for scenario, faults in scenarios.items():
                 for mode in MODES if rep % 2 == 0 else tuple(reversed(MODES)):
                     where = Path(state) / f"sb-{scenario}-{mode}-{rep}"
-                    with sandbox_process(faults, where) as instance:
+                    # the fields are created inside each run (same for both modes), as the
+                    # rate limit's window counts every request
+                    with sandbox_process(faults, where, set_up=False) as instance:
                         run = run_engine(
                             instance,
                             result,
