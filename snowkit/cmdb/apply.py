@@ -50,6 +50,7 @@ from snowkit.cmdb.questions import MISSING, Question, ask, ask_one
 from snowkit.cmdb.quiet_gc import quiet_gc
 from snowkit.cmdb.relationships import RelTypeCache
 from snowkit.cmdb.report import RunReport
+from snowkit.cmdb.responsive import responsive_threads
 from snowkit.cmdb.stream import WriteStream
 from snowkit.cmdb.writes import (
     CLIENT_KINDS,
@@ -218,14 +219,16 @@ class SyncEngine:
                 not_seen_since=not_seen_since,
             )
 
-        ahead = self._plan_ahead(records, diff)
-        missing, snapshot = self._read_cmdb(records)
+        with responsive_threads():  # the read-ahead round may still be on the wire
+            ahead = self._plan_ahead(records, diff)
+        missing, snapshot = self._read_cmdb(records, ahead[0] if ahead is not None else None)
         for table in missing:
             self.ledger.fallbacks[table] = CI_TABLE
-        if ahead is not None and self._unchanged and ahead[0] == missing:
+        if snapshot is None and ahead is not None:
             plan = ahead[1]  # nothing changed in the CMDB: the plan built ahead stands
             self.logger.event("plan_built_ahead", items=len(plan.items))
         else:
+            assert snapshot is not None
             plan = diff(snapshot)
         for table in sorted(missing):
             plan.notes.append(
@@ -295,10 +298,13 @@ class SyncEngine:
                 return state, listings, None
         return None, {}, self._first_round(sorted(ALL_CLASS_TABLES))
 
-    def _read_cmdb(self, records: list[Any]) -> tuple[set[str], planning.CMDBSnapshot]:
+    def _read_cmdb(
+        self, records: list[Any], planned_for: set[str] | None = None
+    ) -> tuple[set[str], planning.CMDBSnapshot | None]:
         """Missing class tables and the snapshot: from the remembered state plus what changed
         when possible (one round of small requests), else read in full. The preflight (schema
-        check) has passed before anything read is used."""
+        check) has passed before anything read is used. No snapshot (None) when a plan was
+        built ahead for missing tables ``planned_for`` and nothing changed: it stands."""
         tables = _class_tables(r.table for r in records)
         state, listings, first = None, {}, None
         self._unchanged = False
@@ -321,8 +327,6 @@ class SyncEngine:
                 )
                 if why_links is not None:
                     forget_links(state)
-                snapshot = incremental.snapshot_of(state, records, missing)
-                planning.read_candidates(self.client, snapshot, records, workers=self.workers)
                 self._adopt_state(state)
                 self._unchanged = not (listings["ci"].changed or listings["loc"].changed)
                 self.logger.event(
@@ -330,6 +334,10 @@ class SyncEngine:
                     links=why_links or "remembered",
                     changed={k: len(v.changed) for k, v in listings.items()},
                 )
+                if self._unchanged and planned_for == missing:
+                    return missing, None  # every record matched ahead: no candidate to read
+                snapshot = incremental.snapshot_of(state, records, missing)
+                planning.read_candidates(self.client, snapshot, records, workers=self.workers)
                 return missing, snapshot
             self.logger.event("incremental_snapshot_skipped", reason=why)
         first = first or self._first_round(tables)
@@ -392,13 +400,14 @@ class SyncEngine:
     def _list_changes(
         self, state: incremental.SyncState, load_rows: Callable[[], None] | None = None
     ) -> dict[str, incremental.Listing]:
-        """One round: the listings and counts, the relationship types, the preflight (and,
-        with ``load_rows``, the loading of the remembered rows alongside)."""
-        names = list(state.rel_type_names)
-        extra: list[Callable[[], Any]] = [self._preflight, lambda: self.rel_types.prefetch(names)]
+        """One round: the listings and counts with the relationship types in one Batch API
+        request, beside the preflight (and, with ``load_rows``, the loading of the remembered
+        rows)."""
+        rider = self.rel_types.rider(state.rel_type_names)
         listings, _ = incremental.list_changes(
-            self.client, state, workers=self.workers, extra=extra, load_rows=load_rows
-        )
+            self.client, state, workers=self.workers, extra=[self._preflight],
+            riders=[rider] if rider else [], load_rows=load_rows,
+        )  # fmt: skip
         return listings
 
     def _adopt_state(self, state: incremental.SyncState) -> None:
@@ -652,7 +661,9 @@ class SyncEngine:
             state.updater = self.ledger.updater()
             why = incremental.seal(self.client, state, since, ours, workers=self.workers)
         if why is None:
-            incremental.choose_canaries(state)
+            marks = {k: v for k, v in state.watermarks.items() if v}
+            if wrote or state.dirty or not self._unchanged or marks != self._state_since:
+                incremental.choose_canaries(state)  # else the canaries stand as they were
             store.save(self.instance_key, state, rows=state.dirty)
         else:
             self.logger.event("incremental_state_forgotten", reason=why)

@@ -55,7 +55,7 @@ from snowkit.cmdb.plan import (
     read_sourced,
     snapshot_from_rows,
 )
-from snowkit.cmdb.questions import table_url
+from snowkit.cmdb.questions import Rider, table_url
 from snowkit.cmdb.relationships import REL_TABLE, LinkKey, existing_link_rows
 from snowkit.cmdb.state import SyncState
 from snowkit.servicenow.batch import BatchRequest
@@ -292,12 +292,14 @@ def list_changes(
     *,
     workers: int,
     extra: Sequence[Callable[[], Any]] = (),
+    riders: Sequence[Rider] = (),
     kinds: Sequence[str] = ("ci", "loc", "rel"),
     since: Mapping[str, str | None] | None = None,
     load_rows: Callable[[], None] | None = None,
 ) -> tuple[dict[str, Listing], list[Any]]:
     """One parallel round: a listing (since each kind's watermark, or ``since``) and a count
-    per kind, plus ``extra`` reads (e.g. the class-table probes) so they share the round.
+    per kind, plus ``extra`` reads (e.g. the class-table probes) so they share the round, and
+    ``riders``: reads that go in the listings' Batch API request (answered only if it is).
 
     ``load_rows`` fills ``state`` (loaded head only) with its rows and versions alongside the
     requests: each listing compares its answer once they are in. Its canaries then come from
@@ -336,7 +338,7 @@ def list_changes(
             _listing_read(kind, cut(marks.get(kind)), lambda k=kind: versions(k), me, canary(kind))
             for kind in kinds
         ]
-        return _listings_in_one_batch(client, reads, versions, state.recent)
+        return _listings_in_one_batch(client, reads, versions, state.recent, riders)
 
     loading = [(load,)] if load_rows is not None else []
     results = parallel_map(lambda fn: fn(), [*loading, (batched,), *((fn,) for fn in extra)],
@@ -358,6 +360,7 @@ def _listings_in_one_batch(
     reads: Sequence[_ListingRead],
     versions: Callable[[str], Mapping[str, str]],
     recent_before: set[str],
+    riders: Sequence[Rider] = (),
 ) -> dict[str, Listing] | None:
     """Every listing and count of the round as one Batch API request: one round trip and one
     connection instead of six (a no-change rerun spends most of its time in this round).
@@ -375,10 +378,14 @@ def _listings_in_one_batch(
             "sysparm_query": _count_query(read.kind), "sysparm_fields": "sys_id",
             "sysparm_limit": "1",
         })))  # fmt: skip
+    requests += [rider.request for rider in riders]
     try:
         answers = client.batch(requests)
     except Exception:  # the one-by-one reads that follow raise what matters
         return None
+    for rider, answer in zip(riders, answers[len(answers) - len(riders) :], strict=True):
+        rider.take(answer)
+    answers = answers[: len(answers) - len(riders)]
     listings: dict[str, Listing] = {}
     for read, rows_answer, count_answer in zip(reads, answers[::2], answers[1::2], strict=True):
         total = _header(count_answer, "X-Total-Count")

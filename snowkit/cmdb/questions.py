@@ -8,12 +8,15 @@ trips; as the sub-requests of one Batch API request they take one round trip and
 When the Batch API answer cannot be used as is (the request failed, an item failed in a
 way that is not an answer), :func:`ask_together` returns None and the caller asks them one
 by one, with the client's own retries and error messages.
+
+A :class:`Rider` is the same idea for other small reads: a sub-request that goes along in
+another round's Batch API request (a rerun's listings), its answer handed to ``take``.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +31,15 @@ class Question:
 
     table: str
     query: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Rider:
+    """A read sent along in another round's Batch API request. ``take`` gets its answer and
+    may ignore it (not ok, too long): whoever needs the data then reads it on its own."""
+
+    request: BatchRequest
+    take: Callable[[Any], None]
 
 
 #: The answer for a table the instance does not have (a plugin not installed).

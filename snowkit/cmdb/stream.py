@@ -251,11 +251,16 @@ class WriteStream:
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="snowkit-sync")
         inflight: dict[Future[Any], list[WriteOp] | None] = {}
         try:
+            # no record to send (a rerun): decide the links here, no thread to start for it
+            inline = bool(old_pairs) and not self._records and not self._waiting
             if old_pairs:
                 self._blocked += 1
+            if inline:
+                self._decide_old_pairs(old_pairs, self._existing_links(old_pairs))
+            elif old_pairs:
                 inflight[pool.submit(self._existing_links, old_pairs)] = None
             names = {s.type_name for s in old_pairs} | self._held_type_names()
-            if names:
+            if names and not inline:  # inline, ``_existing_links`` has read them
                 inflight[pool.submit(self._prefetch_types, names)] = []
             while True:
                 self._fill_slots(pool, inflight, workers)

@@ -173,7 +173,10 @@ def resolve_duplicates(items: Iterable[Any], kind: str) -> tuple[list[Any], list
 
 
 def _put(values: dict[str, str], name: str, value: Any) -> None:
-    if value is not None and value != "":
+    if value.__class__ is str:  # the usual case, without a call to str()
+        if value:
+            values[name] = value
+    elif value is not None:
         values[name] = str(value)
 
 

@@ -925,9 +925,19 @@ class _Compiler:
             self.params.append(value)
             return f"{expr} {op} ?"
         if op in ("<", "<=", ">", ">="):
-            self.params.append(value)
             if as_number(value) is None:  # no number on one side: plain string order, natively
+                self.params.append(value)
                 return f"{expr} {op} ?"
+            if value.isascii() and value.isdigit() and len(value) < 16:
+                # a count against a column of plain digits (sys_mod_count > 0: a rerun's
+                # listing) compares natively; any other value goes through compare()
+                self.params.extend([int(value), value])
+                return (
+                    f"(CASE WHEN {expr} != '' AND {expr} NOT GLOB '*[^0-9]*' "
+                    f"AND length({expr}) < 16 THEN CAST({expr} AS INTEGER) {op} ? "
+                    f"ELSE snk_cmp({expr}, '{op}', ?) END)"
+                )
+            self.params.append(value)
             return f"snk_cmp({expr}, '{op}', ?)"
         if op in ("LIKE", "NOT LIKE"):
             self.params.append(value)

@@ -39,6 +39,12 @@ def events(run_id: str, name: str) -> list[dict]:
     return [e for e in map(json.loads, lines) if e.get("event") == name]
 
 
+def requests_made(run_id: str) -> list[tuple[str, str | None]]:
+    """(method, operation) of every request the run made, in order."""
+    metrics = json.loads((paths.runs_dir() / run_id / "metrics.json").read_text())
+    return [(s["method"], s.get("operation")) for s in metrics["samples"]]
+
+
 def writes_sent(run_id: str) -> int:
     """Write requests (a Batch API request of reads only is ``batch_read``: not a write)."""
     metrics = json.loads((paths.runs_dir() / run_id / "metrics.json").read_text())

@@ -411,7 +411,10 @@ _OPS = [
     "CONTAINS",
     "%",
 ]
-_ATOMS = ["", "a", "b", "ab", "1", "2", "10", "-1", "1.5", "é", "a b"]
+#: "007", a 17-digit count and an Arabic-Indic digit probe the native comparison of plain
+#: digit strings (``sys_mod_count>0``) against ``compare``'s numeric-else-text rule
+_ATOMS = ["", "a", "b", "ab", "1", "2", "10", "-1", "1.5", "é", "a b", "007",
+          "12345678901234567", "\u0663"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
