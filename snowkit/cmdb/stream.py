@@ -33,7 +33,7 @@ slot frees up (nothing in flight, or nothing left waiting on a dependency).
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -346,8 +346,10 @@ def choose_sys_ids(ops: Iterable[WriteOp]) -> dict[str, str]:
     """Give every create (with a source id) the sys_id it will be stored under: 32 lowercase
     hex digits, as the instance's own. Returns source id -> sys_id. A create that already
     carries one (a retried or replayed write) keeps it."""
+    creates = [op for op in ops if op.action == CREATE and op.source_id]
+    # random like uuid4, drawn at once: one call per create cost 9 ms per 5,000
+    fresh = os.urandom(16 * len(creates)).hex()
     chosen: dict[str, str] = {}
-    for op in ops:
-        if op.action == CREATE and op.source_id:
-            chosen[op.source_id] = op.extra.setdefault("sys_id", uuid.uuid4().hex)
+    for n, op in enumerate(creates):
+        chosen[op.source_id] = op.extra.setdefault("sys_id", fresh[32 * n : 32 * n + 32])
     return chosen

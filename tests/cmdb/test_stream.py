@@ -194,3 +194,22 @@ def test_two_cycles_sharing_a_record_still_write_each_record_once(
     assert report.applied["created"] == 4
     held = [r[SID] for r in client.query("cmdb_ci", f"{SID}STARTSWITHdev:", fields=[SID])]
     assert sorted(held) == ["dev:a", "dev:t1", "dev:t2", "dev:x"]
+
+
+def test_chosen_sys_ids_are_new_hex_guids_and_a_chosen_one_is_kept() -> None:
+    from snowkit.cmdb.stream import choose_sys_ids
+
+    def op(action: str, sid: str | None, **extra: str) -> WriteOp:
+        return WriteOp(key=sid or "k", action=action, table="cmdb_ci", values={}, extra=extra,
+                       source_id=sid)  # fmt: skip
+
+    ops = [op("create", f"dev:{n}") for n in range(500)]
+    ops += [op("create", "dev:kept", sys_id="a" * 32), op("update", "dev:u"), op("create", None)]
+    chosen = choose_sys_ids(ops)
+    assert set(chosen) == {f"dev:{n}" for n in range(500)} | {"dev:kept"}
+    assert chosen["dev:kept"] == "a" * 32
+    fresh = [v for k, v in chosen.items() if k != "dev:kept"]
+    assert len(set(fresh)) == len(fresh)
+    assert all(len(v) == 32 and v == v.lower() and int(v, 16) >= 0 for v in fresh)
+    assert all(o.extra["sys_id"] == chosen[o.source_id] for o in ops if o.source_id in chosen)
+    assert "sys_id" not in ops[-2].extra and "sys_id" not in ops[-1].extra
