@@ -45,7 +45,16 @@ from snowkit.cmdb.ire import IRELoader
 from snowkit.cmdb.ledger import RunLedger
 from snowkit.cmdb.linking import Linker, forget_links
 from snowkit.cmdb.outbox import Outbox, is_unreachable_error
-from snowkit.cmdb.plan import CI_TABLE, CREATE, LOCATION_TABLE, SOURCE_ID_FIELD, Plan, PlanItem
+from snowkit.cmdb.plan import (
+    CI_TABLE,
+    CREATE,
+    LOCATION_TABLE,
+    NO_CHANGE,
+    SOURCE_ID_FIELD,
+    UPDATE,
+    Plan,
+    PlanItem,
+)
 from snowkit.cmdb.questions import MISSING, Question, ask, ask_one
 from snowkit.cmdb.quiet_gc import quiet_gc
 from snowkit.cmdb.relationships import RelTypeCache
@@ -174,7 +183,13 @@ class SyncEngine:
         self._ahead_state: incremental.SyncState | None = None
         self._ahead_rows = threading.Event()
         self._unchanged = False  # the incremental read found nothing changed
+        self._links_unchanged = False  # ... and no link either
+        self._input_digest = ""  # ``incremental.input_digest`` of this run's input
+        self._input_matched = False  # the plan is the state's input's (no field compared)
+        self._plan_was_clean = False  # the plan noted nothing (see ``_complete``)
         self._preflight: Once = Once(None)
+        self._round_out = threading.Event()
+        self._round_out.set()  # no read-ahead round: nothing to wait for
 
     # ------------------------------------------------------------------------------------
     # schema, plan
@@ -219,17 +234,26 @@ class SyncEngine:
                 not_seen_since=not_seen_since,
             )
 
+        # the state remembers the last complete run's input: the same one again against an
+        # unchanged CMDB plans no change without a field compared or a link decided
+        self._input_digest = (
+            incremental.input_digest(records, relationships) if self.state_store else ""
+        )
+        self._input_matched = False
         with responsive_threads():  # the read-ahead round may still be on the wire
-            ahead = self._plan_ahead(records, diff)
+            ahead = self._plan_ahead(records, relationships, diff)
         missing, snapshot = self._read_cmdb(records, ahead[0] if ahead is not None else None)
         for table in missing:
             self.ledger.fallbacks[table] = CI_TABLE
         if snapshot is None and ahead is not None:
             plan = ahead[1]  # nothing changed in the CMDB: the plan built ahead stands
-            self.logger.event("plan_built_ahead", items=len(plan.items))
+            plan.links_settled = self._input_matched and self._links_unchanged
+            self.logger.event("plan_built_ahead", items=len(plan.items),
+                              same_input=self._input_matched)  # fmt: skip
         else:
             assert snapshot is not None
             plan = diff(snapshot)
+        self._plan_was_clean = not plan.notes
         for table in sorted(missing):
             plan.notes.append(
                 f"class table {table} is missing on the instance: its records go to cmdb_ci "
@@ -250,25 +274,44 @@ class SyncEngine:
         if preflight is not None:
             self._preflight = Once(preflight)
         self._ahead_state, self._ahead_rows = None, threading.Event()
+        self._round_out = threading.Event()
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snowkit-prefetch")
         self._prefetched = pool.submit(self._read_ahead)
         pool.shutdown(wait=False)
 
+    def wait_for_first_round(self, timeout: float = 0.05) -> None:
+        """Until the read-ahead round is on its way (at most ``timeout`` seconds): CPU-bound
+        work started before holds the GIL while that thread builds and sends it, and on a
+        rerun that round is what the run waits for."""
+        self._round_out.wait(timeout)
+
     def _plan_ahead(
-        self, records: list[Any], diff: Callable[[planning.CMDBSnapshot], Plan]
+        self,
+        records: list[Any],
+        relationships: list[Any],
+        diff: Callable[[planning.CMDBSnapshot], Plan],
     ) -> tuple[set[str], Plan] | None:
         """While the read-ahead round is still on the wire, ``diff`` against the remembered
         rows (a rerun's usual outcome: nothing changed). ``plan`` uses it only if the round
         then shows no change; None when there is nothing to gain or it might differ (a class
         table never probed, a record to create: adoption candidates would be read)."""
         ahead, state = self._prefetched, self._ahead_state
-        if ahead is None or ahead.done() or state is None:
+        if ahead is None or state is None:
             return None
+        same_input = bool(self._input_digest) and self._input_digest == state.input_digest
+        if ahead.done() and not same_input:
+            return None  # nothing to overlap: the plan is built after the read, as usual
         self._ahead_rows.wait()
         tables = _class_tables(r.table for r in records)
         if not set(tables) <= set(state.class_tables):
             return None
         missing = {t for t in tables if t in state.missing_tables}
+        if same_input:
+            rows = [*state.rows["ci"].values(), *state.rows["loc"].values()]
+            quick = planning.unchanged_plan(records, rows, relationships)
+            if quick is not None:
+                self._input_matched = True
+                return missing, quick
         plan = diff(incremental.snapshot_of(state, records, missing))
         if any(item.action == CREATE for item in plan.items):
             return None
@@ -277,6 +320,14 @@ class SyncEngine:
     def _read_ahead(self) -> tuple[incremental.SyncState | None, dict[str, Any], FirstRound | None]:
         """(state, listings, None) with a usable remembered state, else (None, {}, the first
         round of a full read)."""
+        try:
+            return self._read_ahead_round()
+        finally:
+            self._round_out.set()  # however it ended, nobody need wait for it any longer
+
+    def _read_ahead_round(
+        self,
+    ) -> tuple[incremental.SyncState | None, dict[str, Any], FirstRound | None]:
         store, key = self.state_store, self.instance_key
         state = store.load_head(key) if store else None
         # links counted are the whole table's (everyone's): only records can rule the state out
@@ -293,9 +344,10 @@ class SyncEngine:
                     self._ahead_rows.set()
 
             self._ahead_state = state
-            listings = self._list_changes(state, load_rows=load_rows)
+            listings = self._list_changes(state, load_rows=load_rows, sending=self._round_out.set)
             if sum(map(len, state.rows.values())) <= self.max_remembered:
                 return state, listings, None
+        self._round_out.set()
         return None, {}, self._first_round(sorted(ALL_CLASS_TABLES))
 
     def _read_cmdb(
@@ -307,7 +359,7 @@ class SyncEngine:
         built ahead for missing tables ``planned_for`` and nothing changed: it stands."""
         tables = _class_tables(r.table for r in records)
         state, listings, first = None, {}, None
-        self._unchanged = False
+        self._unchanged = self._links_unchanged = False
         ahead, self._prefetched = self._prefetched, None
         if ahead is not None:
             state, listings, first = ahead.result()
@@ -329,6 +381,7 @@ class SyncEngine:
                     forget_links(state)
                 self._adopt_state(state)
                 self._unchanged = not (listings["ci"].changed or listings["loc"].changed)
+                self._links_unchanged = why_links is None and not listings["rel"].changed
                 self.logger.event(
                     "incremental_snapshot",
                     links=why_links or "remembered",
@@ -398,15 +451,18 @@ class SyncEngine:
         )
 
     def _list_changes(
-        self, state: incremental.SyncState, load_rows: Callable[[], None] | None = None
+        self,
+        state: incremental.SyncState,
+        load_rows: Callable[[], None] | None = None,
+        sending: Callable[[], None] | None = None,
     ) -> dict[str, incremental.Listing]:
         """One round: the listings and counts with the relationship types in one Batch API
         request, beside the preflight (and, with ``load_rows``, the loading of the remembered
-        rows)."""
+        rows); ``sending()`` is called as that request goes out."""
         rider = self.rel_types.rider(state.rel_type_names)
         listings, _ = incremental.list_changes(
             self.client, state, workers=self.workers, extra=[self._preflight],
-            riders=[rider] if rider else [], load_rows=load_rows,
+            riders=[rider] if rider else [], load_rows=load_rows, sending=sending,
         )  # fmt: skip
         return listings
 
@@ -437,7 +493,8 @@ class SyncEngine:
             stream = WriteStream(self.runner, self.ledger, self.linker, clock=self._clock)
             # no local name for the ops: the stream lets each go once it is sent
             took = stream.run([self._op_for(i) for i in sorted(writes, key=write_rank)],
-                              plan.relationships, report, progress)  # fmt: skip
+                              plan.relationships, report, progress,
+                              links_settled=plan.links_settled)  # fmt: skip
             report.timings["apply_records"] = round(took.records_s, 3)
             report.timings["relationships"] = round(took.total_s - took.records_s, 3)
         report.timings["apply_total"] = round(self._clock() - started, 3)
@@ -621,9 +678,9 @@ class SyncEngine:
                         "mismatches); rerun the load: it writes only what still differs"
                     )
             report.timings["verify"] = round(self._clock() - t0, 3)
-            self._settle_state(outcome)
+            self._settle_state(outcome, self._complete(plan, report))
         elif not self.unreachable:
-            self._settle_state(None)
+            self._settle_state(None, self._complete(plan, report))
         report.finish(clock_s=self._clock() - started)
         return plan, report
 
@@ -633,12 +690,29 @@ class SyncEngine:
         if self._writes_mark is not None:
             self._writes_mark.mark_writing(self.instance_key)
 
-    def _settle_state(self, verified: Any) -> None:
+    def _complete(self, plan: Plan, report: RunReport) -> bool:
+        """The run left the CMDB exactly as this input wants it: every write and link landed
+        or was there, and the plan noticed nothing (no CI not seen, held under another class,
+        duplicated in the input, no field the instance lacks), so the same input against an
+        unchanged CMDB would plan no change at all (``SyncState.input_digest``)."""
+        rel = report.relationships
+        settled = (CREATE, UPDATE, NO_CHANGE)
+        return (
+            report.status == "success"
+            and not report.failures
+            and self._plan_was_clean
+            and rel.created + rel.existing == rel.wanted == len(plan.relationships)
+            and all(i.action in settled and not i.class_change for i in plan.items)
+        )
+
+    def _settle_state(self, verified: Any, complete: bool = False) -> None:
         """Keep the incremental state for the next run only if it is known to match the CMDB
-        (see ``snowkit.cmdb.incremental``); otherwise forget it (the next run reads all)."""
+        (see ``snowkit.cmdb.incremental``); otherwise forget it (the next run reads all).
+        ``complete``: the run left the CMDB as its input wants it (see :meth:`_complete`)."""
         state, store = self.ledger.state, self.state_store
         if state is None or store is None:
             return
+        state.input_digest = self._input_digest if complete else ""
         wrote = bool(self.ledger.written) or self.ledger.stats.rel_created > 0
         why = self.ledger.state_doubt
         if why is None and wrote and verified is None:

@@ -38,11 +38,14 @@ transform and plan on the local CPU.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+
+import orjson
 
 from snowkit.cmdb.fields import as_str
 from snowkit.cmdb.plan import (
@@ -82,6 +85,21 @@ def signature(records: Sequence[Any]) -> str:
     """Names the fields a snapshot holds: a state read for other fields cannot be reused."""
     parts = [f"{t}:{','.join(sorted(f))}" for t, f in sorted(fields_by_table(records).items())]
     return ";".join(parts)
+
+
+def input_digest(records: Sequence[Any], relationships: Sequence[Any]) -> str:
+    """A digest of everything the plan takes from the transform: each record's table, source
+    id, kind, values and references, and each relationship. Equal digests: equal plans
+    against an unchanged CMDB (see ``SyncState.input_digest``)."""
+    digest = hashlib.blake2b(digest_size=20)
+    digest.update(orjson.dumps(
+        [(r.table, r.source_id, r.kind, r.values, r.references) for r in records],
+        option=orjson.OPT_SORT_KEYS,
+    ))  # fmt: skip
+    digest.update(
+        orjson.dumps([(s.parent_source_id, s.child_source_id, s.type_name) for s in relationships])
+    )
+    return digest.hexdigest()
 
 
 def cut(watermark: str | None, overlap: float = OVERLAP_SECONDS) -> str | None:
@@ -296,10 +314,12 @@ def list_changes(
     kinds: Sequence[str] = ("ci", "loc", "rel"),
     since: Mapping[str, str | None] | None = None,
     load_rows: Callable[[], None] | None = None,
+    sending: Callable[[], None] | None = None,
 ) -> tuple[dict[str, Listing], list[Any]]:
     """One parallel round: a listing (since each kind's watermark, or ``since``) and a count
     per kind, plus ``extra`` reads (e.g. the class-table probes) so they share the round, and
-    ``riders``: reads that go in the listings' Batch API request (answered only if it is).
+    ``riders``: reads that go in the listings' Batch API request (answered only if it is);
+    ``sending()`` is called as the listings go out.
 
     ``load_rows`` fills ``state`` (loaded head only) with its rows and versions alongside the
     requests: each listing compares its answer once they are in. Its canaries then come from
@@ -333,12 +353,14 @@ def list_changes(
 
     def batched() -> dict[str, Listing] | None:
         if not callable(getattr(client, "batch", None)):
+            if sending is not None:
+                sending()  # the one-by-one listings go out now
             return None
         reads = [
             _listing_read(kind, cut(marks.get(kind)), lambda k=kind: versions(k), me, canary(kind))
             for kind in kinds
         ]
-        return _listings_in_one_batch(client, reads, versions, state.recent, riders)
+        return _listings_in_one_batch(client, reads, versions, state.recent, riders, sending)
 
     loading = [(load,)] if load_rows is not None else []
     results = parallel_map(lambda fn: fn(), [*loading, (batched,), *((fn,) for fn in extra)],
@@ -361,6 +383,7 @@ def _listings_in_one_batch(
     versions: Callable[[str], Mapping[str, str]],
     recent_before: set[str],
     riders: Sequence[Rider] = (),
+    sending: Callable[[], None] | None = None,
 ) -> dict[str, Listing] | None:
     """Every listing and count of the round as one Batch API request: one round trip and one
     connection instead of six (a no-change rerun spends most of its time in this round).
@@ -379,6 +402,8 @@ def _listings_in_one_batch(
             "sysparm_limit": "1",
         })))  # fmt: skip
     requests += [rider.request for rider in riders]
+    if sending is not None:
+        sending()
     try:
         answers = client.batch(requests)
     except Exception:  # the one-by-one reads that follow raise what matters

@@ -373,6 +373,7 @@ def run_load(
             from snowkit.cmdb.quality import quality_summary
             from snowkit.cmdb.transform import transform
 
+            engine.wait_for_first_round()  # let it go out before the GIL is busy here
             with responsive_threads():  # the read-ahead round is still on the wire
                 result = transform(inventory)
             inventory = None  # the records are all we need now: free the raw inventory

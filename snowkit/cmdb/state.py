@@ -74,6 +74,10 @@ class SyncState:
     #: per kind, the remembered record a listing since the watermark must return (chosen when
     #: saved, so a rerun can send its listings before the rows are loaded)
     canaries: dict[str, str] = field(default_factory=dict)
+    #: ``incremental.input_digest`` of the last run's input when that run left the CMDB
+    #: exactly as the input wants it (every write and link landed, nothing not seen, no
+    #: notes): the same input against an unchanged CMDB then plans no change at all
+    input_digest: str = ""
     #: no write since the state was saved (see ``StateStore.mark_writing``); not stored
     sealed: bool = True
     #: rows changed since loaded (not stored): a save must rewrite them
@@ -147,6 +151,7 @@ class StateStore:
             rel_type_names=head["rel_type_names"],
             updater=head.get("updater", ""),
             canaries=head.get("canaries", {}),
+            input_digest=head.get("input_digest", ""),
             sealed=sealed,
         )
         return state
@@ -166,6 +171,7 @@ class StateStore:
             "rel_type_names": sorted(state.rel_type_names),
             "updater": state.updater,
             "canaries": state.canaries,
+            "input_digest": state.input_digest,
         }
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")

@@ -107,11 +107,17 @@ class WriteStream:
         specs: Sequence[Any],
         report: RunReport,
         progress: bool | None,
+        *,
+        links_settled: bool = False,
     ) -> StreamTimings:
-        """Write ``ops`` and link ``specs``; fills ``report.relationships``."""
+        """Write ``ops`` and link ``specs``; fills ``report.relationships``. ``links_settled``:
+        every link of ``specs`` is known to exist (``Plan.links_settled``), none to decide."""
         started = self._clock()
         timings = StreamTimings()
         self._found.plan.wanted = len(specs)
+        if links_settled and not ops:
+            self._found.plan.existing = len(specs)
+            specs = ()
         self._records_left = len(ops)
         self._had_records = bool(ops)
         # a plan made while the CMDB could not be read marks every record a create: those go
