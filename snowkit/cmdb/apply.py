@@ -242,10 +242,14 @@ class SyncEngine:
         self._input_matched = False
         with responsive_threads():  # the read-ahead round may still be on the wire
             ahead = self._plan_ahead(records, relationships, diff)
+            blank = self._plan_for_an_empty_cmdb(diff) if ahead is None else None
         missing, snapshot = self._read_cmdb(records, ahead[0] if ahead is not None else None)
         for table in missing:
             self.ledger.fallbacks[table] = CI_TABLE
-        if snapshot is None and ahead is not None:
+        if blank is not None and snapshot is not None and planning.is_empty(snapshot):
+            plan = blank  # a first load into an empty CMDB: what was planned meanwhile stands
+            self.logger.event("plan_built_ahead", items=len(plan.items), empty_cmdb=True)
+        elif snapshot is None and ahead is not None:
             plan = ahead[1]  # nothing changed in the CMDB: the plan built ahead stands
             plan.links_settled = self._input_matched and self._links_unchanged
             self.logger.event("plan_built_ahead", items=len(plan.items),
@@ -284,6 +288,15 @@ class SyncEngine:
         work started before holds the GIL while that thread builds and sends it, and on a
         rerun that round is what the run waits for."""
         self._round_out.wait(timeout)
+
+    def _plan_for_an_empty_cmdb(self, diff: Callable[[planning.CMDBSnapshot], Plan]) -> Plan | None:
+        """A first run (no remembered state) waits for its first round: meanwhile, plan as if
+        the CMDB held nothing; ``plan`` uses it only if the reads then find nothing at all (no
+        sourced row, no adoption candidate), when the plan is the same."""
+        ahead = self._prefetched
+        if ahead is None or ahead.done() or self._ahead_state is not None:
+            return None
+        return diff(planning.CMDBSnapshot())
 
     def _plan_ahead(
         self,

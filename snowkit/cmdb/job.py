@@ -13,6 +13,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -315,13 +316,17 @@ def run_load(
             )
             if connection.sandbox is not None:
                 report.instance = connection.sandbox.url
-            if incremental:
-                state = StateStore()
+            # the local stores open side by side: a first run creates their files (a few
+            # syncs each), before the first request can go out
+            opened = _open_stores(incremental, dry_run)
             key = instance_key(instance, connection)
             if not dry_run:
                 # A crash (power cut) can leave half an audit line: move it aside as evidence
                 # and continue the chain, sealed and reported, rather than block every load.
-                audit = AuditTrail(paths.audit_path(), recover=True)
+                try:
+                    audit = AuditTrail(paths.audit_path(), recover=True)
+                finally:
+                    state, outbox, intents = opened()
                 if audit.recovered is not None:
                     warning = (
                         f"the audit trail ended with a half-written line (a crash during an "
@@ -331,8 +336,8 @@ def run_load(
                     )
                     report.warnings.append(warning)
                     log.warning("audit_recovered", evidence=str(audit.recovered))
-                outbox = Outbox()
-                intents = IntentJournal()
+            else:
+                state, outbox, intents = opened()
             engine = SyncEngine(
                 connection.client,
                 audit=audit,
@@ -460,6 +465,35 @@ def _schema_preflight(
             report.timings["schema"] = round(clock() - t0, 3)
 
     return check
+
+
+Stores = tuple[StateStore | None, Outbox | None, IntentJournal | None]
+
+
+def _open_stores(incremental: bool, dry_run: bool) -> Callable[[], Stores]:
+    """Open the sync state (when ``incremental``), the outbox and the intent journal (unless
+    ``dry_run``) side by side; the returned function waits for them. If one fails to open,
+    the others are closed and its error raised."""
+    pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="snowkit-open")
+    futures = (
+        pool.submit(StateStore) if incremental else None,
+        None if dry_run else pool.submit(Outbox),
+        None if dry_run else pool.submit(IntentJournal),
+    )
+    pool.shutdown(wait=False)
+
+    def opened() -> Stores:
+        wait([f for f in futures if f is not None])
+        failed = next((f for f in futures if f is not None and f.exception()), None)
+        if failed is not None:
+            for f in futures:
+                if f is not None and f.exception() is None:
+                    f.result().close()
+            raise failed.exception()  # type: ignore[misc]
+        state, outbox, intents = (f.result() if f is not None else None for f in futures)
+        return state, outbox, intents
+
+    return opened
 
 
 def instance_key(instance: str, connection: Connection) -> str:

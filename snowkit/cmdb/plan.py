@@ -521,6 +521,11 @@ def _compact(row: dict, wanted: set[str]) -> dict[str, str]:
     return out
 
 
+def is_empty(snapshot: CMDBSnapshot) -> bool:
+    """Nothing read: no sourced row, no adoption candidate, no location by name."""
+    return not (snapshot.rows or snapshot.candidates or snapshot.locations_by_name)
+
+
 def snapshot_from_rows(
     by_sys_id: Mapping[str, dict[str, str]], missing_tables: Iterable[str], records: Sequence[Any]
 ) -> CMDBSnapshot:

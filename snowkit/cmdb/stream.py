@@ -129,13 +129,12 @@ class WriteStream:
         for op in ops:
             self._hold_record(op, landing, chosen)
         del ops  # held or queued now: each op is freed once its chunk is done (50,000 CIs)
-        old_pairs = [s for s in specs if not self._hold_link(s, created_here)]
         with (
             self.runner.throttle_feed(),
             bar(self._records_left + len(specs), "writing", enabled=progress) as pbar,
         ):
             self._pbar = pbar
-            self._drive(old_pairs, timings, started)
+            self._drive(specs, created_here, timings, started)
         timings.total_s = self._clock() - started
         self._fill(report)
         return timings
@@ -249,7 +248,9 @@ class WriteStream:
                 raise
 
     # -- sending ---------------------------------------------------------------------------
-    def _drive(self, old_pairs: list[Any], timings: StreamTimings, started: float) -> None:
+    def _drive(
+        self, specs: Sequence[Any], created_here: set[str], timings: StreamTimings, started: float
+    ) -> None:
         # more chunks in hand than requests in flight: while ``workers`` chunks are being sent
         # (the limiter's cap), others journal their intents or record their outcomes, so no
         # send waits for that local work (measured: ~25 ms of each ~120 ms chunk)
@@ -257,8 +258,11 @@ class WriteStream:
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="snowkit-sync")
         inflight: dict[Future[Any], list[WriteOp] | None] = {}
         try:
+            # the first chunks of records go out before the links are sorted out
+            self._fill_slots(pool, inflight, workers)
+            old_pairs = [s for s in specs if not self._hold_link(s, created_here)]
             # no record to send (a rerun): decide the links here, no thread to start for it
-            inline = bool(old_pairs) and not self._records and not self._waiting
+            inline = bool(old_pairs) and not inflight and not self._records and not self._waiting
             if old_pairs:
                 self._blocked += 1
             if inline:

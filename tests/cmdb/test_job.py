@@ -192,3 +192,31 @@ def test_an_unwritable_audit_anchor_is_a_warning_in_the_report(
     report = load_lab(sandbox)
     assert report.status == "success", report.message
     assert any("audit anchor not written" in w for w in report.warnings), report.warnings
+
+
+def test_a_store_that_cannot_open_fails_the_run_and_closes_the_others(
+    sandbox: Sandbox, load_lab, monkeypatch
+) -> None:
+    """The local stores open side by side; one that fails must not leave the others open."""
+    from snowkit.cmdb import job
+
+    closed: list[str] = []
+
+    def tracked(cls: type, name: str) -> type:
+        class Tracked(cls):  # type: ignore[misc, valid-type]
+            def close(self) -> None:
+                closed.append(name)
+                super().close()
+
+        return Tracked
+
+    class BrokenOutbox:
+        def __init__(self) -> None:
+            raise PermissionError("outbox.sqlite3: permission denied")
+
+    monkeypatch.setattr(job, "StateStore", tracked(job.StateStore, "state"))
+    monkeypatch.setattr(job, "IntentJournal", tracked(job.IntentJournal, "intents"))
+    monkeypatch.setattr(job, "Outbox", BrokenOutbox)
+    report = load_lab(sandbox)
+    assert report.status == "failed" and "permission denied" in report.message
+    assert sorted(closed) == ["intents", "state"]

@@ -1,5 +1,10 @@
-"""A run that left the CMDB exactly as its input wants it remembers the input's digest; the same
-input against an unchanged CMDB is then planned without a field compared or a link decided.
+"""Plans made without the field-by-field diff, and when they may stand in for it.
+
+- A run that left the CMDB exactly as its input wants it remembers the input's digest; the
+  same input against an unchanged CMDB is then planned without a field compared or a link
+  decided.
+- A first run plans for an empty CMDB while its first round is out; that plan stands only if
+  the reads find nothing at all.
 
 Black-box against the embedded instance (the whole job, and the engine with a state store),
 plus properties of the digest and of the quick plan itself.
@@ -67,6 +72,33 @@ def test_a_changed_cmdb_is_diffed_even_with_the_same_input(
     diffs.clear()
     again = load_lab(sandbox)
     assert diffs and again.applied["updated"] == 1
+
+
+def test_a_first_load_into_an_empty_cmdb_uses_the_plan_made_during_its_first_round(
+    sandbox: Sandbox, load_lab: Any
+) -> None:
+    sandbox.set_faults({"latency_ms": 200})  # the first round is surely still out
+    first = load_lab(sandbox)
+    sandbox.set_faults(None)
+    (event,) = events(first.run_id, "plan_built_ahead")
+    assert event["empty_cmdb"] is True
+    assert first.status == "success" and first.applied["created"] == first.action_totals()["create"]
+
+
+def test_without_a_remembered_state_a_cmdb_that_holds_records_is_read_not_assumed_empty(
+    sandbox: Sandbox, load_lab: Any
+) -> None:
+    first = load_lab(sandbox)
+    with StateStore() as store:  # as on another machine: no state, the CMDB full
+        for (key,) in store._conn.execute("SELECT DISTINCT instance FROM meta").fetchall():
+            store.forget(key)
+    sandbox.set_faults({"latency_ms": 200})
+    again = load_lab(sandbox)
+    sandbox.set_faults(None)
+    assert not events(again.run_id, "plan_built_ahead")
+    assert again.action_totals()["create"] == 0
+    assert again.action_totals()["no_change"] == first.action_totals()["create"]
+    assert again.applied["batches"] == 0
 
 
 def _engine(client: ServiceNowAPIClient, store: StateStore) -> SyncEngine:
