@@ -92,14 +92,21 @@ def input_digest(records: Sequence[Any], relationships: Sequence[Any]) -> str:
     id, kind, values and references, and each relationship. Equal digests: equal plans
     against an unchanged CMDB (see ``SyncState.input_digest``)."""
     digest = hashlib.blake2b(digest_size=20)
-    digest.update(orjson.dumps(
-        [(r.table, r.source_id, r.kind, r.values, r.references) for r in records],
-        option=orjson.OPT_SORT_KEYS,
-    ))  # fmt: skip
-    digest.update(
-        orjson.dumps([(s.parent_source_id, s.child_source_id, s.type_name) for s in relationships])
-    )
+    for start in range(0, len(records), _DIGEST_CHUNK):  # a few MB at most in memory at once
+        part = records[start : start + _DIGEST_CHUNK]
+        digest.update(orjson.dumps(
+            [(r.table, r.source_id, r.kind, r.values, r.references) for r in part],
+            option=orjson.OPT_SORT_KEYS,
+        ))  # fmt: skip
+    digest.update(b"|")  # records end here
+    for start in range(0, len(relationships), _DIGEST_CHUNK):
+        part = relationships[start : start + _DIGEST_CHUNK]
+        digest.update(orjson.dumps([(s.parent_source_id, s.child_source_id, s.type_name)
+                                    for s in part]))  # fmt: skip
     return digest.hexdigest()
+
+
+_DIGEST_CHUNK = 2000
 
 
 def cut(watermark: str | None, overlap: float = OVERLAP_SECONDS) -> str | None:
