@@ -671,7 +671,8 @@ class SyncEngine:
             report.fallbacks.update(plan.fallbacks)
             report.finish("dry_run", clock_s=self._clock() - started)
             return plan, report
-        self._mark_writing()
+        if plan.writes or (plan.relationships and not plan.links_settled):
+            self._mark_writing()  # else nothing is written: the state stays sealed
         self.apply(plan, progress=progress, report=report)
         if verify and not self.unreachable:
             t0 = self._clock()
