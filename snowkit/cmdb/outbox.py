@@ -559,7 +559,9 @@ def _replay_one(
             found_in = "cmdb_ci"
             existing = resolver.find(found_in, entry.source_id)
         if existing is not None:
-            changed = {k: v for k, v in values.items() if existing.get(k) != v}
+            # the sys_id a queued create chose is for a record that does not exist yet:
+            # one found under another id keeps its own
+            changed = {k: v for k, v in values.items() if k != "sys_id" and existing.get(k) != v}
             if changed:
                 # addressed through the table it was found in: a PATCH to the queued class
                 # table would miss a record held under another class (HTTP 404)

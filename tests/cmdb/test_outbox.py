@@ -284,6 +284,24 @@ def test_a_queued_create_of_a_ci_held_under_another_class_updates_it_through_cmd
         assert "cmdb_ci_ip_switch" not in client.rows  # nothing created: no duplicate
 
 
+def test_a_queued_create_keeps_its_chosen_sys_id_only_if_it_creates(tmp_path: Path) -> None:
+    """A create queued mid-run carries the sys_id the loader chose for it. Replayed as a create
+    it keeps that id (records queued with a reference to it stay right); if a record with its
+    source id turned up meanwhile, that record keeps its own id (no PATCH of ``sys_id``)."""
+    client = FakeTables()
+    client.rows["cmdb_ci_ip_switch"] = [{"sys_id": "theirs", "u_unifi_source_id": "d1"}]
+    chosen = {"d1": "a" * 32, "d2": "b" * 32}
+    with Outbox(tmp_path / "ob.sqlite3") as box:
+        for sid, sys_id in chosen.items():
+            box.enqueue("r", OP_CREATE, "cmdb_ci_ip_switch", source_id=sid,
+                        values={"name": sid, "sys_id": sys_id})  # fmt: skip
+        result = box.replay(client)
+    assert result.failed == [] and result.updated == 1 and result.created == 1
+    rows = {r["u_unifi_source_id"]: r for r in client.rows["cmdb_ci_ip_switch"]}
+    assert rows["d1"]["sys_id"] == "theirs" and rows["d1"]["name"] == "d1"
+    assert rows["d2"]["sys_id"] == "b" * 32
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from([OP_CREATE, OP_UPDATE, OP_RELATE]),
                           st.sampled_from("abc")), max_size=12))  # fmt: skip
