@@ -394,7 +394,12 @@ class SyncEngine:
                     forget_links(state)
                 self._adopt_state(state)
                 self._unchanged = not (listings["ci"].changed or listings["loc"].changed)
-                self._links_unchanged = why_links is None and not listings["rel"].changed
+                self._links_unchanged = (
+                    why_links is None
+                    and not listings["rel"].changed
+                    and bool(state.rel_type_ids)
+                    and self.rel_types.known(state.rel_type_ids) == state.rel_type_ids
+                )
                 self.logger.event(
                     "incremental_snapshot",
                     links=why_links or "remembered",
@@ -727,6 +732,7 @@ class SyncEngine:
         if state is None or store is None:
             return
         state.input_digest = self._input_digest if complete else ""
+        state.rel_type_ids = self.rel_types.known(state.rel_type_names)
         wrote = bool(self.ledger.written) or self.ledger.stats.rel_created > 0
         why = self.ledger.state_doubt
         if why is None and wrote and verified is None:

@@ -213,6 +213,7 @@ class BatchRunner:
             retry: list[WriteOp] = []
             landed: list[Landed] = []
             others: list[WriteOp] = []
+            refused: list[tuple[WriteOp, str, int | None]] = []
             for op in pending:
                 res = results.get(op.key)
                 if res is not None and res.ok:
@@ -235,7 +236,9 @@ class BatchRunner:
                     last_error[op.key] = message
                     retry.append(op)
                     continue
-                ledger.fail(op, message, status)
+                refused.append((op, message, status))
+            self._fail_unless_landed(refused)
+            refused = []
             if not retry:
                 return
             if ledger.forbidden:
@@ -303,6 +306,46 @@ class BatchRunner:
                 still.append(op)
         return still
 
+    def _fail_unless_landed(self, refused: list[tuple[WriteOp, str, int | None]]) -> None:
+        """Refused writes are failures, except a create whose chosen sys_id already holds
+        our record: a retry after an unclear first attempt that had in fact landed (the
+        lookup before the retry ran before that attempt was committed)."""
+        chosen = {
+            op.extra["sys_id"]: op
+            for op, _, _ in refused
+            if op.action == CREATE and op.extra.get("sys_id") and op.source_id
+        }
+        found: set[str] = set()
+        if chosen:
+            try:
+                found = self._landed_under(list(chosen.values()))
+            except Exception as exc:
+                if not is_unreachable_error(exc):
+                    raise
+        for op, message, status in refused:
+            if op.extra.get("sys_id") in found:
+                self._adopt(op, op.extra["sys_id"])
+            else:
+                self.ledger.fail(op, message, status)
+
+    def _landed_under(self, creates: list[WriteOp]) -> set[str]:
+        """The chosen sys_ids of ``creates`` that hold a record with the create's source id."""
+        by_table: dict[str, list[WriteOp]] = {}
+        for op in creates:
+            table = LOCATION_TABLE if op.table == LOCATION_TABLE else CI_TABLE
+            by_table.setdefault(table, []).append(op)
+        found: set[str] = set()
+        for table, ops in by_table.items():
+            wanted = {op.extra["sys_id"]: op.source_id for op in ops}
+            for start in range(0, len(ops), 100):
+                ids = [op.extra["sys_id"] for op in ops[start : start + 100]]
+                query = Query().in_("sys_id", ids)
+                for row in self.client.query(table, query, fields=["sys_id", SOURCE_ID_FIELD]):
+                    sys_id = as_str(row.get("sys_id"))
+                    if wanted.get(sys_id) == as_str(row.get(SOURCE_ID_FIELD)):
+                        found.add(sys_id)
+        return found
+
     def _adopt(self, op: WriteOp, sys_id: str) -> None:
         """A write whose outcome was unknown did land: count it (its version is unknown)."""
         with self.ledger.lock:
@@ -311,7 +354,10 @@ class BatchRunner:
         self.ledger.succeed(op, sys_id, "")
 
     def _lookup_by_source_id(self, ops: list[WriteOp]) -> dict[str, str]:
-        found: dict[str, str] = {}
+        """Source id -> sys_id of the creates in ``ops`` that landed. Of several records with
+        the source id, the one under the sys_id the create chose is ours; another one found
+        without it (the instance kept its own id, or someone else's) is adopted as before."""
+        rows: dict[str, list[str]] = {}
         by_table: dict[str, list[str]] = {}
         for op in ops:
             table = LOCATION_TABLE if op.table == LOCATION_TABLE else CI_TABLE
@@ -324,5 +370,13 @@ class BatchRunner:
                     continue
                 query = Query().in_(SOURCE_ID_FIELD, chunk)
                 for row in self.client.query(table, query, fields=["sys_id", SOURCE_ID_FIELD]):
-                    found[as_str(row.get(SOURCE_ID_FIELD))] = as_str(row.get("sys_id"))
+                    rows.setdefault(as_str(row.get(SOURCE_ID_FIELD)), []).append(
+                        as_str(row.get("sys_id"))
+                    )
+        found: dict[str, str] = {}
+        for op in ops:
+            ids = rows.get(op.source_id or "")
+            if ids:
+                chosen = op.extra.get("sys_id")
+                found[op.source_id or ""] = chosen if chosen in ids else ids[-1]
         return found

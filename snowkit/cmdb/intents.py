@@ -430,9 +430,12 @@ def _find_landed(client: Any, intents: Sequence[Intent]) -> dict[int, dict[str, 
     for table, group in creates.items():
         rows = _by_source_id(client, table, [i.source_id or "" for i in group])
         for intent in group:
-            row = rows.get(intent.source_id or "")
-            if row is not None and intent.action == CREATE:
-                landed[intent.id] = row
+            candidates = rows.get(intent.source_id or "", [])
+            if candidates and intent.action == CREATE:
+                # the record under the sys_id the create chose is ours, if there are several
+                chosen = as_str(intent.after.get("sys_id"))
+                mine = [r for r in candidates if chosen and as_str(r.get("sys_id")) == chosen]
+                landed[intent.id] = (mine or candidates)[-1]
     return landed
 
 
@@ -441,7 +444,8 @@ def _read_record(client: Any, intent: Intent) -> dict[str, Any] | None:
     if intent.sys_id:
         return client.get(table, intent.sys_id)
     if intent.source_id:
-        return _by_source_id(client, table, [intent.source_id]).get(intent.source_id)
+        rows = _by_source_id(client, table, [intent.source_id]).get(intent.source_id)
+        return rows[-1] if rows else None
     return None
 
 
@@ -451,13 +455,14 @@ def _holds(row: Mapping[str, Any], values: Mapping[str, Any]) -> bool:
     return bool(compared) and all(as_str(row.get(k)) == as_str(values[k]) for k in compared)
 
 
-def _by_source_id(client: Any, table: str, source_ids: Sequence[str]) -> dict[str, dict]:
-    found: dict[str, dict] = {}
+def _by_source_id(client: Any, table: str, source_ids: Sequence[str]) -> dict[str, list[dict]]:
+    """Source id -> every row carrying it, in the order read."""
+    found: dict[str, list[dict]] = {}
     usable = [s for s in source_ids if s and "," not in s and "^" not in s]
     for start in range(0, len(usable), _LOOKUP_CHUNK):
         query = Query().in_(SOURCE_ID_FIELD, usable[start : start + _LOOKUP_CHUNK])
         for row in client.query(table, query):
-            found[as_str(row.get(SOURCE_ID_FIELD))] = row
+            found.setdefault(as_str(row.get(SOURCE_ID_FIELD)), []).append(row)
     return found
 
 

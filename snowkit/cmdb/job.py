@@ -318,8 +318,8 @@ def run_load(
                 report.instance = connection.sandbox.url
             # the local stores open side by side: a first run creates their files (a few
             # syncs each), before the first request can go out
-            opened = _open_stores(incremental, dry_run)
             key = instance_key(instance, connection)
+            opened = _open_stores(incremental, dry_run)
             if not dry_run:
                 # A crash (power cut) can leave half an audit line: move it aside as evidence
                 # and continue the chain, sealed and reported, rather than block every load.

@@ -83,6 +83,8 @@ class RunLedger:
         #: the incremental state kept in step with every landed write (None: not kept)
         self.state: SyncState | None = None
         self.state_doubt: str | None = None
+        #: creates the instance stored under another sys_id than the one chosen for them
+        self.ids_not_kept = 0
         self.first_stamp: str | None = None
         #: (table, source id) -> every write of the record was answered with the record
         #: holding exactly what was sent
@@ -217,6 +219,12 @@ class RunLedger:
             self.stats.rel_created += 1
         if op.source_id and sys_id and op.action != RELATE:
             self.sys_ids[op.source_id] = sys_id
+            chosen = op.extra.get("sys_id")
+            if op.action == CREATE and chosen and chosen != sys_id:
+                # the instance stored it under its own id: records sent meanwhile name the
+                # chosen one; the next run reads everything and repairs those references
+                self.ids_not_kept += 1
+                self.state_doubt = "the instance did not keep a chosen sys_id"
         op.sys_id = sys_id
         self._updaters.add(
             as_str(returned.get("sys_updated_by")) if isinstance(returned, Mapping) else ""
@@ -279,6 +287,7 @@ class RunLedger:
             }
         row.update(op.values)
         row.update(op.extra)
+        row["sys_id"] = sys_id  # the stored id, not the one a create chose (see ``_land``)
         row["sys_updated_on"], row["sys_mod_count"] = version.split("|", 1)
         state.versions[kind][sys_id] = version
         if op.action == CREATE and state.has_links:
@@ -341,7 +350,9 @@ class RunLedger:
             "source_id": op.source_id,
             "sys_id": op.sys_id,
             "values": {k: v for k, v in op.body.items() if k != SOURCE_ID_FIELD},
-            "references": op.pending_refs,
+            # a reference filled with a chosen sys_id is resolved again when replayed: the
+            # target may turn out to exist under another id by then
+            "references": {**(op.chosen_refs or {}), **op.pending_refs},
             "extra": {"before": op.before} if op.before else None,
         }
 
@@ -404,6 +415,12 @@ class RunLedger:
         report.ire = ire
         report.ire_operations = dict(self.ire_ops)
         report.fallbacks.update(self.fallbacks)
+        if self.ids_not_kept:
+            report.warnings.append(
+                f"the instance stored {self.ids_not_kept} record(s) under another sys_id than "
+                "the one sent (a business rule?); references to them written in this run point "
+                "nowhere until the next load, which reads the CMDB in full and repairs them"
+            )
         for table, used in self.fallbacks.items():
             warning = (
                 f"class table {table} is missing: its records were written to {used} "

@@ -65,6 +65,11 @@ class RelTypeCache:
         )
         self._remember(wanted, rows)
 
+    def known(self, names: Iterable[str]) -> dict[str, str]:
+        """The sys_ids read so far of ``names`` (nothing is read here; unknown ones left out)."""
+        with self._lock:
+            return {n: i for n in names if (i := self._ids.get(n))}
+
     def rider(self, names: Iterable[str]) -> Rider | None:
         """What :meth:`prefetch` reads, to go along in another Batch API request (an unusable
         answer is ignored: :meth:`get` reads them then); None when every name is known."""

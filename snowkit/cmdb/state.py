@@ -68,6 +68,9 @@ class SyncState:
     #: class tables probed and relationship types used (read ahead before the inventory is in)
     class_tables: list[str] = field(default_factory=list)
     rel_type_names: list[str] = field(default_factory=list)
+    #: their sys_ids as last read: a type deleted and made again under another id leaves the
+    #: links made with the old one, which an unchanged-input rerun must not count as there
+    rel_type_ids: dict[str, str] = field(default_factory=dict)
     #: the account our writes are stamped with (``sys_updated_by``): listings leave out what
     #: it created and nobody touched since (``snowkit.cmdb.incremental.listing_query``)
     updater: str = ""
@@ -149,6 +152,7 @@ class StateStore:
             covered_children=set(head.get("covered_children", ())),
             class_tables=head["class_tables"],
             rel_type_names=head["rel_type_names"],
+            rel_type_ids=head.get("rel_type_ids", {}),
             updater=head.get("updater", ""),
             canaries=head.get("canaries", {}),
             input_digest=head.get("input_digest", ""),
@@ -169,6 +173,7 @@ class StateStore:
             "has_links": state.has_links,
             "class_tables": sorted(state.class_tables),
             "rel_type_names": sorted(state.rel_type_names),
+            "rel_type_ids": state.rel_type_ids,
             "updater": state.updater,
             "canaries": state.canaries,
             "input_digest": state.input_digest,

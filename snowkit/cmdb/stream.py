@@ -8,9 +8,11 @@ again, so the next chunks' local work overlaps the sends). Chunks mix tables fre
 Batch API addresses each item on its own), records before links.
 
 Every create carries a sys_id chosen here (ServiceNow keeps a ``sys_id`` given in a POST
-body), so a record that references one created in this run goes out at once, with the
+body), so a create that references one created in this run goes out at once, with the
 reference filled in, instead of waiting a round trip for its target to land (every CI
-references a location: that wait kept 7 of 8 slots idle at the start of a load). A
+references a location: that wait kept 7 of 8 slots idle at the start of a load). An update
+still waits for its target (a reference that works is never replaced by one to a record
+whose create may yet fail). A
 relationship still waits until both its ends have landed (``cmdb_rel_ci`` rows only between
 records that exist). If a referenced create fails, the records that name it keep a
 reference to a record that does not exist yet: the failure is reported, and the next run
@@ -141,10 +143,13 @@ class WriteStream:
 
     # -- holding and releasing -------------------------------------------------------------
     def _hold_record(self, op: WriteOp, landing: set[str], chosen: dict[str, str]) -> None:
-        for fld, target in list(op.pending_refs.items()):
+        # only a create is sent ahead of its target: an update would replace a reference that
+        # works with one that points nowhere, should the target's create fail
+        for fld, target in list(op.pending_refs.items()) if op.action == CREATE else ():
             if target in chosen:
                 op.extra[fld] = chosen[target]
                 del op.pending_refs[fld]
+                op.chosen_refs = {**(op.chosen_refs or {}), fld: target}
         needs = {t for t in op.pending_refs.values() if t in landing and t != op.source_id}
         if not needs:
             self._ready_record(op)

@@ -176,7 +176,7 @@ def _put(values: dict[str, str], name: str, value: Any) -> None:
     if value.__class__ is str:  # the usual case, without a call to str()
         if value:
             values[name] = value
-    elif value is not None:
+    elif value is not None and value != "":
         values[name] = str(value)
 
 

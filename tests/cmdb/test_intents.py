@@ -167,6 +167,26 @@ def test_an_intent_that_never_landed_is_marked_not_applied(client: ServiceNowAPI
     assert list(read_audit(run_id="run-dead")) == []
 
 
+def test_of_two_records_with_the_source_id_the_one_under_the_chosen_sys_id_is_recovered(
+    client: ServiceNowAPIClient,
+) -> None:
+    """A dead run's create chose its sys_id; someone else's record with the same source id
+    must not be claimed as ours (``snowkit rollback`` of that run would delete it). Ours
+    sorts first, as keyset paging by sys_id lists it."""
+    ours = "0" * 32
+    client.create("cmdb_ci_ip_switch", {"name": "ours", "u_unifi_source_id": "dev:1",
+                                        "sys_id": ours})  # fmt: skip
+    client.create("cmdb_ci_ip_switch", {"name": "theirs", "u_unifi_source_id": "dev:1"})
+    with IntentJournal() as journal, AuditTrail() as audit:
+        journal.intend("run-dead", [{
+            "action": "create", "table": "cmdb_ci_ip_switch", "source_id": "dev:1",
+            "after": {"name": "ours", "u_unifi_source_id": "dev:1", "sys_id": ours},
+        }])  # fmt: skip
+        assert reconcile_intents(client, journal, audit).recovered == 1
+    (entry,) = read_audit(run_id="run-dead")
+    assert entry["sys_id"] == ours
+
+
 def test_one_durable_intent_per_batch_and_nothing_left_after_a_clean_run(
     client: ServiceNowAPIClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:

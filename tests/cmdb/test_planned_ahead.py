@@ -101,6 +101,23 @@ def test_without_a_remembered_state_a_cmdb_that_holds_records_is_read_not_assume
     assert again.applied["batches"] == 0
 
 
+def test_a_relationship_type_made_again_under_another_id_is_not_taken_as_there(
+    sandbox: Sandbox, load_lab: Any, client: ServiceNowAPIClient
+) -> None:
+    """The links made with the old type are not the links this input wants: with the same
+    input and no link changed, the rerun must still decide the links and make them again."""
+    first = load_lab(sandbox)
+    name = "Connects to::Connected by"
+    (old,) = list(client.query("cmdb_rel_type", f"name={name}", fields=["sys_id"]))
+    uses = len(list(client.query("cmdb_rel_ci", f"type={old['sys_id']}", fields=["sys_id"])))
+    client.delete("cmdb_rel_type", old["sys_id"])
+    client.create("cmdb_rel_type", {"name": name, "parent_descriptor": "Connects to",
+                                    "child_descriptor": "Connected by"})  # fmt: skip
+    again = load_lab(sandbox)
+    assert uses > 0 and again.relationships.created == uses
+    assert again.relationships.wanted == first.relationships.created
+
+
 def _engine(client: ServiceNowAPIClient, store: StateStore) -> SyncEngine:
     return SyncEngine(client, batch_size=5, workers=2, state_store=store, instance_key="k")
 
