@@ -350,9 +350,9 @@ class RunLedger:
             "source_id": op.source_id,
             "sys_id": op.sys_id,
             "values": {k: v for k, v in op.body.items() if k != SOURCE_ID_FIELD},
-            # a reference filled with a chosen sys_id is resolved again when replayed: the
-            # target may turn out to exist under another id by then
-            "references": {**(op.chosen_refs or {}), **op.pending_refs},
+            # every reference is resolved again by source id when replayed (one filled with
+            # a chosen sys_id too: the target may exist under another id by then)
+            "references": {**(op.item.references if op.item else {}), **op.pending_refs},
             "extra": {"before": op.before} if op.before else None,
         }
 

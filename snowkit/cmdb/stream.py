@@ -149,7 +149,6 @@ class WriteStream:
             if target in chosen:
                 op.extra[fld] = chosen[target]
                 del op.pending_refs[fld]
-                op.chosen_refs = {**(op.chosen_refs or {}), fld: target}
         needs = {t for t in op.pending_refs.values() if t in landing and t != op.source_id}
         if not needs:
             self._ready_record(op)

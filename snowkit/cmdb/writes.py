@@ -86,9 +86,6 @@ class WriteOp:
     pending_refs: dict[str, str] = field(default_factory=dict)
     spec: Any = None
     class_name: str | None = None  # the intended class when written through a fallback
-    #: references filled with a sys_id chosen for a create of this run (field -> target
-    #: source id): a write queued in the outbox resolves them again when replayed
-    chosen_refs: dict[str, str] | None = None
 
     @property
     def body(self) -> dict[str, str]:

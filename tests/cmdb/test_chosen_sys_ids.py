@@ -138,9 +138,11 @@ def test_an_update_never_trades_a_working_reference_for_one_to_a_failed_create(
 
 
 def test_a_queued_write_names_the_targets_of_its_chosen_references() -> None:
+    from snowkit.cmdb.plan import PlanItem
+
     op = _create("dev:1", "a" * 32)
-    op.extra["location"] = "c" * 32
-    op.chosen_refs = {"location": "site:1"}
+    op.item = PlanItem("dev:1", "cmdb_ci_ip_switch", "create", references={"location": "site:1"})
+    op.extra["location"] = "c" * 32  # filled with the sys_id chosen for site:1
     entry = RunLedger(run_id="r")._outbox_entry(op)
     assert entry["references"] == {"location": "site:1"}  # resolved again when replayed
 
