@@ -187,6 +187,10 @@ class SyncEngine:
         self._input_digest = ""  # ``incremental.input_digest`` of this run's input
         self._input_matched = False  # the plan is the state's input's (no field compared)
         self._plan_was_clean = False  # the plan noted nothing (see ``_complete``)
+        #: when the plan's first read and the writes started (the engine's clock): bounds the
+        #: instance's time at the first read (see ``_stamp_at_first_read``)
+        self._read_started: float | None = None
+        self._apply_started: float | None = None
         self._preflight: Once = Once(None)
         self._round_out = threading.Event()
         self._round_out.set()  # no read-ahead round: nothing to wait for
@@ -333,6 +337,7 @@ class SyncEngine:
     def _read_ahead(self) -> tuple[incremental.SyncState | None, dict[str, Any], FirstRound | None]:
         """(state, listings, None) with a usable remembered state, else (None, {}, the first
         round of a full read)."""
+        self._read_started = self._read_started or self._clock()
         try:
             return self._read_ahead_round()
         finally:
@@ -370,6 +375,7 @@ class SyncEngine:
         when possible (one round of small requests), else read in full. The preflight (schema
         check) has passed before anything read is used. No snapshot (None) when a plan was
         built ahead for missing tables ``planned_for`` and nothing changed: it stands."""
+        self._read_started = self._read_started or self._clock()
         tables = _class_tables(r.table for r in records)
         state, listings, first = None, {}, None
         self._unchanged = self._links_unchanged = False
@@ -496,7 +502,7 @@ class SyncEngine:
     ) -> RunReport:
         """Write the plan; returns the run report (status success / partial / queued)."""
         report = report or RunReport(run_id=self.run_id)
-        started = self._clock()
+        started = self._apply_started = self._clock()
         self.ledger.fallbacks.update(plan.fallbacks)
         self.ledger.sys_ids.update(plan.sys_ids)
         report.counts = plan.counts_by_table()
@@ -744,13 +750,14 @@ class SyncEngine:
             why = "some fields were written to tables that do not hold them"
         if why is None and wrote:
             since: dict[str, str | None] = dict(self._state_since)
-            # no stamp to list from (nothing of ours was in that table): from our first
-            # write, less the overlap, so the listing leaves out what we created (not all of
-            # it, as with no bound); the count still catches a record created by anyone else
+            # no stamp to list from (nothing sourced was in that table when the plan read
+            # it): from the instance's time at that read, less the overlap, so the listing
+            # leaves out what we created rather than listing everything
+            floor = self._stamp_at_first_read()
             for kind in ("ci", "loc"):
-                since[kind] = since.get(kind) or self.ledger.first_stamp
+                since[kind] = since.get(kind) or floor
             if since.get("rel") is None:
-                since["rel"] = since.get("ci") or self.ledger.first_stamp
+                since["rel"] = since.get("ci") or floor
             ours = set(state.rows["ci"])
             state.updater = self.ledger.updater()
             why = incremental.seal(self.client, state, since, ours, workers=self.workers)
@@ -762,6 +769,17 @@ class SyncEngine:
         else:
             self.logger.event("incremental_state_forgotten", reason=why)
             store.forget(self.instance_key)
+
+    def _stamp_at_first_read(self) -> str | None:
+        """The instance's time when the plan started reading, at the latest: our first
+        write's stamp less the time from that read to the start of the writes (the engine's
+        clock and the instance's move alike; stamps are whole seconds, so this rounds down).
+        A record someone else made after that read is then listed by the seal."""
+        stamp = self.ledger.first_stamp
+        if stamp is None or self._read_started is None or self._apply_started is None:
+            return stamp
+        elapsed = max(0.0, self._apply_started - self._read_started)
+        return incremental.cut(stamp, overlap=elapsed) or stamp
 
     def verify(self) -> Any:
         """Compare every record this engine wrote field by field: from its write's answer

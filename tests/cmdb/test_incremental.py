@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -403,6 +405,48 @@ def test_the_first_seal_on_a_fresh_instance_lists_none_of_its_own_creates(
     again = load(sandbox)
     assert events(again.run_id, "incremental_snapshot")
     assert writes_sent(again.run_id) == 0
+
+
+def test_a_first_seal_sees_a_record_made_by_someone_else_after_the_plan_read_it(
+    shared_sandbox: Sandbox, load, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the plan's first read (nothing sourced yet) and our first write, someone else
+    adds a sourced record; during the writes, someone deletes one of ours. The counts cancel
+    out; the seal must still see the other's record (it lists from the read, not from our
+    first write), so the state is not kept and the next run recreates the deleted CI."""
+    transform_module = importlib.import_module("snowkit.cmdb.transform")
+
+    real = transform_module.transform
+
+    def slow_transform(inventory: Any) -> Any:
+        result = real(inventory)
+        time.sleep(0.5)  # the first round is done: it found nothing sourced
+        with someone_else(shared_sandbox) as other:
+            other.create("cmdb_ci_hardware", {"name": "theirs", SID_FIELD: "foreign:1"})
+        time.sleep(incremental.OVERLAP_SECONDS + 1.5)  # well before our first write
+        return result
+
+    deleted: list[str] = []
+
+    def delete_one_of_ours(done: int) -> None:
+        if deleted:
+            return
+        with someone_else(shared_sandbox) as other:
+            for row in other.query(
+                "cmdb_ci", f"{SID_FIELD}STARTSWITHunifi:", fields=["sys_id", SID_FIELD]
+            ):
+                other.delete("cmdb_ci", row["sys_id"])
+                deleted.append(row[SID_FIELD])
+                return
+
+    monkeypatch.setattr(transform_module, "transform", slow_transform)
+    load(shared_sandbox, on_batch=delete_one_of_ours)
+    monkeypatch.setattr(transform_module, "transform", real)
+    assert deleted
+    again = load(shared_sandbox)
+    assert again.applied["created"] == 1  # the deleted CI is back
+    with make_client(shared_sandbox) as client:
+        assert list(client.query("cmdb_ci", f"{SID_FIELD}={deleted[0]}", fields=["sys_id"]))
 
 
 def test_an_edit_by_someone_else_in_the_window_is_seen(shared_sandbox: Sandbox, load) -> None:
