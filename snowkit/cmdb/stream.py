@@ -12,12 +12,12 @@ body), so a create that references one created in this run goes out at once, wit
 reference filled in, instead of waiting a round trip for its target to land (every CI
 references a location: that wait kept 7 of 8 slots idle at the start of a load). An update
 still waits for its target (a reference that works is never replaced by one to a record
-whose create may yet fail). A
-relationship still waits until both its ends have landed (``cmdb_rel_ci`` rows only between
-records that exist). If a referenced create fails, the records that name it keep a
-reference to a record that does not exist yet: the failure is reported, and the next run
-creates the target and updates the references, since the plan compares them. A plan made
-while the CMDB could not be read (everything queued as upserts) chooses no sys_ids.
+whose create may yet fail), and a relationship until both its ends have landed
+(``cmdb_rel_ci`` rows only between records that exist). If a referenced create fails, the
+creates that name it keep a reference to a record that does not exist yet: the failure is
+reported, and the next run creates the target and updates the references, since the plan
+compares them. A plan made while the CMDB could not be read (everything queued as upserts)
+chooses no sys_ids. How a retry settles a create with a chosen id: ``BatchRunner``.
 
 What stays the same as the phased path (``BatchRunner.run`` + ``Linker.link``):
 - each chunk is sent by ``BatchRunner.run_chunk``: intents, audit, lookups before any retry of
