@@ -472,7 +472,7 @@ def _answer_shows(
     if not isinstance(returned, Mapping):
         return False
     for name, sent in (*values.items(), *refs):
-        if name in _META_FIELDS or name == "sys_id":
+        if name in _META_FIELDS:
             continue
         if name not in returned or as_str(returned[name]) != as_str(sent):
             return False

@@ -13,7 +13,6 @@ values) so 50,000 CIs stay small.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Any, Protocol
 import pandas as pd
 
 from snowkit.cmdb.fields import SOURCE_ID_FIELD, as_str
+from snowkit.cmdb.questions import any_row
 from snowkit.servicenow.query import Query
 
 LOCATION_TABLE = "cmn_location"
@@ -627,16 +627,9 @@ def read_candidates(
                 snapshot.candidates.append(row)
 
 
-def any_record(client: Any, table: str) -> bool:
-    """One cheap request: does ``table`` hold any record at all?"""
-    rows = client.query(table, "", fields=["sys_id"], page_size=1)
-    return any(True for _ in itertools.islice(rows, 1))
-
-
 def any_without_source_id(client: Any, table: str) -> bool:
     """One cheap request: does ``table`` hold any record without a source id?"""
-    rows = client.query(table, f"{SOURCE_ID_FIELD}ISEMPTY", fields=["sys_id"], page_size=1)
-    return any(True for _ in itertools.islice(rows, 1))
+    return any_row(client, table, f"{SOURCE_ID_FIELD}ISEMPTY")
 
 
 def parallel_map(fn: Any, jobs: Sequence[tuple], workers: int) -> list[Any]:

@@ -85,11 +85,16 @@ def _invalid_table(answer: Any) -> bool:
     return "invalid table" in (answer.error_message or "").lower()
 
 
+def any_row(client: Any, table: str, query: str = "") -> bool:
+    """One cheap request: does ``table`` hold any row matching ``query``?"""
+    rows = client.query(table, query, fields=["sys_id"], page_size=1)
+    return any(True for _ in itertools.islice(rows, 1))
+
+
 def ask_one(client: Any, question: Question) -> bool | None:
     """One question as one request (True/False, or :data:`MISSING`)."""
     try:
-        rows = client.query(question.table, question.query, fields=["sys_id"], page_size=1)
-        return any(True for _ in itertools.islice(rows, 1))
+        return any_row(client, question.table, question.query)
     except Exception as exc:
         if type(exc).__name__ == "InvalidTableError":
             return MISSING

@@ -389,7 +389,8 @@ def test_the_first_seal_on_a_fresh_instance_lists_none_of_its_own_creates(
     sandbox: Sandbox, load, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Nothing carried a source id before the first run (no stamp to list from): its seal
-    lists from its first write, without the records it created, not every record there is."""
+    lists from the plan's first read, without the records it created, not every record
+    there is."""
     listed: list[tuple[str, bool, int]] = []
     compare = incremental._compare
 
