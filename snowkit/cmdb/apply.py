@@ -32,7 +32,7 @@ import threading
 import time
 from collections import ChainMap
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -192,6 +192,7 @@ class SyncEngine:
         self._read_started: float | None = None
         self._apply_started: float | None = None
         self._preflight: Once = Once(None)
+        self._rel_type_names: tuple[str, ...] = ()  # read in the first round (``prefetch``)
         self._round_out = threading.Event()
         self._round_out.set()  # no read-ahead round: nothing to wait for
 
@@ -223,6 +224,8 @@ class SyncEngine:
             self._preflight = Once(preflight)
         records = list(getattr(result, "records", result))
         relationships = list(getattr(result, "relationships", ()) or ())
+        if self._prefetched is None:  # a first round asked from here reads the types along
+            self._rel_type_names = tuple(sorted({s.type_name for s in relationships}))
         if self.state_store is not None and len(records) + len(relationships) > self.max_remembered:
             self.logger.event("incremental_state_off", records=len(records),
                               links=len(relationships), limit=self.max_remembered)  # fmt: skip
@@ -273,14 +276,19 @@ class SyncEngine:
             self.ledger.state.rel_type_names = sorted({s.type_name for s in relationships})
         return plan
 
-    def prefetch(self, preflight: Callable[[], Any] | None = None) -> None:
+    def prefetch(
+        self, preflight: Callable[[], Any] | None = None, rel_type_names: Iterable[str] = ()
+    ) -> None:
         """Start the plan's first round of reads in the background, while the caller collects
         and transforms the inventory: what changed since the last run (with a remembered
         state), else the class-table probes and adoption checks; ``preflight`` (the schema
-        check) runs in the same round. Only when nothing is written before planning: call it
-        with an empty outbox (``sync`` drops the round if the outbox replays anything)."""
+        check) runs in the same round, and the relationship types ``rel_type_names`` (those
+        the transform makes) are read along with it. Only when nothing is written before
+        planning: call it with an empty outbox (``sync`` drops the round if the outbox replays
+        anything)."""
         if preflight is not None:
             self._preflight = Once(preflight)
+        self._rel_type_names = tuple(rel_type_names)
         self._ahead_state, self._ahead_rows = None, threading.Event()
         self._round_out = threading.Event()
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snowkit-prefetch")
@@ -461,8 +469,11 @@ class SyncEngine:
         questions += [Question(t) for t in tables]
         # as wide as the client's connection pool (8 by default) if asked one by one
         width = max(self.workers, 8) - 1
+        # the relationship types go along: read later, they would hold slots the writes want
+        rider = self.rel_types.rider(self._rel_type_names)
+        riders = [rider] if rider else []
         _, answers = planning.parallel_map(lambda fn: fn(), [
-            (self._preflight,), (lambda: ask(self.client, questions, width=width),),
+            (self._preflight,), (lambda: ask(self.client, questions, width=width, riders=riders),),
         ], 2)  # fmt: skip
         just_created = _fields_just_created(self._preflight.result)
         without, anything, sourced = answers[0:2], answers[2:4], answers[4:6]
@@ -687,6 +698,7 @@ class SyncEngine:
         self.apply(plan, progress=progress, report=report)
         if verify and not self.unreachable:
             t0 = self._clock()
+            sealing = self._seal_ahead()  # its round trip is out while the writes are checked
             outcome = self.verify()
             report.verification = outcome.to_dict()
             report.mismatches = outcome.mismatches
@@ -703,7 +715,7 @@ class SyncEngine:
                         "mismatches); rerun the load: it writes only what still differs"
                     )
             report.timings["verify"] = round(self._clock() - t0, 3)
-            self._settle_state(outcome, self._complete(plan, report))
+            self._settle_state(outcome, self._complete(plan, report), sealing)
         elif not self.unreachable:
             self._settle_state(None, self._complete(plan, report))
         report.finish(clock_s=self._clock() - started)
@@ -730,10 +742,42 @@ class SyncEngine:
             and all(i.action in settled and not i.class_change for i in plan.items)
         )
 
-    def _settle_state(self, verified: Any, complete: bool = False) -> None:
+    def _seal_ahead(self) -> Future[str | None] | None:
+        """Start the seal (``incremental.seal``: one round trip) in the background when this
+        run wrote and nothing so far rules the state out; None otherwise. Its answer counts
+        only if the verification then finds nothing (see :meth:`_settle_state`)."""
+        state, store = self.ledger.state, self.state_store
+        wrote = bool(self.ledger.written) or self.ledger.stats.rel_created > 0
+        if state is None or store is None or not wrote or self.ledger.state_doubt is not None:
+            return None
+        since: dict[str, str | None] = dict(self._state_since)
+        # no stamp to list from (nothing sourced was in that table when the plan read it):
+        # from the instance's time at that read, less the overlap, so the listing leaves out
+        # what we created rather than listing everything
+        floor = self._stamp_at_first_read()
+        for kind in ("ci", "loc"):
+            since[kind] = since.get(kind) or floor
+        if since.get("rel") is None:
+            since["rel"] = since.get("ci") or floor
+        ours = set(state.rows["ci"])
+        state.updater = self.ledger.updater()
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snowkit-seal")
+        try:
+            return pool.submit(incremental.seal, self.client, state, since, ours,
+                               workers=self.workers)  # fmt: skip
+        finally:
+            pool.shutdown(wait=False)
+
+    def _settle_state(
+        self,
+        verified: Any,
+        complete: bool = False,
+        sealing: Future[str | None] | None = None,
+    ) -> None:
         """Keep the incremental state for the next run only if it is known to match the CMDB
         (see ``snowkit.cmdb.incremental``); otherwise forget it (the next run reads all).
-        ``complete``: the run left the CMDB as its input wants it (see :meth:`_complete`)."""
+        ``complete``: the run left the CMDB as its input wants it (see :meth:`_complete`).
+        ``sealing``: the seal started by :meth:`_seal_ahead`, else it is made here."""
         state, store = self.ledger.state, self.state_store
         if state is None or store is None:
             return
@@ -748,24 +792,20 @@ class SyncEngine:
         if why is None and verified is not None and verified.unstored_fields:
             # the remembered rows hold what was sent, but a full read tells which columns exist
             why = "some fields were written to tables that do not hold them"
+        encoded = None
         if why is None and wrote:
-            since: dict[str, str | None] = dict(self._state_since)
-            # no stamp to list from (nothing sourced was in that table when the plan read
-            # it): from the instance's time at that read, less the overlap, so the listing
-            # leaves out what we created rather than listing everything
-            floor = self._stamp_at_first_read()
-            for kind in ("ci", "loc"):
-                since[kind] = since.get(kind) or floor
-            if since.get("rel") is None:
-                since["rel"] = since.get("ci") or floor
-            ours = set(state.rows["ci"])
-            state.updater = self.ledger.updater()
-            why = incremental.seal(self.client, state, since, ours, workers=self.workers)
+            sealing = sealing or self._seal_ahead()
+            assert sealing is not None  # wrote, and nothing in doubt: there is a seal
+            # the rows' stored form is most of a save's CPU: made while the seal is out
+            encoded = store.encode_rows(state) if state.dirty else None
+            why = sealing.result()
+        elif sealing is not None:
+            sealing.exception()  # not used (the state is forgotten), but not left running
         if why is None:
             marks = {k: v for k, v in state.watermarks.items() if v}
             if wrote or state.dirty or not self._unchanged or marks != self._state_since:
                 incremental.choose_canaries(state)  # else the canaries stand as they were
-            store.save(self.instance_key, state, rows=state.dirty)
+            store.save(self.instance_key, state, rows=state.dirty, encoded=encoded)
         else:
             self.logger.event("incremental_state_forgotten", reason=why)
             store.forget(self.instance_key)

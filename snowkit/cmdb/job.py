@@ -369,7 +369,9 @@ def run_load(
                 )
             read_ahead = outbox is None or not outbox.count()
             if read_ahead:  # the plan's first reads and the schema check, while collecting
-                engine.prefetch(preflight)
+                from snowkit.cmdb.transform import RELATIONSHIP_TYPES
+
+                engine.prefetch(preflight, rel_type_names=RELATIONSHIP_TYPES)
             t0 = clock()
             if inventory is None:
                 inventory = collect_inventory(source, lab=lab, connection=connection)

@@ -51,9 +51,12 @@ def table_url(table: str, params: Mapping[str, str]) -> str:
     return f"/api/now/table/{table}?{urlencode(params)}"
 
 
-def ask_together(client: Any, questions: Sequence[Question]) -> list[bool | None] | None:
+def ask_together(
+    client: Any, questions: Sequence[Question], riders: Sequence[Rider] = ()
+) -> list[bool | None] | None:
     """One answer per question, in order: True/False, or :data:`MISSING` when the table does
-    not exist. None when the answers cannot be trusted (ask one by one then)."""
+    not exist. None when the answers cannot be trusted (ask one by one then). ``riders`` go
+    in the same request; each gets its answer whenever the request was answered."""
     if not questions or not callable(getattr(client, "batch", None)):
         return None
     params = {"sysparm_fields": "sys_id", "sysparm_limit": "1"}
@@ -61,10 +64,14 @@ def ask_together(client: Any, questions: Sequence[Question]) -> list[bool | None
         BatchRequest("GET", table_url(q.table, {"sysparm_query": q.query, **params}))
         for q in questions
     ]
+    requests += [rider.request for rider in riders]
     try:
         answers = client.batch(requests)
     except Exception:  # asked one by one next: their errors are the ones worth showing
         return None
+    for rider, answer in zip(riders, answers[len(questions) :], strict=True):
+        rider.take(answer)
+    answers = answers[: len(questions)]
     out: list[bool | None] = []
     for answer in answers:
         rows = answer.result if answer.ok else None
@@ -101,9 +108,12 @@ def ask_one(client: Any, question: Question) -> bool | None:
         raise
 
 
-def ask(client: Any, questions: Sequence[Question], *, width: int) -> list[bool | None]:
-    """Every answer: together when the Batch API answers cleanly, else ``width`` at a time."""
-    answers = ask_together(client, questions)
+def ask(
+    client: Any, questions: Sequence[Question], *, width: int, riders: Sequence[Rider] = ()
+) -> list[bool | None]:
+    """Every answer: together when the Batch API answers cleanly, else ``width`` at a time
+    (``riders`` then go unanswered: whoever needs their data reads it later)."""
+    answers = ask_together(client, questions, riders)
     if answers is not None:
         return answers
     if len(questions) <= 1 or width <= 1:

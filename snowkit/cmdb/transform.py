@@ -43,6 +43,8 @@ from snowkit.unifi.models.inventory import (
 
 CONNECTS_TO = "Connects to::Connected by"
 DEPENDS_ON = "Depends on::Used by"
+#: every relationship type a transform can produce (read with the plan's first round)
+RELATIONSHIP_TYPES = (CONNECTS_TO, DEPENDS_ON)
 DISCOVERY_SOURCE = "UniFi"
 SOURCE_PRIORITY: tuple[str, ...] = ("network", "integration", "sitemanager")
 KIND_ORDER = {"location": 0, "gateway": 1, "switch": 2, "access_point": 3, "other": 4, "client": 5}

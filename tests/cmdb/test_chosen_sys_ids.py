@@ -159,3 +159,43 @@ def test_a_lookup_before_a_retry_adopts_the_record_under_the_chosen_id(
     runner = BatchRunner(client, ledger, batch_size=10, workers=1)
     assert runner.settle([_create("dev:1", ours)]) == []
     assert ledger.sys_ids == {"dev:1": ours}
+
+
+class RenamesOneRecord:
+    """An instance that stores another ``name`` than the one sent for one record (as a
+    business rule might) and says so in its answer."""
+
+    def __init__(self, client: ServiceNowAPIClient, source_id: str) -> None:
+        self._client, self._source_id = client, source_id
+        self.listings = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def batch(self, requests: list[BatchRequest], **kw: Any) -> list[BatchResult]:
+        self.listings += sum(1 for r in requests if r.method == "GET")
+        results = self._client.batch(requests, **kw)
+        for res in results:
+            row = res.result
+            if isinstance(row, dict) and row.get(SID) == self._source_id:
+                row["name"] = "renamed by a rule"
+                self._client.update(res.request.table, row["sys_id"], {"name": row["name"]})
+        return results
+
+
+def test_a_verification_that_finds_a_difference_forgets_the_state_the_seal_was_checking(
+    client: ServiceNowAPIClient,
+) -> None:
+    """The seal's round trip goes out beside the verification; a difference found there
+    still rules the state out (the next run reads the CMDB in full)."""
+    result = estate(sites=1, devices=2, clients=2)
+    target = next(r.source_id for r in result.records if r.table != "cmn_location")
+    renaming = RenamesOneRecord(client, target)
+    with StateStore() as store:
+        _plan, report = _engine(renaming, store).sync(result, progress=False)
+        assert report.status == "partial" and report.mismatches
+        assert renaming.listings >= 1  # the seal went out all the same
+        assert store.load("k") is None
+        _plan, again = _engine(client, store).sync(result, progress=False)
+        assert again.status == "success" and again.applied["updated"] == 1  # named back
+        assert store.load("k") is not None

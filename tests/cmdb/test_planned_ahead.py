@@ -23,12 +23,17 @@ from snowkit.cmdb import incremental
 from snowkit.cmdb import plan as planning
 from snowkit.cmdb.apply import SyncEngine
 from snowkit.cmdb.state import StateStore
-from snowkit.cmdb.transform import CMDBRecord, RelationshipSpec, TransformResult
+from snowkit.cmdb.transform import (
+    RELATIONSHIP_TYPES,
+    CMDBRecord,
+    RelationshipSpec,
+    TransformResult,
+)
 from snowkit.sandbox import Sandbox
 from snowkit.servicenow import ServiceNowAPIClient
 
 from .test_apply import SID, estate
-from .test_incremental import events, remembered_state, writes_sent
+from .test_incremental import events, remembered_state, requests_to, writes_sent
 
 
 @pytest.fixture
@@ -83,6 +88,16 @@ def test_a_first_load_into_an_empty_cmdb_uses_the_plan_made_during_its_first_rou
     (event,) = events(first.run_id, "plan_built_ahead")
     assert event["empty_cmdb"] is True
     assert first.status == "success" and first.applied["created"] == first.action_totals()["create"]
+
+
+def test_a_first_load_reads_the_relationship_types_in_its_first_round(
+    sandbox: Sandbox, load_lab: Any
+) -> None:
+    """Read later, the types took two GETs that held slots the first writes wanted."""
+    first = load_lab(sandbox)
+    assert first.status == "success" and first.relationships.created > 0
+    assert requests_to(first.run_id, "cmdb_rel_type") == 0
+    assert sorted(remembered_state().rel_type_ids) == sorted(RELATIONSHIP_TYPES)
 
 
 def test_without_a_remembered_state_a_cmdb_that_holds_records_is_read_not_assumed_empty(

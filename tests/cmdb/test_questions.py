@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from snowkit.cmdb.questions import MISSING, Question, ask, ask_together
+from snowkit.cmdb.questions import MISSING, Question, Rider, ask, ask_together
+from snowkit.cmdb.relationships import RelTypeCache
 from snowkit.servicenow import ServiceNowAPIClient
 from snowkit.servicenow.batch import BatchRequest, BatchResult
 
@@ -74,3 +75,33 @@ def test_invalid_table_is_an_answer() -> None:
     client = _Answers(400, "Invalid table u_gone")
     assert ask_together(client, [Question("u_gone")]) == [MISSING]
     assert client.queries == []
+
+
+def test_a_rider_goes_in_the_same_request_and_gets_its_answer(
+    client: ServiceNowAPIClient,
+) -> None:
+    client.create("cmdb_rel_type", {"name": "Feeds::Fed by"})
+    batches: list[int] = []
+    real = client.batch
+
+    def counting(requests: Any, **kw: Any) -> Any:
+        batches.append(len(requests))
+        return real(requests, **kw)
+
+    client.batch = counting  # type: ignore[method-assign]
+    types = RelTypeCache(client)
+    rider = types.rider(["Feeds::Fed by", "Never::Made"])
+    assert rider is not None
+    assert ask(client, [Question("cmdb_ci")], width=2, riders=[rider]) == [False]
+    assert batches == [2]
+    known = types.known(["Feeds::Fed by", "Never::Made"])
+    assert list(known) == ["Feeds::Fed by"] and len(known["Feeds::Fed by"]) == 32
+    assert types.rider(["Feeds::Fed by", "Never::Made"]) is None  # both answered, one missing
+
+
+def test_riders_go_unanswered_when_the_questions_are_asked_one_by_one() -> None:
+    taken: list[Any] = []
+    rider = Rider(BatchRequest("GET", "/api/now/table/cmdb_rel_type"), taken.append)
+    client = _Answers(None)
+    assert ask(client, [Question("cmdb_ci")], width=2, riders=[rider]) == [True]
+    assert taken == []
