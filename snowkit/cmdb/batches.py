@@ -92,22 +92,27 @@ class BatchRunner:
 
     @contextlib.contextmanager
     def throttle_feed(self) -> Iterator[None]:
-        """Let the limiter hear each 429 as it arrives, while this runner sends.
+        """While this runner sends: let the limiter hear each 429 as it arrives, and lend a
+        request's slot out while the client waits to retry it.
 
         The client retries a throttled request itself, so the batch that finally succeeds
-        carries no throttle signal; without this the limiter only cut on latency, later.
+        carries no throttle signal; without this the limiter only cut on latency, later. And
+        a request sleeping out a ``Retry-After`` is not at the instance: holding its slot
+        meanwhile, the sleepers could fill a freshly cut limit and stall every other batch.
         """
-        note = getattr(self.limiter, "note_throttled", None)
-        add = getattr(self.client, "add_throttle_listener", None)
-        remove = getattr(self.client, "remove_throttle_listener", None)
-        if note is None or add is None or remove is None:
+        listeners: list[tuple[str, Any]] = []
+        if callable(getattr(self.limiter, "note_throttled", None)):
+            listeners.append(("throttle", self.limiter.note_throttled))
+        if callable(getattr(self.limiter, "step_out", None)):
+            listeners.append(("backoff", self.limiter))
+        with contextlib.ExitStack() as stack:
+            for kind, listener in listeners:
+                add = getattr(self.client, f"add_{kind}_listener", None)
+                remove = getattr(self.client, f"remove_{kind}_listener", None)
+                if add is not None and remove is not None:
+                    add(listener)
+                    stack.callback(remove, listener)
             yield
-            return
-        add(note)
-        try:
-            yield
-        finally:
-            remove(note)
 
     def _run(
         self,

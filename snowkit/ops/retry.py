@@ -266,8 +266,11 @@ class RetryManager:
         operation: Callable[[], T],
         policy: RetryPolicy | None = None,
         operation_name: str = "unknown",
+        *,
+        sleep: Callable[[float], None] | None = None,
     ) -> T:
-        """Call ``operation`` until it succeeds, fails for good, or time/budget runs out."""
+        """Call ``operation`` until it succeeds, fails for good, or time/budget runs out.
+        ``sleep``: this call's wait between attempts (default: the manager's)."""
         policy = policy or self.default_policy
         if self.budget is not None:
             self.budget.record_request()
@@ -290,7 +293,7 @@ class RetryManager:
             wait=lambda rs: self._wait(rs, policy),
             retry=tenacity.retry_if_exception(lambda e: self.is_retryable_error(e, policy)),
             before_sleep=lambda rs: self._before_sleep(rs, policy, operation_name, started),
-            sleep=self._sleep,
+            sleep=sleep or self._sleep,
             reraise=True,
         )
         return retrying(attempt)

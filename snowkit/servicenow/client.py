@@ -69,7 +69,7 @@ from snowkit.servicenow.failures import FailureMapper
 from snowkit.servicenow.hibernation import HibernationWait
 from snowkit.servicenow.limiter import RateLimitPacer
 from snowkit.servicenow.paging import KEY_FIELD, Pager, PagingMode, choose_mode, order_of
-from snowkit.servicenow.pipeline import RequestPipeline, RequestSpec
+from snowkit.servicenow.pipeline import BackoffListener, RequestPipeline, RequestSpec
 from snowkit.servicenow.query import Query, plain_value
 from snowkit.servicenow.tables import (
     WRITE_PARAMS,
@@ -570,6 +570,16 @@ class ServiceNowAPIClient:
         """Stop calling ``listener`` (a no-op if it was never added)."""
         with contextlib.suppress(ValueError):
             self._pipeline.throttle_listeners.remove(listener)
+
+    def add_backoff_listener(self, listener: BackoffListener) -> None:
+        """Tell ``listener`` when a request starts waiting to be retried and when it goes again
+        (in that request's thread): a concurrency limiter lends the request's slot out."""
+        self._pipeline.backoff_listeners.append(listener)
+
+    def remove_backoff_listener(self, listener: BackoffListener) -> None:
+        """Stop telling ``listener`` (a no-op if it was never added)."""
+        with contextlib.suppress(ValueError):
+            self._pipeline.backoff_listeners.remove(listener)
 
     def identify_reconcile(
         self, payload: Mapping[str, Any], data_source: str = "ServiceNow", dry_run: bool = False

@@ -84,12 +84,14 @@ class AdaptiveLimiter:
             ok = self._cond.wait_for(lambda: self._in_flight < int(self._limit), timeout)
             if ok:
                 self._in_flight += 1
+                self._local.held = self._held() + 1
             return ok
 
     def release(self, latency_s: float | None = None, throttled: bool = False) -> None:
         """Give the slot back and feed the outcome into the limit."""
         with self._cond:
             self._in_flight = max(0, self._in_flight - 1)
+            self._local.held = max(0, self._held() - 1)
             if throttled or self._too_slow(latency_s):
                 self._cut()
             else:
@@ -105,7 +107,29 @@ class AdaptiveLimiter:
         """Give a slot back unused (nothing was sent): no outcome to learn from."""
         with self._cond:
             self._in_flight = max(0, self._in_flight - 1)
+            self._local.held = max(0, self._held() - 1)
             self._cond.notify_all()
+
+    def step_out(self) -> bool:
+        """The calling thread's request waits to be retried (a back-off, a ``Retry-After``):
+        lend its slot out meanwhile, since nothing of it is at the instance. Sleeping retries
+        that kept their slots stalled every other request for a second after a cut. False
+        (nothing lent) when this thread holds no slot."""
+        with self._cond:
+            if self._held() < 1:
+                return False
+            self._local.held -= 1
+            self._in_flight = max(0, self._in_flight - 1)
+            self._cond.notify_all()
+            return True
+
+    def step_in(self) -> None:
+        """After :meth:`step_out`: take a slot again before the retry goes out (waiting, like
+        any request, while the limit is full)."""
+        self.acquire()
+
+    def _held(self) -> int:
+        return getattr(self._local, "held", 0)
 
     def note_throttled(self, retry_after_s: float | None = None) -> None:
         """A 429 arrived (possibly for a request still being retried): cut now."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import requests
 
@@ -60,6 +60,16 @@ class RequestSpec:
         return f"{self.method} {self.table or self.url}"
 
 
+class BackoffListener(Protocol):
+    """Told around a retry's wait (``AdaptiveLimiter`` is one)."""
+
+    def step_out(self) -> bool:
+        """The calling thread's request starts waiting; True if there is a step back in."""
+        ...
+
+    def step_in(self) -> None: ...
+
+
 class RequestPipeline:
     """Runs :class:`RequestSpec`s through retry → pacing → breaker → auth → HTTP → observe."""
 
@@ -88,6 +98,9 @@ class RequestPipeline:
         #: Called with the Retry-After seconds (or None) the moment a 429 arrives, before the
         #: retry waits: bulk callers cut their concurrency on the signal, not a retry later.
         self.throttle_listeners: list[Callable[[float | None], None]] = []
+        #: Told when a request waits to be retried and when it is about to go again (in the
+        #: waiting thread): a concurrency limiter lends the request's slot out meanwhile.
+        self.backoff_listeners: list[BackoffListener] = []
         self.hibernation = hibernation
         self.failures = failures
         self.metrics = metrics
@@ -120,7 +133,18 @@ class RequestPipeline:
             number = attempt
             return self.circuit_breaker.call(lambda: self._attempt(spec, number), spec.operation)
 
-        return self.retry_manager.execute_with_retry(one_attempt, policy, spec.operation)
+        return self.retry_manager.execute_with_retry(
+            one_attempt, policy, spec.operation, sleep=self._backoff
+        )
+
+    def _backoff(self, seconds: float) -> None:
+        """The wait before a retry; listeners that stepped out step back in after it."""
+        stepped = [listener for listener in list(self.backoff_listeners) if listener.step_out()]
+        try:
+            self._sleep(seconds)
+        finally:
+            for listener in reversed(stepped):
+                listener.step_in()
 
     def _pace(self) -> None:
         delay = self.pacer.delay()

@@ -21,7 +21,7 @@ from snowkit.ops.errors import (
 )
 from snowkit.ops.retry import RetryManager, RetryPolicy
 from snowkit.sandbox import Sandbox
-from snowkit.servicenow import Query, ServiceNowAPIClient
+from snowkit.servicenow import AdaptiveLimiter, Query, ServiceNowAPIClient
 
 from .conftest import FakeClock, FakeSleep, requests_sent
 
@@ -113,6 +113,33 @@ def test_a_429_reaches_throttle_listeners_before_the_retry_waits(
         c.count("incident")
         c.count("incident")
     assert heard == [(20.0, 0)]  # told once, with Retry-After, before the client slept
+
+
+def test_a_429_retry_waits_with_its_slot_lent_out(
+    fixed_clock_sandbox: Sandbox, fake_sleep: FakeSleep
+) -> None:
+    """Sleeping out a Retry-After, a request is not at the instance: a concurrency limiter
+    (told in the request's own thread) lends its slot out and takes one again to resend."""
+    sb = fixed_clock_sandbox
+    sb.set_faults({"rate_limit": {"requests": 1, "window_seconds": 60}})
+    limiter = AdaptiveLimiter(initial=1, minimum=1, maximum=1)
+    seen: list[int] = []
+
+    def during_the_wait(n: int) -> None:
+        seen.append(limiter.in_flight)
+        sb.set_faults(None)
+
+    fake_sleep.hook = during_the_wait
+    creds = CredentialManager.static(basic=("admin", sb.users["admin"]))
+    with ServiceNowAPIClient(sb.url, creds, sleep=fake_sleep) as c:
+        c.add_backoff_listener(limiter)
+        c.count("incident")
+        with limiter:
+            c.count("incident")  # 429, then the retry
+            assert limiter.in_flight == 1  # its slot again
+        c.remove_backoff_listener(limiter)
+    assert fake_sleep.calls == [20.0] and seen == [0]
+    assert limiter.in_flight == 0
 
 
 def test_rate_limit_headers_slow_the_client_down_before_the_429(

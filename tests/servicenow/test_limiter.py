@@ -57,6 +57,60 @@ def test_a_throttle_noted_mid_flight_cuts_at_once_and_respects_the_cooldown() ->
     assert limiter.limit == 4
 
 
+def test_a_request_waiting_to_be_retried_lends_its_slot_and_takes_one_again() -> None:
+    limiter = AdaptiveLimiter(initial=1, minimum=1, maximum=1, clock=Clock())
+    assert limiter.acquire(timeout=0)
+    assert limiter.step_out()  # its Retry-After sleep: nothing of it is at the instance
+    assert limiter.in_flight == 0
+
+    def another_request() -> None:  # goes meanwhile, from another thread
+        assert limiter.acquire(timeout=0)
+        limiter.release(0.05)
+
+    other = threading.Thread(target=another_request)
+    other.start()
+    other.join()
+    limiter.step_in()  # the retry takes a slot again before it goes out
+    assert limiter.in_flight == 1
+    assert not limiter.acquire(timeout=0)  # the one slot is the retry's again
+    limiter.release(0.05)
+    assert limiter.in_flight == 0
+
+
+def test_only_a_thread_that_holds_a_slot_can_lend_it() -> None:
+    limiter = AdaptiveLimiter(initial=2, maximum=2, clock=Clock())
+    assert limiter.acquire(timeout=0)
+    lent: list[bool] = []
+    elsewhere = threading.Thread(target=lambda: lent.append(limiter.step_out()))
+    elsewhere.start()
+    elsewhere.join()
+    assert lent == [False] and limiter.in_flight == 1  # e.g. a lookup outside any batch
+    limiter.release(0.05)
+    assert not limiter.step_out()  # given back already: nothing left to lend
+    assert limiter.in_flight == 0
+
+
+def test_stepping_back_in_waits_while_the_limit_is_full() -> None:
+    limiter = AdaptiveLimiter(initial=1, minimum=1, maximum=1, clock=Clock())
+    assert limiter.acquire(timeout=0)
+    assert limiter.step_out()
+    assert limiter.acquire(timeout=0)  # someone else took the slot meanwhile (this thread)
+    back = threading.Event()
+
+    def retry() -> None:
+        assert limiter.acquire(timeout=0) is False  # the retry's thread holds nothing
+        limiter.step_in()
+        back.set()
+
+    waiting = threading.Thread(target=retry)
+    waiting.start()
+    assert not back.wait(0.05)  # full: the retry waits
+    limiter.release(0.05)
+    assert back.wait(5)
+    waiting.join()
+    assert limiter.in_flight == 1
+
+
 def test_cuts_when_latency_rises_well_above_baseline() -> None:
     clock = Clock()
     limiter = AdaptiveLimiter(initial=8, latency_factor=3.0, increase_after=100, clock=clock)
