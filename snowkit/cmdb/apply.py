@@ -475,14 +475,17 @@ class SyncEngine:
         _, answers = planning.parallel_map(lambda fn: fn(), [
             (self._preflight,), (lambda: ask(self.client, questions, width=width, riders=riders),),
         ], 2)  # fmt: skip
-        just_created = _fields_just_created(self._preflight.result)
+        new = _tables_given_the_field(self._preflight.result)
         without, anything, sourced = answers[0:2], answers[2:4], answers[4:6]
-        unsourced = anything if just_created else without
         return FirstRound(
             probed=set(tables),
             missing={t for t, a in zip(tables, answers[6:], strict=True) if a is MISSING},
-            unsourced={t: bool(a) for t, a in zip(both, unsourced, strict=True)},
-            sourced=not just_created and any(sourced),
+            unsourced={
+                t: bool(any_row if t in new else lacking)
+                for t, lacking, any_row in zip(both, without, anything, strict=True)
+            },
+            # a field created just now holds no value yet
+            sourced=any(a for t, a in zip(both, sourced, strict=True) if t not in new),
         )
 
     def _list_changes(
@@ -881,11 +884,11 @@ class Once:
         return self.result
 
 
-def _fields_just_created(status: Any) -> bool:
-    """The schema check created every source-id field just now: no record can carry a source
-    id yet, so reading them would return nothing (a fresh instance's first load)."""
-    created = getattr(status, "created", None)
-    return bool(created) and not getattr(status, "present", True) and not status.missing
+def _tables_given_the_field(status: Any) -> set[str]:
+    """Tables the schema check gave their source-id field just now (a fresh instance's
+    first load: all of them): none of their records can carry a source id yet, and a question
+    asked of the field before it existed may have been answered "no rows"."""
+    return {table for table, _field in getattr(status, "created", None) or ()}
 
 
 def _class_tables(tables: Iterable[str]) -> list[str]:

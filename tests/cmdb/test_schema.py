@@ -139,3 +139,30 @@ def test_fields_created_during_the_first_round_do_not_hide_adoption_candidates()
     engine._preflight = type(engine._preflight)(lambda: SchemaStatus(present=list(REQUIRED_FIELDS)))
     first = engine._first_round([])
     assert first.unsourced == {"cmdb_ci": False, "cmn_location": False}
+
+
+def test_a_field_created_for_one_table_only_leaves_the_other_tables_answers_as_they_are() -> None:
+    """``cmdb_ci`` had its field (with sourced CIs); ``cmn_location``'s was created in this
+    round, so its ISEMPTY question met no field: any location there is a candidate to adopt,
+    while the CIs' answers stand as asked (before, every answer of that round was taken
+    as asked, and a location made by hand was created again instead of adopted)."""
+    from snowkit.cmdb.apply import SyncEngine
+    from snowkit.cmdb.schema import SOURCE_ID_FIELD, SchemaStatus
+
+    class Instance:
+        def query(self, table: str, query: object = "", *a: object, **kw: object) -> object:
+            q = str(query)
+            if table == "cmn_location" and SOURCE_ID_FIELD in q:
+                return iter([])  # no such field (yet): no rows
+            if q == f"{SOURCE_ID_FIELD}ISEMPTY":
+                return iter([])  # every CI carries a source id
+            return iter([{"sys_id": "x" * 32}])
+
+    status = SchemaStatus(
+        present=[("cmdb_ci", SOURCE_ID_FIELD)], created=[("cmn_location", SOURCE_ID_FIELD)]
+    )
+    engine = SyncEngine(Instance(), workers=2)
+    engine._preflight = type(engine._preflight)(lambda: status)
+    first = engine._first_round([])
+    assert first.unsourced == {"cmdb_ci": False, "cmn_location": True}
+    assert first.sourced  # the CIs' field was there, with values
