@@ -14,10 +14,11 @@ references a location: that wait kept 7 of 8 slots idle at the start of a load).
 still waits for its target (a reference that works is never replaced by one to a record
 whose create may yet fail), and a relationship until both its ends have landed
 (``cmdb_rel_ci`` rows only between records that exist). If a referenced create fails, the
-creates that name it keep a reference to a record that does not exist yet: the failure is
-reported, and the next run creates the target and updates the references, since the plan
-compares them. A plan made while the CMDB could not be read (everything queued as upserts)
-chooses no sys_ids. How a retry settles a create with a chosen id: ``BatchRunner``.
+creates that named it point at nothing: once everything has settled those fields are cleared
+(one update per record, reported), and the next run creates the target and fills them in,
+since the plan compares references. A plan made while the CMDB could not be read
+(everything queued as upserts) chooses no sys_ids. How a retry settles a create with a
+chosen id: ``BatchRunner``.
 
 What stays the same as the phased path (``BatchRunner.run`` + ``Linker.link``):
 - each chunk is sent by ``BatchRunner.run_chunk``: intents, audit, lookups before any retry of
@@ -46,7 +47,7 @@ from snowkit.cmdb.batches import BatchRunner
 from snowkit.cmdb.ledger import RunLedger
 from snowkit.cmdb.linking import Linker, report_link_decisions, report_link_outcomes
 from snowkit.cmdb.outbox import is_unreachable_error
-from snowkit.cmdb.plan import CREATE
+from snowkit.cmdb.plan import CREATE, UPDATE
 from snowkit.cmdb.progress import bar
 from snowkit.cmdb.relationships import LinkKey, LinkPlan, plan_links
 from snowkit.cmdb.report import RunReport
@@ -137,8 +138,15 @@ class WriteStream:
         ):
             self._pbar = pbar
             self._drive(specs, created_here, timings, started)
+            cleared = self._clear_references_to_failed_creates(chosen)
         timings.total_s = self._clock() - started
         self._fill(report)
+        if cleared:
+            report.warnings.append(
+                f"{cleared} record(s) referenced a record whose create failed (see failures) "
+                "by the sys_id chosen for it; those references were cleared, and the next run "
+                "fills them in once that record exists"
+            )
         return timings
 
     # -- holding and releasing -------------------------------------------------------------
@@ -250,6 +258,30 @@ class WriteStream:
         except Exception as exc:
             if not is_unreachable_error(exc):
                 raise
+
+    def _clear_references_to_failed_creates(self, chosen: dict[str, str]) -> int:
+        """Creates that went out ahead of their target name its chosen sys_id; if the
+        target's create then failed, that reference points at nothing. Clear such fields (an
+        update per record, audited like any other); returns how many records were updated."""
+        failed = {f.source_id for f in self.ledger.failures if f.action == CREATE}
+        lost = {chosen[s] for s in failed if s in chosen}
+        if not lost:
+            return 0
+        repairs: list[WriteOp] = []
+        for table, source_id, _values, refs in list(self.ledger.written):
+            broken = {fld: "" for fld, value in refs if value in lost}
+            sys_id = self.ledger.sys_ids.get(source_id)
+            if broken and sys_id:
+                repairs.append(WriteOp(
+                    key=self.runner.next_key(), action=UPDATE, table=table, values={},
+                    extra=broken, source_id=source_id, sys_id=sys_id,
+                    before={fld: value for fld, value in refs if fld in broken},
+                ))  # fmt: skip
+        size = self.runner.batch_size
+        before = self.ledger.stats.updated
+        for start in range(0, len(repairs), size):
+            self._send(repairs[start : start + size])
+        return self.ledger.stats.updated - before  # one that did not land is in the failures
 
     # -- sending ---------------------------------------------------------------------------
     def _drive(

@@ -199,3 +199,22 @@ def test_a_verification_that_finds_a_difference_forgets_the_state_the_seal_was_c
         _plan, again = _engine(client, store).sync(result, progress=False)
         assert again.status == "success" and again.applied["updated"] == 1  # named back
         assert store.load("k") is not None
+
+
+def test_references_to_a_create_that_failed_are_cleared_not_left_pointing_at_nothing(
+    client: ServiceNowAPIClient,
+) -> None:
+    """The devices went out with the sys_id chosen for their site, whose create then failed:
+    their location is cleared (not left naming a record that does not exist), and the next
+    run creates the site and fills the references in."""
+    result = estate(sites=1, devices=2, clients=2)
+    _plan, report = _engine(FailsLocationCreates(client)).sync(result, progress=False)
+    assert [f.source_id for f in report.failures] == ["site:0"]
+    located = _location_of(client)
+    assert located and set(located.values()) == {""}  # no reference to a missing record
+    assert any("whose create failed" in w for w in report.warnings), report.warnings
+    assert report.verification["ok"], report.verification  # what was cleared is expected
+    _plan, again = _engine(client).sync(result, progress=False)
+    assert again.status == "success" and again.applied["created"] == 1
+    site = _locations(client)["site:0"]
+    assert set(_location_of(client).values()) == {site}
