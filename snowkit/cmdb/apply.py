@@ -472,10 +472,13 @@ class SyncEngine:
         # the relationship types go along: read later, they would hold slots the writes want
         rider = self.rel_types.rider(self._rel_type_names)
         riders = [rider] if rider else []
+        # a check run before this round (before an outbox replay, say) made its fields before
+        # these questions were asked, and the writes since may have filled them
+        asked_after_the_check = self._preflight.ran
         _, answers = planning.parallel_map(lambda fn: fn(), [
             (self._preflight,), (lambda: ask(self.client, questions, width=width, riders=riders),),
         ], 2)  # fmt: skip
-        new = _tables_given_the_field(self._preflight.result)
+        new = set() if asked_after_the_check else _tables_given_the_field(self._preflight.result)
         without, anything, sourced = answers[0:2], answers[2:4], answers[4:6]
         return FirstRound(
             probed=set(tables),
@@ -702,7 +705,12 @@ class SyncEngine:
         if verify and not self.unreachable:
             t0 = self._clock()
             sealing = self._seal_ahead()  # its round trip is out while the writes are checked
-            outcome = self.verify()
+            try:
+                outcome = self.verify()
+            except BaseException:
+                if sealing is not None:
+                    sealing.exception()  # not left using the client after this run ends
+                raise
             report.verification = outcome.to_dict()
             report.mismatches = outcome.mismatches
             if outcome.mismatches or outcome.missing:
@@ -870,6 +878,11 @@ class Once:
         self._lock = threading.Lock()
         self._error: BaseException | None = None
         self.result: Any = None  #: what the check returned
+
+    @property
+    def ran(self) -> bool:
+        """The check has been run (or is running): what it finds predates what follows."""
+        return self._check is None
 
     def __call__(self) -> Any:
         with self._lock:

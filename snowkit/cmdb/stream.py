@@ -143,9 +143,9 @@ class WriteStream:
         self._fill(report)
         if cleared:
             report.warnings.append(
-                f"{cleared} record(s) referenced a record whose create failed (see failures) "
-                "by the sys_id chosen for it; those references were cleared, and the next run "
-                "fills them in once that record exists"
+                f"{cleared} record(s) referenced a record whose create was refused (see "
+                "failures) by the sys_id chosen for it; those references were cleared (counted "
+                "as updates), and the next run fills them in once that record exists"
             )
         return timings
 
@@ -263,7 +263,9 @@ class WriteStream:
         """Creates that went out ahead of their target name its chosen sys_id; if the
         target's create then failed, that reference points at nothing. Clear such fields (an
         update per record, audited like any other); returns how many records were updated."""
-        failed = {f.source_id for f in self.ledger.failures if f.action == CREATE}
+        if self.ledger.unreachable or self.ledger.forbidden:
+            return 0  # no more writes this run: the next one plans the references again
+        failed = {f.source_id for f in self.ledger.failures if f.action == CREATE and refused(f)}
         lost = {chosen[s] for s in failed if s in chosen}
         if not lost:
             return 0
@@ -272,10 +274,11 @@ class WriteStream:
             broken = {fld: "" for fld, value in refs if value in lost}
             sys_id = self.ledger.sys_ids.get(source_id)
             if broken and sys_id:
+                # no before-image: the record is this run's own create, which a rollback
+                # deletes (putting the reference to nothing back first would be a write more)
                 repairs.append(WriteOp(
                     key=self.runner.next_key(), action=UPDATE, table=table, values={},
                     extra=broken, source_id=source_id, sys_id=sys_id,
-                    before={fld: value for fld, value in refs if fld in broken},
                 ))  # fmt: skip
         size = self.runner.batch_size
         before = self.ledger.stats.updated
@@ -386,6 +389,13 @@ class WriteStream:
         found.unknown_types = dict(sorted(found.unknown_types.items()))
         report_link_decisions(report, found)
         report_link_outcomes(report, self.ledger)
+
+
+def refused(failure: Any) -> bool:
+    """The instance answered a definite no (a 4xx that is no throttle, timeout or conflict):
+    nothing was stored. A write with no such answer may have landed after all."""
+    status = failure.status_code
+    return status is not None and 400 <= status < 500 and status not in (408, 409, 429)
 
 
 def choose_sys_ids(ops: Iterable[WriteOp]) -> dict[str, str]:

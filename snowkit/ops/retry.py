@@ -260,6 +260,10 @@ class RetryManager:
     def add_hook(self, hook: RetryHook) -> None:
         self._hooks.append(hook)
 
+    def sleep(self, seconds: float) -> None:
+        """The wait between attempts (injected for tests; a caller that wraps it calls this)."""
+        self._sleep(seconds)
+
     # -- the seed's API ----------------------------------------------------------------------
     def execute_with_retry(
         self,

@@ -90,8 +90,7 @@ class AdaptiveLimiter:
     def release(self, latency_s: float | None = None, throttled: bool = False) -> None:
         """Give the slot back and feed the outcome into the limit."""
         with self._cond:
-            self._in_flight = max(0, self._in_flight - 1)
-            self._local.held = max(0, self._held() - 1)
+            self._give_back()
             if throttled or self._too_slow(latency_s):
                 self._cut()
             else:
@@ -106,17 +105,25 @@ class AdaptiveLimiter:
     def abandon(self) -> None:
         """Give a slot back unused (nothing was sent): no outcome to learn from."""
         with self._cond:
-            self._in_flight = max(0, self._in_flight - 1)
-            self._local.held = max(0, self._held() - 1)
+            self._give_back()
             self._cond.notify_all()
+
+    def _give_back(self) -> None:
+        """This thread's slot is free (under the lock). A thread that holds none (its slot
+        lent by :meth:`step_out`, and the step back in cut short) frees nobody else's."""
+        held = self._held()
+        if held > 0:
+            self._local.held = held - 1
+            self._in_flight = max(0, self._in_flight - 1)
 
     def step_out(self) -> bool:
         """The calling thread's request waits to be retried (a back-off, a ``Retry-After``):
         lend its slot out meanwhile, since nothing of it is at the instance. Sleeping retries
         that kept their slots stalled every other request for a second after a cut. False
-        (nothing lent) when this thread holds no slot."""
+        (nothing lent) unless this thread holds exactly one slot (with more, stepping back in
+        could wait on its own other slot)."""
         with self._cond:
-            if self._held() < 1:
+            if self._held() != 1:
                 return False
             self._local.held -= 1
             self._in_flight = max(0, self._in_flight - 1)

@@ -138,10 +138,14 @@ class RequestPipeline:
         )
 
     def _backoff(self, seconds: float) -> None:
-        """The wait before a retry; listeners that stepped out step back in after it."""
-        stepped = [listener for listener in list(self.backoff_listeners) if listener.step_out()]
+        """The wait before a retry (the retry manager's sleep); listeners that stepped out
+        step back in after it, whatever happened meanwhile."""
+        stepped: list[BackoffListener] = []
         try:
-            self._sleep(seconds)
+            for listener in list(self.backoff_listeners):
+                if listener.step_out():
+                    stepped.append(listener)
+            self.retry_manager.sleep(seconds)
         finally:
             for listener in reversed(stepped):
                 listener.step_in()

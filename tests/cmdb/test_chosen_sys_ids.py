@@ -94,10 +94,11 @@ def test_a_retried_create_that_finds_its_id_taken_by_its_own_first_attempt_has_l
 
 
 class FailsLocationCreates:
-    """An instance that refuses every new location (a data policy, say)."""
+    """An instance that refuses every new location (a data policy, say), or answers it with
+    ``status`` (a 503: no telling whether it was stored)."""
 
-    def __init__(self, client: ServiceNowAPIClient) -> None:
-        self._client = client
+    def __init__(self, client: ServiceNowAPIClient, status: int = 400) -> None:
+        self._client, self._status = client, status
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
@@ -110,7 +111,7 @@ class FailsLocationCreates:
         answers = iter(self._client.batch(sent, **kw) if sent else [])
         body = {"error": {"message": "Data policy: field missing"}, "status": "failure"}
         return [
-            BatchResult(str(r.id), r, 400, body=body, error_message="Data policy")
+            BatchResult(str(r.id), r, self._status, body=body, error_message="Data policy")
             if n in refused
             else next(answers)
             for n, r in enumerate(requests)
@@ -212,9 +213,33 @@ def test_references_to_a_create_that_failed_are_cleared_not_left_pointing_at_not
     assert [f.source_id for f in report.failures] == ["site:0"]
     located = _location_of(client)
     assert located and set(located.values()) == {""}  # no reference to a missing record
-    assert any("whose create failed" in w for w in report.warnings), report.warnings
+    assert any("whose create was refused" in w for w in report.warnings), report.warnings
     assert report.verification["ok"], report.verification  # what was cleared is expected
     _plan, again = _engine(client).sync(result, progress=False)
     assert again.status == "success" and again.applied["created"] == 1
     site = _locations(client)["site:0"]
     assert set(_location_of(client).values()) == {site}
+
+
+def test_references_to_a_create_with_no_definite_answer_are_left_as_they_are(
+    client: ServiceNowAPIClient,
+) -> None:
+    """A create that failed without a definite refusal (503s until the attempts ran out) may
+    have been stored under its chosen id after all: the references to it are not touched."""
+    result = estate(sites=1, devices=2, clients=2)
+    _plan, report = _engine(FailsLocationCreates(client, status=503)).sync(result, progress=False)
+    assert [f.source_id for f in report.failures] == ["site:0"]
+    assert "" not in set(_location_of(client).values())
+    assert not any("whose create was refused" in w for w in report.warnings)
+
+
+def test_only_a_definite_answer_counts_as_refused() -> None:
+    from snowkit.cmdb.report import ItemFailure
+    from snowkit.cmdb.stream import refused
+
+    def failure(status: int | None) -> ItemFailure:
+        return ItemFailure(source_id="s", table="t", action="create", error="e",
+                           status_code=status)  # fmt: skip
+
+    assert [refused(failure(s)) for s in (400, 403, 404, 422)] == [True] * 4
+    assert [refused(failure(s)) for s in (None, 408, 409, 429, 500, 503)] == [False] * 6

@@ -166,3 +166,22 @@ def test_a_field_created_for_one_table_only_leaves_the_other_tables_answers_as_t
     first = engine._first_round([])
     assert first.unsourced == {"cmdb_ci": False, "cmn_location": True}
     assert first.sourced  # the CIs' field was there, with values
+
+
+def test_fields_made_before_the_round_leave_every_answer_as_asked() -> None:
+    """Checked before an outbox replay, the fields existed when the questions were asked,
+    and the replay may have filled them: the round's answers stand (before, "created just
+    now" ignored the sourced records the replay wrote, and they were created again)."""
+    from snowkit.cmdb.apply import SyncEngine
+    from snowkit.cmdb.schema import REQUIRED_FIELDS, SchemaStatus
+
+    class Instance:  # after the replay: every record carries a source id
+        def query(self, table: str, query: object = "", *a: object, **kw: object) -> object:
+            return iter([] if str(query).endswith("ISEMPTY") else [{"sys_id": "x" * 32}])
+
+    engine = SyncEngine(Instance(), workers=2)
+    engine._preflight = type(engine._preflight)(lambda: SchemaStatus(created=list(REQUIRED_FIELDS)))
+    engine._preflight()  # as ``sync`` does before replaying the outbox
+    first = engine._first_round([])
+    assert first.sourced
+    assert first.unsourced == {"cmdb_ci": False, "cmn_location": False}

@@ -142,6 +142,25 @@ def test_a_429_retry_waits_with_its_slot_lent_out(
     assert limiter.in_flight == 0
 
 
+def test_a_retry_waits_with_the_retry_managers_sleep_when_a_listener_is_told(
+    fixed_clock_sandbox: Sandbox, fake_sleep: FakeSleep
+) -> None:
+    sb = fixed_clock_sandbox
+    sb.set_faults({"rate_limit": {"requests": 1, "window_seconds": 60}})
+    heal_on_first_sleep(sb, fake_sleep)
+    creds = CredentialManager.static(basic=("admin", sb.users["admin"]))
+
+    def client_sleep(seconds: float) -> None:
+        raise AssertionError("the client's own sleep is not the retry manager's")
+
+    manager = RetryManager(sleep=fake_sleep)
+    with ServiceNowAPIClient(sb.url, creds, sleep=client_sleep, retry_manager=manager) as c:
+        c.add_backoff_listener(AdaptiveLimiter(initial=1, minimum=1, maximum=1))
+        c.count("incident")
+        c.count("incident")
+    assert fake_sleep.calls == [20.0]
+
+
 def test_rate_limit_headers_slow_the_client_down_before_the_429(
     fixed_clock_sandbox: Sandbox, fake_sleep: FakeSleep
 ) -> None:

@@ -111,6 +111,26 @@ def test_stepping_back_in_waits_while_the_limit_is_full() -> None:
     assert limiter.in_flight == 1
 
 
+def test_a_thread_whose_slot_is_lent_frees_no_one_elses_slot() -> None:
+    """A step back in cut short (an interrupt while waiting) leaves the thread without a
+    slot: its release must not free the one another request holds."""
+    limiter = AdaptiveLimiter(initial=1, minimum=1, maximum=1, clock=Clock())
+    assert limiter.acquire(timeout=0)
+    assert limiter.step_out()
+    other = threading.Thread(target=lambda: limiter.acquire(timeout=0))
+    other.start()
+    other.join()
+    limiter.release(0.05)  # this thread's slot was lent and never taken back
+    assert limiter.in_flight == 1  # the other request's slot still counts
+
+
+def test_a_thread_holding_two_slots_lends_neither() -> None:
+    limiter = AdaptiveLimiter(initial=2, maximum=2, clock=Clock())
+    assert limiter.acquire(timeout=0) and limiter.acquire(timeout=0)
+    assert not limiter.step_out()  # stepping back in could wait on its own other slot
+    assert limiter.in_flight == 2
+
+
 def test_cuts_when_latency_rises_well_above_baseline() -> None:
     clock = Clock()
     limiter = AdaptiveLimiter(initial=8, latency_factor=3.0, increase_after=100, clock=clock)
