@@ -92,6 +92,8 @@ class SyncState:
     sealed: bool = True
     #: rows changed since loaded (not stored): a save must rewrite them
     dirty: bool = False
+    #: the head as stored when loaded (not stored): a save that would write the same skips
+    stored_head: str = field(default="", repr=False)
 
 
 class StateStore:
@@ -105,6 +107,9 @@ class StateStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._clock = wall_clock
         self._lock = threading.Lock()
+        #: instances whose stored state this store changed (marked unsealed, forgotten)
+        #: since it was loaded: their next save writes whatever the head
+        self._changed: set[str] = set()
         self._conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.executescript(_SCHEMA)
@@ -164,6 +169,7 @@ class StateStore:
             canaries=head.get("canaries", {}),
             input_digest=head.get("input_digest", ""),
             sealed=sealed,
+            stored_head=meta["state"],
         )
         return state
 
@@ -193,6 +199,10 @@ class StateStore:
             "canaries": state.canaries,
             "input_digest": state.input_digest,
         }
+        text = json.dumps(head)
+        unchanged = state.sealed and instance not in self._changed and text == state.stored_head
+        if unchanged and not rows:
+            return  # a no-change run: the stored state is this one already (no write, no sync)
         blobs = (encoded or self.encode_rows(state)) if rows else None
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
@@ -203,7 +213,7 @@ class StateStore:
                         "INSERT INTO rows VALUES (?, ?, ?)",
                         [(instance, part, data) for part, data in blobs.parts],
                     )
-                self._put(instance, "state", json.dumps(head))
+                self._put(instance, "state", text)
                 self._conn.execute(
                     "DELETE FROM meta WHERE instance=? AND key='writing'", (instance,)
                 )
@@ -211,6 +221,8 @@ class StateStore:
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
+        state.stored_head, state.sealed = text, True
+        self._changed.discard(instance)
 
     @staticmethod
     def encode_rows(state: SyncState) -> EncodedRows:
@@ -234,6 +246,7 @@ class StateStore:
             self._conn.execute(
                 "DELETE FROM meta WHERE instance=? AND key IN ('state', 'writing')", (instance,)
             )
+            self._changed.add(instance)
 
     def mark_writing(self, instance: str) -> None:
         """Writes to ``instance`` are about to start: until a state is saved again (``save``,
@@ -243,6 +256,7 @@ class StateStore:
         them could cancel out someone else's deletion in the counts)."""
         with self._lock:
             self._put(instance, "writing", repr(self._clock()))
+            self._changed.add(instance)
 
     # -- the schema check ------------------------------------------------------------------
     def schema_checked_recently(self, instance: str, ttl_seconds: float) -> bool:

@@ -247,6 +247,42 @@ def test_state_store_round_trip_and_forget() -> None:
     store.close()
 
 
+def test_saving_a_state_exactly_as_stored_writes_nothing_unless_it_was_marked_or_forgotten(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A no-change rerun's save would write the same head back (and sync the file): it is
+    skipped, but never when this store marked the state unsealed or forgot it since."""
+    store = StateStore()
+    state = SyncState(signature="s", watermarks={"ci": "2001-01-01 10:00:00"})
+    store.save("k", state)
+    commits: list[str] = []
+    real = store._put
+    monkeypatch.setattr(store, "_put", lambda *a: (commits.append(a[1]), real(*a)))
+
+    loaded = store.load("k")
+    assert loaded is not None
+    store.save("k", loaded, rows=False)
+    assert commits == []  # the same head: nothing written
+    loaded.counts["ci"] = 1
+    store.save("k", loaded, rows=False)
+    assert commits == ["state"]  # a different head is written
+
+    again = store.load("k")
+    assert again is not None
+    store.mark_writing("k")  # writes were about to start, and none came
+    store.save("k", again, rows=False)
+    assert commits[-1] == "state" and len(commits) == 3  # the mark, then the save clearing it
+    head = store.load_head("k")
+    assert head is not None and head.sealed
+
+    gone = store.load("k")
+    assert gone is not None
+    store.forget("k")
+    store.save("k", gone, rows=False)
+    assert store.load("k") is not None  # saved again, not skipped
+    store.close()
+
+
 def test_schema_check_is_trusted_for_its_ttl_only() -> None:
     now = [1000.0]
     store = StateStore(wall_clock=lambda: now[0])
