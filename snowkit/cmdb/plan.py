@@ -17,13 +17,14 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, Protocol
 
 from snowkit.cmdb.fields import SOURCE_ID_FIELD, as_str
 from snowkit.cmdb.questions import any_row
 from snowkit.servicenow.query import Query
+
+if TYPE_CHECKING:  # a load never needs pandas: only the frames do (see ``Plan.frame``)
+    import pandas as pd
 
 LOCATION_TABLE = "cmn_location"
 CI_TABLE = "cmdb_ci"
@@ -150,6 +151,8 @@ class Plan:
     def frame(self) -> pd.DataFrame:
         """One row per record: source_id, table, action, changed_fields, sys_id (+ matched_by,
         class_change)."""
+        import pandas as pd
+
         return pd.DataFrame(
             {
                 "source_id": [i.source_id for i in self.items],

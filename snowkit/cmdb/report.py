@@ -11,12 +11,13 @@ import json
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from snowkit.cmdb.plan import ACTIONS
 from snowkit.ops.redaction import redact
+
+if TYPE_CHECKING:  # a load never needs pandas: only the frames do (see ``frames``)
+    import pandas as pd
 
 STATUSES = ("success", "partial", "queued", "failed", "dry_run")
 
@@ -157,6 +158,8 @@ class RunReport:
 
     def frames(self) -> dict[str, pd.DataFrame]:
         """``counts`` (table, action, n), ``failures``, ``timings``, ``mismatches``."""
+        import pandas as pd
+
         counts = pd.DataFrame(
             [
                 {"table": table, "action": action, "count": n}

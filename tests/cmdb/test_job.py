@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import collections
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from snowkit import paths
 from snowkit.cmdb.apply import CrashSimulation
@@ -220,3 +224,23 @@ def test_a_store_that_cannot_open_fails_the_run_and_closes_the_others(
     report = load_lab(sandbox)
     assert report.status == "failed" and "permission denied" in report.message
     assert sorted(closed) == ["intents", "state"]
+
+
+def test_a_load_never_imports_pandas(tmp_path: Path) -> None:
+    """pandas is for the frames (plan, report, quality, notebooks): importing it costs a load
+    ~45 MB of memory and the CLI ~0.2 s of start-up."""
+    script = (
+        "import sys\n"
+        "from snowkit.cmdb.job import run_load\n"
+        "from snowkit.unifi import LabConfig\n"
+        "import snowkit.cli\n"
+        "lab = LabConfig(sites=1, devices_per_site=2, clients_per_site=2, seed=1)\n"
+        "report = run_load(instance='embedded', lab=lab, progress=False)\n"
+        "print(report.status, 'pandas' in sys.modules)\n"
+    )
+    env = {**os.environ, "SNOWKIT_HOME": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["success", "False"], out.stdout[-500:]
