@@ -182,16 +182,27 @@ def _check_kernel(name: str | None, nb: NotebookNode) -> str:
 
 
 def _kernel_manager_class(extra_env: Mapping[str, str]) -> type:
-    """An AsyncKernelManager that adds ``extra_env`` to the kernel's environment only.
+    """An AsyncKernelManager that adds ``extra_env`` to the kernel's environment only, and
+    encrypts the kernel's channels where the kernel supports it.
 
     Setting ``os.environ`` instead would leak into the calling process and race between
-    concurrent runs (an Airflow worker's threads).
+    concurrent runs (an Airflow worker's threads). The channels are loopback TCP sockets:
+    unencrypted, any local user could read the code and outputs (the kernel warns so on every
+    run). ``transport_encryption="auto"`` (jupyter_client versions that have it) uses CurveZMQ
+    when the kernelspec declares support (recent ipykernel writes that into the kernelspecs
+    ``make`` installs) and plain TCP otherwise.
     """
     from jupyter_client.manager import AsyncKernelManager
 
     env_overrides = dict(extra_env)
+    encrypt = "transport_encryption" in AsyncKernelManager.class_trait_names()
 
     class RunKernelManager(AsyncKernelManager):
+        def __init__(self, **kw: Any) -> None:
+            if encrypt:
+                kw.setdefault("transport_encryption", "auto")
+            super().__init__(**kw)
+
         async def start_kernel(self, **kw: Any) -> None:
             env = dict(kw.pop("env", None) or os.environ)
             env.update(env_overrides)

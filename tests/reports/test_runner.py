@@ -269,3 +269,17 @@ def test_a_relative_snowkit_home_is_resolved_against_the_caller(
     assert Path(seen["state_dir"]) == tmp_path / "my-state"
     assert Path(seen["reports_dir"]) == tmp_path / "out"  # this run's reports folder
     assert os.environ["SNOWKIT_HOME"] == "my-state"
+
+
+def test_the_kernel_channels_are_encrypted_where_the_kernel_supports_it(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Plain loopback TCP lets any local user read the code and outputs (and the kernel warns
+    so on every run); the kernelspecs ``make`` installs declare CurveZMQ support."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    if "transport_encryption" not in AsyncKernelManager.class_trait_names():
+        pytest.skip("this jupyter_client cannot encrypt kernel channels")
+    result = run(NOTEBOOKS / "passing.ipynb", reports_dir=tmp_path, parameters={"points": 2})
+    assert result.exit_code == EXIT_OK
+    assert "without encryption" not in capfd.readouterr().err
