@@ -321,15 +321,24 @@ class BatchRunner:
             if op.action == CREATE and op.extra.get("sys_id") and op.source_id
         }
         found: set[str] = set()
+        unchecked = False
         if chosen:
             try:
                 found = self._landed_under(list(chosen.values()))
             except Exception as exc:
                 if not is_unreachable_error(exc):
                     raise
+                self.ledger.mark_unreachable(exc)
+                unchecked = True
         for op, message, status in refused:
             if op.extra.get("sys_id") in found:
                 self._adopt(op, op.extra["sys_id"])
+            elif unchecked and op.extra.get("sys_id") in chosen:
+                # an earlier attempt may have landed after all: no definite answer to report
+                self.ledger.fail(
+                    op, f"{message} (whether an earlier attempt landed could not be checked: "
+                    "the instance became unreachable; the next run finds out)", None,
+                )  # fmt: skip
             else:
                 self.ledger.fail(op, message, status)
 

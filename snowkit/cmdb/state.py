@@ -221,8 +221,8 @@ class StateStore:
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
+            self._changed.discard(instance)  # under the lock: a mark made after stays
         state.stored_head, state.sealed = text, True
-        self._changed.discard(instance)
 
     @staticmethod
     def encode_rows(state: SyncState) -> EncodedRows:

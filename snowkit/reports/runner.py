@@ -192,14 +192,18 @@ def _kernel_manager_class(extra_env: Mapping[str, str]) -> type:
     when the kernelspec declares support (recent ipykernel writes that into the kernelspecs
     ``make`` installs) and plain TCP otherwise.
     """
+    import zmq
     from jupyter_client.manager import AsyncKernelManager
 
     env_overrides = dict(extra_env)
-    encrypt = "transport_encryption" in AsyncKernelManager.class_trait_names()
+    # "auto" is refused outright by a pyzmq built without CurveZMQ (no libsodium)
+    encrypt = "transport_encryption" in AsyncKernelManager.class_trait_names() and zmq.has(
+        "curve"
+    )
 
     class RunKernelManager(AsyncKernelManager):
         def __init__(self, **kw: Any) -> None:
-            if encrypt:
+            if encrypt and not _configured(kw.get("config"), "transport_encryption"):
                 kw.setdefault("transport_encryption", "auto")
             super().__init__(**kw)
 
@@ -209,6 +213,13 @@ def _kernel_manager_class(extra_env: Mapping[str, str]) -> type:
             await super().start_kernel(env=env, **kw)
 
     return RunKernelManager
+
+
+def _configured(config: Any, name: str) -> bool:
+    """Whether a traitlets ``config`` sets kernel managers' ``name`` (the user's choice, which
+    a keyword argument would override)."""
+    sections = ("KernelManager", "AsyncKernelManager", "RunKernelManager")
+    return bool(config) and any(name in (config.get(section) or {}) for section in sections)
 
 
 def kernel_environment(run_dir: Path, reports_dir: Path) -> dict[str, str]:

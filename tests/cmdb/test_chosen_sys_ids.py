@@ -17,6 +17,7 @@ from snowkit.cmdb.ledger import RunLedger
 from snowkit.cmdb.state import StateStore
 from snowkit.cmdb.transform import CMDBRecord, TransformResult
 from snowkit.cmdb.writes import WriteOp
+from snowkit.ops.breaker import CircuitOpenError
 from snowkit.servicenow import ServiceNowAPIClient
 from snowkit.servicenow.batch import BatchRequest, BatchResult
 
@@ -91,6 +92,35 @@ def test_a_retried_create_that_finds_its_id_taken_by_its_own_first_attempt_has_l
     assert ledger.sys_ids == {"dev:1": ours}
     assert ledger.stats.adopted_after_ambiguity == 1
     assert [f.source_id for f in ledger.failures] == ["dev:2"]  # not ours: a real failure
+
+
+class LookupsCannotConnect:
+    """An instance that answers writes but drops every read (a lookup meets a dead link)."""
+
+    def __init__(self, client: ServiceNowAPIClient) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def query(self, *a: Any, **kw: Any) -> Any:
+        raise CircuitOpenError("the breaker is open", operation="query")
+
+
+def test_a_refused_retry_whose_first_attempt_cannot_be_checked_is_no_definite_refusal(
+    client: ServiceNowAPIClient,
+) -> None:
+    """The retry was refused (its id exists), and the lookup that would tell whether the
+    first attempt landed cannot reach the instance: the failure carries no status, so the
+    references to it are not cleared as if the create had surely failed."""
+    ours = "a" * 32
+    client.create("cmdb_ci_ip_switch", {"name": "first attempt", SID: "dev:1", "sys_id": ours})
+    ledger = RunLedger(run_id="r")
+    runner = BatchRunner(LookupsCannotConnect(client), ledger, batch_size=10, workers=1)
+    runner.run_chunk([_create("dev:1", ours)])
+    (failure,) = ledger.failures
+    assert failure.status_code is None and "could not be checked" in failure.error
+    assert ledger.unreachable
 
 
 class FailsLocationCreates:

@@ -283,3 +283,24 @@ def test_the_kernel_channels_are_encrypted_where_the_kernel_supports_it(
     result = run(NOTEBOOKS / "passing.ipynb", reports_dir=tmp_path, parameters={"points": 2})
     assert result.exit_code == EXIT_OK
     assert "without encryption" not in capfd.readouterr().err
+
+
+def test_a_pyzmq_without_curve_or_a_users_setting_keeps_the_kernel_manager_as_configured(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """jupyter_client refuses "auto" outright when pyzmq lacks CurveZMQ (no libsodium): the
+    runner then asks nothing; and a user's own ``transport_encryption`` setting stands."""
+    import zmq
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets.config import Config
+
+    from snowkit.reports.runner import _kernel_manager_class
+
+    if "transport_encryption" not in AsyncKernelManager.class_trait_names():
+        pytest.skip("this jupyter_client cannot encrypt kernel channels")
+    chosen = Config({"KernelManager": {"transport_encryption": "disabled"}})
+    manager = _kernel_manager_class({})(kernel_name="python3", config=chosen)
+    assert manager.transport_encryption == "disabled"
+    monkeypatch.setattr(zmq, "has", lambda capability: False)
+    plain = _kernel_manager_class({})(kernel_name="python3")  # built, not refused
+    assert plain.transport_encryption != "auto"
