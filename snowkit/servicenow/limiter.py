@@ -109,12 +109,14 @@ class AdaptiveLimiter:
             self._cond.notify_all()
 
     def _give_back(self) -> None:
-        """This thread's slot is free (under the lock). A thread that holds none (its slot
-        lent by :meth:`step_out`, and the step back in cut short) frees nobody else's."""
-        held = self._held()
-        if held > 0:
-            self._local.held = held - 1
-            self._in_flight = max(0, self._in_flight - 1)
+        """A slot is free (under the lock); any thread may give back one another took. A
+        thread whose slot is still lent (:meth:`step_out`, the step back in cut short) gave
+        it back then: its release frees nobody else's."""
+        if getattr(self._local, "lent", False):
+            self._local.lent = False
+            return
+        self._local.held = max(0, self._held() - 1)
+        self._in_flight = max(0, self._in_flight - 1)
 
     def step_out(self) -> bool:
         """The calling thread's request waits to be retried (a back-off, a ``Retry-After``):
@@ -125,7 +127,7 @@ class AdaptiveLimiter:
         with self._cond:
             if self._held() != 1:
                 return False
-            self._local.held -= 1
+            self._local.held, self._local.lent = 0, True
             self._in_flight = max(0, self._in_flight - 1)
             self._cond.notify_all()
             return True
@@ -134,6 +136,7 @@ class AdaptiveLimiter:
         """After :meth:`step_out`: take a slot again before the retry goes out (waiting, like
         any request, while the limit is full)."""
         self.acquire()
+        self._local.lent = False
 
     def _held(self) -> int:
         return getattr(self._local, "held", 0)

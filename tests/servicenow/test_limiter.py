@@ -92,23 +92,27 @@ def test_only_a_thread_that_holds_a_slot_can_lend_it() -> None:
 
 def test_stepping_back_in_waits_while_the_limit_is_full() -> None:
     limiter = AdaptiveLimiter(initial=1, minimum=1, maximum=1, clock=Clock())
-    assert limiter.acquire(timeout=0)
-    assert limiter.step_out()
-    assert limiter.acquire(timeout=0)  # someone else took the slot meanwhile (this thread)
-    back = threading.Event()
+    lent, taken, back = threading.Event(), threading.Event(), threading.Event()
 
-    def retry() -> None:
-        assert limiter.acquire(timeout=0) is False  # the retry's thread holds nothing
-        limiter.step_in()
+    def retried_request() -> None:
+        assert limiter.acquire(timeout=0)
+        assert limiter.step_out()
+        lent.set()
+        assert taken.wait(5)
+        limiter.step_in()  # the slot is someone else's now: wait for it
         back.set()
+        limiter.release(0.05)
 
-    waiting = threading.Thread(target=retry)
-    waiting.start()
+    retrying = threading.Thread(target=retried_request)
+    retrying.start()
+    assert lent.wait(5)
+    assert limiter.acquire(timeout=0)  # another request takes the lent slot
+    taken.set()
     assert not back.wait(0.05)  # full: the retry waits
     limiter.release(0.05)
     assert back.wait(5)
-    waiting.join()
-    assert limiter.in_flight == 1
+    retrying.join()
+    assert limiter.in_flight == 0
 
 
 def test_a_thread_whose_slot_is_lent_frees_no_one_elses_slot() -> None:
@@ -122,6 +126,16 @@ def test_a_thread_whose_slot_is_lent_frees_no_one_elses_slot() -> None:
     other.join()
     limiter.release(0.05)  # this thread's slot was lent and never taken back
     assert limiter.in_flight == 1  # the other request's slot still counts
+
+
+def test_a_slot_may_be_given_back_by_another_thread() -> None:
+    """A dispatcher acquires, a worker releases when the request is done: no slot leaks."""
+    limiter = AdaptiveLimiter(initial=1, minimum=1, maximum=1, clock=Clock())
+    assert limiter.acquire(timeout=0)
+    worker = threading.Thread(target=lambda: limiter.release(0.05))
+    worker.start()
+    worker.join()
+    assert limiter.in_flight == 0 and limiter.acquire(timeout=0)
 
 
 def test_a_thread_holding_two_slots_lends_neither() -> None:
