@@ -753,13 +753,16 @@ class SyncEngine:
             and all(i.action in settled and not i.class_change for i in plan.items)
         )
 
+    def _wrote(self) -> bool:
+        """This run changed the CMDB (a record write or a link landed)."""
+        return bool(self.ledger.written) or self.ledger.stats.rel_created > 0
+
     def _seal_ahead(self) -> Future[str | None] | None:
         """Start the seal (``incremental.seal``: one round trip) in the background when this
         run wrote and nothing so far rules the state out; None otherwise. Its answer counts
         only if the verification then finds nothing (see :meth:`_settle_state`)."""
         state, store = self.ledger.state, self.state_store
-        wrote = bool(self.ledger.written) or self.ledger.stats.rel_created > 0
-        if state is None or store is None or not wrote or self.ledger.state_doubt is not None:
+        if state is None or store is None or not self._wrote() or self.ledger.state_doubt:
             return None
         since: dict[str, str | None] = dict(self._state_since)
         # no stamp to list from (nothing sourced was in that table when the plan read it):
@@ -794,7 +797,7 @@ class SyncEngine:
             return
         state.input_digest = self._input_digest if complete else ""
         state.rel_type_ids = self.rel_types.known(state.rel_type_names)
-        wrote = bool(self.ledger.written) or self.ledger.stats.rel_created > 0
+        wrote = self._wrote()
         why = self.ledger.state_doubt
         if why is None and wrote and verified is None:
             why = "writes were not verified"

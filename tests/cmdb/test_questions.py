@@ -13,19 +13,25 @@ from snowkit.servicenow.batch import BatchRequest, BatchResult
 SID = "u_unifi_source_id"
 
 
+def _batch_sizes(client: ServiceNowAPIClient) -> list[int]:
+    """The number of sub-requests of each Batch API request ``client`` sends from now on."""
+    sizes: list[int] = []
+    real = client.batch
+
+    def counting(requests: Any, **kw: Any) -> Any:
+        sizes.append(len(requests))
+        return real(requests, **kw)
+
+    client.batch = counting  # type: ignore[method-assign]
+    return sizes
+
+
 def test_questions_go_as_one_batch_request_with_answers_in_order(
     client: ServiceNowAPIClient,
 ) -> None:
     client.create("cmdb_ci_ip_switch", {"name": "sw", SID: "dev:1"})
     client.create("cmdb_ci_ip_switch", {"name": "bare"})
-    batches: list[int] = []
-    real = client.batch
-
-    def counting(requests: Any, **kw: Any) -> Any:
-        batches.append(len(requests))
-        return real(requests, **kw)
-
-    client.batch = counting  # type: ignore[method-assign]
+    batches = _batch_sizes(client)
     questions = [
         Question("cmdb_ci_ip_switch"),
         Question("cmdb_ci_ip_switch", f"{SID}ISEMPTY"),
@@ -81,14 +87,7 @@ def test_a_rider_goes_in_the_same_request_and_gets_its_answer(
     client: ServiceNowAPIClient,
 ) -> None:
     client.create("cmdb_rel_type", {"name": "Feeds::Fed by"})
-    batches: list[int] = []
-    real = client.batch
-
-    def counting(requests: Any, **kw: Any) -> Any:
-        batches.append(len(requests))
-        return real(requests, **kw)
-
-    client.batch = counting  # type: ignore[method-assign]
+    batches = _batch_sizes(client)
     types = RelTypeCache(client)
     rider = types.rider(["Feeds::Fed by", "Never::Made"])
     assert rider is not None
