@@ -103,9 +103,37 @@ class OperationMetrics:
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
+def open_sockets(proc: psutil.Process) -> int | None:
+    """How many sockets the process holds open; None when the OS refuses to say.
+
+    Why not ``net_connections`` alone: it has the kernel render every socket table of the
+    host (``/proc/net/tcp`` and friends) and took ~3 ms per call, measured at the end of a
+    0.11 s no-change load. On Linux the process's own descriptors tell it in microseconds: a
+    loader's sockets are its connections to the instance (a local socket would count too).
+    """
+    fd_dir = "/proc/self/fd" if proc.pid == os.getpid() else f"/proc/{proc.pid}/fd"
+    try:
+        names = os.listdir(fd_dir)
+    except OSError:
+        names = None
+    if names is None:
+        try:
+            return len(proc.net_connections(kind="inet"))
+        except (psutil.AccessDenied, psutil.NoSuchProcess, OSError):
+            return None
+    count = 0
+    for name in names:
+        try:
+            count += os.readlink(f"{fd_dir}/{name}").startswith("socket:")
+        except OSError:  # closed since it was listed (or the listing's own descriptor)
+            continue
+    return count
+
+
 @dataclass
 class SystemMetrics:
-    """Process-level view (seed fields). ``active_connections`` is None when the OS refuses."""
+    """Process-level view (seed fields). ``active_connections`` (the sockets the process holds,
+    :func:`open_sockets`) is None when the OS refuses."""
 
     memory_usage_mb: float
     cpu_usage_percent: float
@@ -477,10 +505,7 @@ class MetricsCollector:
     def system_metrics(self) -> SystemMetrics:
         """Memory (RSS), CPU since the last call, connections, breaker states, health, uptime."""
         proc = self._process
-        try:
-            connections: int | None = len(proc.net_connections(kind="inet"))
-        except (psutil.AccessDenied, psutil.NoSuchProcess, OSError):
-            connections = None
+        connections = open_sockets(proc)
         with self._lock:
             breakers = dict(self._breakers)
             health = self._health

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from pathlib import Path
 
@@ -174,6 +175,24 @@ def test_system_metrics_and_breaker_watch() -> None:
     assert system.uptime_seconds == 42
     assert system.circuit_breaker_states == {"servicenow": "open"}
     assert system.active_connections is None or system.active_connections >= 0
+
+
+def test_active_connections_counts_the_sockets_the_process_opens() -> None:
+    m = MetricsCollector()
+    before = m.system_metrics().active_connections
+    assert before is not None and before >= 0
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(4)
+        clients = [socket.create_connection(server.getsockname()) for _ in range(3)]
+        accepted = [server.accept()[0] for _ in clients]
+        try:
+            # the listener, three client ends and three accepted ends
+            assert m.system_metrics().active_connections == before + 7
+        finally:
+            for sock in clients + accepted:
+                sock.close()
+    assert m.system_metrics().active_connections == before
 
 
 def test_frames() -> None:
