@@ -59,6 +59,7 @@ class AdaptiveLimiter:
         self._clock = clock
         self._cond = threading.Condition()
         self._in_flight = 0
+        self._held_total = 0  #: slots the threads' own counts say they hold
         self._successes = 0
         self._baseline: float | None = None
         self._last_cut: float | None = None
@@ -84,12 +85,18 @@ class AdaptiveLimiter:
             ok = self._cond.wait_for(lambda: self._in_flight < int(self._limit), timeout)
             if ok:
                 self._in_flight += 1
+                self._held_total += 1
                 self._local.held = self._held() + 1
             return ok
 
     def release(self, latency_s: float | None = None, throttled: bool = False) -> None:
-        """Give the slot back and feed the outcome into the limit."""
+        """Give the slot back and feed the outcome into the limit. ``latency_s`` may include
+        time the slot was lent out (:meth:`step_out`): that time is taken off, so waiting out
+        a ``Retry-After`` does not read as a slow instance (one 429 had cut the limit twice)."""
         with self._cond:
+            away, self._local.away_s = getattr(self._local, "away_s", 0.0), 0.0
+            if latency_s is not None:
+                latency_s = max(0.0, latency_s - away)
             self._give_back()
             if throttled or self._too_slow(latency_s):
                 self._cut()
@@ -115,7 +122,11 @@ class AdaptiveLimiter:
         if getattr(self._local, "lent", False):
             self._local.lent = False
             return
-        self._local.held = max(0, self._held() - 1)
+        if self._held() > 0:
+            self._local.held -= 1
+            self._held_total -= 1
+        # else another thread took it: that thread still counts it as held, so from now on
+        # the counts cannot tell who holds what and no slot is lent (see ``step_out``)
         self._in_flight = max(0, self._in_flight - 1)
 
     def step_out(self) -> bool:
@@ -123,12 +134,16 @@ class AdaptiveLimiter:
         lend its slot out meanwhile, since nothing of it is at the instance. Sleeping retries
         that kept their slots stalled every other request for a second after a cut. False
         (nothing lent) unless this thread holds exactly one slot (with more, stepping back in
-        could wait on its own other slot)."""
+        could wait on its own other slot), or once any slot was given back by a thread that
+        did not take it: the taker's count then says it holds a slot it handed over, and
+        lending that would let one request too many run."""
         with self._cond:
-            if self._held() != 1:
+            if self._held() != 1 or self._held_total != self._in_flight:
                 return False
             self._local.held, self._local.lent = 0, True
+            self._held_total -= 1
             self._in_flight = max(0, self._in_flight - 1)
+            self._local.away_from = self._clock()
             self._cond.notify_all()
             return True
 
@@ -137,6 +152,10 @@ class AdaptiveLimiter:
         any request, while the limit is full)."""
         self.acquire()
         self._local.lent = False
+        away_from = getattr(self._local, "away_from", None)
+        if away_from is not None:
+            self._local.away_from = None
+            self._local.away_s = getattr(self._local, "away_s", 0.0) + self._clock() - away_from
 
     def _held(self) -> int:
         return getattr(self._local, "held", 0)

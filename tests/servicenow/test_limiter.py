@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -136,6 +137,48 @@ def test_a_slot_may_be_given_back_by_another_thread() -> None:
     worker.start()
     worker.join()
     assert limiter.in_flight == 0 and limiter.acquire(timeout=0)
+
+
+def in_thread(call: Callable[[], object]) -> object:
+    out: list[object] = []
+    thread = threading.Thread(target=lambda: out.append(call()))
+    thread.start()
+    thread.join()
+    return out[0]
+
+
+def test_after_a_slot_was_handed_to_another_thread_none_is_lent() -> None:
+    """The taker's count still says it holds the slot it handed over: lending that would let
+    a second request run under a limit of one (and stepping back in would then leak one)."""
+    limiter = AdaptiveLimiter(initial=1, minimum=1, maximum=1, clock=Clock())
+    assert limiter.acquire(timeout=0)
+    in_thread(lambda: limiter.release(0.05))  # a worker finishes the dispatcher's request
+    assert in_thread(lambda: limiter.acquire(timeout=0))  # another request has the slot
+    assert not limiter.step_out()  # the dispatcher backs off a request that holds none
+    assert limiter.in_flight == 1
+    assert not in_thread(lambda: limiter.acquire(timeout=0))  # still one at a time
+    in_thread(lambda: limiter.release(0.05))
+    assert in_thread(lambda: limiter.acquire(timeout=0))  # and nothing leaked
+
+
+def test_time_lent_out_is_not_taken_for_a_slow_instance() -> None:
+    """One 429 cut the limit twice: once when it came, once more when the retry, 20 s of
+    Retry-After later, was released with those 20 s counted as its latency."""
+    clock = Clock()
+    limiter = AdaptiveLimiter(initial=8, maximum=8, latency_factor=3.0, clock=clock)
+    run(limiter, 0.05)
+    assert limiter.acquire(timeout=0)
+    started = clock.now
+    limiter.note_throttled(20.0)  # the 429: 8 -> 4
+    assert limiter.limit == 4
+    assert limiter.step_out()
+    clock.now += 20.0  # the Retry-After, slot lent
+    limiter.step_in()
+    clock.now += 0.05  # the retry itself
+    limiter.release(clock.now - started)
+    assert limiter.limit == 4 and limiter.cuts == 1
+    run(limiter, 0.5)  # a slow request of its own (10x the baseline) is still one
+    assert limiter.limit == 2 and limiter.cuts == 2
 
 
 def test_a_thread_holding_two_slots_lends_neither() -> None:
