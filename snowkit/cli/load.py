@@ -145,9 +145,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "rollback",
         help="undo a load run from the audit trail",
         description="Deletes what the run created, restores what it changed, recreates what it "
-        "deleted (from the audit trail's before-images). Safe to run twice.",
+        "deleted (from the audit trail's before-images). Safe to run twice. A record changed "
+        "since the run (by someone else or a later load) is left as it is and listed, unless "
+        "--force; roll later runs back first, newest first. Exit 0 when the CMDB is back as "
+        "it was, 3 when something was left (listed), 1 on failure.",
     )
     rollback.add_argument("run_id", help="the run id (see .snowkit/runs/ or `snowkit load`)")
+    rollback.add_argument(
+        "--force",
+        action="store_true",
+        help="also undo records changed since the run (their later changes are lost)",
+    )
     _instance_arg(rollback)
     rollback.add_argument("--json", action="store_true", help="print JSON")
     rollback.set_defaults(func=_rollback)
@@ -473,13 +481,29 @@ def _outbox_replay(args: argparse.Namespace) -> int:
     return EXIT_PARTIAL if result.failed else EXIT_OK
 
 
+def _record_name(item: dict[str, Any]) -> str:
+    return f"{item['table']}/{item['sys_id']} ({item.get('source_id') or 'no source id'})"
+
+
 def _rollback(args: argparse.Namespace) -> int:
+    from snowkit.cmdb.intents import IntentJournal, reconcile_intents
     from snowkit.cmdb.rollback import NothingToRollBackError, rollback
     from snowkit.ops.errors import ConfigurationError
 
     try:
-        with _client(args, writes_records=True) as client, _open_audit() as audit:
-            result = rollback(client, args.run_id, audit=audit)
+        with (
+            IntentJournal() as intents,
+            _client(args, writes_records=True) as client,
+            _open_audit() as audit,
+        ):
+            # a batch in flight when a run died is in the journal, not yet in the audit trail
+            found = reconcile_intents(client, intents, audit)
+            if found.total:
+                _err(found.message())
+            if found.stopped:
+                _err(f"rollback not started: {found.stopped}; run it again when it is back")
+                return EXIT_FAILED
+            result = rollback(client, args.run_id, audit=audit, force=args.force)
     except ConfigurationError as exc:
         return _config_refused("rollback", args, exc)
     except NothingToRollBackError as exc:
@@ -498,4 +522,15 @@ def _rollback(args: argparse.Namespace) -> int:
         for failure in result.failed:
             print(f"  failed {failure['action']} {failure['table']}/{failure['sys_id']}: "
                   f"{failure['error']}")  # fmt: skip
+        for item in result.unrestorable:
+            print(f"  not restorable {_record_name(item)}: {item['why']}")
+        for item in result.conflicts:
+            fields = ", ".join(item["fields"])
+            print(f"  changed since the run, left as it is: {_record_name(item)}: {fields}")
+    if result.conflicts:
+        _err(
+            f"{len(result.conflicts)} record(s) changed since run {result.run_id} were left as "
+            "they are; roll back the later runs first (newest first), or rerun with --force "
+            "to put them back anyway (their later changes are lost)"
+        )
     return EXIT_OK if result.ok else EXIT_PARTIAL

@@ -846,12 +846,17 @@ class SyncEngine:
         )
         return verify(self.client, expectations, workers=self.workers, proven=self.ledger.proven())
 
-    def rollback(self, run_id: str, *, audit_path: Any = None) -> Any:
-        """Undo ``run_id`` from the audit trail (see ``snowkit.cmdb.rollback``)."""
+    def rollback(self, run_id: str, *, audit_path: Any = None, force: bool = False) -> Any:
+        """Undo ``run_id`` from the audit trail (see ``snowkit.cmdb.rollback``), after
+        auditing what a dead run's last batch committed (it is in the intent journal only)."""
         from snowkit.cmdb.rollback import rollback
 
         path = audit_path or getattr(self.audit, "path", None)
-        return rollback(self.client, run_id, audit=self.audit, audit_path=path)
+        if self.intents is not None and self.audit is not None:
+            found = reconcile_intents(self.client, self.intents, self.audit, audit_path=path)
+            if found.stopped:
+                raise ConnectionError(f"rollback not started: {found.stopped}")
+        return rollback(self.client, run_id, audit=self.audit, audit_path=path, force=force)
 
     # -- results for verification --------------------------------------------------------
     @property

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from snowkit.cli import main
+from snowkit.cmdb.job import connect
 from snowkit.cmdb.outbox import OP_CREATE, Outbox
 
 LAB = ["--lab-sites", "1", "--lab-devices", "3", "--lab-clients", "4", "--batch-size", "5"]
@@ -206,3 +207,29 @@ def test_maintenance_commands_read_the_configuration(
         assert code == 78, (command, err)
         assert "not started" in err and "max_attempts" in err
         assert "many-canary-9f2" not in err
+
+
+def test_rollback_of_a_run_whose_records_changed_since_says_what_to_do(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["load", "--json", *LAB]) == 0
+    run_id = json.loads(capsys.readouterr().out)["run_id"]
+    connection = connect("embedded")  # someone renames a switch the run created
+    try:
+        client = connection.client
+        switch = next(iter(client.query("cmdb_ci_ip_switch", "u_unifi_source_idISNOTEMPTY")))
+        client.update("cmdb_ci_ip_switch", switch["sys_id"], {"name": "renamed-by-hand"})
+    finally:
+        connection.close()
+
+    assert main(["rollback", run_id]) == 3  # nothing undone
+    captured = capsys.readouterr()
+    assert f"cmdb_ci_ip_switch/{switch['sys_id']}" in captured.out and ": name" in captured.out
+    assert "roll back the later runs first" in captured.err and "--force" in captured.err
+    assert main(["rollback", run_id, "--force", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ok"]
+    connection = connect("embedded")
+    try:
+        assert list(connection.client.query("cmdb_ci", "u_unifi_source_idISNOTEMPTY")) == []
+    finally:
+        connection.close()
