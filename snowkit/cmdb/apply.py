@@ -666,7 +666,7 @@ class SyncEngine:
                 self._mark_writing()
                 self._prefetched = None  # read before the replay's writes: read again
                 replay = self.outbox.replay(self.client, audit=self.audit, intents=self.intents)
-                report.outbox = {"replayed": replay.to_dict()}
+                report.outbox["replayed"] = replay.to_dict()  # beside what was reconciled
                 for failure in replay.failed:
                     report.warnings.append(
                         f"outbox entry {failure['seq']} ({failure['op']} {failure['table']} "

@@ -172,47 +172,54 @@ class BatchRunner:
             return
         token = self.ledger.intend(chunk)  # write-ahead: a crash mid-batch leaves a trace
         with audit.batch():  # one fsync per batch, not per record
-            self._write_chunk(chunk)
-        self.ledger.intents_done(token)
+            unsure = self._write_chunk(chunk)
+        if not unsure:
+            self.ledger.intents_done(token)
+        # else the intents stay: the next run (or `snowkit outbox replay`) looks those writes
+        # up and audits the ones that landed, as after a crash (``snowkit.cmdb.intents``)
 
-    def _write_chunk(self, chunk: list[WriteOp]) -> None:
+    def _write_chunk(self, chunk: list[WriteOp]) -> bool:
+        """Send the chunk, settle every write; True when a write may have landed without this
+        run knowing (an attempt whose answer was lost, then the instance went away)."""
         ledger = self.ledger
         pending = list(chunk)
         last_error: dict[str, str] = {}
+        unsure: set[str] = set()  # keys of writes whose last attempt has no known outcome
         for attempt in range(self.max_attempts):
             if ledger.forbidden:
                 ledger.skip(pending)
-                return
+                return bool(unsure)
             if ledger.unreachable:
                 ledger.queue(pending)
-                return
+                return bool(unsure)
             if attempt:
                 ledger.add("retried", len(pending))
             try:
                 results = self._send(pending)
                 if results is None:  # the instance went away while this chunk waited
                     (ledger.skip if ledger.forbidden else ledger.queue)(pending)
-                    return
+                    return bool(unsure)
             except Exception as exc:
+                unsure.update(op.key for op in pending)  # it may have been sent and committed
                 if ledger.absorb_chunk_failure(pending, exc):
-                    return
+                    return True
                 if type(exc).__name__ == "AmbiguousWriteError":
                     ledger.add("ambiguous", len(pending))
                 message = describe(exc)
                 for op in pending:
                     last_error[op.key] = message
-                pending = self.settle(pending)
+                pending = self._settle_unsure(pending, unsure)
                 continue
             whole = whole_batch_failure(results, pending)
             if whole is not None:
                 if unreachable_result(whole):
                     ledger.mark_unreachable(RuntimeError(whole.error_message))
                     ledger.queue(pending)
-                    return
+                    return whole.ambiguous or bool(unsure)
                 if forbidden_result(whole):
                     for op in pending:
                         ledger.forbid(op, result_error(whole))
-                    return
+                    return bool(unsure)
                 if whole.ambiguous:
                     ledger.add("ambiguous", len(pending))
             retry: list[WriteOp] = []
@@ -225,6 +232,11 @@ class BatchRunner:
                     landed.append((op, sys_id_of(res), version_of_result(res), res.result))
                 else:
                     others.append(op)
+                if res is not None and res.ambiguous:
+                    unsure.add(op.key)
+                else:  # an answer, or a batch the instance never ran
+                    unsure.discard(op.key)
+            # the adopted, the failed and the refused (unless unchecked) have known outcomes
             ledger.succeed_many(landed)  # first: what landed is recorded whatever comes next
             for op in others:
                 res = results.get(op.key)
@@ -242,18 +254,26 @@ class BatchRunner:
                     retry.append(op)
                     continue
                 refused.append((op, message, status))
-            self._fail_unless_landed(refused)
+            if not self._fail_unless_landed(refused):
+                unsure.update(op.key for op, _, _ in refused)
             refused = []
             if not retry:
-                return
+                return bool(unsure)
             if ledger.forbidden:
                 ledger.skip(retry)
-                return
-            pending = self.settle(retry)
+                return bool(unsure)
+            pending = self._settle_unsure(retry, unsure)
             if not pending:
-                return
+                return bool(unsure)
         for op in pending:
             ledger.fail(op, last_error.get(op.key, "no outcome after retries"), None)
+        return bool(unsure)
+
+    def _settle_unsure(self, ops: list[WriteOp], unsure: set[str]) -> list[WriteOp]:
+        """:meth:`settle`, and what it adopted has a known outcome."""
+        still = self.settle(ops)
+        unsure.difference_update({op.key for op in ops} - {op.key for op in still})
+        return still
 
     def _send(self, ops: list[WriteOp]) -> dict[str, Any] | None:
         """The chunk's answers by key; None when, by the time a slot was free, the instance
@@ -311,10 +331,11 @@ class BatchRunner:
                 still.append(op)
         return still
 
-    def _fail_unless_landed(self, refused: list[tuple[WriteOp, str, int | None]]) -> None:
+    def _fail_unless_landed(self, refused: list[tuple[WriteOp, str, int | None]]) -> bool:
         """Refused writes are failures, except a create whose chosen sys_id already holds
         our record: a retry after an unclear first attempt that had in fact landed (the
-        lookup before the retry ran before that attempt was committed)."""
+        lookup before the retry ran before that attempt was committed). False when that
+        could not be checked (the instance became unreachable)."""
         chosen = {
             op.extra["sys_id"]: op
             for op, _, _ in refused
@@ -341,6 +362,7 @@ class BatchRunner:
                 )  # fmt: skip
             else:
                 self.ledger.fail(op, message, status)
+        return not unchecked
 
     def _landed_under(self, creates: list[WriteOp]) -> set[str]:
         """The chosen sys_ids of ``creates`` that hold a record with the create's source id."""

@@ -124,10 +124,10 @@ class ReconcileResult:
             return ""
         runs = ", ".join(self.runs)
         return (
-            f"{self.recovered} write(s) committed by interrupted run(s) {runs} before they "
-            "were audited were found in the CMDB and audited now (outcome 'recovered'; "
-            f"`snowkit rollback RUN_ID` undoes them); {self.not_applied} intended write(s) "
-            "had not landed"
+            f"{self.recovered} write(s) committed by run(s) {runs} before they were audited "
+            "(the run was interrupted, or lost the instance before it knew) were found in the "
+            "CMDB and audited now (outcome 'recovered'; `snowkit rollback RUN_ID` undoes "
+            f"them); {self.not_applied} intended write(s) had not landed"
         )
 
 

@@ -194,14 +194,18 @@ class IRELoader:
             return
         token = self.ledger.intend(chunk)  # write-ahead (see snowkit.cmdb.intents)
         with audit.batch():
-            self._write(chunk)
-        self.ledger.intents_done(token)
+            unsure = self._write(chunk)
+        if not unsure:  # else left for the next run to look up, as after a crash
+            self.ledger.intents_done(token)
 
-    def _write(self, chunk: list[WriteOp]) -> None:
+    def _write(self, chunk: list[WriteOp]) -> bool:
+        """True when the chunk may have been committed without this run knowing (the call
+        failed with no definite refusal: IRE counts as idempotent, so a lost answer is
+        retried and may end in a network error after the first attempt landed)."""
         ledger = self.ledger
         if ledger.unreachable:
             ledger.queue(chunk)
-            return
+            return False
         entries = [
             (op.class_name or op.table, op.source_id or "", self._identifying_body(op))
             for op in chunk
@@ -210,12 +214,13 @@ class IRELoader:
         try:
             result = self.client.identify_reconcile(payload)
         except Exception as exc:
-            if ledger.absorb_chunk_failure(chunk, exc):
-                return
             status = getattr(getattr(exc, "context", None), "http_status", None)
+            unsure = status is None or status >= 500
+            if ledger.absorb_chunk_failure(chunk, exc):
+                return unsure
             for op in chunk:
                 ledger.fail(op, describe(exc), status)
-            return
+            return unsure
         ledger.add("batches")
         names: list[tuple[WriteOp, str]] = []
         for op, outcome in zip(chunk, parse_result(result, len(chunk)), strict=True):
@@ -237,6 +242,7 @@ class IRELoader:
         for name, n in relation_operations(result).items():
             ledger.count_ire(f"relation_{name}", n)
         self._set_names(names)
+        return False
 
     def _set_names(self, names: list[tuple[WriteOp, str]]) -> None:
         """Set the names left out of the IRE payload (see the module docstring), in one batch.

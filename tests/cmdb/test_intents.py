@@ -9,9 +9,11 @@ import pytest
 
 from snowkit.cmdb.apply import CrashSimulation, SyncEngine
 from snowkit.cmdb.intents import IntentJournal, reconcile_intents
+from snowkit.cmdb.outbox import Outbox
 from snowkit.cmdb.rollback import rollback
 from snowkit.cmdb.transform import CMDBRecord, RelationshipSpec, TransformResult
 from snowkit.ops.audit import AuditTrail, read_audit, verify_audit
+from snowkit.ops.errors import AmbiguousWriteError, NetworkError
 from snowkit.servicenow import ServiceNowAPIClient
 
 SID = "u_unifi_source_id"
@@ -300,3 +302,95 @@ def test_a_batch_is_journaled_in_one_transaction_all_or_none(tmp_path) -> None:
     token = journal.intend("run-2", good)
     assert token is not None and journal.count() == 50
     journal.close()
+
+
+def test_a_batch_whose_answer_was_lost_before_the_instance_went_away_is_audited_later(
+    client: ServiceNowAPIClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Committed, answer lost, the lookup before a retry finds the instance gone: the writes
+    are queued. Their intents must stay (they had been dropped), or the replay finds the
+    records already there, audits nothing, and no rollback can undo them."""
+    real_batch, real_query = client.batch, client.query
+    down = False
+
+    def commit_then_lose_the_answer(requests: Any, *args: Any, **kw: Any) -> Any:
+        nonlocal down
+        answers = real_batch(requests, *args, **kw)
+        if not any(r.method in ("POST", "PATCH") for r in requests):
+            return answers
+        down = True
+        raise AmbiguousWriteError("the answer was lost (connection reset)")
+
+    def query(*args: Any, **kw: Any) -> Any:
+        if down:
+            raise NetworkError("connection refused")
+        return real_query(*args, **kw)
+
+    monkeypatch.setattr(client, "batch", commit_then_lose_the_answer)
+    monkeypatch.setattr(client, "query", query)
+    records = TransformResult(records=estate().records[1:3])  # two switches, one batch
+    with AuditTrail() as audit, IntentJournal() as intents, Outbox() as box:
+        engine = SyncEngine(client, audit=audit, intents=intents, outbox=box, run_id="lost",
+                            batch_size=10, workers=1)  # fmt: skip
+        _, report = engine.sync(records, progress=False)
+    monkeypatch.setattr(client, "batch", real_batch)
+    monkeypatch.setattr(client, "query", real_query)
+    assert report.status == "queued" and sorted(held(client)) == ["dev:0", "dev:1"]
+
+    with AuditTrail() as audit, IntentJournal() as intents, Outbox() as box:
+        engine = SyncEngine(client, audit=audit, intents=intents, outbox=box, run_id="next")
+        _, report = engine.sync(records, progress=False)
+    assert report.status == "success"
+    assert report.outbox["intents"]["recovered"] == 2  # kept beside the replay's figures
+    assert report.outbox["replayed"]["resolved_existing"] == 2
+    assert [(e["action"], e["outcome"]) for e in read_audit(run_id="lost")] == [
+        ("create", "recovered"),
+        ("create", "recovered"),
+    ]
+    with AuditTrail() as audit:
+        assert rollback(client, "lost", audit=audit).deleted == 2
+    assert held(client) == {}
+
+
+def test_a_clean_partial_batch_leaves_no_intent_behind(client: ServiceNowAPIClient) -> None:
+    """A write refused outright is no doubt: its batch's intents go like any other's."""
+    sync(client, estate(), "first")
+    changed = estate(ip="10.9.9.")
+    with AuditTrail() as audit, IntentJournal() as intents:
+        engine = SyncEngine(client, audit=audit, intents=intents, run_id="partial",
+                            batch_size=10, workers=1)  # fmt: skip
+        plan = engine.plan(changed)
+        victim = plan.by_action("update")[0]
+        client.delete(victim.table, victim.sys_id)  # gone between the plan and the write
+        report = engine.apply(plan, progress=False)
+        assert [f.status_code for f in report.failures] == [404]
+        assert intents.count() == 0
+
+
+def test_an_ire_call_committed_then_lost_is_audited_as_created_and_undone(
+    client: ServiceNowAPIClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """IRE counts as idempotent: a lost answer is retried and may end in a network error
+    after the first attempt landed. The chunk is queued; its intents must stay."""
+    real = client.identify_reconcile
+
+    def commit_then_fail(payload: Any, *args: Any, **kw: Any) -> Any:
+        real(payload, *args, **kw)
+        raise NetworkError("connection reset; retries exhausted: connection refused")
+
+    records = TransformResult(records=estate().records[1:3])
+
+    def run(run_id: str) -> Any:
+        with AuditTrail() as audit, IntentJournal() as intents, Outbox() as box:
+            engine = SyncEngine(client, audit=audit, intents=intents, outbox=box,
+                                run_id=run_id, batch_size=10, workers=1, ire=True)  # fmt: skip
+            return engine.sync(records, progress=False)[1]
+
+    monkeypatch.setattr(client, "identify_reconcile", commit_then_fail)
+    assert run("lost").status == "queued"
+    monkeypatch.setattr(client, "identify_reconcile", real)
+    assert run("next").status == "success"
+    assert [e["action"] for e in read_audit(run_id="lost")].count("create") == 2
+    with AuditTrail() as audit:
+        assert rollback(client, "lost", audit=audit).deleted == 2
+    assert held(client) == {}
