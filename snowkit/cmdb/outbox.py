@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from snowkit import paths
-from snowkit.cmdb.fields import SOURCE_ID_FIELD
+from snowkit.cmdb.fields import SOURCE_ID_FIELD, as_str
 from snowkit.cmdb.plan import LOCATION_TABLE
 from snowkit.cmdb.relationships import REL_TABLE, RelTypeCache, find_link
 from snowkit.servicenow.query import Query
@@ -77,6 +77,33 @@ _UNREACHABLE_NAMES = frozenset(
 def is_unreachable_error(exc: BaseException) -> bool:
     """True when the instance is down or shielded by the breaker: queue the write, don't fail."""
     return any(cls.__name__ in _UNREACHABLE_NAMES for cls in type(exc).__mro__)
+
+
+#: Errors that concern every write, not the one entry: replay stops and keeps the rest (a
+#: password rotated during the outage had failed the whole queue for good, entry by entry).
+_WHOLE_QUEUE_NAMES = frozenset(
+    {
+        "AuthenticationError",  # 401, 403, no credentials: fix them, replay again
+        "RateLimitError",
+        "TransientServerError",
+        "AmbiguousWriteError",  # may have landed: the next replay looks it up first
+        "RetryBudgetExhaustedError",
+    }
+)
+
+
+def stops_the_replay(exc: BaseException) -> str | None:
+    """Why ``exc`` stops an outbox replay with the rest kept queued; None when it concerns
+    only the entry being sent (which is then marked failed)."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if names & _UNREACHABLE_NAMES:
+        return f"instance unreachable ({type(exc).__name__})"
+    if names & _WHOLE_QUEUE_NAMES:
+        return f"{type(exc).__name__}: {exc}"[:300]
+    status = getattr(getattr(exc, "context", None), "http_status", None)
+    if status in (401, 403, 429) or (isinstance(status, int) and status >= 500):
+        return f"HTTP {status}: {exc}"[:300]
+    return None
 
 
 class OutboxClient(Protocol):
@@ -429,8 +456,10 @@ class Outbox:
         self, client: OutboxClient, *, audit: Any = None, intents: Any = None
     ) -> ReplayResult:
         """Send pending entries in order. Creates look up by source id first (never duplicate);
-        an unreachable instance stops the replay and keeps the rest for next time; an entry the
-        instance rejects is marked failed and reported, and the replay goes on.
+        an unreachable instance, or an error that concerns every write (authentication, rate
+        limit, server error, a lost answer: :func:`stops_the_replay`), stops the replay and
+        keeps the rest for next time; an entry the instance rejects is marked failed and
+        reported, and the replay goes on.
 
         ``intents`` (a ``snowkit.cmdb.intents.IntentJournal``) notes each write before it is
         sent, so a replay killed between a write and its audit line is reconciled later."""
@@ -441,11 +470,9 @@ class Outbox:
             try:
                 outcome = _replay_one(client, entry, resolver, audit, intents)
             except Exception as exc:
-                if is_unreachable_error(exc):
-                    result.stopped = (
-                        f"instance unreachable ({type(exc).__name__}); "
-                        f"{len(pending) - index} write(s) stay queued"
-                    )
+                why = stops_the_replay(exc)
+                if why is not None:
+                    result.stopped = f"{why}; {len(pending) - index} write(s) stay queued"
                     result.remaining = len(pending) - index
                     return result
                 message = f"{type(exc).__name__}: {exc}"
@@ -561,15 +588,21 @@ def _replay_one(
         if existing is not None:
             # the sys_id a queued create chose is for a record that does not exist yet:
             # one found under another id keeps its own
-            changed = {k: v for k, v in values.items() if k != "sys_id" and existing.get(k) != v}
+            changed = {
+                k: v
+                for k, v in values.items()
+                if k != "sys_id" and as_str(existing.get(k)) != as_str(v)
+            }
             if changed:
                 # addressed through the table it was found in: a PATCH to the queued class
                 # table would miss a record held under another class (HTTP 404)
+                sys_id = existing["sys_id"]
+                before = {k: as_str(existing.get(k)) for k in changed}  # rollback restores it
                 token = _intend(
-                    intents, audit, entry, "update", existing["sys_id"], changed, table=found_in
+                    intents, audit, entry, "update", sys_id, changed, table=found_in, before=before
                 )
-                client.update(found_in, existing["sys_id"], changed)
-                _audit(audit, "update", found_in, existing["sys_id"], entry, changed, run_id)
+                client.update(found_in, sys_id, changed, before=before)
+                _audit(audit, "update", found_in, sys_id, entry, changed, run_id, before=before)
                 _done(intents, token)
                 return "updated"
             return "existing"
@@ -586,9 +619,12 @@ def _replay_one(
         )
         if not sys_id:
             raise LookupError(f"no record with source id {entry.source_id} to update")
-        token = _intend(intents, audit, entry, "update", sys_id, values)
-        client.update(entry.table, sys_id, values, before=entry.payload.get("before"))
-        _audit(audit, "update", entry.table, sys_id, entry, values, run_id)
+        # the record as it is now, not as the plan saw it: a change made since belongs in
+        # the before-image, or a rollback would put back the older value over it
+        before = _current_values(client, entry.table, sys_id, values)
+        token = _intend(intents, audit, entry, "update", sys_id, values, before=before)
+        client.update(entry.table, sys_id, values, before=before)
+        _audit(audit, "update", entry.table, sys_id, entry, values, run_id, before=before)
         _done(intents, token)
         return "updated"
     if entry.op == OP_DELETE:
@@ -618,6 +654,18 @@ def _replay_one(
     raise ValueError(f"unknown outbox operation {entry.op!r}")
 
 
+def _current_values(
+    client: OutboxClient, table: str, sys_id: str, values: dict[str, Any]
+) -> dict[str, str] | None:
+    """The fields ``values`` will change, as the record holds them now (None if it is gone:
+    the update then fails with the instance's 404)."""
+    fields = ["sys_id", *sorted(k for k in values if k != "sys_id")]
+    query = Query().eq("sys_id", sys_id)
+    for row in client.query(table, query, fields=fields, page_size=2):
+        return {k: as_str(row.get(k)) for k in fields[1:]}
+    return None
+
+
 def _intend(
     intents: Any,
     audit: Any,
@@ -627,6 +675,7 @@ def _intend(
     after: dict[str, Any],
     *,
     table: str | None = None,
+    before: dict[str, Any] | None = None,
 ) -> int | None:
     """Note one replayed write before it is sent (only when it will be audited)."""
     if intents is None or audit is None:
@@ -636,7 +685,7 @@ def _intend(
         "table": table or entry.table,
         "source_id": entry.source_id,
         "sys_id": sys_id,
-        "before": entry.payload.get("before") if action == "update" else None,
+        "before": before if action == "update" else None,
         "after": after,
     }
     return intents.intend(entry.run_id, [write])
@@ -655,6 +704,8 @@ def _audit(
     entry: OutboxEntry,
     after: dict | None,
     run_id: str,
+    *,
+    before: dict | None = None,
 ) -> None:
     if audit is None:
         return
@@ -663,7 +714,7 @@ def _audit(
         table,
         sys_id,
         source_id=entry.source_id,
-        before=entry.payload.get("before"),
+        before=before if before is not None else entry.payload.get("before"),
         after=after,
         run_id=run_id,
     )

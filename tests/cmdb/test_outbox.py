@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from snowkit import paths
+from snowkit.cmdb.intents import IntentJournal
 from snowkit.cmdb.outbox import (
     OP_CREATE,
     OP_RELATE,
@@ -22,8 +23,20 @@ from snowkit.cmdb.outbox import (
     STATUS_PENDING,
     Outbox,
     is_unreachable_error,
+    stops_the_replay,
 )
-from snowkit.ops.errors import NetworkError
+from snowkit.cmdb.rollback import rollback
+from snowkit.credentials import CredentialManager
+from snowkit.ops.audit import AuditTrail, read_audit
+from snowkit.ops.errors import (
+    AmbiguousWriteError,
+    NetworkError,
+    RateLimitError,
+    TransientServerError,
+)
+from snowkit.servicenow import ServiceNowAPIClient
+
+SID = "u_unifi_source_id"
 
 
 class FakeTables:
@@ -359,3 +372,71 @@ def test_a_record_queued_again_still_replays_before_a_link_queued_earlier(
         result = box.replay(client)
         assert result.complete and not result.failed
         assert result.related == 1
+
+
+def _replay(client: Any) -> Any:
+    with Outbox() as box, AuditTrail() as audit, IntentJournal() as intents:
+        return box.replay(client, audit=audit, intents=intents)
+
+
+def _undo(client: Any, run_id: str) -> Any:
+    with AuditTrail() as audit:
+        return rollback(client, run_id, audit=audit)
+
+
+def test_a_queued_create_that_finds_someone_elses_record_keeps_its_before_image(
+    client: Any,
+) -> None:
+    with Outbox() as box:  # queued while the instance was down
+        box.enqueue("queued", OP_CREATE, "cmdb_ci_ip_switch", source_id="dev:x",
+                    values={"name": "ours", "serial_number": "S1"})  # fmt: skip
+    theirs = client.create(
+        "cmdb_ci_ip_switch", {"name": "theirs", "serial_number": "S1", SID: "dev:x"}
+    )  # made meanwhile by someone else
+    assert _replay(client).updated == 1
+    [entry] = read_audit(run_id="queued")
+    assert entry["before"] == {"name": "theirs"} and entry["after"] == {"name": "ours"}
+    assert _undo(client, "queued").ok
+    assert client.get("cmdb_ci", theirs["sys_id"])["name"] == "theirs"
+
+
+def test_a_queued_update_audits_the_record_as_the_replay_found_it(client: Any) -> None:
+    switch = client.create("cmdb_ci_ip_switch", {"name": "sw", SID: "dev:u", "ip_address": "1"})
+    with Outbox() as box:  # planned while the address was 1
+        box.enqueue("queued", OP_UPDATE, "cmdb_ci_ip_switch", source_id="dev:u",
+                    sys_id=switch["sys_id"], values={"ip_address": "2"},
+                    extra={"before": {"ip_address": "1"}})  # fmt: skip
+    client.update("cmdb_ci_ip_switch", switch["sys_id"], {"ip_address": "5"})  # an operator
+    assert _replay(client).updated == 1
+    assert [e["before"] for e in read_audit(run_id="queued")] == [{"ip_address": "5"}]
+    assert _undo(client, "queued").ok
+    assert client.get("cmdb_ci", switch["sys_id"])["ip_address"] == "5"
+
+
+def test_refused_credentials_stop_the_replay_and_keep_the_queue(sandbox: Any, client: Any) -> None:
+    """A password rotated during the outage had failed every queued entry for good."""
+    with Outbox() as box:
+        for n in range(3):
+            box.enqueue("queued", OP_CREATE, "cmn_location", source_id=f"site:{n}",
+                        values={"name": f"L{n}"})  # fmt: skip
+    refused = ServiceNowAPIClient(
+        sandbox.url,
+        CredentialManager.static(basic=("admin", "wrong")),
+        verify=str(sandbox.ca_path),
+        sleep=lambda _s: None,
+    )
+    with refused:
+        result = _replay(refused)
+    assert result.sent == 0 and result.failed == [] and result.remaining == 3
+    assert result.stopped and result.stopped.startswith("AuthenticationError")
+    assert _replay(client).sent == 3
+    assert sorted(r["name"] for r in client.query("cmn_location", "")) == ["L0", "L1", "L2"]
+
+
+def test_what_stops_a_replay_and_what_fails_one_entry() -> None:
+    assert stops_the_replay(NetworkError("refused"))
+    assert stops_the_replay(AmbiguousWriteError("answer lost"))
+    assert stops_the_replay(RateLimitError("429"))
+    assert stops_the_replay(TransientServerError("503"))
+    assert stops_the_replay(LookupError("no record with source id x")) is None
+    assert stops_the_replay(ValueError("bad payload")) is None
