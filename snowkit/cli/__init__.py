@@ -53,6 +53,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        # a local file (outbox, intent journal, sync state) is unreadable: the message names
+        # it and says what to do (matched by name: importing snowkit.cmdb here costs start-up)
+        if type(exc).__name__ != "LocalStoreError":
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -38,6 +38,7 @@ import orjson
 
 from snowkit import paths
 from snowkit.cmdb.fields import as_str
+from snowkit.cmdb.local_db import open_store
 from snowkit.cmdb.outbox import is_unreachable_error
 from snowkit.cmdb.plan import CI_TABLE, CREATE, LOCATION_TABLE, SOURCE_ID_FIELD
 from snowkit.cmdb.relationships import REL_TABLE, find_link
@@ -78,6 +79,13 @@ CREATE INDEX IF NOT EXISTS intents_batch ON intents (batch);
 def intents_path() -> Path:
     """Next to the outbox: ``.snowkit/intents.sqlite3``."""
     return paths.outbox_path().with_name("intents.sqlite3")
+
+
+#: What to do with a journal file that cannot be read.
+_UNREADABLE = (
+    "move it aside (keep it as evidence) and run again; a batch a crashed run committed "
+    "without auditing it is then loaded as existing, and no rollback undoes it"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,12 +151,9 @@ class IntentJournal:
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path is not None else intents_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()  # guards the connection
         self._state = threading.Condition(threading.Lock())  # guards the group-commit queue
-        self._conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.executescript(_SCHEMA)
+        self._conn = open_store(self.path, _SCHEMA, what="intent journal", advice=_UNREADABLE)
         row = self._conn.execute("SELECT COALESCE(MAX(batch), 0) FROM intents").fetchone()
         self._last_token = int(row[0])
         self._queue: list[tuple[Any, ...]] = []

@@ -26,7 +26,6 @@ message-queue library: the queue is tiny, local and single-writer.
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from typing import Any, Protocol
 
 from snowkit import paths
 from snowkit.cmdb.fields import SOURCE_ID_FIELD, as_str
+from snowkit.cmdb.local_db import open_store
 from snowkit.cmdb.plan import LOCATION_TABLE
 from snowkit.cmdb.relationships import REL_TABLE, RelTypeCache, find_link
 from snowkit.servicenow.query import Query
@@ -247,17 +247,21 @@ def merge_payloads(
     return op, merged
 
 
+#: What to do with an outbox file that cannot be read.
+_UNREADABLE = (
+    "move it aside (keep it as evidence) and run again; the next load plans again, from the "
+    "source, whatever writes it held"
+)
+
+
 class Outbox:
     """An ordered, crash-safe queue of CMDB writes in SQLite (``snowkit.paths.outbox_path()``)."""
 
     def __init__(self, path: Path | str | None = None) -> None:
         self.path = Path(path) if path is not None else paths.outbox_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn = open_store(self.path, _SCHEMA, what="outbox", advice=_UNREADABLE)
         self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.executescript(_SCHEMA)
 
     # -- writing ---------------------------------------------------------------------------
     def enqueue(

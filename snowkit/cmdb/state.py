@@ -17,7 +17,6 @@ head (watermarks, counts).
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from typing import Any
 import orjson
 
 from snowkit import paths
+from snowkit.cmdb.local_db import open_store
 
 KINDS = ("ci", "loc", "rel")
 #: Bumped when the stored layout changes: a state in another layout is ignored (read all).
@@ -104,15 +104,18 @@ class StateStore:
         self, path: Path | str | None = None, *, wall_clock: Callable[[], float] = time.time
     ) -> None:
         self.path = Path(path) if path is not None else paths.state_dir() / "cmdb" / "state.sqlite3"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._clock = wall_clock
         self._lock = threading.Lock()
         #: instances whose stored state this store changed (marked unsealed, forgotten)
         #: since it was loaded: their next save writes whatever the head
         self._changed: set[str] = set()
-        self._conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.executescript(_SCHEMA)
+        self._conn = open_store(
+            self.path,
+            _SCHEMA,
+            what="sync state",
+            advice="it only speeds up reruns: delete it and run again (the next load reads the "
+            "CMDB in full)",
+        )
 
     # -- the state -------------------------------------------------------------------------
     def load(self, instance: str) -> SyncState | None:

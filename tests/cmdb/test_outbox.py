@@ -440,3 +440,30 @@ def test_what_stops_a_replay_and_what_fails_one_entry() -> None:
     assert stops_the_replay(TransientServerError("503"))
     assert stops_the_replay(LookupError("no record with source id x")) is None
     assert stops_the_replay(ValueError("bad payload")) is None
+
+
+def test_an_unreadable_local_file_is_named_with_what_to_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from snowkit.cli import main
+    from snowkit.cmdb.intents import intents_path
+    from snowkit.cmdb.local_db import LocalStoreError
+    from snowkit.cmdb.state import StateStore
+
+    garbage = tmp_path / "garbage.sqlite3"
+    garbage.write_bytes(b"this is not a database, and longer than a header" * 4)
+    for opener, said in ((Outbox, "plans again"), (IntentJournal, "no rollback undoes it"),
+                         (StateStore, "reads the CMDB in full")):  # fmt: skip
+        with pytest.raises(LocalStoreError) as info:
+            opener(garbage)
+        assert str(garbage) in str(info.value) and said in str(info.value)
+
+    paths.outbox_path().parent.mkdir(parents=True, exist_ok=True)
+    paths.outbox_path().write_bytes(garbage.read_bytes())
+    assert main(["outbox", "show"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: the outbox ") and "Traceback" not in err
+    paths.outbox_path().unlink()
+    intents_path().write_bytes(garbage.read_bytes())
+    assert main(["outbox", "replay"]) == 1
+    assert "the intent journal" in capsys.readouterr().err
