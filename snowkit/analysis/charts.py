@@ -80,11 +80,16 @@ def bin_width(times: pd.Series | pd.Index, *, bins: int = TARGET_BINS) -> pd.Tim
     then whole weeks), never below :data:`MIN_BIN`."""
     valid = pd.Series(times).dropna()
     span = valid.max() - valid.min() if len(valid) > 1 else pd.Timedelta(0)
-    target = span / max(bins, 1)
+    bins = max(bins, 1)
+    # compared as ``width x bins >= span``: span / bins rounds down to the times' unit (a
+    # 10.000001 s span of microsecond stamps gave 250 ms, i.e. 41 bins)
     for width in _NICE_WIDTHS:
-        if width >= max(target, MIN_BIN):
+        if width >= MIN_BIN and width * bins >= span:
             return width
-    return _WEEK * math.ceil(target / _WEEK)
+    weeks = max(1, math.ceil(span / (_WEEK * bins)))
+    while _WEEK * weeks * bins < span:  # the float ratio may round down as well
+        weeks += 1
+    return _WEEK * weeks
 
 
 def _naive_utc(times: Any) -> pd.DatetimeIndex:

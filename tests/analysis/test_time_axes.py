@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 
 import pandas as pd
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from matplotlib.dates import ConciseDateFormatter
 from matplotlib.figure import Figure
@@ -150,6 +150,7 @@ def test_bin_width_rounds_span_over_40_up_to_a_nice_width(span: str, expected: s
 
 
 @given(st.integers(min_value=0, max_value=10**15))  # up to ~11 days in microseconds
+@example(10_000_001)  # span / bins rounded down to the stamps' microseconds: 41 bins
 def test_bin_width_bounds(span_us: int) -> None:
     span = pd.Timedelta(microseconds=span_us)
     width = bin_width(pd.Series([START, START + span]))
