@@ -297,7 +297,9 @@ class BatchRunner:
                 return None
         started = self._clock()
         try:
-            results = self.client.batch(requests)
+            # one request for the chunk (the client's own default item cap would split a
+            # chunk above it into requests sent one after the other)
+            results = self.client.batch(requests, max_items=max(len(requests), 1))
             was_throttled = any(throttled(r) for r in results)
         except Exception as exc:
             was_throttled = type(exc).__name__ == "RateLimitError"

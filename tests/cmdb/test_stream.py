@@ -242,3 +242,25 @@ def test_a_batch_waiting_out_a_429_lends_its_slot_to_the_next_batch(sandbox: Any
     # the first wait: the slot lent (a batch that took it meanwhile may wait in turn)
     assert during_wait and during_wait[0] == 0
     assert limiter.in_flight == 0
+
+
+def test_a_chunk_goes_as_one_request_whatever_its_size(sandbox: Any, new_client: Any) -> None:
+    """--batch-size 150 had gone out as a request of 100 and one of 50, one after the other
+    (the client's default item cap split every chunk)."""
+    from snowkit.ops.metrics import MetricsCollector
+
+    metrics = MetricsCollector()
+    with new_client(sandbox, metrics=metrics) as client:
+        ensure_schema(client)
+        records = [
+            CMDBRecord("cmdb_ci_ip_switch", f"dev:{n}", {"name": f"sw-{n}"}, "switch")
+            for n in range(300)
+        ]
+        before = metrics.get_operation_metrics("batch")
+        assert before is None or before.total_requests == 0
+        _, report = SyncEngine(client, batch_size=150, workers=2).sync(
+            TransformResult(records=records), progress=False, verify=False
+        )
+    assert report.applied["created"] == 300
+    sent = metrics.get_operation_metrics("batch")
+    assert sent is not None and sent.total_requests == 2
