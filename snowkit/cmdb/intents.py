@@ -437,11 +437,32 @@ def _find_landed(client: Any, intents: Sequence[Intent]) -> dict[int, dict[str, 
         for intent in group:
             candidates = rows.get(intent.source_id or "", [])
             if candidates and intent.action == CREATE:
-                # the record under the sys_id the create chose is ours, if there are several
-                chosen = as_str(intent.after.get("sys_id"))
-                mine = [r for r in candidates if chosen and as_str(r.get("sys_id")) == chosen]
-                landed[intent.id] = (mine or candidates)[-1]
+                mine = _created_by(intent, candidates)
+                if mine:
+                    landed[intent.id] = mine[-1]
     return landed
+
+
+#: How far the instance's clock may be behind ours when telling a record made by a create
+#: (without a chosen sys_id) from one that was there before it.
+CLOCK_SLACK = timedelta(minutes=5)
+
+
+def _created_by(intent: Intent, candidates: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records carrying the intent's source id that its create can have made: the one
+    under the sys_id it chose, else (none chosen: a replayed or IRE create) those created
+    since the intent was written. Another record with the source id (someone else's, or one
+    a later run adopted) is not claimed: it would be audited as this run's create, and a
+    rollback would delete it."""
+    chosen = as_str(intent.after.get("sys_id"))
+    if chosen:
+        return [r for r in candidates if as_str(r.get("sys_id")) == chosen]
+    try:
+        since = datetime.fromisoformat(intent.created_at) - CLOCK_SLACK
+    except ValueError:
+        return []
+    stamp = since.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return [r for r in candidates if as_str(r.get("sys_created_on")) >= stamp]
 
 
 def _read_record(client: Any, intent: Intent) -> dict[str, Any] | None:

@@ -394,3 +394,42 @@ def test_an_ire_call_committed_then_lost_is_audited_as_created_and_undone(
     with AuditTrail() as audit:
         assert rollback(client, "lost", audit=audit).deleted == 2
     assert held(client) == {}
+
+
+def test_a_record_the_dead_create_cannot_have_made_is_not_claimed(
+    client: ServiceNowAPIClient,
+) -> None:
+    """Claimed, it was audited as the dead run's create and its rollback deleted it."""
+    theirs = client.create("cmdb_ci_ip_switch", {"name": "theirs", SID: "dev:1"})
+    with IntentJournal() as journal, AuditTrail() as audit:
+        journal.intend(
+            "run-dead",
+            [  # chose a sys_id that never landed; someone else's record has the source id
+                {"action": "create", "table": "cmdb_ci_ip_switch", "source_id": "dev:1",
+                 "after": {"name": "ours", "sys_id": "f" * 32}},
+                # a replayed create (no chosen id): only a record made since it counts
+                {"action": "create", "table": "cmdb_ci_ip_switch", "source_id": "dev:3",
+                 "after": {"name": "replayed"}},
+            ],
+        )  # fmt: skip
+        made = client.create("cmdb_ci_ip_switch", {"name": "replayed", SID: "dev:3"})
+        found = reconcile_intents(client, journal, audit)
+        assert (found.recovered, found.not_applied) == (1, 1)
+    assert [e["sys_id"] for e in read_audit(run_id="run-dead")] == [made["sys_id"]]
+    with AuditTrail() as audit:
+        assert rollback(client, "run-dead", audit=audit).deleted == 1
+    assert client.get("cmdb_ci_ip_switch", theirs["sys_id"]) is not None
+
+
+def test_a_record_older_than_a_replayed_create_is_not_claimed(tmp_path: Any) -> None:
+    class Instance:  # holds one record with the source id, made long before the intent
+        def query(self, table: str, query: Any, **kw: Any) -> Any:
+            return iter(
+                [{"sys_id": "y" * 32, SID: "dev:2", "sys_created_on": "2020-01-01 00:00:00"}]
+            )
+
+    with IntentJournal(tmp_path / "intents.sqlite3") as journal:
+        journal.intend("run-dead", [{"action": "create", "table": "cmdb_ci_ip_switch",
+                                     "source_id": "dev:2", "after": {"name": "x"}}])  # fmt: skip
+        found = reconcile_intents(Instance(), journal, None)
+    assert (found.recovered, found.not_applied) == (0, 1)
