@@ -475,6 +475,9 @@ def _outbox_replay(args: argparse.Namespace) -> int:
         for failure in result.failed:
             print(f"  failed #{failure['seq']} {failure['op']} {failure['table']}: "
                   f"{failure['error']}")  # fmt: skip
+        for item in result.unresolved:
+            print(f"  #{item['seq']} {item['source_id']}: {item['field']} left empty "
+                  f"({item['target']} not found; the next load fills it in)")  # fmt: skip
     if result.stopped:
         _err(f"{result.stopped}; run `snowkit outbox replay` again when it is back")
         return EXIT_QUEUED

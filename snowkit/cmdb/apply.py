@@ -667,6 +667,8 @@ class SyncEngine:
                 self._prefetched = None  # read before the replay's writes: read again
                 replay = self.outbox.replay(self.client, audit=self.audit, intents=self.intents)
                 report.outbox["replayed"] = replay.to_dict()  # beside what was reconciled
+                if replay.unresolved:
+                    report.warnings.append(_unresolved_warning(replay.unresolved))
                 for failure in replay.failed:
                     report.warnings.append(
                         f"outbox entry {failure['seq']} ({failure['op']} {failure['table']} "
@@ -927,3 +929,13 @@ def _new_run_id() -> str:
         from datetime import UTC, datetime
 
         return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def _unresolved_warning(unresolved: list[dict[str, Any]]) -> str:
+    """One line for references the outbox replay wrote empty (target not found)."""
+    shown = ", ".join(f"{u['source_id']}.{u['field']} -> {u['target']}" for u in unresolved[:5])
+    more = f" and {len(unresolved) - 5} more" if len(unresolved) > 5 else ""
+    return (
+        f"{len(unresolved)} replayed write(s) went without a reference whose target was not "
+        f"found ({shown}{more}); the next load fills them in once the target exists"
+    )

@@ -166,6 +166,9 @@ class ReplayResult:
     failed: list[dict[str, Any]] = field(default_factory=list)
     remaining: int = 0
     stopped: str | None = None
+    #: references written empty because their target was not found (its own write failed
+    #: or is still queued): seq, table, source_id, field, target; the next load fills them
+    unresolved: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -182,6 +185,7 @@ class ReplayResult:
             "failed": list(self.failed),
             "remaining": self.remaining,
             "stopped": self.stopped,
+            "unresolved": list(self.unresolved),
         }
 
 
@@ -472,7 +476,7 @@ class Outbox:
         resolver = _SourceIdResolver(client)
         for index, entry in enumerate(pending):
             try:
-                outcome = _replay_one(client, entry, resolver, audit, intents)
+                outcome = _replay_one(client, entry, resolver, audit, intents, result)
             except Exception as exc:
                 why = stops_the_replay(exc)
                 if why is not None:
@@ -562,13 +566,22 @@ def _first(rows: Iterator[dict]) -> Iterator[dict]:
         return
 
 
-def _resolve_references(payload: dict[str, Any], resolver: _SourceIdResolver) -> dict[str, Any]:
-    values = dict(payload.get("values") or {})
-    for fld, target in (payload.get("references") or {}).items():
+def _resolve_references(
+    entry: OutboxEntry, resolver: _SourceIdResolver, result: ReplayResult | None
+) -> dict[str, Any]:
+    """The entry's values with its references filled in; one whose target is not found is
+    left out and noted in ``result.unresolved``."""
+    values = dict(entry.payload.get("values") or {})
+    for fld, target in (entry.payload.get("references") or {}).items():
         target_table = "cmn_location" if fld == "location" else "cmdb_ci"
         sys_id = resolver.sys_id(target_table, target)
         if sys_id:
             values[fld] = sys_id
+        elif result is not None:
+            result.unresolved.append(
+                {"seq": entry.seq, "table": entry.table, "source_id": entry.source_id,
+                 "field": fld, "target": target}
+            )  # fmt: skip
     return values
 
 
@@ -578,8 +591,9 @@ def _replay_one(
     resolver: _SourceIdResolver,
     audit: Any,
     intents: Any = None,
+    result: ReplayResult | None = None,
 ) -> str:
-    values = _resolve_references(entry.payload, resolver)
+    values = _resolve_references(entry, resolver, result)
     run_id = entry.run_id
     if entry.op == OP_CREATE:
         assert entry.source_id, "a queued create carries its source id"

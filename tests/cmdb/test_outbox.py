@@ -467,3 +467,19 @@ def test_an_unreadable_local_file_is_named_with_what_to_do(
     intents_path().write_bytes(garbage.read_bytes())
     assert main(["outbox", "replay"]) == 1
     assert "the intent journal" in capsys.readouterr().err
+
+
+def test_a_reference_whose_target_is_not_found_is_reported_not_dropped_silently(
+    tmp_path: Path,
+) -> None:
+    client = FakeTables()
+    with Outbox(tmp_path / "ob.sqlite3") as box:
+        box.enqueue("r", OP_CREATE, "cmdb_ci_ip_switch", source_id="dev:1",
+                    values={"name": "sw"}, references={"location": "site:gone"})  # fmt: skip
+        result = box.replay(client)
+    assert result.created == 1 and "location" not in client.rows["cmdb_ci_ip_switch"][0]
+    assert result.unresolved == [
+        {"seq": 1, "table": "cmdb_ci_ip_switch", "source_id": "dev:1", "field": "location",
+         "target": "site:gone"}
+    ]  # fmt: skip
+    assert result.to_dict()["unresolved"] == result.unresolved
