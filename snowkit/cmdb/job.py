@@ -500,12 +500,16 @@ def _open_stores(incremental: bool, dry_run: bool) -> Callable[[], Stores]:
 
 def instance_key(instance: str, connection: Connection) -> str:
     """What the remembered state is keyed by: the embedded instance's database file when this
-    job started it (its port changes every run), else the instance URL."""
+    job started it (its port changes every run), else the client's normalised instance URL
+    (lower case): ``dev12345``, ``https://dev12345.service-now.com/`` and its upper-case
+    spelling are one instance, with one state (three had let a run under one name leave the
+    state of another sealed while it created records)."""
     if connection.owns_sandbox:
         return f"embedded:{embedded_db_path()}"
     if connection.sandbox is not None:
         return str(connection.sandbox.url)
-    return instance.rstrip("/")
+    url = getattr(connection.client, "instance_url", None) or instance
+    return str(url).rstrip("/").lower()
 
 
 def _merge(report: RunReport, other: RunReport) -> None:

@@ -244,3 +244,25 @@ def test_a_load_never_imports_pandas(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-2:] == ["success", "False"], out.stdout[-500:]
+
+
+def test_one_instance_has_one_remembered_state_whatever_its_spelling() -> None:
+    """Three keys for one instance let a run under one spelling create records while the
+    state under another stayed sealed (its next listing then left those creates out)."""
+    from snowkit.cmdb.job import instance_key
+    from snowkit.credentials import CredentialManager
+    from snowkit.servicenow import ServiceNowAPIClient
+
+    creds = CredentialManager.static(basic=("u", "p"))
+    keys = set()
+    for spelling in (
+        "dev12345",
+        "https://dev12345.service-now.com/",
+        "HTTPS://DEV12345.service-now.com",
+    ):
+        client = ServiceNowAPIClient(spelling, creds)
+        try:
+            keys.add(instance_key(spelling, Connection(client)))
+        finally:
+            client.close()
+    assert keys == {"https://dev12345.service-now.com"}
