@@ -177,6 +177,7 @@ class SyncEngine:
         self.instance_key = instance_key or ""
         self.max_remembered = max_remembered
         self._state_since: dict[str, str] = {}
+        self._links_before: int | None = None  #: cmdb_rel_ci's count in the first round
         self._prefetched: Any = None
         #: the remembered state the read-ahead round is reading, once its head is in, and
         #: whether its rows are loaded (a plan can be built on them while the round runs)
@@ -406,6 +407,8 @@ class SyncEngine:
                 )
                 if why_links is not None:
                     forget_links(state)
+                    # the count now is the seal's baseline (the old one did not add up)
+                    incremental.take_link_marks(state, listings["rel"])
                 self._adopt_state(state)
                 self._unchanged = not (listings["ci"].changed or listings["loc"].changed)
                 self._links_unchanged = (
@@ -433,7 +436,10 @@ class SyncEngine:
             unsourced=first.unsourced, none_sourced=not first.sourced,
         )  # fmt: skip
         if self.state_store is not None:
-            self._adopt_state(incremental.state_from_full_read(snapshot, records, missing))
+            state = incremental.state_from_full_read(snapshot, records, missing)
+            if self._links_before is not None:
+                state.counts["rel"] = self._links_before
+            self._adopt_state(state)
         return missing, snapshot
 
     def _missing_per_state(self, state: incremental.SyncState, tables: list[str]) -> set[str]:
@@ -472,6 +478,8 @@ class SyncEngine:
         # the relationship types go along: read later, they would hold slots the writes want
         rider = self.rel_types.rider(self._rel_type_names)
         riders = [rider] if rider else []
+        if self.state_store is not None:  # the links before any write: the seal's baseline
+            riders.append(incremental.count_rider("rel", self._note_links_before))
         # a check run before this round (before an outbox replay, say) made its fields before
         # these questions were asked, and the writes since may have filled them
         asked_after_the_check = self._preflight.ran
@@ -490,6 +498,9 @@ class SyncEngine:
             # a field created just now holds no value yet
             sourced=any(a for t, a in zip(both, sourced, strict=True) if t not in new),
         )
+
+    def _note_links_before(self, count: int | None) -> None:
+        self._links_before = count
 
     def _list_changes(
         self,
@@ -773,14 +784,15 @@ class SyncEngine:
         floor = self._stamp_at_first_read()
         for kind in ("ci", "loc"):
             since[kind] = since.get(kind) or floor
-        if since.get("rel") is None:
-            since["rel"] = since.get("ci") or floor
+        if since.get("rel") is None:  # links counted in the first round: list from then
+            since["rel"] = floor or since.get("ci")
         ours = set(state.rows["ci"])
         state.updater = self.ledger.updater()
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snowkit-seal")
         try:
             return pool.submit(incremental.seal, self.client, state, since, ours,
-                               workers=self.workers)  # fmt: skip
+                               workers=self.workers,
+                               links_created=self.ledger.stats.rel_created)  # fmt: skip
         finally:
             pool.shutdown(wait=False)
 

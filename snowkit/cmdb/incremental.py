@@ -145,6 +145,7 @@ class Listing:
     unknown: int = 0  #: listed ids not remembered at all (they are in ``changed`` too)
     known_recent: int = 0  #: listed ids remembered with a stamp at or after the cut
     created_since: int = 0  #: (links) ids created at or after the cut, not in ``recent``
+    created_since_known: int = 0  #: (links) of those, ids remembered (ours, the canary)
     recent: dict[str, str] = field(default_factory=dict)  #: (links) id → created, newest only
     #: our own writes were left out (see ``listing_query``); the canary stands in for them
     narrowed: bool = False
@@ -279,6 +280,7 @@ def _compare(
             created = as_str(row.get("sys_created_on"))
             if created >= (since or "") and sys_id not in recent_before:
                 out.created_since += 1
+                out.created_since_known += was is not None
             out.recent[sys_id] = created
             if len(out.recent) > 2 * LISTING_PAGE:
                 out.recent = _prune(out.recent, newest)
@@ -309,6 +311,20 @@ def _count_query(kind: str) -> str:
 
 def _count(client: Any, kind: str) -> int:
     return int(client.count(_KIND_TABLE[kind], _count_query(kind)))
+
+
+def count_rider(kind: str, take_count: Callable[[int | None], None]) -> Rider:
+    """The count of ``kind``'s table (as a listing round counts it) riding in another round's
+    Batch API request; ``take_count`` gets it, or None when the answer is unusable."""
+    url = table_url(_KIND_TABLE[kind], {
+        "sysparm_query": _count_query(kind), "sysparm_fields": "sys_id", "sysparm_limit": "1",
+    })  # fmt: skip
+
+    def take(answer: Any) -> None:
+        total = _header(answer, "X-Total-Count") if answer.ok else None
+        take_count(int(total) if total is not None and total.isdigit() else None)
+
+    return Rider(BatchRequest("GET", url), take)
 
 
 def list_changes(
@@ -567,9 +583,15 @@ def seal(
     our_sys_ids: set[str],
     *,
     workers: int,
+    links_created: int = 0,
 ) -> str | None:
     """After writing: list what changed since the plan's watermarks and check every change is one of
-    ours (its version is the one our write returned). Returns why the state cannot be kept."""
+    ours (its version is the one our write returned). Returns why the state cannot be kept.
+
+    Links: the count before the run (``counts["rel"]``, taken in the plan's first round) plus
+    the ``links_created`` by this run plus those others created since must make the count now;
+    a link deleted meanwhile leaves no other trace (it had been taken into the new count, and
+    the remembered link was never recreated)."""
     kinds = ("ci", "loc", "rel") if state.has_links else ("ci", "loc")
     listings, _ = list_changes(client, state, workers=workers, kinds=kinds, since=since)
     for kind in ("ci", "loc"):
@@ -587,6 +609,12 @@ def seal(
         listing, known = listings["rel"], state.versions["rel"]
         if not since.get("rel"):
             return "no link watermark"
+        before = state.counts.get("rel")
+        if before is None:
+            return "no link count from before the run"
+        others = listing.created_since - listing.created_since_known
+        if before + links_created + others != listing.count:
+            return "the count of links does not add up (one deleted or added during the run)"
         # ours must carry our versions; others matter only if they touch our CIs
         if any(s in known for s in listing.changed):
             return "links changed by someone else during the run"

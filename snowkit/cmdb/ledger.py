@@ -280,6 +280,10 @@ class RunLedger:
             return
         kind = "loc" if op.table == LOCATION_TABLE else "ci"
         row = state.rows[kind].get(sys_id)  # the planned-from row: updated in place
+        if row is not None and op.action != CREATE and not _next_version(row, version):
+            # someone changed the record between the plan's read and this write: the
+            # version returned vouches for their change too, but the row holds only ours
+            self.state_doubt = self.state_doubt or "a record changed between the plan and the write"
         if row is None:
             row = state.rows[kind][sys_id] = {
                 "sys_id": sys_id,
@@ -525,3 +529,13 @@ def forbidden_message(write: str, *, refused: int, not_attempted: int, landed: i
         "then run `snowkit load` again. Check it with the same account: `snowkit load "
         "--dry-run` only reads."
     )
+
+
+def _next_version(row: Mapping[str, Any], version: str) -> bool:
+    """``version`` (a write's answer) is the one right after the row's: one modification
+    more (or the row's count is unknown)."""
+    planned = as_str(row.get("sys_mod_count"))
+    written = version.split("|", 1)[1]
+    if not planned.isdigit() or not written.isdigit():
+        return True
+    return int(written) == int(planned) + 1

@@ -501,7 +501,17 @@ def read_sourced(
                     row["sys_class_name"] = LOCATION_TABLE
                 elif table == CI_TABLE:
                     returned.update(row)
-                by_sys_id.setdefault(row["sys_id"], {}).update(row)
+                held = by_sys_id.get(row["sys_id"])
+                if held is None:
+                    by_sys_id[row["sys_id"]] = row
+                    continue
+                # a class table's row keeps the version the first round read: were it edited
+                # in between, its newer version would vouch for the older cmdb_ci fields, and
+                # no listing would ever show the record as changed
+                for name in ("sys_updated_on", "sys_mod_count"):
+                    if name in held:
+                        row.pop(name, None)
+                held.update(row)
 
     # one round for cmdb_ci and the locations, a second only for class-specific columns
     merge([(CI_TABLE, f, ci_fields) for f in filters]
