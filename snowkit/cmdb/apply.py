@@ -431,12 +431,14 @@ class SyncEngine:
         first = first or self._first_round(tables)
         missing = {t for t in tables if t in first.missing}
         missing |= self._missing_among(set(tables) - first.probed)
+        read_from = self._clock()
         snapshot = planning.read_snapshot(
             self.client, records, missing_tables=missing, workers=self.workers,
             unsourced=first.unsourced, none_sourced=not first.sourced,
         )  # fmt: skip
         if self.state_store is not None:
-            state = incremental.state_from_full_read(snapshot, records, missing)
+            took = self._clock() - read_from
+            state = incremental.state_from_full_read(snapshot, records, missing, took)
             if self._links_before is not None:
                 state.counts["rel"] = self._links_before
             self._adopt_state(state)

@@ -562,9 +562,11 @@ def snapshot_of(state: SyncState, records: Sequence[Any], missing: set[str]) -> 
 
 
 def state_from_full_read(
-    snapshot: CMDBSnapshot, records: Sequence[Any], missing: set[str]
+    snapshot: CMDBSnapshot, records: Sequence[Any], missing: set[str], read_s: float = 0.0
 ) -> SyncState:
-    """A fresh state from a full read (watermarks: the newest stamps read)."""
+    """A fresh state from a full read that took ``read_s`` seconds (watermarks: the newest
+    stamps read, less that time: a record on an early page edited while later pages were
+    read is older than the newest stamp, and must still be listed next time)."""
     state = SyncState(signature=signature(records), missing_tables=sorted(missing), dirty=True)
     for row in snapshot.rows.values():
         kind = "loc" if row.get("sys_class_name") == LOCATION_TABLE else "ci"
@@ -572,7 +574,8 @@ def state_from_full_read(
         state.versions[kind][row["sys_id"]] = version_of(row)
     for kind in ("ci", "loc"):
         state.counts[kind] = len(state.rows[kind])
-        state.watermarks[kind] = newest_stamp(state.versions[kind].values()) or ""
+        newest = newest_stamp(state.versions[kind].values())
+        state.watermarks[kind] = (cut(newest, overlap=read_s) if read_s > 0 else newest) or ""
     return state
 
 
