@@ -20,6 +20,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from snowkit.cli.config import EX_CONFIG
@@ -333,27 +334,40 @@ def _print_report(report: Any) -> None:
 # -- connections for the maintenance commands -------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Target:
+    """The instance a maintenance command works on."""
+
+    client: Any
+    key: str  #: ``job.instance_key``: what its sync state and outbox entries are keyed by
+    shown: str  #: its URL as a message may show it
+    embedded: bool  #: the embedded instance, started by this command
+
+
 @contextmanager
-def _client(args: argparse.Namespace, *, writes_records: bool = False) -> Iterator[Any]:
-    """A client as the command's ``--instance`` and configuration say. ``writes_records``:
-    the command writes CMDB records outside a load (outbox replay, rollback), so the
-    remembered state is marked unsealed first (``StateStore.mark_writing``): the next load
-    then lists everything since its watermark instead of trusting what it remembers."""
+def _client(args: argparse.Namespace, *, writes_records: bool = False) -> Iterator[_Target]:
+    """The instance the command's ``--instance``, configuration or ``SERVICENOW_INSTANCE``
+    names (else the embedded one). ``writes_records``: the command writes CMDB records outside
+    a load (outbox replay, rollback), so the remembered state is marked unsealed first
+    (``StateStore.mark_writing``): the next load then lists everything since its watermark
+    instead of trusting what it remembers."""
     from snowkit import paths
-    from snowkit.cmdb.job import EMBEDDED, connect, instance_key
+    from snowkit.cmdb.job import EMBEDDED, connect, default_instance, instance_key
     from snowkit.cmdb.state import StateStore
     from snowkit.ops.logging import configure_logging
 
     config = load_config(args.config_file, args.environment)  # ConfigurationError: the caller
-    instance = args.instance or (config.servicenow.instance if config else None) or EMBEDDED
+    instance = args.instance or default_instance(config)
     # request logs go to the log file; the terminal gets the command's own answer
     configure_logging(file_path=paths.logs_dir() / "snowkit.jsonl", console=False)
     connection = connect(instance, config=config)
     try:
+        key = instance_key(instance, connection)
         if writes_records:
             with StateStore() as store:
-                store.mark_writing(instance_key(instance, connection))
-        yield connection.client
+                store.mark_writing(key)
+        shown = getattr(connection.client, "instance_url", instance)
+        yield _Target(connection.client, key, shown, instance == EMBEDDED)
     finally:
         connection.close()
 
@@ -363,7 +377,8 @@ def _setup(args: argparse.Namespace) -> int:
     from snowkit.ops.errors import ConfigurationError
 
     try:
-        with _client(args) as client:
+        with _client(args) as target:
+            client = target.client
             status = check_schema(client) if args.check else ensure_schema(client)
     except ConfigurationError as exc:
         return _config_refused("setup", args, exc)
@@ -446,24 +461,48 @@ def _open_audit() -> AuditTrail:
 def _outbox_replay(args: argparse.Namespace) -> int:
     from snowkit.cmdb.intents import IntentJournal, reconcile_intents
     from snowkit.cmdb.outbox import Outbox
+    from snowkit.cmdb.schema import SchemaNotReadyError, ensure_schema
     from snowkit.ops.errors import ConfigurationError
 
-    with Outbox() as outbox, IntentJournal() as intents:
-        if not outbox.count() and not intents.count():
+    try:
+        load_config(args.config_file, args.environment)  # checked even with nothing to send
+    except ConfigurationError as exc:
+        return _config_refused("outbox replay", args, exc)
+    with Outbox() as everything, IntentJournal() as intents:
+        if not everything.count() and not intents.count():
             print("the outbox is empty")
             return EXIT_OK
-        try:
-            with _client(args, writes_records=True) as client, _open_audit() as audit:
-                # first what a killed run or replay committed but never audited
-                found = reconcile_intents(client, intents, audit)
-                result = outbox.replay(client, audit=audit, intents=intents)
-        except ConfigurationError as exc:
-            return _config_refused("outbox replay", args, exc)
-        except Exception as exc:
-            _err(f"replay failed: {type(exc).__name__}: {exc}")
-            return EXIT_FAILED
+    try:
+        with (
+            _client(args, writes_records=True) as target,
+            Outbox(instance=target.key) as outbox,
+            IntentJournal() as intents,
+            _open_audit() as audit,
+        ):
+            client = target.client
+            # as a load does: a missing source-id field is ignored by the instance, and a
+            # replay would then take any record for the one a queued create looks up
+            ensure_schema(client, create=target.embedded)
+            # first what a killed run or replay committed but never audited
+            found = reconcile_intents(client, intents, audit)
+            result = outbox.replay(client, audit=audit, intents=intents)
+            elsewhere = outbox.elsewhere()
+    except ConfigurationError as exc:
+        return _config_refused("outbox replay", args, exc)
+    except SchemaNotReadyError as exc:
+        _err(f"replay not started: {exc}")
+        return EXIT_FAILED
+    except Exception as exc:
+        _err(f"replay failed: {type(exc).__name__}: {exc}")
+        return EXIT_FAILED
     if found.total:
         _err(found.message())
+    for key, n in elsewhere.items():
+        named = "embedded" if key.startswith("embedded:") else key
+        _err(
+            f"{n} write(s) queued for {named} stay queued: replay them with "
+            f"`snowkit outbox replay --instance {named}`"
+        )
     if args.json:
         print(json.dumps({**result.to_dict(), "intents": found.to_dict()}, indent=2))
     else:
@@ -484,6 +523,21 @@ def _outbox_replay(args: argparse.Namespace) -> int:
     return EXIT_PARTIAL if result.failed else EXIT_OK
 
 
+def _instance_of_run(run_id: str) -> str | None:
+    """The instance key a run's report names (None: no report, or one from before reports
+    named it)."""
+    from snowkit import paths
+
+    if not run_id or "/" in run_id or "\\" in run_id or run_id.startswith("."):
+        return None
+    try:
+        report = json.loads((paths.runs_dir() / run_id / "report.json").read_text())
+    except (OSError, ValueError):
+        return None
+    key = report.get("instance_key") if isinstance(report, dict) else None
+    return str(key) if key else None
+
+
 def _record_name(item: dict[str, Any]) -> str:
     return f"{item['table']}/{item['sys_id']} ({item.get('source_id') or 'no source id'})"
 
@@ -496,9 +550,18 @@ def _rollback(args: argparse.Namespace) -> int:
     try:
         with (
             IntentJournal() as intents,
-            _client(args, writes_records=True) as client,
+            _client(args, writes_records=True) as target,
             _open_audit() as audit,
         ):
+            client = target.client
+            loaded = _instance_of_run(args.run_id)
+            if loaded is not None and loaded != target.key:
+                named = "embedded" if loaded.startswith("embedded:") else loaded
+                _err(
+                    f"run {args.run_id} loaded {named}, not {target.shown}: rollback not "
+                    f"started; run `snowkit rollback {args.run_id} --instance {named}`"
+                )
+                return EXIT_FAILED
             # a batch in flight when a run died is in the journal, not yet in the audit trail
             found = reconcile_intents(client, intents, audit)
             if found.total:

@@ -30,12 +30,13 @@ from snowkit.cmdb.report import RunReport, suggestions_from
 from snowkit.cmdb.responsive import responsive_threads
 from snowkit.cmdb.schema import SchemaStatus, ensure_schema
 from snowkit.cmdb.state import StateStore
-from snowkit.config import OperationalConfig
+from snowkit.config import LEGACY_INSTANCE_VARIABLE, OperationalConfig
 from snowkit.ops import logging as sklog
 from snowkit.ops.audit import AuditTrail
 from snowkit.ops.errors import ConfigurationError
 from snowkit.ops.metrics import MetricsCollector
 from snowkit.servicenow.limiter import AdaptiveLimiter
+from snowkit.servicenow.transport import display_url
 
 EMBEDDED = "embedded"
 SOURCES = ("lab", "sitemanager", "network", "integration")
@@ -69,6 +70,16 @@ class Connection:
                 self.lab_server.shutdown()
         if self.owns_sandbox and self.sandbox is not None:
             self.sandbox.stop()
+
+
+def default_instance(config: OperationalConfig | None = None) -> str:
+    """The instance when none is named: the configuration's ``servicenow.instance`` (which
+    already takes ``SERVICENOW_INSTANCE``), else that variable, else the embedded one. Without
+    a configuration the variable had been ignored: a user who set it loaded the embedded
+    instance, told "success"."""
+    if config is not None and config.servicenow.instance:
+        return str(config.servicenow.instance)
+    return os.environ.get(LEGACY_INSTANCE_VARIABLE, "").strip() or EMBEDDED
 
 
 def embedded_db_path() -> Path:
@@ -277,14 +288,15 @@ def run_load(
     built-in defaults apply (as in the notebooks). ``workers``/``batch_size`` stay arguments.
     """
     if instance is None:
-        instance = config.servicenow.instance if config is not None else EMBEDDED
+        instance = default_instance(config)
     if max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")
     run_id = run_id or sklog.new_run_id()
     run_dir = paths.ensure_dir(paths.runs_dir() / run_id)
     metrics = MetricsCollector()
     report = RunReport(run_id=run_id, dry_run=dry_run, ire=ire, source=source)
-    report.instance = instance if instance != EMBEDDED or sandbox is None else sandbox.url
+    shown = display_url(instance) if instance != EMBEDDED else instance
+    report.instance = shown if instance != EMBEDDED or sandbox is None else sandbox.url
     report.paths = {
         "report": str(run_dir / "report.json"),
         "log": str(run_dir / "log.jsonl"),
@@ -314,12 +326,15 @@ def run_load(
                 client_options=client_options,
                 config=config,
             )
-            if connection.sandbox is not None:
-                report.instance = connection.sandbox.url
+            report.instance = (
+                connection.sandbox.url
+                if connection.sandbox is not None
+                else getattr(connection.client, "instance_url", report.instance)
+            )
             # the local stores open side by side: a first run creates their files (a few
             # syncs each), before the first request can go out
-            key = instance_key(instance, connection)
-            opened = _open_stores(incremental, dry_run)
+            key = report.instance_key = instance_key(instance, connection)
+            opened = _open_stores(incremental, dry_run, key)
             if not dry_run:
                 # A crash (power cut) can leave half an audit line: move it aside as evidence
                 # and continue the chain, sealed and reported, rather than block every load.
@@ -472,14 +487,14 @@ def _schema_preflight(
 Stores = tuple[StateStore | None, Outbox | None, IntentJournal | None]
 
 
-def _open_stores(incremental: bool, dry_run: bool) -> Callable[[], Stores]:
-    """Open the sync state (when ``incremental``), the outbox and the intent journal (unless
-    ``dry_run``) side by side; the returned function waits for them. If one fails to open,
-    the others are closed and its error raised."""
+def _open_stores(incremental: bool, dry_run: bool, key: str) -> Callable[[], Stores]:
+    """Open the sync state (when ``incremental``), the outbox (``key``'s queue) and the intent
+    journal (unless ``dry_run``) side by side; the returned function waits for them. If one
+    fails to open, the others are closed and its error raised."""
     pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="snowkit-open")
     futures = (
         pool.submit(StateStore) if incremental else None,
-        None if dry_run else pool.submit(Outbox),
+        None if dry_run else pool.submit(Outbox, instance=key),
         None if dry_run else pool.submit(IntentJournal),
     )
     pool.shutdown(wait=False)

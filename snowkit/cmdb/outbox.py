@@ -63,7 +63,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
     created_at TEXT NOT NULL,
-    done_at TEXT
+    done_at TEXT,
+    instance TEXT
 );
 CREATE INDEX IF NOT EXISTS outbox_status ON outbox(status, seq);
 """
@@ -136,6 +137,7 @@ class OutboxEntry:
     attempts: int
     last_error: str | None
     created_at: str
+    instance: str | None = None  #: the instance it was queued for (None: queued before that)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -150,6 +152,7 @@ class OutboxEntry:
             "attempts": self.attempts,
             "last_error": self.last_error,
             "created_at": self.created_at,
+            "instance": self.instance,
         }
 
 
@@ -261,11 +264,39 @@ _UNREADABLE = (
 class Outbox:
     """An ordered, crash-safe queue of CMDB writes in SQLite (``snowkit.paths.outbox_path()``)."""
 
-    def __init__(self, path: Path | str | None = None) -> None:
+    def __init__(self, path: Path | str | None = None, *, instance: str | None = None) -> None:
+        """``instance`` (the sync state's key of an instance, ``job.instance_key``) scopes
+        the queue: writes are queued for it, and only its entries are read, counted and
+        replayed (an outage's writes had been replayed into whatever instance the next
+        command targeted). Entries queued before there was a scope (no instance) are
+        everyone's. Without ``instance``: every entry (``snowkit outbox show``)."""
         self.path = Path(path) if path is not None else paths.outbox_path()
+        self.instance = instance
         self._lock = threading.Lock()
         self._conn = open_store(self.path, _SCHEMA, what="outbox", advice=_UNREADABLE)
         self._conn.execute("PRAGMA synchronous=FULL")
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(outbox)")}
+        if "instance" not in columns:  # a file from before entries named their instance
+            self._conn.execute("ALTER TABLE outbox ADD COLUMN instance TEXT")
+
+    def _scoped(self, clauses: list[str], args: list[Any]) -> str:
+        """`` WHERE ...`` of ``clauses`` and this outbox's instance scope (args appended)."""
+        if self.instance is not None:
+            clauses = [*clauses, "(instance=? OR instance IS NULL)"]
+            args.append(self.instance)
+        return " WHERE " + " AND ".join(clauses) if clauses else ""
+
+    def elsewhere(self) -> dict[str, int]:
+        """Pending entries queued for other instances than this outbox's: instance -> count."""
+        if self.instance is None:
+            return {}
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT instance, COUNT(*) FROM outbox WHERE status=? AND instance IS NOT NULL"
+                " AND instance<>? GROUP BY instance ORDER BY instance",
+                (STATUS_PENDING, self.instance),
+            ).fetchall()
+        return {str(instance): int(n) for instance, n in rows}
 
     # -- writing ---------------------------------------------------------------------------
     def enqueue(
@@ -326,7 +357,7 @@ class Outbox:
                             table = older.table  # still a create: in the class it was meant for
                     cur = self._conn.execute(
                         "INSERT INTO outbox(run_id, op, table_name, source_id, sys_id, payload,"
-                        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        " created_at, instance) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             e["run_id"],
                             op,
@@ -335,6 +366,7 @@ class Outbox:
                             sys_id,
                             json.dumps(payload, sort_keys=True),
                             created,
+                            self.instance,
                         ),
                     )
                     seq = int(cur.lastrowid or 0)
@@ -349,10 +381,12 @@ class Outbox:
 
     def _pending_by_key(self) -> dict[tuple[str, ...], _Waiting]:
         """Pending entries by intent key (called with the lock held, inside the transaction)."""
+        args: list[Any] = [STATUS_PENDING]
+        where = self._scoped(["status=?"], args)
         rows = self._conn.execute(
             "SELECT seq, op, table_name, source_id, sys_id, payload FROM outbox"
-            " WHERE status=? ORDER BY seq",
-            (STATUS_PENDING,),
+            f"{where} ORDER BY seq",
+            args,
         ).fetchall()
         waiting: dict[tuple[str, ...], _Waiting] = {}
         for seq, op, table, source_id, sys_id, raw in rows:
@@ -381,18 +415,17 @@ class Outbox:
         """Entries in order, optionally only one status and/or run."""
         sql = (
             "SELECT seq, run_id, op, table_name, source_id, sys_id, payload, status, attempts,"
-            " last_error, created_at FROM outbox"
+            " last_error, created_at, instance FROM outbox"
         )
-        clauses, args = [], []
+        clauses: list[str] = []
+        args: list[Any] = []
         if status is not None:
             clauses.append("status=?")
             args.append(status)
         if run_id is not None:
             clauses.append("run_id=?")
             args.append(run_id)
-        if clauses:
-            sql += " WHERE " + " AND ".join(clauses)
-        sql += " ORDER BY seq"
+        sql += self._scoped(clauses, args) + " ORDER BY seq"
         with self._lock:
             rows = self._conn.execute(sql, args).fetchall()
         return [
@@ -408,6 +441,7 @@ class Outbox:
                 attempts=r[8],
                 last_error=r[9],
                 created_at=r[10],
+                instance=r[11],
             )
             for r in rows
         ]
@@ -426,31 +460,29 @@ class Outbox:
         return sorted(self.pending(), key=lambda e: (_replay_phase(e.table), e.seq))
 
     def count(self, status: str | None = STATUS_PENDING) -> int:
+        args: list[Any] = [] if status is None else [status]
+        where = self._scoped([] if status is None else ["status=?"], args)
         with self._lock:
-            if status is None:
-                return int(self._conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
             return int(
-                self._conn.execute(
-                    "SELECT COUNT(*) FROM outbox WHERE status=?", (status,)
-                ).fetchone()[0]
+                self._conn.execute(f"SELECT COUNT(*) FROM outbox{where}", args).fetchone()[0]
             )
 
     def summary(self) -> dict[str, int]:
         """Entry counts per status."""
+        args: list[Any] = []
+        where = self._scoped([], args)
         with self._lock:
             rows = self._conn.execute(
-                "SELECT status, COUNT(*) FROM outbox GROUP BY status"
+                f"SELECT status, COUNT(*) FROM outbox{where} GROUP BY status", args
             ).fetchall()
         return {status: int(n) for status, n in rows}
 
     def breakdown(self, status: str | None = STATUS_PENDING) -> dict[str, dict[str, int]]:
         """Entry counts per operation and table (``{"create": {"cmdb_ci_hardware": 14}}``):
         what a queue of N entries is made of."""
-        sql = "SELECT op, table_name, COUNT(*) FROM outbox"
-        args: list[str] = []
-        if status is not None:
-            sql += " WHERE status=?"
-            args.append(status)
+        args: list[Any] = [] if status is None else [status]
+        where = self._scoped([] if status is None else ["status=?"], args)
+        sql = f"SELECT op, table_name, COUNT(*) FROM outbox{where}"
         sql += " GROUP BY op, table_name ORDER BY op, table_name"
         with self._lock:
             rows = self._conn.execute(sql, args).fetchall()
@@ -529,19 +561,14 @@ class _SourceIdResolver:
         self._types: RelTypeCache | None = None
 
     def find(self, table: str, source_id: str) -> dict | None:
-        rows = list(
-            _first(
-                self._client.query(
-                    table,
-                    Query().eq_exact(SOURCE_ID_FIELD, source_id),
-                    fields=None,
-                    page_size=2,
-                )
-            )
+        rows = self._client.query(
+            table, Query().eq_exact(SOURCE_ID_FIELD, source_id), fields=None, page_size=2
         )
-        if rows:
-            self._cache[(table, source_id)] = rows[0]["sys_id"]
-            return rows[0]
+        # only a row that carries the id: an instance without the source-id field ignores the
+        # condition and returns every row (each queued create had become an update of one CI)
+        for row in _first(r for r in rows if as_str(r.get(SOURCE_ID_FIELD)) == source_id):
+            self._cache[(table, source_id)] = row["sys_id"]
+            return row
         return None
 
     def rel_type(self, name: str | None) -> str | None:

@@ -80,6 +80,9 @@ class RunReport:
     dry_run: bool = False
     ire: bool = False
     instance: str | None = None
+    #: what the run's sync state and outbox entries are keyed by (``job.instance_key``):
+    #: ``snowkit rollback`` checks it names the instance it is about to change
+    instance_key: str | None = None
     source: str | None = None
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # table → action → n
     applied: dict[str, int] = field(default_factory=dict)  # created/updated/failed/queued...

@@ -215,7 +215,7 @@ def test_a_store_that_cannot_open_fails_the_run_and_closes_the_others(
         return Tracked
 
     class BrokenOutbox:
-        def __init__(self) -> None:
+        def __init__(self, **_scope: str) -> None:
             raise PermissionError("outbox.sqlite3: permission denied")
 
     monkeypatch.setattr(job, "StateStore", tracked(job.StateStore, "state"))

@@ -483,3 +483,19 @@ def test_a_reference_whose_target_is_not_found_is_reported_not_dropped_silently(
          "target": "site:gone"}
     ]  # fmt: skip
     assert result.to_dict()["unresolved"] == result.unresolved
+
+
+def test_a_lookup_takes_only_a_record_that_carries_the_source_id(tmp_path: Path) -> None:
+    """An instance without the field ignores the condition and returns any record."""
+    client = FakeTables()
+    client.rows["cmdb_ci_ip_switch"] = [{"sys_id": "theirs", "name": "someone's switch"}]
+    client.query = lambda table, query="", fields=None, **kw: iter(  # type: ignore[method-assign]
+        [dict(r) for r in client.rows.get(table, [])]
+    )
+    with Outbox(tmp_path / "ob.sqlite3") as box:
+        for n in range(2):
+            box.enqueue("r", OP_CREATE, "cmdb_ci_ip_switch", source_id=f"dev:{n}",
+                        values={"name": f"sw-{n}"})  # fmt: skip
+        result = box.replay(client)
+    assert result.created == 2 and result.updated == 0
+    assert client.rows["cmdb_ci_ip_switch"][0] == {"sys_id": "theirs", "name": "someone's switch"}
