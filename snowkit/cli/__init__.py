@@ -8,9 +8,11 @@ library own its command without a central switchboard.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from snowkit import __version__
 
@@ -56,10 +58,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         # a local file (outbox, intent journal, sync state) is unreadable: the message names
         # it and says what to do (matched by name: importing snowkit.cmdb here costs start-up)
-        if type(exc).__name__ != "LocalStoreError":
+        message = _local_problem(exc)
+        if message is None:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
         return 1
+
+
+def _local_problem(exc: BaseException) -> str | None:
+    """What to tell a user whose local state cannot be read or written (None: not that)."""
+    if type(exc).__name__ == "LocalStoreError":
+        return str(exc)
+    if isinstance(exc, OSError) and exc.errno in _NOT_WRITABLE and exc.filename:
+        from snowkit import paths
+
+        home = paths.state_dir()
+        where = Path(str(exc.filename))
+        if where == home or home in where.parents:
+            return (
+                f"snowkit cannot write its state under {home} ({exc.strerror}): point "
+                f"{paths.HOME_ENV} at a writable directory (without it, the state goes to "
+                "./.snowkit of the directory you run in)"
+            )
+    return None
+
+
+_NOT_WRITABLE = frozenset(
+    {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR}
+)
 
 
 if __name__ == "__main__":  # pragma: no cover

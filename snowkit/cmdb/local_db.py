@@ -8,8 +8,11 @@ and says what to do, which depends on what the file holds.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
+
+from snowkit import paths
 
 
 class LocalStoreError(RuntimeError):
@@ -31,5 +34,9 @@ def open_store(path: Path, schema: str, *, what: str, advice: str) -> sqlite3.Co
             conn.close()
         if "locked" in str(exc):
             advice = "another snowkit process is using it; run again once that one has finished"
+        elif not os.access(path.parent, os.W_OK):
+            advice = (
+                f"its directory is not writable: point {paths.HOME_ENV} at a writable directory"
+            )
         raise LocalStoreError(f"the {what} {path} cannot be opened ({exc}): {advice}") from exc
     return conn

@@ -6,8 +6,11 @@ next command targeted) while the user meant a URL, each reporting success.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -116,3 +119,23 @@ def test_a_rollback_refuses_an_instance_the_run_did_not_load(
     assert sourced(sb) == before
     assert main(["rollback", run_id, "--instance", sb.url]) == 0
     assert sourced(sb) == 0
+
+
+def test_a_state_directory_that_cannot_be_written_is_named_without_a_traceback(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = tmp_path / "home"
+    monkeypatch.setenv("SNOWKIT_HOME", str(home))
+    real = os.mkdir
+
+    def read_only(path: Any, *args: Any, **kw: Any) -> None:
+        if str(path).startswith(str(home)):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        real(path, *args, **kw)
+
+    monkeypatch.setattr(os, "mkdir", read_only)
+    for command in (["load", *LAB], ["outbox", "show"], ["health"]):
+        assert main(command) == 1, command
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: snowkit cannot write its state under {home}"), err
+        assert "SNOWKIT_HOME" in err and "Traceback" not in err
