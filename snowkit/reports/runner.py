@@ -135,13 +135,39 @@ def check_parameters(parameters: Mapping[str, Any] | None) -> dict[str, Any]:
                 f"parameter {name!r} has type {type(value).__name__}; use str, int, float, bool, "
                 "None or lists/dicts of those (pass dates as ISO 8601 strings)"
             )
-        if redact(value) != value:
+        if redact(value) != value or _carries_credentials(value):
             raise RunUsageError(
-                f"parameter {name!r} holds a secret-named key or a known secret value; "
-                "configure credentials instead of passing them as parameters"
+                f"parameter {name!r} holds a secret-named key, a known secret value or a URL "
+                "with a user name or password; configure credentials instead of passing them "
+                "as parameters (they would be written into the executed notebook and run.json)"
             )
         checked[name] = value
     return checked
+
+
+#: ``scheme://user[:password]@``: credentials inside a URL.
+_URL_USERINFO = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/@\s]+@")
+#: Variables whose values are secrets: a parameter holding one would be written out in clear
+#: (this process never loaded them, so the secret registry does not know them).
+SECRET_VARIABLES = (
+    "SERVICENOW_PASSWORD", "SERVICENOW_API_KEY", "SERVICENOW_OAUTH_TOKEN",
+    "SERVICENOW_CLIENT_SECRET", "UNIFI_PASSWORD", "UNIFI_API_KEY", "SNOWKIT_AUDIT_KEY",
+)  # fmt: skip
+
+
+def _carries_credentials(value: Any) -> bool:
+    """A string in ``value`` that is, or holds, a URL with user info or a secret from the
+    environment (a registered secret is caught by ``redact``)."""
+    if isinstance(value, str):
+        if _URL_USERINFO.search(value):
+            return True
+        secrets = (os.environ.get(n, "") for n in SECRET_VARIABLES)
+        return any(len(secret) >= 4 and secret in value for secret in secrets)
+    if isinstance(value, list):
+        return any(_carries_credentials(v) for v in value)
+    if isinstance(value, dict):
+        return any(_carries_credentials(v) for v in value.values())
+    return False
 
 
 def _json_like(value: Any) -> bool:
@@ -197,9 +223,7 @@ def _kernel_manager_class(extra_env: Mapping[str, str]) -> type:
 
     env_overrides = dict(extra_env)
     # "auto" is refused outright by a pyzmq built without CurveZMQ (no libsodium)
-    encrypt = "transport_encryption" in AsyncKernelManager.class_trait_names() and zmq.has(
-        "curve"
-    )
+    encrypt = "transport_encryption" in AsyncKernelManager.class_trait_names() and zmq.has("curve")
 
     class RunKernelManager(AsyncKernelManager):
         def __init__(self, **kw: Any) -> None:

@@ -304,3 +304,28 @@ def test_a_pyzmq_without_curve_or_a_users_setting_keeps_the_kernel_manager_as_co
     monkeypatch.setattr(zmq, "has", lambda capability: False)
     plain = _kernel_manager_class({})(kernel_name="python3")  # built, not refused
     assert plain.transport_encryption != "auto"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        f"https://svc:{CANARY}@acme.service-now.com",
+        f"https://{CANARY}@127.0.0.1:1",
+        f"prefix {CANARY} suffix",  # the password the environment holds
+    ],
+)
+def test_a_parameter_carrying_credentials_is_refused_before_anything_is_written(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    value: str,
+) -> None:
+    """An instance URL with user:password@ had gone into run.json and the executed notebook."""
+    monkeypatch.setenv("SERVICENOW_PASSWORD", CANARY)
+    reports = tmp_path / "reports"
+    argv = ["run", str(NOTEBOOKS / "passing.ipynb"), "--reports-dir", str(reports)]
+    assert main([*argv, "-p", "instance", value]) == EXIT_USAGE
+    captured = capsys.readouterr()
+    assert "user name or password" in captured.err
+    assert CANARY not in captured.err + captured.out
+    assert not reports.exists()
