@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
+from snowkit.loopback import is_loopback
 from snowkit.ops.errors import ConfigurationError, ErrorCategory, ErrorSeverity
 from snowkit.ops.redaction import redact
 
@@ -122,6 +123,9 @@ class ServiceNowConfig(_Section):
             raise ValueError("must be 'embedded', an https:// URL or an instance host name")
         if parts.username or parts.password:
             raise ValueError("must not contain a user name or password; use credentials")
+        if parts.scheme == "http" and not is_loopback(parts.hostname):
+            # the client refuses it at the first request: say so when the file is read
+            raise ValueError("must use https:// (plain http only for a loopback address)")
         return value.rstrip("/")
 
     @field_validator("auth_order")

@@ -15,6 +15,8 @@ import os
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from snowkit.cli.load import instance_argument
+
 if TYPE_CHECKING:
     from snowkit.ops.health import HealthCheck
 
@@ -31,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--instance",
         metavar="URL|embedded",
+        type=instance_argument,
         help="instance URL, or 'embedded' for the built-in instance "
         "(default: servicenow.instance from the configuration, else SERVICENOW_INSTANCE)",
     )

@@ -69,6 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--instance",
         metavar="URL|embedded",
         default=None,
+        type=instance_argument,
         help="'embedded' (start the local instance) or the instance URL; overrides "
         "servicenow.instance from the configuration (default: that, else 'embedded')",
     )
@@ -162,12 +163,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rollback.set_defaults(func=_rollback)
 
 
+def instance_argument(text: str) -> str:
+    """``--instance``: 'embedded' or an instance URL the client accepts (checked before anything
+    is written: a bad one had failed the run after its folder was made)."""
+    from snowkit.servicenow.transport import InstanceURLError, normalize_instance_url
+
+    if text.strip() == "embedded":
+        return "embedded"
+    try:
+        normalize_instance_url(text)
+    except InstanceURLError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text.strip()
+
+
 def _instance_arg(parser: argparse.ArgumentParser) -> None:
     """``--instance`` and the configuration options of the maintenance commands (setup, outbox
     replay, rollback): they read the configuration under the same rule as ``load``."""
     parser.add_argument(
         "--instance",
         default=None,
+        type=instance_argument,
         help="'embedded' (start the local instance) or the instance URL (credentials from the "
         "credential manager: SERVICENOW_* or 1Password); overrides servicenow.instance from "
         "the configuration (default: that, else 'embedded')",

@@ -131,6 +131,8 @@ def ensure_schema(client: Any, *, create: bool = True) -> SchemaStatus:
             f"({', '.join('.'.join(m) for m in status.missing)}); {why}. "
             + status.admin_instructions(),
             details=status.to_dict(),
+            guidance="run `snowkit setup` with an account that may add dictionary entries "
+            "(admin), or have an admin add the fields listed above; then run again.",
         )
     return status
 

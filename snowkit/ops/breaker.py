@@ -98,6 +98,7 @@ class CircuitBreaker:
         self._lock = threading.Lock()
         self._state = CircuitState.CLOSED
         self._failure_count = 0
+        self._last_failure = ""  #: the newest counted failure, for the open breaker's message
         self._opened_at: float | None = None
         self._open_for = self.recovery_timeout_seconds
         self._trial_in_flight = False
@@ -169,7 +170,7 @@ class CircuitBreaker:
         except BaseException as exc:
             counted = isinstance(exc, self.expected_exception) and self._is_failure(exc)
             if counted:
-                self._on_failure(is_trial)
+                self._on_failure(is_trial, exc)
             elif isinstance(exc, Exception):
                 # The dependency answered (a 4xx, a rate limit): it is alive.
                 self._on_success(is_trial)
@@ -205,6 +206,8 @@ class CircuitBreaker:
                 f"Circuit '{self.name}' is open after {self._failure_count} failures; "
                 f"{operation_name} was not attempted. Next trial in {wait:.1f} s."
             )
+        if self._last_failure:  # the cause, not only the breaker (it had hidden "refused")
+            message += f" Last failure: {self._last_failure}"
         return CircuitOpenError(
             message,
             operation=operation_name,
@@ -231,10 +234,12 @@ class CircuitBreaker:
         if old is not new:
             self._notify(old, new)
 
-    def _on_failure(self, is_trial: bool) -> None:
+    def _on_failure(self, is_trial: bool, exc: BaseException | None = None) -> None:
         with self._lock:
             old = self._state
             self._failure_count += 1
+            if exc is not None:
+                self._last_failure = _first_line(exc)
             self._window.append(False)
             if is_trial or (old is CircuitState.CLOSED and self._should_trip()):
                 self._open()
@@ -280,3 +285,9 @@ def _log_transition(breaker: CircuitBreaker, old: CircuitState, new: CircuitStat
 
 
 __all__ = ["CircuitBreaker", "CircuitOpenError", "CircuitState", "default_is_failure"]
+
+
+def _first_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (its advice follows on the breaker's own)."""
+    text = str(exc).split(" What to do:", 1)[0].splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]

@@ -20,7 +20,6 @@ token endpoint, and stacked retry layers. So:
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,8 +29,8 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from snowkit import __version__
+from snowkit.loopback import is_loopback
 
-LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 #: Methods whose repeat has the same effect as one call: safe to resend after a lost answer.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 USER_AGENT = f"snowkit/{__version__} (+resilient ServiceNow client)"
@@ -39,16 +38,6 @@ USER_AGENT = f"snowkit/{__version__} (+resilient ServiceNow client)"
 
 class InstanceURLError(ValueError):
     """The instance URL is malformed or uses plain http off loopback."""
-
-
-def is_loopback(host: str) -> bool:
-    host = host.strip("[]").lower()
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def display_url(text: str) -> str:

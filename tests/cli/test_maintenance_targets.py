@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from snowkit import paths
 from snowkit.cli import main
 from snowkit.cmdb.job import embedded_db_path
 from snowkit.cmdb.outbox import OP_CREATE, Outbox
@@ -139,3 +140,35 @@ def test_a_state_directory_that_cannot_be_written_is_named_without_a_traceback(
         err = capsys.readouterr().err
         assert err.startswith(f"error: snowkit cannot write its state under {home}"), err
         assert "SNOWKIT_HOME" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "command", [["load", *LAB], ["setup"], ["rollback", "r1"], ["outbox", "replay"], ["health"]]
+)
+@pytest.mark.parametrize(
+    "instance, said",
+    [
+        ("ftp://x", "scheme must be https"),
+        ("http://example.invalid", "refusing plain http"),
+        ("https://user:pw@example.invalid", "carries a user name or password"),
+    ],
+)
+def test_a_bad_instance_is_a_usage_error_before_anything_is_written(
+    command: list[str], instance: str, said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([*command, "--instance", instance])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert said in err and "pw" not in err
+    assert not paths.runs_dir().exists()
+
+
+def test_a_configuration_with_plain_http_off_loopback_is_refused(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "snowkit.toml"
+    config.write_text('[servicenow]\ninstance = "http://example.invalid"\n', encoding="utf-8")
+    code = main(["config", "show", "--config", str(config), "--environment", "development"])
+    assert code == 78
+    assert "servicenow.instance" in capsys.readouterr().err

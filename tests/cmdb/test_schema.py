@@ -41,6 +41,8 @@ def test_without_rights_the_error_lists_what_an_admin_must_add(sandbox: Sandbox)
     assert "table cmdb_ci: column u_unifi_source_id" in text
     assert "table cmn_location: column u_unifi_source_id" in text
     assert sandbox.users["readonly"] not in text
+    # the advice fits: not the generic "fix the configuration"
+    assert "What to do: run `snowkit setup`" in text and "snowkit config show" not in text
 
 
 def test_check_only_mode_does_not_create(sandbox: Sandbox) -> None:

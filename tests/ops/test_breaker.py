@@ -238,3 +238,13 @@ def test_no_lock_is_held_during_the_call(breaker) -> None:
     release.set()
     t.join(5)
     assert results == ["slow"]
+
+
+def test_the_open_breaker_says_what_failed(breaker) -> None:
+    """An unreachable instance had ended a run with only "Circuit 'servicenow' is open"."""
+    trip(breaker, 3, NetworkError("connection refused by https://127.0.0.1:1"))
+    with pytest.raises(CircuitOpenError) as info:
+        breaker.call(lambda: None, "GET cmdb_ci")
+    message = str(info.value)
+    assert "Last failure: NetworkError: connection refused by https://127.0.0.1:1" in message
+    assert message.count("What to do:") == 1  # the breaker's advice, not the failure's too

@@ -111,8 +111,10 @@ def test_a_warning_exits_1_and_multi_line_messages_stay_in_their_column(capsys) 
 
 def test_unusable_instance_url_fails_cleanly(env_for, capsys) -> None:
     env_for()
-    assert main(["health", "--instance", "http://example.com"]) == 2
-    assert "refusing plain http" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as info:  # a usage error, before anything is checked
+        main(["health", "--instance", "http://example.com"])
+    assert info.value.code == 2
+    assert "refusing plain http" in capsys.readouterr().err
 
 
 def test_missing_environment_is_reported_not_crashed(monkeypatch, capsys) -> None:
@@ -123,7 +125,8 @@ def test_missing_environment_is_reported_not_crashed(monkeypatch, capsys) -> Non
 
 def test_an_instance_url_with_credentials_is_refused_without_echoing_them(env_for, capsys) -> None:
     env_for()
-    code = main(["health", "--instance", "https://admin:canary-health-19@acme.service-now.com"])
-    out = capsys.readouterr().out
-    assert code == 2 and "user name or password" in out
-    assert "canary-health-19" not in out
+    with pytest.raises(SystemExit) as info:
+        main(["health", "--instance", "https://admin:canary-health-19@acme.service-now.com"])
+    captured = capsys.readouterr()
+    assert info.value.code == 2 and "user name or password" in captured.err
+    assert "canary-health-19" not in captured.err + captured.out
