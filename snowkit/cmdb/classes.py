@@ -40,13 +40,21 @@ DEVICE_TABLES = {
 ALL_CLASS_TABLES = frozenset({*DEVICE_TABLES.values(), COMPUTER, HARDWARE})
 
 _NOT_COMPUTER_HOST = re.compile(
-    r"iphone|ipad|galaxy|android|pixel|phone|watch|printer|^hp[0-9a-f]{6}|^npi|^brn|^brw|camera"
-    r"|^esp[_-]|shelly|tasmota|hue|sonos|chromecast|echo|tv",
+    r"iphone|ipad|galaxy|android|phone|watch|printer|^hp[0-9a-f]{6}|^npi|^brn|^brw|camera"
+    r"|^esp[_-]|shelly|tasmota|sonos|chromecast",
     re.IGNORECASE,
 )
+#: Short names of phones and gadgets, matched only as whole words of a host name: as
+#: substrings they made computers of "DESKTOP-7TVQ2K1", "srv-echo01", "Google-Pixelbook".
+_NOT_COMPUTER_WORDS = frozenset({"tv", "hue", "echo", "pixel"})
+#: A host name's words: runs of letters split at case changes ("LivingRoomTV" → Living, Room,
+#: TV), apart from digits and punctuation.
+_WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+")
+#: Names Windows and admins give computers: they win over any word in them.
+_COMPUTER_PREFIX = re.compile(r"^(laptop|desktop|win|pc|ws|srv|nas)-", re.IGNORECASE)
 _COMPUTER_HOST = re.compile(
-    r"^(laptop|desktop|win|pc|ws)-|macbook|imac|mac-?mini|mac-?studio|thinkpad|latitude|"
-    r"elitebook|-pc$|^nas-|^srv-|server|workstation|ubuntu|debian|fedora",
+    r"macbook|imac|mac-?mini|mac-?studio|thinkpad|latitude|"
+    r"elitebook|-pc$|server|workstation|ubuntu|debian|fedora",
     re.IGNORECASE,
 )
 COMPUTER_ONLY_VENDORS = (
@@ -72,7 +80,12 @@ def device_class(device: InventoryDevice) -> str:
 def client_class(client: InventoryClient) -> tuple[str, str]:
     """``(table, reason)``; the reason is kept for the plan/report."""
     host = client.hostname or client.name or ""
-    if host and _NOT_COMPUTER_HOST.search(host):
+    if host and _COMPUTER_PREFIX.search(host):
+        return COMPUTER, "hostname suggests a computer"
+    if host and (
+        _NOT_COMPUTER_HOST.search(host)
+        or _NOT_COMPUTER_WORDS.intersection(w.lower() for w in _WORDS.findall(host))
+    ):
         return HARDWARE, "hostname suggests a phone/printer/IoT device"
     if host and _COMPUTER_HOST.search(host):
         return COMPUTER, "hostname suggests a computer"

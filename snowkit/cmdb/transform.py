@@ -137,6 +137,31 @@ def _dedupe_key(item: Any) -> str:
     return "id:" + item.source_id
 
 
+def _not_devices(clients: list[Any], devices: list[Any], result: TransformResult) -> list[Any]:
+    """Clients that are not one of the devices: a UniFi device also listed as a client (an
+    access point in a mesh, a switch seen by the gateway) had become a second CI. Each one
+    dropped is reported as a duplicate of its device."""
+    by_mac = {_dedupe_key(d): d for d in devices}
+    kept: list[Any] = []
+    for client in clients:
+        key = _dedupe_key(client)
+        device = by_mac.get(key) if key.startswith("mac:") else None
+        if device is None:
+            kept.append(client)
+            continue
+        result.duplicates.append(
+            DuplicateRecord(
+                key,
+                "device",
+                device.source_id,
+                _source(device),
+                (_source(device), _source(client)),
+                2,
+            )
+        )
+    return kept
+
+
 def resolve_duplicates(items: Iterable[Any], kind: str) -> tuple[list[Any], list[DuplicateRecord]]:
     """One item per key (see module doc); deterministic whatever the input order."""
     groups: dict[str, list[Any]] = {}
@@ -274,6 +299,7 @@ def transform(inventory: Inventory) -> TransformResult:
     result.duplicates.extend(dups)
     clients, dups = resolve_duplicates(inventory.clients, "client")
     result.duplicates.extend(dups)
+    clients = _not_devices(clients, devices, result)
 
     valid_ids: set[str] = set()
     records = [site_record(s) for s in sites]

@@ -62,6 +62,15 @@ def test_pdu_forced_into_switch_kind_still_goes_to_netgear() -> None:
         (None, "Apple, Inc.", HARDWARE),  # Apple also sells phones: not clearly a computer
         (None, None, HARDWARE),
         ("camera-acccde123456", "Manu", HARDWARE),  # the real aiounifi sample client
+        # short gadget names count as whole words only (they had been matched anywhere)
+        ("DESKTOP-7TVQ2K1", None, COMPUTER),
+        ("LAPTOP-HUE4K9Z", None, COMPUTER),
+        ("srv-echo01", None, COMPUTER),
+        ("ubuntu-tvheadend", None, COMPUTER),
+        ("LivingRoomTV", None, HARDWARE),
+        ("Philips-hue", None, HARDWARE),
+        ("Pixel-7", None, HARDWARE),
+        ("Kitchen-Echo", None, HARDWARE),
     ],
 )
 def test_client_class(hostname: str | None, vendor: str | None, table: str) -> None:

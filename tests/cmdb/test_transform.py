@@ -219,3 +219,16 @@ def test_transform_does_not_modify_the_inventory() -> None:
     merged = Inventory.merge(a, b)
     transform(merged)
     assert merged.switches[1].model_name is None  # the winner was filled on a copy
+
+
+def test_a_device_also_listed_as_a_client_is_one_ci() -> None:
+    """An access point a gateway also lists as a client (mesh uplink) had become two CIs."""
+    inv = _estate()
+    inv.clients.append(
+        InventoryClient(f"unifi:client:{AP_MAC}", "AP as a client", AP_MAC, provenance=NET)
+    )
+    result = transform(inv)
+    assert [r.source_id for r in result.records].count(f"unifi:device:{AP_MAC}") == 1
+    assert f"unifi:client:{AP_MAC}" not in {r.source_id for r in result.records}
+    (dup,) = result.duplicates
+    assert dup.key == f"mac:{AP_MAC}" and dup.kept_source_id == f"unifi:device:{AP_MAC}"

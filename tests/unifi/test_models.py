@@ -93,6 +93,31 @@ def test_site_manager_devices_map_to_site_of_their_host_and_serial_from_host() -
     assert inv.sites[0].name == "Büro"
 
 
+def test_site_manager_places_no_device_on_a_guessed_site_and_loads_network_gear_only() -> None:
+    """/v1/devices names no site: every device of a two-site console had gone to its default
+    site; a Protect camera listed there had become Network Gear."""
+    sites = [
+        {"siteId": "S1", "hostId": "H1", "meta": {"name": "default", "desc": "HQ"}},
+        {"siteId": "S2", "hostId": "H1", "meta": {"name": "branch", "desc": "Branch"}},
+    ]
+    devices = [
+        {
+            "hostId": "H1",
+            "devices": [
+                {"id": "F4E2C6C23F13", "mac": "F4E2C6C23F13", "shortname": "USMINI",
+                 "productLine": "network"},
+                {"id": "AABBCCDDEEF0", "mac": "AABBCCDDEEF0", "model": "G4 Doorbell Pro",
+                 "shortname": "UVCG4DBPRO", "productLine": "protect"},
+            ],
+        }
+    ]  # fmt: skip
+    inv = from_sitemanager([{"id": "H1"}], sites, devices, Provenance("sitemanager"))
+    [switch] = list(inv.devices())
+    assert switch.site_source_id is None
+    assert any("has 2 sites" in w for w in inv.warnings)
+    assert any("1 protect device(s)" in w for w in inv.warnings)
+
+
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [

@@ -95,7 +95,7 @@ def from_sitemanager(
         mac = normalize_mac(hw.mac) if hw else None
         if hw and mac and hw.serialno:
             serial_by_mac[mac] = hw.serialno.upper()
-    site_by_host: dict[str, str] = {}
+    sites_of_host: dict[str, list[str]] = {}
     for site in parse_items(sm.Site, sites, source, "site", inv):
         meta = site.meta or sm.SiteMeta()
         sid = site_source_id(site.siteId)
@@ -109,11 +109,25 @@ def from_sitemanager(
                 provenance,
             )
         )
-        if site.hostId and (site.hostId not in site_by_host or meta.name == "default"):
-            site_by_host[site.hostId] = sid
+        if site.hostId:
+            sites_of_host.setdefault(site.hostId, []).append(sid)
+    other_lines: dict[str, int] = {}
     for group in parse_items(sm.HostDevices, host_devices, source, "host_devices", inv):
-        site_id = site_by_host.get(group.hostId)
+        # /v1/devices names no site: a console's only site, else none (not a guess at its
+        # "default" site, which had placed every device of a multi-site console there)
+        on_host = sites_of_host.get(group.hostId or "", [])
+        site_id = on_host[0] if len(on_host) == 1 else None
+        if len(on_host) > 1 and group.devices:
+            inv.warnings.append(
+                f"Site Manager: console {group.hostId} has {len(on_host)} sites and does not "
+                "say which one a device is at: its devices are loaded without a location "
+                "(collect that console with the Network application API to place them)"
+            )
         for device in parse_items(sm.Device, group.devices, source, "device", inv):
+            line = (device.productLine or "network").lower()
+            if line != "network":  # Protect, Access, Talk...: not network gear
+                other_lines[line] = other_lines.get(line, 0) + 1
+                continue
             mac = normalize_mac(device.mac or device.id)
             kind = classify_device(None, device.shortname, (), device.model)
             inv.add_device(
@@ -132,6 +146,12 @@ def from_sitemanager(
                     provenance=provenance,
                 )
             )
+    if other_lines:
+        listed = ", ".join(f"{n} {line}" for line, n in sorted(other_lines.items()))
+        inv.warnings.append(
+            f"Site Manager: {listed} device(s) of other UniFi product lines than network are "
+            "not network gear and were not loaded"
+        )
     return inv
 
 
