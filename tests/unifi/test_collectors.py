@@ -242,3 +242,27 @@ def test_classic_wrong_password_is_an_authentication_error(retry_manager: RetryM
         with pytest.raises(AuthenticationError, match="rejected the username or password") as info:
             collector.collect()
     assert "nope-Secret-9" not in str(info.value)
+
+
+def test_a_login_locked_by_unifi_os_is_reported_not_retried_nor_answered_from_cache(
+    retry_manager: RetryManager, tmp_path: object
+) -> None:
+    """Each retry was one more failed login, and a cached copy then hid the cause."""
+    logins: list[str] = []
+
+    @Request.application
+    def locked(request: Request) -> Response:
+        logins.append(request.path)
+        body = '{"code": "AUTHENTICATION_FAILED_LIMIT_REACHED", "message": "limit reached"}'
+        return Response(body, status=429, mimetype="application/json")
+
+    cache = LastKnownGoodCache(tmp_path)  # type: ignore[arg-type]
+    cache.save("network", Inventory())
+    with serve(locked) as server:
+        collector = NetworkAppCollector(
+            server.url, USERNAME, "wrong", unifi_os=True, cache=cache, retry_manager=retry_manager
+        )
+        with pytest.raises(AuthenticationError) as info:
+            collector.collect()
+    assert logins == ["/api/auth/login"]
+    assert "locks logins" in str(info.value) and "UNIFI_PASSWORD" in str(info.value)

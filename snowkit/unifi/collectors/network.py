@@ -20,6 +20,7 @@ from snowkit.unifi.models.normalize import from_network
 
 UNIFI_OS_LOGIN = "/api/auth/login"
 CLASSIC_LOGIN = "/api/login"
+LOGIN_OPERATION = "unifi.network.login"
 
 
 # (body marker, error, message, what to do; None: the collector's auth guidance), first match wins.
@@ -88,7 +89,7 @@ class NetworkAppCollector(BaseCollector):
         for unifi_os in order:
             path = UNIFI_OS_LOGIN if unifi_os else CLASSIC_LOGIN
             response = self.request(
-                "POST", path, json=body, operation="unifi.network.login", allow_status=(404,)
+                "POST", path, json=body, operation=LOGIN_OPERATION, allow_status=(404,)
             )
             if response.status_code == 404:
                 continue  # not UniFi OS: try the classic path
@@ -102,14 +103,26 @@ class NetworkAppCollector(BaseCollector):
             return
         raise UnexpectedResponseError(
             f"no login endpoint at {self.base_url} (tried {UNIFI_OS_LOGIN} and {CLASSIC_LOGIN})",
-            operation="unifi.network.login",
+            operation=LOGIN_OPERATION,
             guidance="Point base_url at the console root (https://<console>, or :8443 for a "
             "classic controller).",
         )
 
     def raise_for_status(self, response: requests.Response, operation: str) -> None:
         """The classic controller answers 400 with an ``api.err.*`` code for several problems
-        that need different actions; name each one before the generic handling."""
+        that need different actions; name each one before the generic handling. A login
+        refused with 429 is UniFi OS locking logins after failures: not a busy source to
+        retry (each retry is one more failed login) or answer from the cache (the cause, the
+        credentials, would go unseen)."""
+        if response.status_code == 429 and operation == LOGIN_OPERATION:
+            raise AuthenticationError(
+                f"{self.source} at {self.base_url} refused the login with 429: UniFi OS locks "
+                "logins for a while after repeated failures",
+                operation=operation,
+                http_status=429,
+                guidance="Check UNIFI_USERNAME / UNIFI_PASSWORD (a local account, not a UI.com "
+                "SSO one), wait a few minutes for the lock to lift, then collect again.",
+            )
         if response.status_code == 400:
             for marker, error_class, message, guidance in _API_ERRORS_400:
                 if marker in response.content:
