@@ -266,3 +266,16 @@ def test_a_login_locked_by_unifi_os_is_reported_not_retried_nor_answered_from_ca
             collector.collect()
     assert logins == ["/api/auth/login"]
     assert "locks logins" in str(info.value) and "UNIFI_PASSWORD" in str(info.value)
+
+
+def test_integration_devices_carry_firmware_and_uplinks_from_their_detail_view(
+    lab_server: LabServer, retry_manager: RetryManager
+) -> None:
+    """The list view has neither: every device had come without firmware or uplink."""
+    inv = IntegrationCollector(lab_server.network, API_KEY, retry_manager=retry_manager).collect()
+    devices = list(inv.devices())
+    assert devices and all(d.firmware for d in devices)
+    assert any(d.uplink_source_id for d in devices)
+    network = _network(lab_server, retry_manager).collect()
+    expected = {d.mac: (d.firmware, d.uplink_source_id) for d in network.devices()}
+    assert {d.mac: (d.firmware, d.uplink_source_id) for d in devices} == expected

@@ -77,6 +77,29 @@ class IntegrationCollector(BaseCollector):
     def fetch(self, path: str) -> list[Any]:
         return [item for page in self.pages(path) for item in page]
 
+    def _with_detail(self, site_id: str, device: Any) -> Any:
+        """The list item completed from the device's detail view: ``firmwareVersion`` and
+        ``uplink`` are only there (without it every device came without firmware, and no
+        uplink relationship was made). A device gone meanwhile (404) keeps its list item."""
+        device_id = device.get("id") if isinstance(device, dict) else None
+        if not isinstance(device_id, str) or not device_id or "/" in device_id:
+            return device
+        path = f"{PREFIX}/sites/{site_id}/devices/{device_id}"
+        response = self.request(
+            "GET", path, headers=self._headers(), operation="unifi.integration/device",
+            allow_status=(404,),
+        )  # fmt: skip
+        if response.status_code == 404:
+            return device
+        try:
+            detail = response.json()
+        except ValueError as exc:
+            raise UnexpectedResponseError(
+                f"Integration API device {device_id}: the detail is not JSON",
+                operation="unifi.integration/device",
+            ) from exc
+        return {**device, **detail} if isinstance(detail, dict) else device
+
     def _collect(self, provenance: Provenance) -> Inventory:
         """Normalised site by site, so only one site's raw payload is in memory at a time."""
         sites = self.fetch("/sites")
@@ -85,7 +108,9 @@ class IntegrationCollector(BaseCollector):
             site_id = site.get("id") if isinstance(site, dict) else None
             if not isinstance(site_id, str) or not site_id:
                 continue  # from_integration rejected it with a reason
-            devices = self.fetch(f"/sites/{site_id}/devices")
+            devices = [
+                self._with_detail(site_id, d) for d in self.fetch(f"/sites/{site_id}/devices")
+            ]
             clients = self.fetch(f"/sites/{site_id}/clients")
             inventory.absorb(
                 from_integration([], {site_id: devices}, {site_id: clients}, provenance)

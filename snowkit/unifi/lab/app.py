@@ -8,6 +8,7 @@ Paths (under whatever prefix the app is mounted at):
   ``/network/proxy/network/api/self/sites`` and ``.../api/s/<site>/stat/device|stat/sta``.
   Classic (``unifi_os=False``): ``/network/api/login`` and ``/network/api/s/<site>/...``.
 - Integration: ``/network/proxy/network/integration/v1/sites``, ``.../sites/<id>/devices|clients``,
+  ``.../sites/<id>/devices/<id>`` (the detail view: firmware, uplink),
   ``X-API-KEY``, ``offset`` + ``limit``.
 
 Envelopes and error bodies follow the real ones. Knobs for tests: :meth:`LabApp.inject`
@@ -504,6 +505,16 @@ class LabApp:
                 for s in sites[offset : offset + limit]
             ]
             return self._page(offset, limit, rows, len(sites))
+        if len(parts) == 5 and parts[:2] == ["v1", "sites"] and parts[3] == "devices":
+            site = self._site_by_uuid.get(parts[2])
+            found = [d for d in self.lab.devices[site.index] if d.uuid == parts[4]] if site else []
+            if not found:
+                return _json(
+                    {"statusCode": 404, "statusName": "NOT_FOUND",
+                     "code": "api.device.not-found", "message": "Device not found"},
+                    404,
+                )  # fmt: skip
+            return _json(self._integration_detail(found[0]), 200)
         if len(parts) == 4 and parts[:2] == ["v1", "sites"] and parts[3] in ("devices", "clients"):
             site = self._site_by_uuid.get(parts[2])
             if site is None:
@@ -535,6 +546,16 @@ class LabApp:
             },
             404,
         )
+
+    def _integration_detail(self, dev: LabDevice) -> dict[str, Any]:
+        """A device's detail view: firmware and uplink live only here, not in the list."""
+        body = integration_device(dev)
+        body["firmwareVersion"] = dev.firmware
+        body["firmwareUpdatable"] = False
+        uplink = self._uuid_by_mac.get(dev.uplink_mac) if dev.uplink_mac else None
+        if uplink:
+            body["uplink"] = {"deviceId": uplink}
+        return body
 
     @staticmethod
     def _page(offset: int, limit: int, rows: list[dict[str, Any]], total: int) -> Response:
