@@ -475,9 +475,9 @@ def _open_audit() -> AuditTrail:
 
 
 def _outbox_replay(args: argparse.Namespace) -> int:
-    from snowkit.cmdb.intents import IntentJournal, reconcile_intents
+    from snowkit.cmdb.intents import IntentJournal
     from snowkit.cmdb.outbox import Outbox
-    from snowkit.cmdb.schema import SchemaNotReadyError, ensure_schema
+    from snowkit.cmdb.schema import SchemaNotReadyError
     from snowkit.ops.errors import ConfigurationError
 
     try:
@@ -496,12 +496,7 @@ def _outbox_replay(args: argparse.Namespace) -> int:
             _open_audit() as audit,
         ):
             client = target.client
-            # as a load does: a missing source-id field is ignored by the instance, and a
-            # replay would then take any record for the one a queued create looks up
-            ensure_schema(client, create=target.embedded)
-            # first what a killed run or replay committed but never audited
-            found = reconcile_intents(client, intents, audit)
-            result = outbox.replay(client, audit=audit, intents=intents)
+            found, result = _replay_checked(client, target, outbox, intents, audit)
             elsewhere = outbox.elsewhere()
     except ConfigurationError as exc:
         return _config_refused("outbox replay", args, exc)
@@ -537,6 +532,29 @@ def _outbox_replay(args: argparse.Namespace) -> int:
         _err(f"{result.stopped}; run `snowkit outbox replay` again when it is back")
         return EXIT_QUEUED
     return EXIT_PARTIAL if result.failed else EXIT_OK
+
+
+def _replay_checked(
+    client: Any, target: _Target, outbox: Any, intents: Any, audit: Any
+) -> tuple[Any, Any]:
+    """(reconciled intents, replay result): the schema checked first, as a load does (a
+    missing source-id field is ignored by the instance, and a replay would then take any
+    record for the one a queued create looks up); the instance still down keeps it all."""
+    from snowkit.cmdb.intents import ReconcileResult, reconcile_intents
+    from snowkit.cmdb.outbox import ReplayResult, is_unreachable_error
+    from snowkit.cmdb.schema import ensure_schema
+
+    try:
+        ensure_schema(client, create=target.embedded)
+    except Exception as exc:
+        if not is_unreachable_error(exc):
+            raise
+        left = outbox.count()
+        stopped = f"instance unreachable ({type(exc).__name__}); {left} write(s) stay queued"
+        return ReconcileResult(), ReplayResult(remaining=left, stopped=stopped)
+    # first what a killed run or replay committed but never audited
+    found = reconcile_intents(client, intents, audit)
+    return found, outbox.replay(client, audit=audit, intents=intents)
 
 
 def _instance_of_run(run_id: str) -> str | None:
