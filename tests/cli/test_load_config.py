@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +19,7 @@ import snowkit.cmdb.job as job
 from snowkit import paths
 from snowkit.cli import main
 from snowkit.cli.load import EXIT_CONFIG, NO_CONFIG_NOTE
-from snowkit.cmdb.schema import ensure_schema
-from snowkit.credentials import CredentialManager
 from snowkit.sandbox import Sandbox
-from snowkit.servicenow import ServiceNowAPIClient
 from snowkit.unifi import LabConfig
 
 TINY_LAB = LabConfig(sites=1, devices_per_site=2, clients_per_site=2, seed=5)
@@ -57,30 +54,6 @@ def built(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
     monkeypatch.setattr(job, "connect", recording)
     return connections
-
-
-@pytest.fixture
-def remote(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Sandbox]]:
-    """``remote(faults=None)``: a sandbox addressed by URL like a real instance, credentials in
-    SERVICENOW_USERNAME / SERVICENOW_PASSWORD, its CA in REQUESTS_CA_BUNDLE, fields in place."""
-    started: list[Sandbox] = []
-
-    def start(faults: Any = None) -> Sandbox:
-        sb = Sandbox.start()
-        started.append(sb)
-        creds = CredentialManager.static(basic=("admin", sb.users["admin"]))
-        with ServiceNowAPIClient(sb.url, creds, verify=str(sb.ca_path)) as client:
-            ensure_schema(client)
-        if faults is not None:
-            sb.set_faults(faults)
-        monkeypatch.setenv("SERVICENOW_USERNAME", "admin")
-        monkeypatch.setenv("SERVICENOW_PASSWORD", sb.users["admin"])
-        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(sb.ca_path))
-        return sb
-
-    yield start
-    for sb in started:
-        sb.stop()
 
 
 def write_config(tmp_path: Path, text: str, name: str = "snowkit.toml") -> Path:

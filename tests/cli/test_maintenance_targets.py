@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,36 +18,10 @@ from snowkit import paths
 from snowkit.cli import main
 from snowkit.cmdb.job import embedded_db_path
 from snowkit.cmdb.outbox import OP_CREATE, Outbox
-from snowkit.cmdb.schema import ensure_schema
-from snowkit.credentials import CredentialManager
 from snowkit.sandbox import Sandbox
-from snowkit.servicenow import ServiceNowAPIClient
 
 LAB = ["--lab-sites", "1", "--lab-devices", "2", "--lab-clients", "2", "--batch-size", "5"]
 SID = "u_unifi_source_id"
-
-
-@pytest.fixture
-def remote(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Sandbox]]:
-    """``remote(fields=True)``: a sandbox addressed by URL like a real instance (credentials
-    and CA from the environment), with or without the source-id fields."""
-    started: list[Sandbox] = []
-
-    def start(fields: bool = True) -> Sandbox:
-        sb = Sandbox.start()
-        started.append(sb)
-        if fields:
-            creds = CredentialManager.static(basic=("admin", sb.users["admin"]))
-            with ServiceNowAPIClient(sb.url, creds, verify=str(sb.ca_path)) as client:
-                ensure_schema(client)
-        monkeypatch.setenv("SERVICENOW_USERNAME", "admin")
-        monkeypatch.setenv("SERVICENOW_PASSWORD", sb.users["admin"])
-        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(sb.ca_path))
-        return sb
-
-    yield start
-    for sb in started:
-        sb.stop()
 
 
 def sourced(sb: Sandbox) -> int:
