@@ -170,6 +170,43 @@ def _carries_credentials(value: Any) -> bool:
     return False
 
 
+#: A declared parameter's type (papermill's inferred name) and the values it takes.
+_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,),
+                                       "str": (str,)}  # fmt: skip
+
+
+def _check_declared(params: Mapping[str, Any], source: Path) -> None:
+    """Every parameter must be one the notebook's ``parameters`` cell declares, of its type:
+    papermill only warns of an unknown name (a typo then runs with the default, exit 0), and
+    a value of the wrong type failed several cells in (``'<' not supported ...``)."""
+    if not params:
+        return
+    import papermill
+
+    try:
+        declared = papermill.inspect_notebook(str(source))
+    except Exception:  # no parameters cell papermill can read: nothing to check against
+        return
+    if not declared:
+        return
+    for name, value in params.items():
+        if name not in declared:
+            known = ", ".join(sorted(declared))
+            raise RunUsageError(
+                f"{source.name} has no parameter {name!r}; its parameters are: {known} "
+                f"(`papermill --help-notebook {source.name}` explains each)"
+            )
+        wanted = _TYPES.get(str(declared[name].get("inferred_type_name")))
+        if value is None or wanted is None:
+            continue
+        if (isinstance(value, bool) and bool not in wanted) or not isinstance(value, wanted):
+            kind = declared[name]["inferred_type_name"]
+            raise RunUsageError(
+                f"parameter {name!r} of {source.name} takes {kind} "
+                f"(default {declared[name].get('default')}); got {type(value).__name__}"
+            )
+
+
 def _json_like(value: Any) -> bool:
     if isinstance(value, _JSON_SCALARS):
         return True
@@ -365,6 +402,7 @@ def run(
     source = Path(notebook).resolve()
     nb = _read_notebook(source)
     params = check_parameters(parameters)
+    _check_declared(params, source)
     kernel_name = _check_kernel(kernel, nb)
     if timeout is not None and timeout <= 0:
         raise RunUsageError("--timeout must be a positive number of seconds per cell")

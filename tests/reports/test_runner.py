@@ -329,3 +329,22 @@ def test_a_parameter_carrying_credentials_is_refused_before_anything_is_written(
     assert "user name or password" in captured.err
     assert CANARY not in captured.err + captured.out
     assert not reports.exists()
+
+
+@pytest.mark.parametrize(
+    "argv_tail, message",
+    [
+        (["-p", "lab_sitez", "2"], "has no parameter 'lab_sitez'; its parameters are: "),
+        (["-p", "lab_sites", "abc"], "parameter 'lab_sites' of load.ipynb takes int"),
+        (["-p", "dry_run", "1"], "takes bool"),
+    ],
+)
+def test_parameters_the_notebook_does_not_declare_or_type_are_usage_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv_tail: list[str], message: str
+) -> None:
+    """A typo had run with the default and exit 0; a wrong type failed cells later."""
+    reports = tmp_path / "reports"
+    notebook = Path(__file__).parents[2] / "notebooks" / "load.ipynb"
+    assert main(["run", str(notebook), "--reports-dir", str(reports), *argv_tail]) == EXIT_USAGE
+    assert message in capsys.readouterr().err
+    assert not reports.exists()
