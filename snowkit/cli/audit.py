@@ -26,6 +26,7 @@ from pathlib import Path
 import orjson
 
 from snowkit import paths
+from snowkit.cli import positive_int
 from snowkit.ops.audit import (
     AuditError,
     AuditTrail,
@@ -92,7 +93,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.add_argument("path", nargs="?", type=Path, help="audit file (default: the state dir's)")
     show.add_argument("--run", dest="run_id", help="only entries of this run id")
     show.add_argument("--json", action="store_true", help="one JSON object per line")
-    show.add_argument("--limit", type=int, default=None, help="only the last N entries")
+    show.add_argument("--limit", type=positive_int, default=None, help="only the last N entries")
     show.set_defaults(func=run_show)
 
     recover = commands.add_parser(
@@ -176,6 +177,9 @@ def run_recover(args: argparse.Namespace) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
     path = args.path or paths.audit_path()
+    if args.path and not Path(path).exists():  # a typo had read as "no audit entries"
+        print(f"snowkit audit show: no audit trail at {path}", file=sys.stderr)
+        return EXIT_CANNOT_VERIFY
     entries = list(read_audit(path, run_id=args.run_id))
     if args.limit is not None:
         entries = entries[-args.limit :] if args.limit > 0 else []

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from snowkit.cli import non_negative_float
 from snowkit.cli.config import EX_CONFIG
 
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     load.add_argument(
         "--retire-after-days",
-        type=float,
+        type=non_negative_float,
         default=None,
         help="retire CIs no longer seen for this many days (default: only report them)",
     )

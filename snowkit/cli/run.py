@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from snowkit.cli import positive_int
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``run`` and ``reports`` to the ``snowkit`` command."""
@@ -55,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     list_parser.add_argument(
         "--reports-dir", type=Path, help="default: $SNOWKIT_REPORTS or reports/"
     )
-    list_parser.add_argument("--limit", type=int, help="at most this many runs")
+    list_parser.add_argument("--limit", type=positive_int, help="at most this many runs")
     list_parser.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     list_parser.set_defaults(func=_list)
     reports.set_defaults(func=lambda _args: reports.print_help() or 2)
