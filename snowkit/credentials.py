@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
-import secrets as _secrets
 import shutil
 import stat
 import subprocess
@@ -22,13 +21,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import requests
 from pydantic import SecretStr
 
-from snowkit import paths
 from snowkit.ops.errors import AuthenticationError, CredentialUnavailableError, ErrorHandler
 from snowkit.ops.logging import StructuredLogger
 from snowkit.ops.redaction import redact_text, secrets
@@ -625,26 +622,14 @@ class CredentialManager:
             value = self.get("audit_key")
             if value is not None:
                 return value.get_secret_value().encode("utf-8")
-        key_file = paths.state_dir() / "audit" / "audit.key"
-        key = _read_or_create_key(key_file)
-        secrets.register(key)
-        self.logger.log_credential_access("audit_key", True, "source=key_file")
-        return key.encode("ascii")
+        from snowkit.ops.audit_chain import default_key_file, load_audit_key
 
-
-def _read_or_create_key(key_file: Path) -> str:
-    key_file.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        mode = stat.S_IMODE(key_file.stat().st_mode)
-        if mode & 0o077:
+        key_file = default_key_file()
+        if key_file.exists() and stat.S_IMODE(key_file.stat().st_mode) & 0o077:
             os.chmod(key_file, 0o600)  # tighten a key file someone loosened
-        return key_file.read_text(encoding="ascii").strip()
-    key = _secrets.token_hex(32)
-    with os.fdopen(fd, "w", encoding="ascii") as fh:
-        fh.write(key + "\n")
-    return key
+        key = load_audit_key(key_file, env={})  # the variables were looked at above
+        self.logger.log_credential_access("audit_key", True, "source=key_file")
+        return key
 
 
 __all__ = [

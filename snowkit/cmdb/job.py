@@ -82,6 +82,16 @@ def default_instance(config: OperationalConfig | None = None) -> str:
     return os.environ.get(LEGACY_INSTANCE_VARIABLE, "").strip() or EMBEDDED
 
 
+def _audit_key(config: OperationalConfig | None) -> bytes | None:
+    """The configuration's ``credentials.audit_key_ref`` (1Password), read through the
+    credential manager; None: the trail's own rule (``load_audit_key``: variables, key file)."""
+    if config is None or not getattr(config.credentials, "audit_key_ref", None):
+        return None
+    from snowkit.credentials import CredentialManager
+
+    return CredentialManager(config).audit_key()
+
+
 def embedded_db_path() -> Path:
     """Where the embedded instance keeps its data between runs."""
     return paths.sandbox_dir() / "sandbox.sqlite3"  # the file `snowkit sandbox serve` uses
@@ -339,7 +349,7 @@ def run_load(
                 # A crash (power cut) can leave half an audit line: move it aside as evidence
                 # and continue the chain, sealed and reported, rather than block every load.
                 try:
-                    audit = AuditTrail(paths.audit_path(), recover=True)
+                    audit = AuditTrail(paths.audit_path(), key=_audit_key(config), recover=True)
                 finally:
                     state, outbox, intents = opened()
                 if audit.recovered is not None:

@@ -12,10 +12,12 @@ which ``tests/ops/test_audit_fast.py`` keeps a verbatim copy of and compares aga
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
 import re
+import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -158,12 +160,20 @@ def load_audit_key(
     env: Mapping[str, str] | None = None,
     create: bool = True,
 ) -> bytes:
-    """The HMAC key: ``$SNOWKIT_AUDIT_KEY``, else the key file (generated 0600 if ``create``)."""
+    """The HMAC key: ``$SNOWKIT_AUDIT_KEY``, else the 1Password reference in
+    ``$SNOWKIT_AUDIT_KEY_OP_REF`` (read with ``op``: a key kept away from the trail's host, as
+    the docs advise; it had been ignored), else the key file (generated 0600 if ``create``)."""
     environ = os.environ if env is None else env
     value = environ.get(KEY_ENV)
     if value:
         secrets.register(value)
         return value.encode("utf-8")
+    reference = environ.get(KEY_ENV + "_OP_REF")
+    if reference:
+        from snowkit.credentials import CredentialManager  # the one `op` reader
+
+        secret = CredentialManager(env=environ).read_op(reference)
+        return key_bytes(secret)
     path = Path(key_file) if key_file else default_key_file()
     if not path.exists():
         if not create:
@@ -171,13 +181,34 @@ def load_audit_key(
                 f"no audit key: set {KEY_ENV} or pass --key-file (looked for {path}). "
                 "Use the same key that wrote the trail."
             )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(os.urandom(32).hex())
+        _create_key_file(path)
     text = path.read_text().strip()
+    if not text:  # signing with an empty key would let anyone forge every checkpoint
+        raise AuditError(
+            f"the audit key file {path} is empty: restore the key from a backup (a trail it "
+            "signed cannot be verified without it), or, if no trail was written with it yet, "
+            f"delete the file and a new key is made (or set {KEY_ENV})"
+        )
     secrets.register(text)
     return text.encode("utf-8")
+
+
+def _create_key_file(path: Path) -> None:
+    """A new random key, 0600, that appears whole or not at all: written to a temp file and
+    linked into place (a crash between creating the file and writing it had left it empty).
+    Two processes racing: the one that links second reads the first one's key."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(os.urandom(32).hex())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o600)
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        os.unlink(tmp)
 
 
 # ---------------------------------------------------------------------- segments

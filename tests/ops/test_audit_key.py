@@ -1,0 +1,54 @@
+"""Where the audit trail's HMAC key comes from, and that it is never empty."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from snowkit.credentials import CredentialManager
+from snowkit.ops.audit import AuditError, AuditTrail
+from snowkit.ops.audit_chain import default_key_file, load_audit_key
+
+
+def test_an_empty_key_file_is_refused_not_used() -> None:
+    """A crash between creating the file and writing the key had left it empty: every
+    checkpoint was then signed with the empty key, which anyone can forge."""
+    key_file = default_key_file()
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key_file.write_text("\n")
+    with pytest.raises(AuditError, match="is empty: restore the key"):
+        AuditTrail(Path(key_file.parent) / "audit.jsonl")
+
+
+def test_a_new_key_file_appears_whole_and_private() -> None:
+    key = load_audit_key()
+    key_file = default_key_file()
+    assert len(key) == 64 and key_file.read_text().strip().encode() == key
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert not [p for p in key_file.parent.iterdir() if p.name.endswith(".tmp")]
+    assert load_audit_key() == key  # the same key next time
+
+
+def test_the_1password_reference_variable_is_the_key(tmp_path: Path) -> None:
+    """SNOWKIT_AUDIT_KEY_OP_REF had been ignored: a key file was made next to the trail."""
+    op = tmp_path / "op"
+    op.write_text(
+        '#!/bin/sh\ncase "$1" in whoami) exit 0 ;; read) printf %s "key-from-1password" ;; esac\n'
+    )
+    op.chmod(0o755)
+    env = {"SNOWKIT_AUDIT_KEY_OP_REF": "op://vault/item/key", "PATH": f"{tmp_path}:/usr/bin:/bin"}
+    assert load_audit_key(env=env) == b"key-from-1password"
+    assert not default_key_file().exists()
+
+
+def test_the_credential_manager_and_the_trail_use_one_key_file() -> None:
+    manager = CredentialManager(env={})
+    assert (
+        manager.audit_key() == load_audit_key() == default_key_file().read_text().strip().encode()
+    )
+    os.chmod(default_key_file(), 0o644)
+    manager.audit_key()
+    assert stat.S_IMODE(default_key_file().stat().st_mode) == 0o600  # loosened: tightened
