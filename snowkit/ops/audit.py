@@ -323,14 +323,23 @@ class AuditTrail:
         self._files = _OpenFile(handle)
         self._finalizer = weakref.finalize(self, _abandon, self._files, self._writer_lock)
         self._size = self._handle.seek(0, os.SEEK_END)
+        # Entries after the last checkpoint were written by a process that did not sign them
+        # (a crash mid-batch, or anyone able to append to the file without the key): the
+        # checkpoint that seals them now says which, so `verify` names them instead of
+        # vouching for them silently.
+        adopted = (
+            {"adopted_from": int(last_checkpoint["seq"]) + 1 if last_checkpoint else 1,
+             "adopted_to": tail.seq}
+            if unsealed else {}
+        )  # fmt: skip
         if self.recovered is not None:
             # Sign the recovery into the chain: which bytes were moved aside, and where.
             self._since_checkpoint = 1
-            self._write_checkpoint("recover", _evidence(self.recovered))
+            self._write_checkpoint("recover", {**_evidence(self.recovered), **adopted})
             self._sync()
         elif unsealed:
             self._since_checkpoint = 1
-            self._write_checkpoint("resume")
+            self._write_checkpoint("resume", adopted)
             self._sync()
 
     # ------------------------------------------------------------------ public API

@@ -382,6 +382,14 @@ class _Verifier:
         self.verified_macs[mac] = (covered, head, segment, line_no)
         if record.get("reason") == "recover":
             self._note_recovery(record, segment, line_no)
+        if record.get("adopted_from") is not None:
+            first, last = record.get("adopted_from"), record.get("adopted_to")
+            self.warnings.append(
+                f"entries seq {first}..{last} were sealed by a later writer ({segment.name} "
+                f"line {line_no}), not by the process that wrote them: normally a run that "
+                "crashed before its checkpoint, but anyone able to append to the file could "
+                f"have added them without the key; check them (`snowkit audit show`)"
+            )
         return None
 
     def _check_checkpoint_chain(

@@ -52,3 +52,31 @@ def test_the_credential_manager_and_the_trail_use_one_key_file() -> None:
     os.chmod(default_key_file(), 0o644)
     manager.audit_key()
     assert stat.S_IMODE(default_key_file().stat().st_mode) == 0o600  # loosened: tightened
+
+
+def test_entries_appended_without_the_key_are_named_when_a_later_writer_seals_them() -> None:
+    """They had been sealed by the next run's resume checkpoint, and `verify` said ok."""
+    import orjson
+
+    from snowkit import paths
+    from snowkit.ops.audit import default_anchor_path, verify_audit
+    from snowkit.ops.audit_chain import canonical, entry_hash
+
+    path = paths.audit_path()
+    with AuditTrail(path, fsync=False) as trail:
+        for n in range(3):
+            trail.record("create", "cmdb_ci_netgear", f"sys{n}", after={"name": f"sw{n}"})
+    last = orjson.loads(path.read_bytes().splitlines()[-2])  # the last entry
+    forged = {
+        "seq": last["seq"] + 1, "timestamp": "2026-01-01T00:00:00+00:00", "run_id": "r-evil",
+        "correlation_id": None, "actor": "snowkit", "action": "delete",
+        "table": "cmdb_ci_netgear", "sys_id": "sys-x", "source_id": None, "before": None,
+        "after": None, "outcome": "success", "prev_hash": last["hash"],
+    }  # fmt: skip
+    forged["hash"] = entry_hash(forged)
+    with open(path, "ab") as handle:
+        handle.write(canonical(forged) + b"\n")
+    AuditTrail(path, recover=True, fsync=False).close()  # the next load opens the trail
+    result = verify_audit(path, anchor=default_anchor_path(path))
+    assert result.ok  # a crash mid-batch leaves the same shape: not a proof of tampering
+    assert any("seq 4..4 were sealed by a later writer" in w for w in result.warnings)
