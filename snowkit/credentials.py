@@ -405,7 +405,10 @@ class CredentialManager:
                 self.logger.log_credential_access(name, True, "source=1password")
                 return _Read(value, "1password")
         if env_value:
-            value = SecretStr(env_value)
+            # a key pasted with its line break is no key with a line break in it (the header
+            # it goes into refuses one); a password is taken exactly as given
+            value = SecretStr(env_value if name == "password" else env_value.strip())
+            self._remember(name, SecretStr(env_value))
             self._remember(name, value)
             self.logger.log_credential_access(name, True, f"source=environment:{ENV_NAMES[name]}")
             return _Read(value, "environment")

@@ -38,6 +38,7 @@ from snowkit.cmdb.fields import SOURCE_ID_FIELD, as_str
 from snowkit.cmdb.local_db import open_store
 from snowkit.cmdb.plan import LOCATION_TABLE
 from snowkit.cmdb.relationships import REL_TABLE, RelTypeCache, find_link
+from snowkit.ops.redaction import redact_text
 from snowkit.servicenow.query import Query
 
 #: Operations an entry can hold.
@@ -99,11 +100,12 @@ def stops_the_replay(exc: BaseException) -> str | None:
     names = {cls.__name__ for cls in type(exc).__mro__}
     if names & _UNREACHABLE_NAMES:
         return f"instance unreachable ({type(exc).__name__})"
+    text = redact_text(str(exc))
     if names & _WHOLE_QUEUE_NAMES:
-        return f"{type(exc).__name__}: {exc}"[:300]
+        return f"{type(exc).__name__}: {text}"[:300]
     status = getattr(getattr(exc, "context", None), "http_status", None)
     if status in (401, 403, 429) or (isinstance(status, int) and status >= 500):
-        return f"HTTP {status}: {exc}"[:300]
+        return f"HTTP {status}: {text}"[:300]
     return None
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from snowkit.cmdb.fields import as_str
 from snowkit.cmdb.plan import CREATE, LOCATION_TABLE, SOURCE_ID_FIELD, PlanItem
+from snowkit.ops.redaction import redact_text
 
 #: Kinds the transform gives client devices; everything else non-location is network gear.
 CLIENT_KINDS = frozenset({"client", "wired_client", "wireless_client"})
@@ -161,7 +162,8 @@ def forbidden_error(exc: BaseException) -> bool:
 
 
 def describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:500]
+    """``Type: message``, secrets masked before it is cut (a cut could split one)."""
+    return redact_text(f"{type(exc).__name__}: {exc}")[:500]
 
 
 def result_error(res: Any) -> str:

@@ -18,6 +18,7 @@ from enum import Enum
 from typing import TypeVar
 
 from snowkit.ops.errors import ErrorCategory, ErrorSeverity, OperationalError
+from snowkit.ops.redaction import redact_text
 
 T = TypeVar("T")
 
@@ -289,5 +290,5 @@ __all__ = ["CircuitBreaker", "CircuitOpenError", "CircuitState", "default_is_fai
 
 def _first_line(exc: BaseException) -> str:
     """``Type: first line of the message`` (its advice follows on the breaker's own)."""
-    text = str(exc).split(" What to do:", 1)[0].splitlines()
+    text = redact_text(str(exc)).split(" What to do:", 1)[0].splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]

@@ -19,6 +19,7 @@ the original as is and skip the copy, the per-string regex and the decode/encode
 from __future__ import annotations
 
 import base64
+import json
 import re
 import threading
 from collections.abc import Iterable
@@ -79,6 +80,17 @@ def is_secret_key(key: object) -> bool:
     return cached
 
 
+def _spellings(raw: str) -> list[str]:
+    """A secret as it may appear in text: itself, and escaped as Python's repr and JSON write
+    it (a key with a trailing newline reached an error message as ``b'...\\n'``, which
+    matched no registered value), without its surrounding whitespace."""
+    forms = {raw, raw.strip()}
+    forms.add(repr(raw)[1:-1])
+    forms.add(json.dumps(raw)[1:-1])
+    forms.add(raw.encode("unicode_escape").decode("ascii"))
+    return [f for f in forms if len(f) >= _MIN_SECRET_LENGTH]
+
+
 class SecretRegistry:
     """The set of secret values this process knows; masks them inside strings.
 
@@ -103,7 +115,7 @@ class SecretRegistry:
         raw = value.get_secret_value() if isinstance(value, SecretStr) else value
         if not raw or len(raw) < _MIN_SECRET_LENGTH:
             return
-        self._add([raw])
+        self._add(_spellings(raw))
 
     def register_basic(self, user: str, password: str | SecretStr) -> None:
         """Register a password and the base64 ``user:password`` form Basic auth puts on the wire."""
@@ -113,7 +125,7 @@ class SecretRegistry:
         encoded = base64.b64encode(f"{user}:{raw}".encode()).decode("ascii")
         candidates = [encoded]
         if len(raw) >= _MIN_SECRET_LENGTH:
-            candidates.append(raw)
+            candidates.extend(_spellings(raw))
         self._add(candidates)
 
     def _add(self, values: Iterable[str]) -> None:

@@ -80,3 +80,17 @@ def test_entries_appended_without_the_key_are_named_when_a_later_writer_seals_th
     result = verify_audit(path, anchor=default_anchor_path(path))
     assert result.ok  # a crash mid-batch leaves the same shape: not a proof of tampering
     assert any("seq 4..4 were sealed by a later writer" in w for w in result.warnings)
+
+
+def test_a_key_with_a_line_break_reaches_no_message_in_any_spelling() -> None:
+    """A key pasted with its newline: the header error showed it as b'...\\n', which the
+    registry (holding the raw value only) did not mask; and it reached the run report."""
+    from snowkit.cmdb.writes import describe
+    from snowkit.ops.redaction import redact_text
+
+    manager = CredentialManager(env={"SERVICENOW_API_KEY": "snk-apikey-7f3e9a1c2b\n"})
+    key = manager.get("api_key")
+    assert key is not None and key.get_secret_value() == "snk-apikey-7f3e9a1c2b"
+    error = ValueError(f"Invalid header value {b'snk-apikey-7f3e9a1c2b' + bytes([10])!r}")
+    assert "snk-apikey" not in redact_text(str(error))
+    assert "snk-apikey" not in describe(error)
