@@ -55,6 +55,10 @@ SECRET_KEYS: frozenset[str] = frozenset(
     }
 )
 
+#: Parts of a key name that make it a secret's wherever they stand (``is_secret_key``).
+_SECRET_WORDS = ("password", "passwd", "passphrase", "secret", "token", "apikey", "api_key",
+                 "private_key", "authorization", "cookie")  # fmt: skip
+
 # Shorter values are not registered: masking "a" or "12" everywhere would destroy logs.
 _MIN_SECRET_LENGTH = 4
 
@@ -72,7 +76,12 @@ def is_secret_key(key: object) -> bool:
         return False
     cached = _KEY_CACHE.get(key)
     if cached is None:
-        cached = key.lower().replace("-", "_") in SECRET_KEYS
+        name = key.lower().replace("-", "_")
+        cached = name in SECRET_KEYS or (
+            # db_password, x_api_key, wifi_passphrase...: not only the exact names; a
+            # ``*_ref`` names a 1Password reference, which is no secret
+            not name.endswith("_ref") and any(word in name for word in _SECRET_WORDS)
+        )
         if len(_KEY_CACHE) < _KEY_CACHE_LIMIT:  # log keys repeat; bound it anyway
             _KEY_CACHE[key] = cached
             if not cached and type(key) is str:
@@ -283,6 +292,12 @@ def _redact(obj: Any, pattern: re.Pattern[str] | None, min_length: int = 0) -> A
             return obj
         masked = pattern.sub(MASK, text)
         return masked.encode("utf-8") if masked != text else obj
+    if pattern is not None and obj is not None:
+        # any other object (an exception, a path, a URL) is written as its text: mask that
+        text = str(obj)
+        masked = pattern.sub(MASK, text)
+        if masked != text:
+            return masked
     return obj
 
 

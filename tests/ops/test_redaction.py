@@ -114,3 +114,22 @@ def test_module_registry_is_shared() -> None:
     from snowkit.ops import redaction
 
     assert redaction.secrets is secrets
+
+
+def test_keys_that_contain_a_secret_word_are_masked_but_references_are_not() -> None:
+    """Only exact names (``password``) had counted: ``db_password`` went out in clear."""
+    data = {"db_password": "p", "X-Api-Key": "k", "wifi_passphrase": "w", "csrf_token": "t",
+            "password_ref": "op://vault/item/password", "name": "ok"}  # fmt: skip
+    assert redact(data) == {
+        "db_password": MASK, "X-Api-Key": MASK, "wifi_passphrase": MASK, "csrf_token": MASK,
+        "password_ref": "op://vault/item/password", "name": "ok",
+    }  # fmt: skip
+
+
+def test_an_object_whose_text_holds_a_secret_is_masked(clean_secrets: SecretRegistry) -> None:
+    """A log field holding an exception or a path was written with ``str()``, unmasked."""
+    clean_secrets.register("s3cr3t-token-abcdef")
+    failure = RuntimeError("401 for token s3cr3t-token-abcdef")
+    assert redact({"error": failure}) == {"error": "401 for token ***"}
+    harmless = RuntimeError("nothing secret")
+    assert redact({"error": harmless})["error"] is harmless
