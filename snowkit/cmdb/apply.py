@@ -233,6 +233,9 @@ class SyncEngine:
             self.state_store.forget(self.instance_key)
             self.state_store, self._prefetched = None, None
 
+        # listed by the source but quarantined by the transform: not "no longer seen"
+        present = {q.source_id for q in getattr(result, "quarantined", ()) or ()}
+
         def diff(snapshot: planning.CMDBSnapshot) -> Plan:
             return planning.build_plan(
                 records,
@@ -240,6 +243,7 @@ class SyncEngine:
                 relationships=relationships,
                 retire_after_days=self.retire_after_days,
                 not_seen_since=not_seen_since,
+                present=present,
             )
 
         # the state remembers the last complete run's input: the same one again against an

@@ -412,7 +412,7 @@ def run_load(
             report.timings["transform"] = round(clock() - t0, 3)
             report.data_quality = quality_summary(result)
             report.stale_data = list(getattr(result, "warnings", []) or [])
-            ledger = NotSeenLedger()
+            ledger = NotSeenLedger(instance=key)
             _plan, sync_report = engine.sync(
                 result,
                 dry_run=dry_run,
@@ -612,31 +612,40 @@ def _explain(exc: BaseException) -> str:
 
 
 class NotSeenLedger:
-    """When each CI was first missed from the source (for the opt-in retire grace period)."""
+    """When each CI was first missed from the source (for the opt-in retire grace period),
+    per instance: one instance's misses had started (or reset) another's grace periods."""
 
-    def __init__(self, path: Path | None = None) -> None:
+    def __init__(self, path: Path | None = None, *, instance: str = "") -> None:
         self.path = path or (paths.state_dir() / "cmdb" / "not_seen.json")
+        self.instance = instance
 
-    def load(self) -> dict[str, str]:
+    def _all(self) -> dict[str, dict[str, str]]:
         import json
 
         try:
-            return dict(json.loads(self.path.read_text(encoding="utf-8")))
+            data = json.loads(self.path.read_text(encoding="utf-8"))
         except (FileNotFoundError, ValueError):
             return {}
+        sections = data.get("instances") if isinstance(data, dict) else None
+        # a file from before the ledger had sections says no instance: its dates are dropped
+        return dict(sections) if isinstance(sections, dict) else {}
+
+    def load(self) -> dict[str, str]:
+        return dict(self._all().get(self.instance) or {})
 
     def update(self, plan: Any) -> None:
         import json
         from datetime import UTC, datetime
 
         now = datetime.now(UTC).isoformat()
-        old = self.load()
-        new = {
+        everything = self._all()
+        old = everything.get(self.instance) or {}
+        everything[self.instance] = {
             i.source_id: old.get(i.source_id, now)
             for i in plan.items
             if i.action in ("not_seen", "retire")
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(new, sort_keys=True), encoding="utf-8")
+        tmp.write_text(json.dumps({"instances": everything}, sort_keys=True), encoding="utf-8")
         tmp.replace(self.path)

@@ -13,7 +13,7 @@ values) so 50,000 CIs stay small.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -33,6 +33,8 @@ IDENTIFICATION_ORDER: tuple[str, ...] = ("serial_number", "name", "mac_address")
 _NOT_DIFFED = frozenset({"sys_class_name", "sys_id", SOURCE_ID_FIELD})
 #: Values written when an unseen CI is retired (opt-in): Retired / Retired.
 RETIRE_VALUES: dict[str, str] = {"operational_status": "6", "install_status": "7"}
+#: Values written when a retired CI is listed by the source again: Operational / Installed.
+IN_SERVICE_VALUES: dict[str, str] = {"operational_status": "1", "install_status": "1"}
 
 CREATE = "create"
 UPDATE = "update"
@@ -188,11 +190,16 @@ def build_plan(
     retire_after_days: float | None = None,
     not_seen_since: Mapping[str, str] | None = None,
     now: datetime | None = None,
+    present: Collection[str] = (),
 ) -> Plan:
     """Match every record against the snapshot and diff it.
 
     ``not_seen_since`` maps source ids to the ISO time they were first missed; with
-    ``retire_after_days`` set, CIs missed for longer than that are planned as ``retire``.
+    ``retire_after_days`` set, CIs missed for longer than that are planned as ``retire``,
+    but only those at a site this input holds (a CI at another site belongs to another
+    console's or source's load, or to a site this collection missed) and never one in
+    ``present`` (source ids the source still lists but the transform quarantined). A CI held
+    as retired that the source lists again is set back to installed and operational.
     """
     now = now or datetime.now(UTC)
     notes: list[str] = []
@@ -222,12 +229,23 @@ def build_plan(
     for item in items:
         _settle_references(item, known, snapshot.rows)
 
+    # the locations this input holds: only a CI at one of them can be missing from it
+    our_sites = {
+        known[r.source_id] for r in records if r.table == LOCATION_TABLE and r.source_id in known
+    }
+    still_listed = set(present)
     for sid, row in snapshot.rows.items():
-        if sid in seen:
+        if sid in seen or sid in still_listed:
             continue
         table = row.get("sys_class_name") or CI_TABLE
         missed = (not_seen_since or {}).get(sid)
-        if retire_after_days is not None and missed is not None and table != LOCATION_TABLE:
+        ours = as_str(row.get("location")) in our_sites
+        if (
+            retire_after_days is not None
+            and missed is not None
+            and table != LOCATION_TABLE
+            and ours
+        ):
             missed_at = datetime.fromisoformat(missed)
             if now - missed_at >= timedelta(days=retire_after_days) and any(
                 row.get(k) != v for k, v in RETIRE_VALUES.items()
@@ -368,6 +386,11 @@ def _diff(
     if matched_by != SOURCE_ID_FIELD:
         changed[SOURCE_ID_FIELD] = record.source_id
         before[SOURCE_ID_FIELD] = row.get(SOURCE_ID_FIELD, "")
+    if record.table != LOCATION_TABLE and all(
+        as_str(row.get(k)) == v for k, v in RETIRE_VALUES.items()
+    ):  # retired once it went missing; the source lists it again: back in service
+        for fld, value in IN_SERVICE_VALUES.items():
+            changed[fld], before[fld] = value, as_str(row.get(fld))
     held_class = row.get("sys_class_name")
     class_change = (
         held_class
@@ -447,7 +470,7 @@ def read_fields(records: Sequence[Any]) -> tuple[set[str], set[str]]:
     """What to read of ``cmdb_ci`` and of ``cmn_location`` for these records (with the
     version fields the incremental snapshot compares)."""
     by_table = fields_by_table(records)
-    ci_fields = _BASE_FIELDS | set(IDENTIFICATION_ORDER)
+    ci_fields = _BASE_FIELDS | set(IDENTIFICATION_ORDER) | {"location"}  # where a CI is
     for table, flds in by_table.items():
         if table != LOCATION_TABLE:
             ci_fields |= flds

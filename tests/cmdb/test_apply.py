@@ -450,3 +450,31 @@ def test_the_limiter_hears_429s_the_client_retried_and_lets_go_after() -> None:
             assert report.status == "success", report.message
             assert limiter.cuts >= 1
             assert c._pipeline.throttle_listeners == []
+
+
+def test_a_retired_ci_the_source_lists_again_is_back_in_service(
+    client: ServiceNowAPIClient,
+) -> None:
+    """It had stayed Retired for good: nothing the transform writes names the status."""
+    from datetime import UTC, datetime, timedelta
+
+    full = estate(sites=1, devices=3, clients=0)
+    load(client, full)
+    gone = "dev:0:2"
+    without = TransformResult(
+        records=[r for r in full.records if r.source_id != gone],
+        relationships=[s for s in full.relationships if gone not in (s.parent_source_id,
+                                                                      s.child_source_id)],
+    )  # fmt: skip
+    long_ago = {gone: (datetime.now(UTC) - timedelta(days=30)).isoformat()}
+    _, report = engine(client, retire_after_days=7).sync(
+        without, progress=False, not_seen_since=long_ago
+    )
+    assert report.applied["retired"] == 1
+    assert by_source(client)[gone][0]["install_status"] == "7"
+    _, plan, report = load(client, full)
+    assert [i.action for i in plan.items if i.source_id == gone] == ["update"]
+    row = by_source(client)[gone][0]
+    assert (row["install_status"], row["operational_status"]) == ("1", "1")
+    _, plan, _ = load(client, full)  # and then it is simply in sync
+    assert not [i for i in plan.items if i.action == "update"]

@@ -128,6 +128,20 @@ def test_not_seen_ledger_keeps_the_first_miss_and_forgets_returning_cis() -> Non
     assert ledger.load() == {}
 
 
+def test_each_instance_has_its_own_not_seen_dates() -> None:
+    """One ledger for all: a load of one instance reset (or started) another's grace period."""
+    from snowkit.cmdb.job import NotSeenLedger
+    from snowkit.cmdb.plan import Plan, PlanItem
+
+    gone = PlanItem("dev:gone", "cmdb_ci_netgear", "not_seen", sys_id="G")
+    first = NotSeenLedger(instance="https://a.service-now.com")
+    first.update(Plan(items=[gone]))
+    second = NotSeenLedger(instance="https://b.service-now.com")
+    second.update(Plan(items=[]))
+    assert second.load() == {}
+    assert list(first.load()) == ["dev:gone"]
+
+
 def test_a_torn_audit_tail_is_recovered_by_the_next_load(sandbox: Sandbox, load_lab) -> None:
     from snowkit.ops.audit import verify_audit
 

@@ -153,18 +153,57 @@ def test_location_adopted_by_name() -> None:
     assert plan.items[0].values == {SOURCE_ID_FIELD: "site:1"}
 
 
-def test_not_seen_reported_and_retired_only_after_grace_period() -> None:
-    snap = CMDBSnapshot(rows={"dev:gone": row("G1", "dev:gone", sys_class_name="cmdb_ci_netgear")})
+SITE = Rec("cmn_location", "site:1", {"name": "HQ"})
+
+
+def gone(source_id: str, location: str = "L1", **values: str) -> dict[str, str]:
+    """A CI the CMDB holds at ``location`` (a sys_id) that the input no longer lists."""
+    return row("G" + source_id, source_id, sys_class_name="cmdb_ci_netgear", location=location,
+               **values)  # fmt: skip
+
+
+def retiring(snap: CMDBSnapshot, records: list, **kw: object) -> dict[str, str]:
     now = datetime(2026, 1, 10, tzinfo=UTC)
-    plan = build_plan([], snap, now=now)
-    assert plan.items[0].action == NOT_SEEN
+    missed = {sid: (now - timedelta(days=8)).isoformat() for sid in snap.rows}
+    plan = build_plan(records, snap, retire_after_days=7, not_seen_since=missed, now=now, **kw)
+    return {i.source_id: i.action for i in plan.items if i.source_id != "site:1"}
+
+
+def test_not_seen_reported_and_retired_only_after_grace_period() -> None:
+    site = row("L1", "site:1", sys_class_name="cmn_location", name="HQ")
+    snap = CMDBSnapshot(rows={"site:1": site, "dev:gone": gone("dev:gone")})
+    now = datetime(2026, 1, 10, tzinfo=UTC)
+    plan = build_plan([SITE], snap, now=now)
+    assert plan.items[-1].action == NOT_SEEN
     recent = {"dev:gone": (now - timedelta(days=1)).isoformat()}
-    plan = build_plan([], snap, retire_after_days=7, not_seen_since=recent, now=now)
-    assert plan.items[0].action == NOT_SEEN
+    plan = build_plan([SITE], snap, retire_after_days=7, not_seen_since=recent, now=now)
+    assert plan.items[-1].action == NOT_SEEN
     old = {"dev:gone": (now - timedelta(days=8)).isoformat()}
-    plan = build_plan([], snap, retire_after_days=7, not_seen_since=old, now=now)
-    assert plan.items[0].action == RETIRE
-    assert plan.items[0].values == {"operational_status": "6", "install_status": "7"}
+    plan = build_plan([SITE], snap, retire_after_days=7, not_seen_since=old, now=now)
+    assert plan.items[-1].action == RETIRE
+    assert plan.items[-1].values == {"operational_status": "6", "install_status": "7"}
+
+
+def test_only_a_ci_at_a_site_of_this_input_is_retired_and_never_one_still_listed() -> None:
+    """Another console's CIs (another site) had been retired by this console's load, and a
+    CI the source still lists but the transform quarantined had been retired as unseen."""
+    site = row("L1", "site:1", sys_class_name="cmn_location", name="HQ")
+    snap = CMDBSnapshot(rows={
+        "site:1": site, "dev:here": gone("dev:here"), "dev:elsewhere": gone("dev:elsewhere", "L9"),
+        "dev:nowhere": gone("dev:nowhere", ""), "dev:bad": gone("dev:bad"),
+    })  # fmt: skip
+    actions = retiring(snap, [SITE], present={"dev:bad"})
+    assert actions == {"dev:here": RETIRE, "dev:elsewhere": NOT_SEEN, "dev:nowhere": NOT_SEEN}
+
+
+def test_a_retired_ci_listed_again_is_back_in_service() -> None:
+    rec = Rec("cmdb_ci_ip_switch", "dev:aa", dict(SWITCH.values))
+    held = row("C1", "dev:aa", sys_class_name="cmdb_ci_ip_switch", operational_status="6",
+               install_status="7", **SWITCH.values)  # fmt: skip
+    [item] = build_plan([rec], CMDBSnapshot(rows={"dev:aa": held})).items
+    assert item.action == UPDATE
+    assert item.values == {"operational_status": "1", "install_status": "1"}
+    assert item.before == {"operational_status": "6", "install_status": "7"}
 
 
 def test_class_change_is_noted_not_written() -> None:
