@@ -295,6 +295,17 @@ def _index_candidates(
     return index
 
 
+def _spellings(fld: str, value: str) -> set[str]:
+    """The ways a CMDB may hold ``value``: a MAC with colons or dashes, lower or upper case,
+    as the candidates' query must name them all (the instance compares as written: a MAC held
+    as ``AA-BB-...`` had not been found, and the CI was created a second time)."""
+    if fld != "mac_address":
+        return {value}
+    plain = _norm(fld, value)
+    forms = {plain, plain.replace(":", "-")}
+    return forms | {f.upper() for f in forms} | {value}
+
+
 def _norm(fld: str, value: str | None) -> str:
     value = (value or "").strip()
     if fld == "mac_address":
@@ -345,11 +356,25 @@ def _identify(
         value = _norm(fld, record.values.get(fld))
         if not value:
             continue
-        matches = [r for r in index[fld].get(value, ()) if r["sys_id"] not in adopted]
+        matches = [
+            r
+            for r in index[fld].get(value, ())
+            if r["sys_id"] not in adopted and not _conflicts(record, r)
+        ]
         if len(matches) == 1:
             return matches[0], fld
         # several CIs share the value: ambiguous, try the next attribute (as the IRE would)
     return None, None
+
+
+def _conflicts(record: Any, row: Mapping[str, str]) -> bool:
+    """The row holds another serial number or MAC than the record: another device, whatever
+    else (a name) they share; adopting it had overwritten an unrelated CI."""
+    for fld in ("serial_number", "mac_address"):
+        mine, theirs = _norm(fld, record.values.get(fld)), _norm(fld, row.get(fld))
+        if mine and theirs and mine != theirs:
+            return True
+    return False
 
 
 def _diff(
@@ -642,7 +667,14 @@ def read_candidates(
     jobs: list[tuple[str, Any, set[str]]] = []
     if ci_unmatched and without_source_id(CI_TABLE):
         for fld in IDENTIFICATION_ORDER:
-            values = sorted({r.values[fld] for r in ci_unmatched if r.values.get(fld)})
+            values = sorted(
+                {
+                    v
+                    for r in ci_unmatched
+                    if r.values.get(fld)
+                    for v in _spellings(fld, r.values[fld])
+                }
+            )
             for chunk in _chunks(values, in_chunk):
                 query = _in_query(fld, chunk)
                 if query is not None:

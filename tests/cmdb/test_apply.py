@@ -478,3 +478,31 @@ def test_a_retired_ci_the_source_lists_again_is_back_in_service(
     assert (row["install_status"], row["operational_status"]) == ("1", "1")
     _, plan, _ = load(client, full)  # and then it is simply in sync
     assert not [i for i in plan.items if i.action == "update"]
+
+
+def test_adoption_takes_no_ci_of_another_device_and_finds_a_mac_however_written(
+    client: ServiceNowAPIClient,
+) -> None:
+    """A CI with the same name but another serial had been adopted and overwritten; a MAC
+    held as AA-BB-... or in upper case had not been found, and the CI was made twice."""
+    other = client.create(
+        "cmdb_ci_ip_switch",
+        {"name": "Core Switch", "serial_number": "OTHER-1", "mac_address": "00:11:22:33:44:55"},
+    )
+    dashed = client.create("cmdb_ci_hardware", {"name": "tv", "mac_address": "aa-bb-cc-00-00-02"})
+    upper = client.create("cmdb_ci_hardware", {"name": "pr", "mac_address": "AA:BB:CC:00:00:01"})
+    records = [
+        CMDBRecord("cmdb_ci_ip_switch", "dev:1", {"name": "Core Switch", "serial_number": "MINE-9",
+                   "mac_address": "aa:bb:cc:dd:ee:01"}, "switch"),
+        CMDBRecord("cmdb_ci_hardware", "cl:1", {"name": "HP", "mac_address": "aa:bb:cc:00:00:01"},
+                   "client"),
+        CMDBRecord("cmdb_ci_hardware", "cl:2", {"name": "LG", "mac_address": "aa:bb:cc:00:00:02"},
+                   "client"),
+    ]  # fmt: skip
+    _, plan, report = load(client, TransformResult(records=records))
+    assert report.status == "success", report.message
+    matched = {i.source_id: (i.action, i.sys_id) for i in plan.items}
+    assert matched["dev:1"][0] == "create"
+    assert client.get("cmdb_ci", other["sys_id"])["serial_number"] == "OTHER-1"
+    assert matched["cl:1"] == ("update", upper["sys_id"])
+    assert matched["cl:2"] == ("update", dashed["sys_id"])
