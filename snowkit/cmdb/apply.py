@@ -50,6 +50,7 @@ from snowkit.cmdb.plan import (
     CREATE,
     LOCATION_TABLE,
     NO_CHANGE,
+    RETIRE,
     SOURCE_ID_FIELD,
     UPDATE,
     Plan,
@@ -572,7 +573,8 @@ class SyncEngine:
         return report
 
     def _apply_in_phases(self, plan: Plan, report: RunReport, progress: bool | None) -> None:
-        """IRE mode: locations through the Table API, CIs through IRE, phase by phase (the
+        """IRE mode: locations and retires through the Table API, CIs through IRE, phase by
+        phase (the
         IRE answer names the CI it matched, so each phase needs the previous one's sys_ids),
         then the relationships."""
         ire = IRELoader(self.client, self.ledger, plan.relationships)
@@ -580,9 +582,11 @@ class SyncEngine:
         for index, phase in enumerate(dependency_phases(plan.writes)):
             desc = f"phase {index + 1}"
             self.logger.event("sync_phase", phase=index + 1, records=len(phase))
-            locations = [i for i in phase if i.table == LOCATION_TABLE]
-            cis = [i for i in phase if i.table != LOCATION_TABLE]
-            self.runner.run([self._op_for(i) for i in locations], desc, progress)
+            # locations, and retires (a PATCH of two fields by sys_id: IRE cannot identify a
+            # CI from them, and refused every retire of one it had not loaded)
+            direct = [i for i in phase if i.table == LOCATION_TABLE or i.action == RETIRE]
+            cis = [i for i in phase if i.table != LOCATION_TABLE and i.action != RETIRE]
+            self.runner.run([self._op_for(i) for i in direct], desc, progress)
             ops = [ire.prepare(self._op_for(i), plan.records.get(i.source_id)) for i in cis]
             self.runner.run(ops, desc + " (IRE)", progress, runner=ire.run_chunk)
         report.timings["apply_records"] = round(self._clock() - t0, 3)

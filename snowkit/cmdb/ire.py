@@ -32,7 +32,7 @@ from typing import Any
 
 from snowkit.cmdb.ledger import RunLedger
 from snowkit.cmdb.outbox import is_unreachable_error
-from snowkit.cmdb.plan import CI_TABLE, CREATE, SOURCE_ID_FIELD, UPDATE
+from snowkit.cmdb.plan import CI_TABLE, CREATE, RETIRE, SOURCE_ID_FIELD, UPDATE
 from snowkit.cmdb.writes import (
     WriteOp,
     describe,
@@ -153,6 +153,11 @@ def relation_operations(result: Mapping[str, Any]) -> dict[str, int]:
     return counts
 
 
+#: Where IRE loads a CI whose class table is missing: the nearest class with an
+#: identification rule (the Hardware rule; ``cmdb_ci`` itself has none).
+HARDWARE_CLASS = "cmdb_ci_hardware"
+
+
 class IRELoader:
     """Sends chunks of CI writes through ``identify_reconcile`` and books the outcomes in the
     ledger (a ``BatchRunner`` chunk runner)."""
@@ -172,6 +177,8 @@ class IRELoader:
         full.update(op.body)
         full.pop(SOURCE_ID_FIELD, None)
         intended = op.item.table if op.item is not None else op.table
+        if op.class_name:  # the class table is missing (the Table API falls back to cmdb_ci):
+            intended = HARDWARE_CLASS  # the nearest class IRE identifies (cmdb_ci has no rule)
         op.values, op.extra, op.class_name = full, {}, intended
         return op
 
@@ -236,7 +243,8 @@ class IRELoader:
                     if op.source_id and outcome.sys_id:
                         ledger.sys_ids[op.source_id] = outcome.sys_id
                 continue
-            op.action = CREATE if inserted else UPDATE
+            if op.action != RETIRE:  # a retire that landed is a retire, not an update
+                op.action = CREATE if inserted else UPDATE
             op.extra[SOURCE_ID_FIELD] = op.source_id or ""
             ledger.succeed(op, outcome.sys_id)
         for name, n in relation_operations(result).items():

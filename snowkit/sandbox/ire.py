@@ -106,7 +106,9 @@ def _reconcile_item(store: Store, item: Any, index: int, commit: bool, user: str
     schema = store.schema()
     if not class_name:
         return _fail(result, "NO_CLASS_NAME_FOR_INDEPENDENT_CI", f"Item {index} has no className")
-    if not schema.has_table(class_name):
+    if not schema.has_table(class_name) or not store.table_exists(class_name):
+        # a class whose plugin is not installed: refused per item, before anything is written
+        # (answered 500 after part of the payload was committed)
         return _fail(result, "INVALID_INPUT_DATA", f"Invalid className '{class_name}'")
     if not schema.is_instance_of(class_name, HARDWARE):
         return _fail(

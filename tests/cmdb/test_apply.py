@@ -506,3 +506,36 @@ def test_adoption_takes_no_ci_of_another_device_and_finds_a_mac_however_written(
     assert client.get("cmdb_ci", other["sys_id"])["serial_number"] == "OTHER-1"
     assert matched["cl:1"] == ("update", upper["sys_id"])
     assert matched["cl:2"] == ("update", dashed["sys_id"])
+
+
+def test_ire_mode_loads_a_ci_whose_class_table_is_missing_and_retires_by_table_api(
+    sandbox: Sandbox, client: ServiceNowAPIClient
+) -> None:
+    """IRE had been sent the missing class (the instance failed the chunk after writing part
+    of it, every run); a retire went through IRE, which cannot identify a CI from two status
+    fields, and one that landed was counted as an update."""
+    from datetime import UTC, datetime, timedelta
+
+    sandbox.set_faults({"missing_tables": ["cmdb_ci_wap_network"]})
+    full = estate(sites=1, devices=3, clients=0)
+    _, _, report = load(client, full, ire=True, batch_size=50)
+    assert report.status == "success", report.message
+    assert {r["sys_class_name"] for r in client.query("cmdb_ci", f"{SID}ISNOTEMPTY")} == {
+        "cmdb_ci_ip_switch",
+        "cmdb_ci_hardware",
+    }  # the access points: the nearest class IRE identifies
+    _, plan, report = load(client, full, ire=True, batch_size=50)
+    assert report.status == "success" and not [i for i in plan.items if i.action != "no_change"]
+    gone = "dev:0:2"
+    without = TransformResult(
+        records=[r for r in full.records if r.source_id != gone],
+        relationships=[s for s in full.relationships if gone not in (s.parent_source_id,
+                                                                      s.child_source_id)],
+    )  # fmt: skip
+    long_ago = {gone: (datetime.now(UTC) - timedelta(days=30)).isoformat()}
+    _, report = engine(client, ire=True, retire_after_days=7).sync(
+        without, progress=False, not_seen_since=long_ago
+    )
+    assert report.status == "success", report.message
+    assert (report.applied["retired"], report.applied["updated"]) == (1, 0)
+    assert by_source(client)[gone][0]["install_status"] == "7"
