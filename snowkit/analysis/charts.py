@@ -154,7 +154,10 @@ def _steps(ax: Axes, binned: pd.DataFrame, column: str, width: pd.Timedelta, **s
     x = [*binned.index, binned.index[-1] + width]
     y = [*binned[column], binned[column].iloc[-1]]
     ax.step(x, y, where="post", **style)
-    ax.set_ylim(bottom=0)  # counts: a scale from zero, or small changes look dramatic
+    # counts: a scale from zero, or small changes look dramatic; the top fits every line
+    # drawn so far (fixed at the first line's maximum, a taller second one ran off the chart)
+    ax.autoscale(enable=True, axis="y")
+    ax.set_ylim(bottom=0)
 
 
 def throughput_chart(

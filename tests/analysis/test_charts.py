@@ -159,3 +159,14 @@ def test_charts_from_a_real_metrics_collector() -> None:
     for chart in (latency_percentiles_chart, throughput_chart):
         fig = chart(samples)
         assert _drawn(fig) > 0 and _png(fig).startswith(PNG)
+
+
+def test_every_line_of_a_counts_chart_fits_its_axis() -> None:
+    """The axis had been fixed at the first line's maximum: more failures than successes
+    in a bin were drawn off the chart."""
+    times = pd.date_range("2026-01-01", periods=24, freq="1s", tz="UTC")
+    frame = pd.DataFrame({"timestamp": times, "ok": [True] * 4 + [False] * 20})
+    fig = throughput_chart(frame, freq="10s")
+    ax = fig.axes[0]
+    tallest = max(max(line.get_ydata()) for line in ax.get_lines())
+    assert tallest > 4 and ax.get_ylim()[1] >= tallest and ax.get_ylim()[0] == 0
