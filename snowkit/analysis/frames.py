@@ -223,11 +223,15 @@ def run_report_frame(report: PathLike | Mapping[str, Any]) -> pd.DataFrame:
     return frame
 
 
-def run_reports_frame(runs_dir: PathLike) -> pd.DataFrame:
-    """Every ``<runs_dir>/<run_id>/report.json`` stacked, oldest run first."""
+def run_reports_frame(runs_dir: PathLike, *, dry_runs: bool = True) -> pd.DataFrame:
+    """Every ``<runs_dir>/<run_id>/report.json`` stacked, oldest run first. ``dry_runs``
+    False leaves out plans that wrote nothing (the load notebook makes one before every
+    apply: counted, they doubled the attempted writes of a success rate)."""
     reports = sorted(Path(runs_dir).glob("*/report.json"))
     frames = [run_report_frame(p) for p in reports]
-    frames = [f for f in frames if not f.empty]
+    frames = [
+        f for f in frames if not f.empty and (dry_runs or not f.attrs["report"].get("dry_run"))
+    ]
     if not frames:
         return run_report_frame({})
     frame = pd.concat(frames, ignore_index=True).sort_values(

@@ -114,11 +114,13 @@ class RunReport:
 
     @property
     def success_rate(self) -> float:
-        """Share of attempted writes that landed (1.0 when nothing needed writing)."""
-        attempted = sum(self.applied.get(k, 0) for k in ("created", "updated", "retired"))
-        failed = self.applied.get("failed", 0)
-        total = attempted + failed
-        return 1.0 if total == 0 else attempted / total
+        """Share of the writes a run set out to make that landed (1.0 when nothing needed
+        writing). A write queued in the outbox has not landed: a run that queued half its
+        writes had shown 100 %."""
+        landed = sum(self.applied.get(k, 0) for k in ("created", "updated", "retired"))
+        missed = self.applied.get("failed", 0) + self.applied.get("queued", 0)
+        total = landed + missed
+        return 1.0 if total == 0 else landed / total
 
     def finish(self, status: str | None = None, *, clock_s: float | None = None) -> None:
         """Stamp the end time and (optionally) the final status."""
@@ -139,7 +141,8 @@ class RunReport:
         data = asdict(self)
         data["relationships"] = self.relationships.to_dict()
         data["totals"] = self.action_totals()
-        data["success_rate"] = round(self.success_rate, 4)
+        # a dry run set out to write nothing: no rate (it had read as 100 %)
+        data["success_rate"] = None if self.dry_run else round(self.success_rate, 4)
 
         return redact(data)
 

@@ -105,10 +105,10 @@ class History:
         return audit_frame(self.audit_path)
 
     def reports(self) -> pd.DataFrame:
-        """Every load's counts (``run_reports_frame``), oldest run first."""
+        """Every load's counts (``run_reports_frame``), oldest run first; dry runs left out."""
         from snowkit.analysis import run_reports_frame
 
-        return run_reports_frame(self.runs_dir)
+        return run_reports_frame(self.runs_dir, dry_runs=False)
 
     def latest_report(self) -> dict[str, Any]:
         """The newest ``report.json`` as a dict (empty without runs)."""

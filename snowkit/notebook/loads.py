@@ -32,7 +32,7 @@ def summary_frame(report: RunReport | Mapping[str, Any]) -> pd.DataFrame:
         ("duration (s)", data.get("duration_s")),
         ("planned", ", ".join(f"{k} {v}" for k, v in totals.items() if v) or "nothing"),
         ("written", ", ".join(f"{k} {v}" for k, v in applied.items() if v) or "nothing"),
-        ("success rate", f"{100 * float(data.get('success_rate', 1.0)):.1f} %"),
+        ("success rate", _rate(data)),
         ("relationships linked", f"{rel.get('created', 0)} new, {rel.get('existing', 0)} kept"),
         ("relationship orphans", rel.get("orphans", 0)),
         ("requests", requests.get("total", 0)),
@@ -106,3 +106,8 @@ def raise_for_status(report: RunReport | Mapping[str, Any]) -> None:
             f"load {data.get('run_id')} {status}: {data.get('message') or 'see the run report'}"
             f" ({(data.get('paths') or {}).get('report', 'report.json')})"
         )
+
+
+def _rate(report: dict[str, Any]) -> str:
+    rate = report.get("success_rate", 1.0)
+    return "— (a dry run writes nothing)" if rate is None else f"{100 * float(rate):.1f} %"

@@ -192,3 +192,27 @@ def test_a_client_that_cannot_be_built_is_a_failed_health_check_not_a_crash() ->
     assert checks["servicenow"].status.health_json == "fail"
     assert "plain http" in checks["servicenow"].message
     assert "system" in checks and "credentials" in checks
+
+
+def test_a_queued_run_is_no_success_and_a_dry_run_has_no_rate() -> None:
+    """A run that queued half its writes had shown 100 %, and so had a dry run."""
+    from snowkit.cmdb.report import RunReport
+
+    queued = RunReport(run_id="q", status="queued", applied={"created": 29, "queued": 15})
+    assert queued.to_dict()["success_rate"] == round(29 / 44, 4)
+    dry = RunReport(run_id="d", status="dry_run", dry_run=True)
+    assert dry.to_dict()["success_rate"] is None
+    summary = dict(nbk.summary_frame(dry.to_dict()).itertuples(index=False))
+    assert summary["success rate"].startswith("—")
+
+
+def test_the_history_leaves_dry_runs_out_of_the_write_counts(tmp_path: Path) -> None:
+    from snowkit.analysis import run_reports_frame
+
+    for run_id, dry in (("1-plan", True), ("2-apply", False)):
+        (tmp_path / run_id).mkdir()
+        report = {"run_id": run_id, "dry_run": dry, "started": f"2026-01-01T00:00:0{run_id[0]}",
+                  "counts": {"cmdb_ci_hardware": {"create": 8}}}  # fmt: skip
+        (tmp_path / run_id / "report.json").write_text(json.dumps(report))
+    assert run_reports_frame(tmp_path)["count"].sum() == 16
+    assert list(run_reports_frame(tmp_path, dry_runs=False)["run_id"]) == ["2-apply"]
