@@ -8,6 +8,7 @@ mid-run) is still listed, with status ``incomplete``.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +73,28 @@ def list_runs(
     stem = Path(notebook).stem if notebook else "*"
     run_dirs = [p for p in base.glob(f"{stem}/*/*") if p.is_dir()]
     entries = [_entry(p) for p in run_dirs]
-    # run ids start with a UTC timestamp, so (date, started_at, run_id) orders by time
-    entries.sort(key=lambda e: (e.date, e.started_at or "", e.run_id), reverse=True)
+    entries.sort(key=_started, reverse=True)
     return entries[:limit] if limit else entries
+
+
+def _started(entry: RunEntry) -> str:
+    """When a run started, as a sortable UTC string: ``started_at``, else the timestamp its
+    run id starts with (a run still going, or killed, has no run.json: it had sorted as the
+    oldest of its day), else its folder's date."""
+    if entry.started_at:
+        try:
+            moment = datetime.fromisoformat(entry.started_at)
+        except ValueError:
+            moment = None
+        if moment is not None:
+            if moment.tzinfo is not None:
+                moment = moment.astimezone(UTC)
+            return moment.strftime("%Y-%m-%dT%H:%M:%S")
+    try:
+        stamp = datetime.strptime(entry.run_id[:16], "%Y%m%dT%H%M%SZ")
+    except ValueError:
+        return f"{entry.date}T00:00:00"
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S")
 
 
 __all__ = ["RunEntry", "list_runs"]

@@ -197,9 +197,13 @@ def _check_declared(params: Mapping[str, Any], source: Path) -> None:
                 f"(`papermill --help-notebook {source.name}` explains each)"
             )
         wanted = _TYPES.get(str(declared[name].get("inferred_type_name")))
-        if value is None or wanted is None:
+        if wanted is None or (value is None and declared[name].get("default") == "None"):
             continue
-        if (isinstance(value, bool) and bool not in wanted) or not isinstance(value, wanted):
+        if (
+            value is None
+            or (isinstance(value, bool) and bool not in wanted)
+            or not isinstance(value, wanted)
+        ):
             kind = declared[name]["inferred_type_name"]
             raise RunUsageError(
                 f"parameter {name!r} of {source.name} takes {kind} "

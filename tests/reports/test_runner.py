@@ -348,3 +348,29 @@ def test_parameters_the_notebook_does_not_declare_or_type_are_usage_errors(
     assert main(["run", str(notebook), "--reports-dir", str(reports), *argv_tail]) == EXIT_USAGE
     assert message in capsys.readouterr().err
     assert not reports.exists()
+
+
+def test_a_run_without_run_json_sorts_by_its_run_id_not_last(tmp_path: Path) -> None:
+    """A run still going (or killed) has no run.json: it had been listed as the oldest."""
+    day = tmp_path / "load" / "2026-03-01"
+    for run_id, started in (("20260301T090000Z-aaaaaa", "2026-03-01T09:00:00+00:00"),
+                            ("20260301T100000Z-bbbbbb", "2026-03-01T10:00:00+00:00")):  # fmt: skip
+        (day / run_id).mkdir(parents=True)
+        (day / run_id / "run.json").write_text(json.dumps(
+            {"notebook": "load", "run_id": run_id, "status": "ok", "started_at": started}
+        ))  # fmt: skip
+    (day / "20260301T110000Z-cccccc").mkdir()  # under way: no run.json yet
+    assert [e.run_id[:15] for e in list_runs(tmp_path)] == [
+        "20260301T110000",
+        "20260301T100000",
+        "20260301T090000",
+    ]
+
+
+def test_none_is_refused_for_a_parameter_whose_default_is_not_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    notebook = Path(__file__).parents[2] / "notebooks" / "load.ipynb"
+    argv = ["run", str(notebook), "--reports-dir", str(tmp_path / "r"), "-p", "lab_sites", "None"]
+    assert main(argv) == EXIT_USAGE
+    assert "takes int" in capsys.readouterr().err
