@@ -304,14 +304,21 @@ def breaker_timeline_chart(logs: pd.DataFrame, *, ax: Axes | None = None) -> Fig
     names = (
         changes["breaker"] if "breaker" in changes.columns else pd.Series("breaker", changes.index)
     )
-    for name, group in changes.assign(breaker=names.fillna("breaker")).groupby("breaker"):
+    runs = changes["run_id"] if "run_id" in changes.columns else pd.Series("", changes.index)
+    changes = changes.assign(breaker=names.fillna("breaker"), run_id=runs.fillna(""))
+    colors: dict[str, Any] = {}
+    # each run's breaker is its own: one segment per run, starting from its first ``old``
+    # (merged, a run that began closed had shown the previous run's open breaker)
+    for (name, _run), group in changes.groupby(["breaker", "run_id"], sort=False):
         group = group.sort_values("timestamp")
         levels = group["new"].astype(str).str.lower().map(BREAKER_LEVELS)
         first_old = str(group["old"].iloc[0]).lower() if "old" in group.columns else "closed"
         stamps = _naive_utc(group["timestamp"])
         times = [stamps[0], *stamps]
         values = [BREAKER_LEVELS.get(first_old, 0), *levels.fillna(0)]
-        ax.step(times, values, where="post", label=str(name))
+        style = {"color": colors[name]} if name in colors else {"label": str(name)}
+        (line,) = ax.step(times, values, where="post", **style)
+        colors.setdefault(name, line.get_color())
     ax.set_yticks(list(BREAKER_LEVELS.values()), ["closed", "half-open", "open"])
     ax.set_ylim(-0.3, 2.3)
     ax.set_title(title)

@@ -170,3 +170,21 @@ def test_every_line_of_a_counts_chart_fits_its_axis() -> None:
     ax = fig.axes[0]
     tallest = max(max(line.get_ydata()) for line in ax.get_lines())
     assert tallest > 4 and ax.get_ylim()[1] >= tallest and ax.get_ylim()[0] == 0
+
+
+def test_each_runs_breaker_starts_from_its_own_state() -> None:
+    """Merged across runs, a run whose breaker began closed showed the previous run's open."""
+    times = pd.to_datetime(
+        ["2026-01-01T09:19:32Z", "2026-01-01T09:19:35Z", "2026-01-01T09:19:36Z"], utc=True
+    )
+    logs = pd.DataFrame({
+        "timestamp": times, "event": "breaker_state_change", "breaker": "servicenow",
+        "run_id": ["a", "b", "b"], "old": ["closed", "closed", "open"],
+        "new": ["open", "open", "half_open"],
+    })  # fmt: skip
+    fig = breaker_timeline_chart(logs)
+    lines = fig.axes[0].get_lines()
+    assert len(lines) == 2  # one per run
+    assert list(lines[1].get_ydata())[:2] == [0, 2]  # run b: closed, then open
+    assert len({line.get_color() for line in lines}) == 1  # one breaker, one colour
+    assert len(fig.axes[0].get_legend().get_texts()) == 1
