@@ -452,21 +452,26 @@ def test_the_limiter_hears_429s_the_client_retried_and_lets_go_after() -> None:
             assert c._pipeline.throttle_listeners == []
 
 
+def missing_for_a_month(full: TransformResult, gone: str) -> tuple[TransformResult, dict[str, str]]:
+    """``full`` without record ``gone`` and its links, and the ledger's date of its first miss."""
+    from datetime import UTC, datetime, timedelta
+
+    ends = lambda s: (s.parent_source_id, s.child_source_id)  # noqa: E731
+    without = TransformResult(
+        records=[r for r in full.records if r.source_id != gone],
+        relationships=[s for s in full.relationships if gone not in ends(s)],
+    )
+    return without, {gone: (datetime.now(UTC) - timedelta(days=30)).isoformat()}
+
+
 def test_a_retired_ci_the_source_lists_again_is_back_in_service(
     client: ServiceNowAPIClient,
 ) -> None:
     """It had stayed Retired for good: nothing the transform writes names the status."""
-    from datetime import UTC, datetime, timedelta
-
     full = estate(sites=1, devices=3, clients=0)
     load(client, full)
     gone = "dev:0:2"
-    without = TransformResult(
-        records=[r for r in full.records if r.source_id != gone],
-        relationships=[s for s in full.relationships if gone not in (s.parent_source_id,
-                                                                      s.child_source_id)],
-    )  # fmt: skip
-    long_ago = {gone: (datetime.now(UTC) - timedelta(days=30)).isoformat()}
+    without, long_ago = missing_for_a_month(full, gone)
     _, report = engine(client, retire_after_days=7).sync(
         without, progress=False, not_seen_since=long_ago
     )
@@ -514,8 +519,6 @@ def test_ire_mode_loads_a_ci_whose_class_table_is_missing_and_retires_by_table_a
     """IRE had been sent the missing class (the instance failed the chunk after writing part
     of it, every run); a retire went through IRE, which cannot identify a CI from two status
     fields, and one that landed was counted as an update."""
-    from datetime import UTC, datetime, timedelta
-
     sandbox.set_faults({"missing_tables": ["cmdb_ci_wap_network"]})
     full = estate(sites=1, devices=3, clients=0)
     _, _, report = load(client, full, ire=True, batch_size=50)
@@ -527,12 +530,7 @@ def test_ire_mode_loads_a_ci_whose_class_table_is_missing_and_retires_by_table_a
     _, plan, report = load(client, full, ire=True, batch_size=50)
     assert report.status == "success" and not [i for i in plan.items if i.action != "no_change"]
     gone = "dev:0:2"
-    without = TransformResult(
-        records=[r for r in full.records if r.source_id != gone],
-        relationships=[s for s in full.relationships if gone not in (s.parent_source_id,
-                                                                      s.child_source_id)],
-    )  # fmt: skip
-    long_ago = {gone: (datetime.now(UTC) - timedelta(days=30)).isoformat()}
+    without, long_ago = missing_for_a_month(full, gone)
     _, report = engine(client, ire=True, retire_after_days=7).sync(
         without, progress=False, not_seen_since=long_ago
     )
