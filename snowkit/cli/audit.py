@@ -34,6 +34,7 @@ from snowkit.ops.audit import (
     load_audit_key,
     read_audit,
     verify_audit,
+    writer_active,
 )
 
 EXIT_OK = 0
@@ -142,6 +143,14 @@ def run_verify(args: argparse.Namespace) -> int:
             for warning in result.warnings:
                 print(f"warning: {warning}", file=sys.stderr)
         return EXIT_OK
+    if writer_active(path):  # a false alarm had said "truncated" during an open batch
+        print(
+            f"{path}: cannot verify now: a process is writing the trail (a load?), and what "
+            f"was read may be a moment of its write ({result.problem}), not tampering; run "
+            "`snowkit audit verify` again once it has finished",
+            file=sys.stderr,
+        )
+        return EXIT_CANNOT_VERIFY
     if not args.json:
         print(f"{path}: {result.message}", file=sys.stderr)
     if result.problem == "missing":

@@ -771,6 +771,23 @@ class _WriterLock:
                     os.close(self._fd)  # closing the descriptor drops the flock
 
 
+def writer_active(path: str | os.PathLike[str]) -> bool:
+    """Is a writer holding the trail at ``path`` right now (this process or another)? A
+    verification run meanwhile can see a moment of the write (an open batch, a rotation)."""
+    target = Path(path)
+    if target.resolve() in _WriterLock._held:
+        return True
+    try:
+        fd = _flock(target.with_name(target.name + ".lock"))
+    except AuditError:
+        return True
+    except OSError:
+        return False
+    if fd is not None:
+        os.close(fd)
+    return False
+
+
 def _flock(lock_path: Path) -> int | None:
     """Take an exclusive non-blocking lock on ``lock_path``; None where flock is unavailable."""
     try:

@@ -253,3 +253,18 @@ def test_require_anchor_turns_a_missing_anchor_into_exit_4(
     capsys.readouterr()
     assert _verify(trail, key_file, "--require-anchor") == 4
     assert "cannot rule out truncation" in capsys.readouterr().err
+
+
+def test_a_verify_while_a_writer_is_mid_batch_is_no_tampering_alarm(
+    trail: Path, key_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Run during an open batch, it had said 'truncated' (exit 1: tampered)."""
+    writer = AuditTrail(trail, key=KEY.encode(), checkpoint_every=5, fsync=False)
+    try:
+        with writer.batch():
+            writer.record("create", "cmdb_ci", "f" * 32, run_id="run-c")
+            assert _verify(trail, key_file) == 4
+            assert "a process is writing the trail" in capsys.readouterr().err
+    finally:
+        writer.close()
+    assert _verify(trail, key_file) == 0
