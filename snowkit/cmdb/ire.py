@@ -243,6 +243,12 @@ class IRELoader:
                     if op.source_id and outcome.sys_id:
                         ledger.sys_ids[op.source_id] = outcome.sys_id
                 continue
+            if op.sys_id and outcome.sys_id and outcome.sys_id != op.sys_id:
+                # IRE took an older duplicate for the CI carrying this source id: both now
+                # carry it; the write landed there (audited as it is), the duplicate is said
+                with ledger.lock:
+                    ledger.other_ci_matched.append(op.source_id or outcome.sys_id)
+                    ledger.state_doubt = "IRE matched another CI than the one remembered"
             if op.action != RETIRE:  # a retire that landed is a retire, not an update
                 op.action = CREATE if inserted else UPDATE
             op.extra[SOURCE_ID_FIELD] = op.source_id or ""

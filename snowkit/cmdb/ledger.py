@@ -85,6 +85,8 @@ class RunLedger:
         self.state_doubt: str | None = None
         #: creates the instance stored under another sys_id than the one chosen for them
         self.ids_not_kept = 0
+        #: source ids IRE matched to another CI than the one carrying them (duplicates)
+        self.other_ci_matched: list[str] = []
         self.first_stamp: str | None = None
         #: (table, source id) -> every write of the record was answered with the record
         #: holding exactly what was sent
@@ -419,6 +421,13 @@ class RunLedger:
         report.ire = ire
         report.ire_operations = dict(self.ire_ops)
         report.fallbacks.update(self.fallbacks)
+        if self.other_ci_matched:
+            shown = ", ".join(self.other_ci_matched[:5])
+            report.warnings.append(
+                f"IRE matched {len(self.other_ci_matched)} record(s) to another CI than the one "
+                f"carrying their source id ({shown}): the CMDB holds duplicates of these "
+                "devices; merge them (the next run reads the CMDB in full)"
+            )
         if self.ids_not_kept:
             report.warnings.append(
                 f"the instance stored {self.ids_not_kept} record(s) under another sys_id than "

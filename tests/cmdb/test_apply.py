@@ -537,3 +537,18 @@ def test_ire_mode_loads_a_ci_whose_class_table_is_missing_and_retires_by_table_a
     assert report.status == "success", report.message
     assert (report.applied["retired"], report.applied["updated"]) == (1, 0)
     assert by_source(client)[gone][0]["install_status"] == "7"
+
+
+def test_ire_matching_another_ci_than_the_remembered_one_is_said(
+    client: ServiceNowAPIClient,
+) -> None:
+    """IRE took an older duplicate (same serial) for the CI carrying our source id: both then
+    carried it, and the run said success without a word."""
+    client.create("cmdb_ci_ip_switch", {"name": "old-dup-1", "serial_number": "DUP"})
+    client.create("cmdb_ci_ip_switch", {"name": "old-dup-2", "serial_number": "DUP"})
+    values = {"name": "core", "serial_number": "DUP", "mac_address": "aa:00:00:00:04:01"}
+    record = CMDBRecord("cmdb_ci_ip_switch", "dev:x", {**values, "ip_address": "10.0.0.1"}, "sw")
+    load(client, TransformResult(records=[record]))  # the serial is ambiguous: its own CI
+    changed = CMDBRecord("cmdb_ci_ip_switch", "dev:x", {**values, "ip_address": "10.0.0.2"}, "sw")
+    _, _, report = load(client, TransformResult(records=[changed]), ire=True)
+    assert any("IRE matched 1 record(s) to another CI" in w for w in report.warnings)
