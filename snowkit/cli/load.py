@@ -481,14 +481,15 @@ def _outbox_replay(args: argparse.Namespace) -> int:
     from snowkit.cmdb.schema import SchemaNotReadyError
     from snowkit.ops.errors import ConfigurationError
 
-    try:
-        load_config(args.config_file, args.environment)  # checked even with nothing to send
-    except ConfigurationError as exc:
-        return _config_refused("outbox replay", args, exc)
     with Outbox() as everything, IntentJournal() as intents:
-        if not everything.count() and not intents.count():
-            print("the outbox is empty")
-            return EXIT_OK
+        nothing_to_send = not everything.count() and not intents.count()
+    if nothing_to_send:
+        try:  # checked even then (with something to send, `_client` loads it)
+            load_config(args.config_file, args.environment)
+        except ConfigurationError as exc:
+            return _config_refused("outbox replay", args, exc)
+        print("the outbox is empty")
+        return EXIT_OK
     try:
         with (
             _client(args, writes_records=True) as target,
@@ -510,7 +511,7 @@ def _outbox_replay(args: argparse.Namespace) -> int:
     if found.total:
         _err(found.message())
     for key, n in elsewhere.items():
-        named = "embedded" if key.startswith("embedded:") else key
+        named = _as_instance_argument(key)
         _err(
             f"{n} write(s) queued for {named} stay queued: replay them with "
             f"`snowkit outbox replay --instance {named}`"
@@ -558,6 +559,11 @@ def _replay_checked(
     return found, outbox.replay(client, audit=audit, intents=intents)
 
 
+def _as_instance_argument(key: str) -> str:
+    """An instance key (``job.instance_key``) as ``--instance`` takes it."""
+    return "embedded" if key.startswith("embedded:") else key
+
+
 def _instance_of_run(run_id: str) -> str | None:
     """The instance key a run's report names (None: no report, or one from before reports
     named it)."""
@@ -591,7 +597,7 @@ def _rollback(args: argparse.Namespace) -> int:
             client = target.client
             loaded = _instance_of_run(args.run_id)
             if loaded is not None and loaded != target.key:
-                named = "embedded" if loaded.startswith("embedded:") else loaded
+                named = _as_instance_argument(loaded)
                 _err(
                     f"run {args.run_id} loaded {named}, not {target.shown}: rollback not "
                     f"started; run `snowkit rollback {args.run_id} --instance {named}`"

@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from snowkit.cmdb.classes import HARDWARE
 from snowkit.cmdb.ledger import RunLedger
 from snowkit.cmdb.outbox import is_unreachable_error
 from snowkit.cmdb.plan import CI_TABLE, CREATE, RETIRE, SOURCE_ID_FIELD, UPDATE
@@ -153,11 +154,6 @@ def relation_operations(result: Mapping[str, Any]) -> dict[str, int]:
     return counts
 
 
-#: Where IRE loads a CI whose class table is missing: the nearest class with an
-#: identification rule (the Hardware rule; ``cmdb_ci`` itself has none).
-HARDWARE_CLASS = "cmdb_ci_hardware"
-
-
 class IRELoader:
     """Sends chunks of CI writes through ``identify_reconcile`` and books the outcomes in the
     ledger (a ``BatchRunner`` chunk runner)."""
@@ -178,7 +174,8 @@ class IRELoader:
         full.pop(SOURCE_ID_FIELD, None)
         intended = op.item.table if op.item is not None else op.table
         if op.class_name:  # the class table is missing (the Table API falls back to cmdb_ci):
-            intended = HARDWARE_CLASS  # the nearest class IRE identifies (cmdb_ci has no rule)
+            # the nearest class with an identification rule (the Hardware rule: cmdb_ci has none)
+            intended = HARDWARE
         op.values, op.extra, op.class_name = full, {}, intended
         return op
 

@@ -30,6 +30,14 @@ def heal_on_first_sleep(sb: Sandbox, fake_sleep: FakeSleep) -> None:
     fake_sleep.hook = lambda n: sb.set_faults(None) if n == 1 else None
 
 
+def throttled_once(sb: Sandbox, fake_sleep: FakeSleep, *, requests: int) -> CredentialManager:
+    """Rate-limit ``sb`` to ``requests`` a minute until the first back-off sleep; returns
+    admin credentials for it."""
+    sb.set_faults({"rate_limit": {"requests": requests, "window_seconds": 60}})
+    heal_on_first_sleep(sb, fake_sleep)
+    return CredentialManager.static(basic=("admin", sb.users["admin"]))
+
+
 def test_server_errors_on_reads_are_retried_and_recovered(
     sb: Sandbox, client: ServiceNowAPIClient, fake_sleep: FakeSleep
 ) -> None:
@@ -83,9 +91,7 @@ def test_429_waits_exactly_what_retry_after_says(
     fixed_clock_sandbox: Sandbox, fake_sleep: FakeSleep
 ) -> None:
     sb = fixed_clock_sandbox
-    sb.set_faults({"rate_limit": {"requests": 2, "window_seconds": 60}})
-    heal_on_first_sleep(sb, fake_sleep)
-    creds = CredentialManager.static(basic=("admin", sb.users["admin"]))
+    creds = throttled_once(sb, fake_sleep, requests=2)
     with ServiceNowAPIClient(sb.url, creds, sleep=fake_sleep) as c:
         for _ in range(2):
             c.count("incident")
@@ -102,9 +108,7 @@ def test_a_429_reaches_throttle_listeners_before_the_retry_waits(
     # The client retries a 429 itself, so a bulk caller only sees the final success: an
     # adaptive limiter must hear of the throttle when it happens, not a latency spike later.
     sb = fixed_clock_sandbox
-    sb.set_faults({"rate_limit": {"requests": 1, "window_seconds": 60}})
-    heal_on_first_sleep(sb, fake_sleep)
-    creds = CredentialManager.static(basic=("admin", sb.users["admin"]))
+    creds = throttled_once(sb, fake_sleep, requests=1)
     heard: list[tuple[float | None, int]] = []
     with ServiceNowAPIClient(sb.url, creds, sleep=fake_sleep) as c:
         c.add_throttle_listener(
@@ -146,9 +150,7 @@ def test_a_retry_waits_with_the_retry_managers_sleep_when_a_listener_is_told(
     fixed_clock_sandbox: Sandbox, fake_sleep: FakeSleep
 ) -> None:
     sb = fixed_clock_sandbox
-    sb.set_faults({"rate_limit": {"requests": 1, "window_seconds": 60}})
-    heal_on_first_sleep(sb, fake_sleep)
-    creds = CredentialManager.static(basic=("admin", sb.users["admin"]))
+    creds = throttled_once(sb, fake_sleep, requests=1)
 
     def client_sleep(seconds: float) -> None:
         raise AssertionError("the client's own sleep is not the retry manager's")
