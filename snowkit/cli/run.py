@@ -102,7 +102,11 @@ def _run(args: argparse.Namespace) -> int:
         print(f"ok: {result.html}")
     else:
         error = result.error
-        where = f" in cell {error.cell_index}" if error and error.cell_index is not None else ""
+        where = (
+            f" in cell {error.cell_index + 1} of {args.notebook} (counting from 1)"
+            if error and error.cell_index is not None
+            else ""
+        )
         what = f"{error.ename}: {error.evalue}" if error else "unknown error"
         print(f"failed{where}: {what}", file=sys.stderr)
         print(f"report: {result.html}", file=sys.stderr)

@@ -21,7 +21,7 @@ import re
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from html import escape as html_escape
 from importlib.metadata import PackageNotFoundError, version
@@ -68,7 +68,11 @@ class RunUsageError(ValueError):
 
 @dataclass(frozen=True)
 class RunError:
-    """Why a notebook run failed; ``cell_index`` is None when no cell is to blame."""
+    """Why a notebook run failed.
+
+    ``cell_index`` is the failed cell's 0-based position in the source notebook (papermill's
+    injected-parameters cell not counted); None when no cell is to blame.
+    """
 
     ename: str
     evalue: str
@@ -363,6 +367,20 @@ def _execute(
     return None
 
 
+def _source_cell_index(executed: NotebookNode, index: int) -> int:
+    """The failed cell's position in the notebook the user wrote.
+
+    papermill counts cells of the executed copy, which holds its injected-parameters cell; a
+    run with parameters would otherwise send the user to the cell after the one that failed.
+    """
+    injected = sum(
+        1
+        for cell in executed.cells[:index]
+        if "injected-parameters" in cell.get("metadata", {}).get("tags", [])
+    )
+    return index - injected
+
+
 def _load_executed(output: Path, fallback: NotebookNode) -> NotebookNode:
     if output.is_file():
         try:
@@ -429,6 +447,8 @@ def run(
     kernel_env = kernel_environment(run_dir, base)
     error = _execute(source, output, params, kernel_name, timeout, kernel_env)
     executed = _load_executed(output, nb)
+    if error is not None and error.cell_index is not None:
+        error = replace(error, cell_index=_source_cell_index(executed, error.cell_index))
     notice = None
     if error is not None and error.cell_index is None:
         notice = f"**This run failed: {error.ename}.** {error.evalue}"

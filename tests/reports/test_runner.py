@@ -119,6 +119,21 @@ def test_html_has_outputs_but_no_code_and_no_injected_parameters(
     assert "injected-parameters" in tags  # the executed notebook keeps it: it is the run's log
 
 
+def test_a_failed_cell_is_named_by_its_place_in_the_source_notebook(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With parameters, papermill's copy holds an injected cell that the user's notebook lacks."""
+    reports = tmp_path / "reports"
+    source = NOTEBOOKS / "failing.ipynb"
+    code = main(["run", str(source), "-p", "instance", "lab-a", "--reports-dir", str(reports)])
+    assert code == EXIT_FAILED
+    run_dir = _only_run_dir(reports)
+    doc = json.loads((run_dir / "run.json").read_text())
+    assert doc["error"]["cell_index"] == 2  # the cell that raises, as in failing.ipynb
+    assert "raise RuntimeError" in nbformat.read(source, as_version=4).cells[2].source
+    assert f"failed in cell 3 of {source} (counting from 1)" in capsys.readouterr().err
+
+
 def test_canary_secret_from_the_environment_is_nowhere_in_the_run_folder(
     passing_run: tuple[int, Path],
 ) -> None:
