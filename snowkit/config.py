@@ -181,7 +181,7 @@ class OperationalConfig(BaseSettings):
     metrics_collection_enabled: bool = True
     audit_trail_enabled: bool = True
     audit_key_ref: str | None = None
-    state_dir: str | None = None  # informational; SNOWKIT_HOME moves the state tree
+    state_dir: str | None = None  # the `snowkit` command's state tree; SNOWKIT_HOME wins
 
     _audit_ref = field_validator("audit_key_ref")(classmethod(lambda cls, v: _check_op_ref(v)))
 

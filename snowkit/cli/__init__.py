@@ -51,6 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 2
+    _apply_configured_home(args)
     try:
         return int(func(args) or 0)
     except KeyboardInterrupt:
@@ -68,6 +69,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {message}", file=sys.stderr)
         return 1
+
+
+def _apply_configured_home(args: argparse.Namespace) -> None:
+    """A configuration's ``state_dir`` moves the state tree unless ``SNOWKIT_HOME`` already does.
+
+    Set for the whole process (and the notebook kernels it starts) before the command runs, so
+    every command, including ``audit`` and ``run``, finds the state the loads wrote. Only looked
+    at when a configuration is named; the command itself reports a configuration's problems.
+    """
+    from snowkit import paths
+
+    if os.environ.get(paths.HOME_ENV):
+        return
+    config_file = getattr(args, "config_file", None)
+    environment = getattr(args, "environment", None)
+    named = ("SNOWKIT_CONFIG", "BEAST_ENVIRONMENT")
+    if not (config_file or environment or any(os.environ.get(name) for name in named)):
+        return
+    from snowkit.cli.load import load_config
+    from snowkit.ops.errors import ConfigurationError
+
+    try:
+        config = load_config(config_file, environment)
+    except ConfigurationError:
+        return
+    if config is not None and config.state_dir:
+        os.environ[paths.HOME_ENV] = str(Path(config.state_dir).expanduser().resolve())
 
 
 def positive_int(text: str) -> int:

@@ -48,6 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_health(args: argparse.Namespace) -> int:
     # Imports stay inside the functions so `snowkit --help` does not load the ops layer.
+    from snowkit.cmdb.job import default_instance
     from snowkit.ops.health import HealthMonitor
     from snowkit.ops.metrics import MetricsCollector
 
@@ -56,7 +57,11 @@ def run_health(args: argparse.Namespace) -> int:
         config = _load_config(args)
     except Exception as exc:  # a ConfigurationError: report it as a failed check
         return _report({"configuration": _failed("configuration", str(exc))}, args.json)
-    instance = args.instance or getattr(config.servicenow, "instance", None) or "embedded"
+    instance = args.instance or default_instance(config)  # as `snowkit load` picks it
+    if config is None:
+        from snowkit.config import OperationalConfig
+
+        config = OperationalConfig()
     metrics = MetricsCollector()
     with _connect(instance, config, metrics) as (client, credentials, problem):
         if problem is not None:
@@ -78,18 +83,21 @@ def _quiet_console_logging() -> None:
 
 
 def _load_config(args: argparse.Namespace) -> Any:
-    from snowkit.config import ConfigurationManager, OperationalConfig
+    """The configuration by ``snowkit load``'s rule: loaded when one is named (and then it must
+    load), else None (the built-in defaults). Before, any instance but the embedded one demanded
+    an environment even where ``snowkit load`` ran on the defaults."""
+    from snowkit.cli.load import load_config
+    from snowkit.config import OperationalConfig
     from snowkit.ops.errors import ConfigurationError
 
     try:
-        return ConfigurationManager().load_configuration(
-            config_file=args.config_file, environment=args.environment
-        )
+        config = load_config(args.config_file, args.environment)
     except ConfigurationError:
         # The embedded instance needs no configuration; anything else must be explicit.
         if not args.config_file and _targets_embedded(args.instance):
             return OperationalConfig()
         raise
+    return config
 
 
 def _targets_embedded(instance: str | None) -> bool:

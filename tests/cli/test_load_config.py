@@ -299,3 +299,30 @@ def test_a_config_passed_among_the_client_options_still_works(
     config = OperationalConfig.model_validate({"logging": {"level": "WARNING"}})
     report = run_load(lab=TINY_LAB, progress=False, client_options={"config": config})
     assert report.status == "success", report.message
+
+
+def test_the_configured_state_dir_is_where_the_commands_keep_their_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`state_dir` had been shown by `config show` and ignored: the state went to ./.snowkit."""
+    configured = tmp_path / "configured-home"
+    config = write_config(tmp_path, f'state_dir = "{configured}"\n')
+    monkeypatch.delenv("SNOWKIT_HOME")
+    monkeypatch.chdir(tmp_path)
+    assert main(["outbox", "replay", "--config", str(config), "--environment", "testing"]) == 0
+    assert "the outbox is empty" in capsys.readouterr().out
+    assert os.environ["SNOWKIT_HOME"] == str(configured)  # also for kernels `snowkit run` starts
+    assert (configured / "outbox.sqlite3").is_file()
+    assert not (tmp_path / ".snowkit").exists()
+
+
+def test_snowkit_home_wins_over_the_configured_state_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = write_config(tmp_path, f'state_dir = "{tmp_path / "configured-home"}"\n')
+    monkeypatch.setenv("SNOWKIT_CONFIG", str(config))
+    monkeypatch.setenv("BEAST_ENVIRONMENT", "testing")
+    home = paths.state_dir()
+    assert main(["outbox", "replay"]) == 0
+    assert paths.state_dir() == home and (home / "outbox.sqlite3").is_file()
+    assert not (tmp_path / "configured-home").exists()

@@ -117,9 +117,37 @@ def test_unusable_instance_url_fails_cleanly(env_for, capsys) -> None:
     assert "refusing plain http" in capsys.readouterr().err
 
 
-def test_missing_environment_is_reported_not_crashed(monkeypatch, capsys) -> None:
+def test_an_instance_url_is_checked_on_the_defaults_without_an_environment(
+    sb: Sandbox, env_for, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As `snowkit load` runs on the built-in defaults; health had demanded an environment."""
+    env_for()
+    monkeypatch.delenv("BEAST_ENVIRONMENT")
+    code = main(["health", "--instance", sb.url])
+    rows = _rows(capsys.readouterr().out)
+    assert rows["servicenow"] == "pass" and "configuration" not in rows
+    assert code in (0, 1)
+
+
+def test_the_instance_in_servicenow_instance_is_the_one_checked(
+    sb: Sandbox, env_for, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env_for()
+    monkeypatch.delenv("BEAST_ENVIRONMENT")
+    monkeypatch.setenv("SERVICENOW_INSTANCE", sb.url)
+    sb.set_faults({"hibernating": True})  # only the named instance answers so
+    assert main(["health", "--json"]) == 2
+    (check,) = json.loads(capsys.readouterr().out)["checks"]["servicenow:responseTime"]
+    assert check["status"] == "fail" and "developer.servicenow.com" in check["output"]
+
+
+def test_a_config_file_without_an_environment_is_reported_not_crashed(
+    tmp_path, monkeypatch, capsys
+) -> None:
     monkeypatch.delenv("BEAST_ENVIRONMENT", raising=False)
-    assert main(["health", "--instance", "https://acme.service-now.com"]) == 2
+    config = tmp_path / "snowkit.toml"
+    config.write_text('[servicenow]\ninstance = "https://acme.service-now.com"\n')
+    assert main(["health", "--config", str(config)]) == 2
     assert "BEAST_ENVIRONMENT" in capsys.readouterr().out
 
 
