@@ -424,14 +424,17 @@ def relationship_chart(
 def run_trend_chart(runs: pd.DataFrame, *, ax: Axes | None = None) -> Figure:
     """Duration of each run over time, failed runs marked red: a load history
     (``started``: ``snowkit.notebook.History.runs_table()``) or notebook runs
-    (``started_at``: ``reports_history_frame``; one line per ``notebook``)."""
+    (``started_at``: ``reports_history_frame``; one line per ``notebook``). A run without a
+    duration (killed, or unfinished) is a red cross on the time axis."""
     fig, ax = _axes(ax)
     title = "Run duration over time"
     time_column = "started" if "started" in runs.columns else "started_at"
     if not _has(runs, time_column, "duration_s"):
         return _no_data(fig, ax, title)
-    data = runs.dropna(subset=[time_column, "duration_s"])
-    if data.empty:
+    timed = runs.dropna(subset=[time_column])
+    data = timed.dropna(subset=["duration_s"])
+    unfinished = timed[timed["duration_s"].isna()]
+    if data.empty and unfinished.empty:
         return _no_data(fig, ax, title)
     groups = data.groupby("notebook") if "notebook" in data.columns else [("load", data)]
     for name, group in groups:
@@ -443,7 +446,19 @@ def run_trend_chart(runs: pd.DataFrame, *, ax: Axes | None = None) -> Figure:
         if failed.any():
             durations = group["duration_s"].to_numpy()
             ax.scatter(times[failed], durations[failed], color="tab:red", zorder=3)
+    if not unfinished.empty:
+        times = _naive_utc(unfinished[time_column])
+        ax.scatter(
+            times,
+            [0.0] * len(times),
+            marker="x",
+            color="tab:red",
+            zorder=3,
+            clip_on=False,
+            label=f"no duration: killed or unfinished ({len(times)})",
+        )
     ax.set(title=f"{title} (red: not successful)", ylabel="seconds")
+    ax.set_ylim(bottom=0)
     _time_axis(ax, "started (UTC)")
     ax.legend(loc="best", fontsize="small")
     return fig

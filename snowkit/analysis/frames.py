@@ -9,6 +9,7 @@ raising.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -309,38 +310,52 @@ def health_frame(
 
 
 def reports_history_frame(reports_dir: PathLike) -> pd.DataFrame:
-    """Every notebook run under ``reports/<notebook>/<date>/<run_id>/run.json``, oldest first.
+    """Every notebook run under ``reports/<notebook>/<date>/<run_id>/``, oldest first.
 
-    For trends across scheduled runs (status and duration over time per notebook). Unreadable
-    ``run.json`` files are skipped and counted in ``attrs["skipped_runs"]``.
+    For trends across scheduled runs (status and duration over time per notebook). A run folder
+    without a readable ``run.json`` (the run was killed, or is still going) is a row with
+    status ``incomplete``, started when its run id says; they are counted in
+    ``attrs["incomplete_runs"]``. A kill is what an operations report most needs to show, and
+    leaving such runs out had hidden them. The run this kernel belongs to (``SNOWKIT_RUN_DIR``)
+    is left out: it is not over.
     """
+    from snowkit.reports.catalog import started_from_run_id
+    from snowkit.reports.emit import RUN_DIR_ENV
+
+    own = os.environ.get(RUN_DIR_ENV)
+    own_dir = Path(own).resolve() if own else None
     rows: list[dict[str, Any]] = []
-    skipped = 0
-    for run_json in Path(reports_dir).glob("*/*/*/run.json"):
-        try:
-            doc = orjson.loads(run_json.read_bytes())
-        except (OSError, orjson.JSONDecodeError):
-            skipped += 1
+    incomplete = 0
+    for run_dir in Path(reports_dir).glob("*/*/*"):
+        if not run_dir.is_dir() or run_dir.resolve() == own_dir:
             continue
+        try:
+            doc = orjson.loads((run_dir / "run.json").read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            doc = None
+        if not isinstance(doc, dict):
+            incomplete += 1
+            started = started_from_run_id(run_dir.name)
+            doc = {"status": "incomplete", "started_at": started.isoformat() if started else None}
         error = doc.get("error") or {}
         rows.append(
             {
-                "notebook": doc.get("notebook") or run_json.parents[2].name,
-                "date": run_json.parents[1].name,
-                "run_id": doc.get("run_id") or run_json.parent.name,
+                "notebook": doc.get("notebook") or run_dir.parent.parent.name,
+                "date": run_dir.parent.name,
+                "run_id": doc.get("run_id") or run_dir.name,
                 "status": doc.get("status"),
                 "started_at": doc.get("started_at"),
                 "finished_at": doc.get("finished_at"),
                 "duration_s": doc.get("duration_s"),
                 "error": error.get("ename") if isinstance(error, Mapping) else None,
-                "path": str(run_json.parent),
+                "path": str(run_dir),
             }
         )
     frame = pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
     frame["duration_s"] = pd.to_numeric(frame["duration_s"], errors="coerce")
     frame = parse_times(frame, ["started_at", "finished_at"])
     frame = frame.sort_values(["started_at", "run_id"], kind="stable").reset_index(drop=True)
-    frame.attrs["skipped_runs"] = skipped
+    frame.attrs["incomplete_runs"] = incomplete
     return frame
 
 

@@ -90,11 +90,16 @@ def _started(entry: RunEntry) -> str:
             if moment.tzinfo is not None:
                 moment = moment.astimezone(UTC)
             return moment.strftime("%Y-%m-%dT%H:%M:%S")
+    stamp = started_from_run_id(entry.run_id)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S") if stamp else f"{entry.date}T00:00:00"
+
+
+def started_from_run_id(run_id: str) -> datetime | None:
+    """The UTC time a run id begins with (``20260301T040000Z-...``); None for other ids."""
     try:
-        stamp = datetime.strptime(entry.run_id[:16], "%Y%m%dT%H%M%SZ")
+        return datetime.strptime(run_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
     except ValueError:
-        return f"{entry.date}T00:00:00"
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S")
+        return None
 
 
-__all__ = ["RunEntry", "list_runs"]
+__all__ = ["RunEntry", "list_runs", "started_from_run_id"]

@@ -26,8 +26,10 @@ from snowkit.analysis import (
     latency_percentiles_chart,
     logs_frame,
     relationship_chart,
+    reports_history_frame,
     retries_chart,
     run_report_frame,
+    run_trend_chart,
     samples_frame,
     success_rate_chart,
     throughput_chart,
@@ -188,3 +190,13 @@ def test_each_runs_breaker_starts_from_its_own_state() -> None:
     assert list(lines[1].get_ydata())[:2] == [0, 2]  # run b: closed, then open
     assert len({line.get_color() for line in lines}) == 1  # one breaker, one colour
     assert len(fig.axes[0].get_legend().get_texts()) == 1
+
+
+def test_a_run_without_a_duration_is_marked_on_the_trend(tmp_path: Path, b: Any) -> None:
+    b.reports_tree(tmp_path)  # holds one run whose run.json is torn
+    fig = run_trend_chart(reports_history_frame(tmp_path))
+    (marked,) = [c for c in fig.axes[0].collections if c.get_label().startswith("no duration")]
+    assert len(marked.get_offsets()) == 1 and marked.get_offsets()[0][1] == 0
+    legend = [t.get_text() for t in fig.axes[0].get_legend().texts]
+    assert "no duration: killed or unfinished (1)" in legend
+    assert _png(fig).startswith(PNG)

@@ -7,6 +7,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pandas as pd
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -158,13 +159,32 @@ def test_health_frame_from_documents_and_files(b: ModuleType, tmp_path: Path) ->
 def test_reports_history_frame(tmp_path: Path, b: ModuleType) -> None:
     b.reports_tree(tmp_path)
     frame = reports_history_frame(tmp_path)
-    assert len(frame) == 6 and frame.attrs["skipped_runs"] == 1
+    assert len(frame) == 7 and frame.attrs["incomplete_runs"] == 1  # the torn run.json
     assert frame["started_at"].is_monotonic_increasing
     assert frame.loc[frame["status"] == "failed", "error"].tolist() == ["RuntimeError"]
     assert frame.groupby("notebook")["duration_s"].mean().to_dict() == {
         "health_check": 31.0,
         "load": 31.0,
     }
+
+
+def test_a_killed_run_is_in_the_history_and_the_running_one_is_not(
+    tmp_path: Path, b: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs killed before their run.json had been left out of the operations report."""
+    b.reports_tree(tmp_path)
+    killed = tmp_path / "load" / "2026-03-05" / "20260305T040000Z-dead01"
+    running = tmp_path / "operations_report" / "2026-03-05" / "20260305T050000Z-live01"
+    for folder in (killed, running):
+        folder.mkdir(parents=True)
+        (folder / "load.ipynb").write_text("{}")
+    monkeypatch.setenv("SNOWKIT_RUN_DIR", str(running))
+    frame = reports_history_frame(tmp_path)
+    last = frame.iloc[-1]
+    assert last["run_id"] == killed.name and last["status"] == "incomplete"
+    assert last["started_at"] == pd.Timestamp("2026-03-05T04:00:00Z")
+    assert pd.isna(last["duration_s"]) and frame.attrs["incomplete_runs"] == 2
+    assert running.name not in set(frame["run_id"])
 
 
 _values = st.one_of(
