@@ -271,14 +271,16 @@ def _redact(obj: Any, pattern: re.Pattern[str] | None, min_length: int = 0) -> A
         return pattern.sub(MASK, obj) if pattern is not None and obj else obj
     if isinstance(obj, dict):
         if _PLAIN_KEYS.issuperset(obj):  # no key names a secret: only the values matter
-            return {
+            masked = {
                 k: (v if type(v) in _SCALARS else _redact(v, pattern, min_length))
                 for k, v in obj.items()
             }
-        return {
-            k: (MASK if v is not None and is_secret_key(k) else _redact(v, pattern, min_length))
-            for k, v in obj.items()
-        }
+        else:
+            masked = {
+                k: (MASK if v is not None and is_secret_key(k) else _redact(v, pattern, min_length))
+                for k, v in obj.items()
+            }
+        return _mask_keys(masked, pattern) if pattern is not None else masked
     if isinstance(obj, list):
         return [_redact(v, pattern, min_length) for v in obj]
     if isinstance(obj, tuple):
@@ -299,6 +301,25 @@ def _redact(obj: Any, pattern: re.Pattern[str] | None, min_length: int = 0) -> A
         if masked != text:
             return masked
     return obj
+
+
+def _mask_keys(obj: dict[Any, Any], pattern: re.Pattern[str]) -> dict[Any, Any]:
+    """``obj`` with registered secrets masked in its keys too (a token used as a dict key, e.g.
+    a cache keyed by credential). One scan over all keys decides; two keys that mask alike
+    stay apart (``***#2``), so no value is dropped."""
+    keys = [k for k in obj if isinstance(k, str)]
+    if not keys or pattern.search("\x00".join(keys)) is None:
+        return obj
+    result: dict[Any, Any] = {}
+    for key, value in obj.items():
+        if isinstance(key, str):
+            key = base = pattern.sub(MASK, key)
+            n = 1
+            while key in result:
+                n += 1
+                key = f"{base}#{n}"
+        result[key] = value
+    return result
 
 
 __all__ = [

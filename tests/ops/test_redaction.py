@@ -133,3 +133,38 @@ def test_an_object_whose_text_holds_a_secret_is_masked(clean_secrets: SecretRegi
     assert redact({"error": failure}) == {"error": "401 for token ***"}
     harmless = RuntimeError("nothing secret")
     assert redact({"error": harmless})["error"] is harmless
+
+
+@given(
+    secret=st.text(min_size=4, max_size=40).filter(
+        lambda s: s.strip() == s and "*" not in s and not is_secret_key(s)  # a name masks all
+    ),
+    prefix=st.text(max_size=10),
+    others=st.lists(st.text(max_size=12), max_size=4),
+)
+def test_a_secret_used_as_a_dict_key_is_masked_and_no_value_is_lost(
+    secret: str, prefix: str, others: list[str]
+) -> None:
+    """A token used as a key (a cache keyed by credential) had gone out in clear."""
+    registry = SecretRegistry()
+    registry.register(secret)
+    data = {f"{prefix}{secret}": 1, MASK: 2, **{o: 3 for o in others}}
+    out = redact({"outer": data, secret: data}, registry)
+    assert len(out) == 2 and all(secret not in key for key in out)
+    for masked in out.values():
+        assert all(secret not in key for key in masked)
+        assert len(masked) == len(data)  # two keys that mask alike both stay
+
+
+def test_a_secret_key_reaches_no_log_line(clean_secrets: SecretRegistry, tmp_path) -> None:
+    from snowkit.ops.logging import configure_logging, get_logger
+
+    clean_secrets.register("tok-9f8e7d6c5b4a")
+    log = tmp_path / "log.jsonl"
+    configure_logging(file_path=log, console=False)
+    try:
+        get_logger("t").info("cache", sessions={"tok-9f8e7d6c5b4a": "alive"})
+    finally:
+        configure_logging()
+    text = log.read_text()
+    assert "tok-9f8e7d6c5b4a" not in text and '{"***":"alive"}' in text
