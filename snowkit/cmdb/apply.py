@@ -236,6 +236,8 @@ class SyncEngine:
 
         # listed by the source but quarantined by the transform: not "no longer seen"
         present = {q.source_id for q in getattr(result, "quarantined", ()) or ()}
+        # a rejected device or client that names no CI: any missing CI may be that one
+        unidentified = len(getattr(result, "unidentified", ()) or ())
 
         def diff(snapshot: planning.CMDBSnapshot) -> Plan:
             return planning.build_plan(
@@ -245,6 +247,7 @@ class SyncEngine:
                 retire_after_days=self.retire_after_days,
                 not_seen_since=not_seen_since,
                 present=present,
+                unidentified=unidentified,
             )
 
         # the state remembers the last complete run's input: the same one again against an

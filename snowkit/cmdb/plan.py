@@ -191,6 +191,7 @@ def build_plan(
     not_seen_since: Mapping[str, str] | None = None,
     now: datetime | None = None,
     present: Collection[str] = (),
+    unidentified: int = 0,
 ) -> Plan:
     """Match every record against the snapshot and diff it.
 
@@ -198,8 +199,10 @@ def build_plan(
     ``retire_after_days`` set, CIs missed for longer than that are planned as ``retire``,
     but only those at a site this input holds (a CI at another site belongs to another
     console's or source's load, or to a site this collection missed) and never one in
-    ``present`` (source ids the source still lists but the transform quarantined). A CI held
-    as retired that the source lists again is set back to installed and operational.
+    ``present`` (source ids the source still lists but the transform quarantined). With
+    ``unidentified`` rejected devices or clients (items whose CI cannot be told), nothing is
+    retired: each missing CI may be one of them. A CI held as retired that the source lists
+    again is set back to installed and operational.
     """
     now = now or datetime.now(UTC)
     notes: list[str] = []
@@ -242,6 +245,7 @@ def build_plan(
         ours = as_str(row.get("location")) in our_sites
         if (
             retire_after_days is not None
+            and not unidentified
             and missed is not None
             and table != LOCATION_TABLE
             and ours
@@ -267,6 +271,11 @@ def build_plan(
         notes.append(
             f"{table} does not hold field(s) {', '.join(sorted(flds))} on this instance: "
             "their values are not stored (ask an admin to add them if they matter)"
+        )
+    if unidentified and retire_after_days is not None:
+        notes.append(
+            f"retirement held this run: {unidentified} device or client item(s) could not be "
+            "read (see quarantine), so a CI missing from the input may still be in the network"
         )
     class_changes = [i for i in items if i.class_change]
     if class_changes:

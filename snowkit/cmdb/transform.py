@@ -39,6 +39,8 @@ from snowkit.unifi.models.inventory import (
     InventoryDevice,
     InventorySite,
     RejectedItem,
+    client_source_id,
+    device_source_id,
 )
 
 CONNECTS_TO = "Connects to::Connected by"
@@ -86,6 +88,9 @@ class TransformResult:
     quarantined: list[QuarantinedRecord] = field(default_factory=list)
     duplicates: list[DuplicateRecord] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # from the inventory (e.g. stale data)
+    #: rejected devices or clients (or groups of them) no CI can be told apart from: some CI
+    #: missing from this input may still be in the network, so nothing is retired this run
+    unidentified: list[str] = field(default_factory=list)
 
     def counts_by_table(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -255,10 +260,24 @@ def client_record(client: InventoryClient) -> CMDBRecord:
     return CMDBRecord(table, client.source_id, values, "client", refs)
 
 
-def _rejected(item: RejectedItem) -> QuarantinedRecord:
+#: rejected kinds that stand for devices or clients, whose CIs retirement could reach
+_INVENTORY_KINDS = frozenset({"device", "client", "host_devices"})
+
+
+def _rejected(item: RejectedItem) -> tuple[QuarantinedRecord, bool]:
+    """The quarantined record, and whether its CI is known. A device or client with a readable
+    MAC gets the source id it would have had parsed, so its CI counts as still listed; a
+    different id had made the plan retire a device that is still in the network."""
     field_name, _, message = item.reason.partition(": ")
     native = item.summary.get("_id") or item.summary.get("id") or "?"
-    source_id = f"unifi:{item.kind}:{item.source}:{native}"
+    mac = item.summary.get("mac") or item.summary.get("macAddress")
+    mac = mac if isinstance(mac, str) else None
+    if item.kind == "device":
+        source_id = device_source_id(mac, item.source, native)
+    elif item.kind == "client":
+        source_id = client_source_id(mac, item.source, native)
+    else:
+        source_id = f"unifi:{item.kind}:{item.source}:{native}"
     issue = FieldIssue(
         source_id,
         item.kind,
@@ -268,7 +287,8 @@ def _rejected(item: RejectedItem) -> QuarantinedRecord:
         item.reason,
         "error",
     )
-    return QuarantinedRecord(source_id, item.kind, [issue], dict(item.summary))
+    known = item.kind not in _INVENTORY_KINDS or source_id.count(":") == 7  # MAC-based
+    return QuarantinedRecord(source_id, item.kind, [issue], dict(item.summary)), known
 
 
 def _summary(record: CMDBRecord) -> dict[str, Any]:
@@ -282,7 +302,11 @@ def _summary(record: CMDBRecord) -> dict[str, Any]:
 def transform(inventory: Inventory) -> TransformResult:
     """Records (validated, deduplicated), relationships, issues, quarantine, duplicates."""
     result = TransformResult(warnings=list(inventory.warnings))
-    result.quarantined.extend(_rejected(r) for r in inventory.rejected)
+    for rejected in inventory.rejected:
+        quarantined, known = _rejected(rejected)
+        result.quarantined.append(quarantined)
+        if not known:
+            result.unidentified.append(quarantined.source_id)
     result.issues.extend(i for q in result.quarantined for i in q.reasons)
 
     sites, dups = resolve_duplicates(inventory.sites, "location")

@@ -485,6 +485,23 @@ def test_a_retired_ci_the_source_lists_again_is_back_in_service(
     assert not [i for i in plan.items if i.action == "update"]
 
 
+def test_nothing_is_retired_while_a_rejected_item_may_be_the_missing_ci(
+    client: ServiceNowAPIClient,
+) -> None:
+    full = estate(sites=1, devices=3, clients=0)
+    load(client, full)
+    gone = "dev:0:2"
+    without, long_ago = missing_for_a_month(full, gone)
+    without.unidentified.append("unifi:device:network:d9")  # parsed no MAC: could be dev:0:2
+    plan, report = engine(client, retire_after_days=7).sync(
+        without, progress=False, not_seen_since=long_ago
+    )
+    assert report.applied["retired"] == 0
+    assert [i.action for i in plan.items if i.source_id == gone] == ["not_seen"]
+    assert any("retirement held this run: 1" in note for note in plan.notes)
+    assert by_source(client)[gone][0]["install_status"] != "7"
+
+
 def test_adoption_takes_no_ci_of_another_device_and_finds_a_mac_however_written(
     client: ServiceNowAPIClient,
 ) -> None:

@@ -127,6 +127,25 @@ def test_rejected_items_become_quarantined_with_a_reason() -> None:
     assert held.reasons[0].rule == "unparseable" and "uplink" in held.reasons[0].message
 
 
+def test_a_rejected_device_keeps_its_cis_source_id_and_an_unknown_one_is_named() -> None:
+    """A rejected item had an id of its own (``unifi:device:sitemanager:<id>``): the plan took
+    its CI for gone and, with retirement on, retired a device still in the network."""
+    inv = Inventory()
+    inv.rejected += [
+        RejectedItem("sitemanager", "device", "isConsole: bad", {"mac": "AABBCCDDEEFF"}),
+        RejectedItem("integration", "client", "type: bad", {"macAddress": "AA-BB-CC-00-00-09"}),
+        RejectedItem("network", "device", "mac: bad", {"_id": "d9", "mac": "not-a-mac"}),
+        RejectedItem("sitemanager", "host_devices", "devices: bad", {"hostId": "h1"}),
+        RejectedItem("network", "site", "name: bad", {"_id": "s1"}),
+    ]  # fmt: skip
+    result = transform(inv)
+    assert [q.source_id for q in result.quarantined][:2] == [
+        "unifi:device:aa:bb:cc:dd:ee:ff",
+        "unifi:client:aa:bb:cc:00:00:09",
+    ]
+    assert result.unidentified == ["unifi:device:network:d9", "unifi:host_devices:sitemanager:?"]
+
+
 def test_duplicates_across_sources_resolved_to_richest_and_reported() -> None:
     a = Inventory(provenance=[SM])
     a.add_device(
