@@ -41,6 +41,7 @@ def test_a_readonly_account_stops_at_the_first_403_with_guidance(sandbox: Sandbo
     assert 0 < len(report.failures) <= 3 and all("403" in f.error for f in report.failures)
     assert report.applied["not_attempted"] > 0
     assert report.applied["created"] == 0 and report.relationships.created == 0
+    assert report.success_rate == 0.0
     with Outbox() as box:  # a permission problem is not an outage: nothing parked
         assert box.count() == 0 and box.count("failed") == 0
     assert list(read_audit(run_id=report.run_id)) == []
@@ -53,3 +54,11 @@ def test_a_readonly_account_in_ire_mode_stops_too(sandbox: Sandbox) -> None:
     assert "write rights" in report.message and report.applied["not_attempted"] > 0
     with Outbox() as box:
         assert box.count() == 0
+
+
+def test_writes_a_refusal_left_unsent_count_against_the_success_rate() -> None:
+    """500 landed, 1 refused and 499 never sent had shown 99.8 %."""
+    from snowkit.cmdb.report import RunReport
+
+    report = RunReport(run_id="r", applied={"created": 500, "failed": 1, "not_attempted": 499})
+    assert report.success_rate == 0.5
