@@ -305,9 +305,12 @@ def _index_candidates(
 
 
 def _spellings(fld: str, value: str) -> set[str]:
-    """The ways a CMDB may hold ``value``: a MAC with colons or dashes, lower or upper case,
-    as the candidates' query must name them all (the instance compares as written: a MAC held
-    as ``AA-BB-...`` had not been found, and the CI was created a second time)."""
+    """The ways a CMDB may hold ``value``: a MAC with colons or dashes, a MAC or serial in lower
+    or upper case, as the candidates' query must name them all (the instance compares as
+    written: a MAC held as ``AA-BB-...`` or a serial in lower case had not been found, and the
+    CI was created a second time)."""
+    if fld == "serial_number":
+        return {value, value.upper(), value.lower()}
     if fld != "mac_address":
         return {value}
     plain = _norm(fld, value)

@@ -33,6 +33,7 @@ from snowkit.cmdb.validation import (
     sanitize_value,
     validate_record,
 )
+from snowkit.unifi.models.common import normalize_mac
 from snowkit.unifi.models.inventory import (
     Inventory,
     InventoryClient,
@@ -130,12 +131,16 @@ def _rank(item: Any) -> tuple[int, int, str]:
     return (-_richness(item), priority, str(item.native_id or ""))
 
 
+def _mac_based(source_id: str, mac: str | None) -> bool:
+    """Whether ``source_id`` was built from ``mac`` (``unifi:<kind>:<mac>``) rather than from
+    an API's own id. Counting colons had taken ``unifi:device:network:dev:1:2:3:4`` (no MAC)
+    for a MAC-based id and crashed the whole transform."""
+    return bool(mac) and source_id.split(":", 2)[-1] == mac
+
+
 def _dedupe_key(item: Any) -> str:
-    if (
-        item.source_id.startswith(("unifi:device:", "unifi:client:"))
-        and item.source_id.count(":") == 7
-    ):
-        return "mac:" + item.mac  # source id built from a valid MAC
+    if _mac_based(item.source_id, item.mac):
+        return "mac:" + item.mac
     serial = getattr(item, "serial", None)
     if serial:
         return "serial:" + serial.upper()
@@ -222,7 +227,7 @@ def site_record(site: InventorySite) -> CMDBRecord:
 def device_record(device: InventoryDevice) -> CMDBRecord:
     values: dict[str, str] = {}
     name = device.name
-    if not name and device.mac and device.source_id.count(":") == 7:
+    if not name and _mac_based(device.source_id, device.mac):
         name = device.mac  # ServiceNow's advice: with only a MAC, the MAC is the name
     _put(values, "name", name)
     _put(values, "mac_address", device.mac)
@@ -245,7 +250,7 @@ def client_record(client: InventoryClient) -> CMDBRecord:
     table, _reason = client_class(client)
     values: dict[str, str] = {}
     name = client.name or client.hostname
-    if not name and client.mac and client.source_id.count(":") == 7:
+    if not name and _mac_based(client.source_id, client.mac):
         name = client.mac
     _put(values, "name", name)
     _put(values, "mac_address", client.mac)
@@ -287,7 +292,7 @@ def _rejected(item: RejectedItem) -> tuple[QuarantinedRecord, bool]:
         item.reason,
         "error",
     )
-    known = item.kind not in _INVENTORY_KINDS or source_id.count(":") == 7  # MAC-based
+    known = item.kind not in _INVENTORY_KINDS or _mac_based(source_id, normalize_mac(mac))
     return QuarantinedRecord(source_id, item.kind, [issue], dict(item.summary)), known
 
 

@@ -530,6 +530,21 @@ def test_adoption_takes_no_ci_of_another_device_and_finds_a_mac_however_written(
     assert matched["cl:2"] == ("update", dashed["sys_id"])
 
 
+def test_a_ci_holding_the_serial_in_another_case_is_adopted(client: ServiceNowAPIClient) -> None:
+    """Only the record's spelling had been asked for: a duplicate CI was created."""
+    held = client.create("cmdb_ci_ip_switch", {"name": "core-sw", "serial_number": "fcecda1122"})
+    record = CMDBRecord("cmdb_ci_ip_switch", "dev:1", {"name": "Switch 16",
+                        "serial_number": "FCECDA1122"}, "switch")  # fmt: skip
+    _, plan, report = load(client, TransformResult(records=[record]))
+    assert report.status == "success", report.message
+    (item,) = plan.items
+    assert (item.action, item.sys_id, item.matched_by) == (
+        "update",
+        held["sys_id"],
+        "serial_number",
+    )
+
+
 def test_ire_mode_loads_a_ci_whose_class_table_is_missing_and_retires_by_table_api(
     sandbox: Sandbox, client: ServiceNowAPIClient
 ) -> None:

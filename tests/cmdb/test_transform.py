@@ -146,6 +146,18 @@ def test_a_rejected_device_keeps_its_cis_source_id_and_an_unknown_one_is_named()
     assert result.unidentified == ["unifi:device:network:d9", "unifi:host_devices:sitemanager:?"]
 
 
+def test_an_api_id_full_of_colons_is_not_taken_for_a_mac() -> None:
+    """``unifi:device:network:dev:1:2:3:4`` (no MAC) had crashed the whole transform."""
+    inv = _estate()
+    odd = InventoryDevice("unifi:device:network:dev:1:2:3:4", "switch", "odd", None, None,
+                          "SER-1", site_source_id=SITE, provenance=NET)  # fmt: skip
+    inv.add_device(odd)
+    result = transform(inv)  # the others load; this one is held for its missing MAC
+    assert len(result.records) == 5
+    (held,) = result.quarantined
+    assert held.source_id == odd.source_id and held.reasons[0].field == "mac_address"
+
+
 def test_duplicates_across_sources_resolved_to_richest_and_reported() -> None:
     a = Inventory(provenance=[SM])
     a.add_device(
