@@ -679,6 +679,13 @@ class SyncEngine:
     ) -> tuple[Plan | None, RunReport]:
         report = RunReport(run_id=self.run_id, dry_run=dry_run, ire=self.ire)
         started = self._clock()
+        dropped = list(getattr(result, "dropped_links", ()) or ())
+        if dropped:
+            report.relationships.note_dropped(dropped)
+            report.warnings.append(
+                f"{len(dropped)} relationship(s) not made: an end was quarantined (see the "
+                "data-quality issues), e.g. " + report.relationships.dropped_examples[0]
+            )
         if preflight is not None:
             self._preflight = Once(preflight)
         if not dry_run:

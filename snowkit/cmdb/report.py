@@ -8,6 +8,7 @@ phase, relationship linking, data quality, failures item by item and concrete su
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,7 +37,11 @@ class ItemFailure:
 
 @dataclass
 class RelationshipStats:
-    """How linking went: ``rate`` = (created + existing) / wanted."""
+    """How linking went: ``rate`` = (created + existing) / (wanted + dropped).
+
+    ``dropped``: links the inventory implies whose end the transform quarantined; they are not
+    wanted from the CMDB but count against the rate (they had vanished, with the rate at 100 %).
+    """
 
     wanted: int = 0
     created: int = 0
@@ -44,11 +49,20 @@ class RelationshipStats:
     orphans: int = 0
     failed: int = 0
     queued: int = 0
+    dropped: int = 0
     orphan_examples: list[str] = field(default_factory=list)
+    dropped_examples: list[str] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
-        return 1.0 if self.wanted == 0 else (self.created + self.existing) / self.wanted
+        total = self.wanted + self.dropped
+        return 1.0 if total == 0 else (self.created + self.existing) / total
+
+    def note_dropped(self, specs: Sequence[Any]) -> None:
+        self.dropped = len(specs)
+        self.dropped_examples = [
+            f"{s.parent_source_id} -> {s.child_source_id} ({s.type_name})" for s in specs[:10]
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

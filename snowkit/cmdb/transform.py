@@ -89,6 +89,8 @@ class TransformResult:
     quarantined: list[QuarantinedRecord] = field(default_factory=list)
     duplicates: list[DuplicateRecord] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # from the inventory (e.g. stale data)
+    #: links the inventory implies whose end was quarantined: not made, and reported
+    dropped_links: list[RelationshipSpec] = field(default_factory=list)
     #: rejected devices or clients (or groups of them) no CI can be told apart from: some CI
     #: missing from this input may still be in the network, so nothing is retired this run
     unidentified: list[str] = field(default_factory=list)
@@ -360,6 +362,12 @@ def transform(inventory: Inventory) -> TransformResult:
         valid_ids.add(record.source_id)
 
     result.relationships = _relationships(devices, clients, valid_ids)
+    # what the links would have been with every record valid: the rest lost an end to quarantine
+    listed = {item.source_id for item in (*devices, *clients)}
+    if not listed <= valid_ids:  # something was quarantined (else there is nothing to find)
+        kept = set(result.relationships)
+        every = _relationships(devices, clients, listed)
+        result.dropped_links = [spec for spec in every if spec not in kept]
     return result
 
 

@@ -35,6 +35,7 @@ def summary_frame(report: RunReport | Mapping[str, Any]) -> pd.DataFrame:
         ("success rate", _rate(data)),
         ("relationships linked", f"{rel.get('created', 0)} new, {rel.get('existing', 0)} kept"),
         ("relationship orphans", rel.get("orphans", 0)),
+        ("relationships not made (end quarantined)", rel.get("dropped", 0)),
         ("requests", requests.get("total", 0)),
         ("retries", requests.get("retries", 0)),
         ("429 rate limited", requests.get("rate_limited", 0)),

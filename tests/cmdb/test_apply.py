@@ -530,6 +530,22 @@ def test_adoption_takes_no_ci_of_another_device_and_finds_a_mac_however_written(
     assert matched["cl:2"] == ("update", dashed["sys_id"])
 
 
+def test_links_lost_to_a_quarantined_end_count_against_the_linking_rate(
+    client: ServiceNowAPIClient,
+) -> None:
+    """They had vanished with the rate at 100 % and no word in the report."""
+    full = estate(sites=1, devices=2, clients=0)
+    full.dropped_links = [RelationshipSpec("cl:x", "dev:0:0", "Connects to::Connected by")]
+    _, _, report = load(client, full)
+    rel = report.relationships
+    assert rel.dropped == 1 and rel.dropped_examples == [
+        "cl:x -> dev:0:0 (Connects to::Connected by)"
+    ]
+    assert rel.rate == rel.wanted / (rel.wanted + 1)
+    assert any("1 relationship(s) not made: an end was quarantined" in w for w in report.warnings)
+    assert report.to_dict()["relationships"]["dropped"] == 1
+
+
 def test_a_ci_holding_the_serial_in_another_case_is_adopted(client: ServiceNowAPIClient) -> None:
     """Only the record's spelling had been asked for: a duplicate CI was created."""
     held = client.create("cmdb_ci_ip_switch", {"name": "core-sw", "serial_number": "fcecda1122"})

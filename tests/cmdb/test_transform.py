@@ -111,6 +111,13 @@ def test_invalid_record_quarantined_with_reasons_and_its_relationships_dropped()
     assert held.reasons[0].value == "bad\\x00name"
     assert all(AP_MAC not in r.parent_source_id + r.child_source_id for r in result.relationships)
     assert len(result.records) == 4  # the others go on
+    # and the links it took along are named, not silently gone (the AP's uplink, the client's)
+    assert result.dropped_links and all(
+        AP_MAC in r.parent_source_id + r.child_source_id for r in result.dropped_links
+    )
+    assert ("unifi:client:b8:ca:3a:00:00:01", f"unifi:device:{AP_MAC}", CONNECTS_TO) in {
+        (r.parent_source_id, r.child_source_id, r.type_name) for r in result.dropped_links
+    }
 
 
 def test_rejected_items_become_quarantined_with_a_reason() -> None:
