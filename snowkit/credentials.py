@@ -304,7 +304,7 @@ class CredentialManager:
         self._static_instance: str | None = None
         self._static_order: tuple[str, ...] = AUTH_ORDER
         self._signed_in: bool | None = None
-        self._methods: list[AuthMethod] | None = None
+        self._methods: dict[str | None, list[AuthMethod]] = {}  # per instance authenticated to
 
     @classmethod
     def static(
@@ -533,29 +533,37 @@ class CredentialManager:
     def _method_configured(self, method: str) -> bool:
         if method == "api_key":
             return self._configured("api_key")
-        if method == "oauth":
+        if method == "oauth":  # a grant needs an instance too: the client's, or the configured
             grant = self._configured("client_id") and self._configured("client_secret")
-            return self._configured("oauth_token") or (grant and self.instance_url() is not None)
+            return self._configured("oauth_token") or grant
         if method == "basic":
             return self._configured("username") and self._configured("password")
         return False
 
-    def auth_methods(self) -> list[AuthMethod]:
-        """The configured auth methods in order (api_key → oauth → basic by default)."""
+    def auth_methods(self, instance_url: str | None = None) -> list[AuthMethod]:
+        """The configured auth methods in order (api_key → oauth → basic by default).
+
+        ``instance_url``: the instance they authenticate to (the client passes its own). An
+        OAuth token is fetched from that instance's ``/oauth_token.do``; the configured
+        instance's had been used for a client of another, sending the client secret and the
+        password to the wrong host. Without it, the configured instance's.
+        """
+        instance = instance_url.rstrip("/") if instance_url else self.instance_url()
         with self._lock:
-            if self._methods is not None:
-                return list(self._methods)
+            cached = self._methods.get(instance)
+            if cached is not None:
+                return list(cached)
             methods: list[AuthMethod] = []
             for method in self._auth_order():
                 if not self._method_configured(method):
                     continue
-                built = self._build(method)
+                built = self._build(method, instance)
                 if built is not None:
                     methods.append(built)
-            self._methods = methods
+            self._methods[instance] = methods
             return list(methods)
 
-    def _build(self, method: str) -> AuthMethod | None:
+    def _build(self, method: str, instance: str | None) -> AuthMethod | None:
         if method == "api_key":
             key = self.get("api_key")
             return ApiKeyAuth(key) if key else None
@@ -567,7 +575,6 @@ class CredentialManager:
         token = self.get("oauth_token") if self._configured("oauth_token") else None
         if token is not None:
             return OAuthAuth(token)
-        instance = self.instance_url()
         client_id, client_secret = self.get("client_id"), self.get("client_secret")
         if not (instance and client_id and client_secret):
             return None

@@ -41,6 +41,7 @@ Decisions worth knowing (the "why" behind the behaviour):
 from __future__ import annotations
 
 import contextlib
+import inspect
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -167,7 +168,7 @@ class ServiceNowAPIClient:
         self.pacer = RateLimitPacer(wall_clock=wall_clock)
 
         self._auth = AuthChain(
-            credentials.auth_methods() if credentials is not None else [],
+            _auth_methods(credentials, self.instance_url),
             instance_url=self.instance_url,
             verify=self.verify,
             proxies=self.proxies,
@@ -656,3 +657,14 @@ class ServiceNowAPIClient:
 def _scope() -> contextlib.AbstractContextManager[Any]:
     """A correlation scope for one client operation, unless the caller already opened one."""
     return contextlib.nullcontext() if current_correlation_id() else correlation_scope()
+
+
+def _auth_methods(credentials: Any, instance_url: str) -> list[Any]:
+    """The credentials' methods for this instance (an OAuth token comes from *its* endpoint);
+    credentials written against the older ``auth_methods()`` still work."""
+    if credentials is None:
+        return []
+    methods = credentials.auth_methods
+    if "instance_url" in inspect.signature(methods).parameters:
+        return list(methods(instance_url=instance_url))
+    return list(methods())

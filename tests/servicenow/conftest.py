@@ -26,7 +26,7 @@ AUDIT_KEY = b"k" * 32
 class StaticCredentials:
     methods: list[Any] = field(default_factory=list)
 
-    def auth_methods(self) -> list[Any]:
+    def auth_methods(self, instance_url: str | None = None) -> list[Any]:
         return list(self.methods)
 
     def availability(self) -> dict[str, bool]:

@@ -108,3 +108,29 @@ def test_expired_oauth_token_is_refreshed_once_not_abandoned(
         now[0] += 10_000  # the server expires the token; the client's own clock did not notice
         assert c.ping() > 0
         assert c.auth_method == "oauth"
+
+
+def test_an_oauth_token_comes_from_the_instance_the_client_talks_to(sb: Sandbox) -> None:
+    """The configured instance's endpoint had been used for a client of another instance:
+    the client secret and the password went to that host."""
+    from tests.helpers.http import canned_server
+
+    with canned_server() as elsewhere:
+        env = {
+            "SERVICENOW_INSTANCE": elsewhere.url,
+            "SERVICENOW_CLIENT_ID": sb.oauth_client.client_id,
+            "SERVICENOW_CLIENT_SECRET": sb.oauth_client.client_secret,
+            "SERVICENOW_USERNAME": "admin",
+            "SERVICENOW_PASSWORD": sb.users["admin"],
+            "REQUESTS_CA_BUNDLE": str(sb.ca_path),
+        }
+        credentials = CredentialManager(env=env)  # OAuth comes before basic
+        with ServiceNowAPIClient(sb.url, credentials, verify=str(sb.ca_path)) as client:
+            assert client.ping() > 0 and client.auth_method == "oauth"
+        assert elsewhere.received == []
+        # and with no instance configured, the client's own is enough for a grant
+        del env["SERVICENOW_INSTANCE"]
+        credentials = CredentialManager(env=env)  # OAuth comes before basic
+        assert credentials.availability()["oauth"]
+        with ServiceNowAPIClient(sb.url, credentials, verify=str(sb.ca_path)) as client:
+            assert client.ping() > 0 and client.auth_method == "oauth"
