@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -96,6 +97,18 @@ def _apply_configured_home(args: argparse.Namespace) -> None:
         return
     if config is not None and config.state_dir:
         os.environ[paths.HOME_ENV] = str(Path(config.state_dir).expanduser().resolve())
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number above 0 (a timeout of 0, -5 or nan had failed every
+    health check of a healthy instance)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, not {text}")
+    return value
 
 
 def positive_int(text: str) -> int:

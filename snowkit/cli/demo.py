@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from snowkit.cli import positive_float
+
 #: The demo's notebooks, in the order they run.
 DEMO_NOTEBOOKS: tuple[str, ...] = ("load", "health_check", "error_analysis", "operations_report")
 DRILL_NOTEBOOK = "chaos_drill"
@@ -56,7 +58,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--kernel", help="Jupyter kernel (default: the notebooks' python3)")
     parser.add_argument(
-        "--timeout", type=float, default=300.0, help="per-cell timeout in seconds (default 300)"
+        "--timeout",
+        type=positive_float,
+        default=300.0,
+        help="per-cell timeout in seconds (default 300)",
     )
     parser.set_defaults(func=run_demo)
 

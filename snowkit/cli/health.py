@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from snowkit.cli import positive_float
 from snowkit.cli.load import instance_argument
 
 if TYPE_CHECKING:
@@ -41,7 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", dest="config_file", metavar="FILE", help="config file")
     parser.add_argument("--environment", metavar="ENV", help="default: $BEAST_ENVIRONMENT")
     parser.add_argument(
-        "--timeout", type=float, default=15.0, help="seconds each check may take (default 15)"
+        "--timeout",
+        type=positive_float,
+        default=15.0,
+        help="seconds each check may take (default 15)",
     )
     parser.set_defaults(func=run_health)
 

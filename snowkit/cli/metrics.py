@@ -99,11 +99,19 @@ def _show_textfile(path: Path, fmt: str) -> int:
         return 0
     from prometheus_client.parser import text_string_to_metric_families
 
-    rows = [
-        {"name": sample.name, "labels": sample.labels, "value": sample.value}
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    ]
+    try:
+        rows = [
+            {"name": sample.name, "labels": sample.labels, "value": sample.value}
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        ]
+    except ValueError as exc:  # the parser's word for any malformed line
+        print(
+            f"{path} is not a Prometheus text file ({exc}); point --textfile at the file "
+            "MetricsCollector.write_textfile wrote",
+            file=sys.stderr,
+        )
+        return 1
     if fmt == "json":
         print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
         return 0

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from snowkit.cli import positive_int
+from snowkit.cli import positive_float, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="parameters as a YAML mapping (for lists and dicts), e.g. -y 'sites: [a, b]'",
     )
     run_parser.add_argument("--kernel", help="Jupyter kernel name (default: the notebook's)")
-    run_parser.add_argument("--timeout", type=float, help="per-cell timeout in seconds")
+    run_parser.add_argument("--timeout", type=positive_float, help="per-cell timeout in seconds")
     run_parser.add_argument(
         "--reports-dir",
         type=Path,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sqlite3
 import sys
 import threading
 from pathlib import Path
@@ -50,7 +51,7 @@ def _serve(args: argparse.Namespace) -> int:
         sandbox = Sandbox.start(
             port=args.port, db=db, https=not args.http, faults=args.faults, host=args.host
         )
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, sqlite3.Error) as exc:  # sqlite3: --db is not a database
         print(
             f"snowkit sandbox: could not start: {exc}. Pick a free --port (0 chooses one), "
             "check that --db is writable and that --faults is a valid profile (docs/sandbox.md).",

@@ -6,6 +6,7 @@ The history is one ``application/health+json`` document a line in
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,12 @@ def record_health(document: Mapping[str, Any], path: Path | None = None) -> Path
 
     target = path or health_history_path()
     paths.ensure_dir(target.parent)
-    with open(target, "ab") as handle:
-        handle.write(orjson.dumps(redact(dict(document)), default=str) + b"\n")
+    line = orjson.dumps(redact(dict(document)), default=str) + b"\n"
+    with open(target, "a+b") as handle:
+        handle.seek(0, os.SEEK_END)
+        if handle.tell():  # a torn last line (a killed writer) must not swallow this one
+            handle.seek(-1, os.SEEK_END)
+            if handle.read(1) != b"\n":
+                line = b"\n" + line
+        handle.write(line)
     return target

@@ -15,6 +15,7 @@ Layout: ``<reports_dir>/<notebook stem>/<YYYY-MM-DD>/<run_id>/`` holding ``<stem
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import re
@@ -151,6 +152,8 @@ def check_parameters(parameters: Mapping[str, Any] | None) -> dict[str, Any]:
 
 #: ``scheme://user[:password]@``: credentials inside a URL.
 _URL_USERINFO = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/@\s]+@")
+#: the names of a URL's query (or fragment) parameters
+_URL_PARAMETER = re.compile(r"[?&#;]([^=&#;\s]+)=")
 #: Variables whose values are secrets: a parameter holding one would be written out in clear
 #: (this process never loaded them, so the secret registry does not know them).
 SECRET_VARIABLES = (
@@ -160,11 +163,14 @@ SECRET_VARIABLES = (
 
 
 def _carries_credentials(value: Any) -> bool:
-    """A string in ``value`` that is, or holds, a URL with user info or a secret from the
-    environment (a registered secret is caught by ``redact``)."""
+    """A string in ``value`` that is, or holds, a URL with user info or a secret-named query
+    parameter, or a secret from the environment (a registered secret is caught by
+    ``redact``)."""
     if isinstance(value, str):
         if _URL_USERINFO.search(value):
             return True
+        if "://" in value and any(map(is_secret_key, _URL_PARAMETER.findall(value))):
+            return True  # e.g. ?x-sn-apikey=... (it had reached run.json and the notebook)
         secrets = (os.environ.get(n, "") for n in SECRET_VARIABLES)
         return any(len(secret) >= 4 and secret in value for secret in secrets)
     if isinstance(value, list):
@@ -349,7 +355,7 @@ def _execute(
             cwd=str(source.parent),
             progress_bar=sys.stderr.isatty(),
             log_output=False,
-            execution_timeout=timeout,
+            execution_timeout=math.ceil(timeout) if timeout is not None else None,  # an int
             start_timeout=KERNEL_START_TIMEOUT_S,
             kernel_manager_class=_kernel_manager_class(kernel_env),
         )
@@ -426,7 +432,7 @@ def run(
     params = check_parameters(parameters)
     _check_declared(params, source)
     kernel_name = _check_kernel(kernel, nb)
-    if timeout is not None and timeout <= 0:
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
         raise RunUsageError("--timeout must be a positive number of seconds per cell")
     if run_id is not None and not _RUN_ID.match(run_id):
         raise RunUsageError(f"run id {run_id!r} may hold only letters, digits, '.', '_' and '-'")
@@ -439,6 +445,11 @@ def run(
         run_dir.mkdir(parents=True, exist_ok=False)
     except FileExistsError:
         raise RunUsageError(f"run folder {run_dir} already exists; choose another run id") from None
+    except OSError as exc:  # a file where a folder must be, no rights: nothing has run
+        raise RunUsageError(
+            f"cannot create the run folder {run_dir} ({exc.strerror}); choose a writable "
+            "--reports-dir (or SNOWKIT_REPORTS)"
+        ) from None
     output = run_dir / source.name
     clock = time.perf_counter()
 

@@ -216,3 +216,17 @@ def test_the_history_leaves_dry_runs_out_of_the_write_counts(tmp_path: Path) -> 
         (tmp_path / run_id / "report.json").write_text(json.dumps(report))
     assert run_reports_frame(tmp_path)["count"].sum() == 16
     assert list(run_reports_frame(tmp_path, dry_runs=False)["run_id"]) == ["2-apply"]
+
+
+def test_a_torn_health_line_does_not_swallow_the_next_check(tmp_path: Path) -> None:
+    """A killed writer's partial line had glued the next run's document onto it (lost)."""
+    from snowkit.analysis import health_frame
+    from snowkit.notebook.health import record_health
+
+    history = tmp_path / "health.jsonl"
+    history.write_bytes(b'{"status": "pass", "checks": {"servicenow:resp')
+    document = {"status": "pass", "checks": {"servicenow:responseTime": [
+        {"status": "pass", "time": "2026-03-01T10:00:00+00:00", "observedValue": 5}]}}  # fmt: skip
+    record_health(document, history)
+    frame = health_frame(history)
+    assert len(frame) == 1 and frame["check"].tolist() == ["servicenow:responseTime"]

@@ -389,3 +389,10 @@ def test_none_is_refused_for_a_parameter_whose_default_is_not_none(
     argv = ["run", str(notebook), "--reports-dir", str(tmp_path / "r"), "-p", "lab_sites", "None"]
     assert main(argv) == EXIT_USAGE
     assert "takes int" in capsys.readouterr().err
+
+
+def test_a_fractional_timeout_runs(tmp_path: Path) -> None:
+    """papermill takes whole seconds: 30.5 had failed the run with a TraitError (exit 1)."""
+    result = run(NOTEBOOKS / "passing.ipynb", reports_dir=tmp_path, timeout=30.5)
+    assert result.status == "ok", result.error
+    assert json.loads(result.run_json.read_text())["timeout_per_cell_s"] == 30.5
