@@ -52,7 +52,8 @@ class LastKnownGoodCache:
             "saved_at": self._clock(),
             "inventory": inventory.to_jsonable(),
         }
-        return write_atomic(self.path(source), orjson.dumps(payload), fsync=True)
+        # the inventory (addresses, client names) stays readable by this user only
+        return write_atomic(self.path(source), orjson.dumps(payload), fsync=True, mode=0o600)
 
     def load(self, source: str) -> CachedInventory | None:
         """The cached inventory marked stale with its age, or None (absent or unreadable)."""
