@@ -322,10 +322,18 @@ class Store:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
         with self._lock:
-            self._create_layout()
-            self._load_custom_fields()
-            if seed and not self._meta("seeded"):
-                self._seed()
+            # one transaction: a second process opening the same new file waits, instead of
+            # adding the columns this one is adding ("duplicate column name", two notebooks)
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._create_layout()
+                self._load_custom_fields()
+                if seed and not self._meta("seeded"):
+                    self._seed()
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -641,12 +649,10 @@ class Store:
         row = self._conn.execute("SELECT value FROM _meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
-    def _seed(self) -> None:
-        self._conn.execute("BEGIN")
+    def _seed(self) -> None:  # inside the opening transaction
         for table, values in self._schema.seed_rows():
             self._insert(table, values, "admin")
         self._conn.execute("INSERT OR REPLACE INTO _meta VALUES ('seeded', '1')")
-        self._conn.execute("COMMIT")
 
     # -- internals ----------------------------------------------------------------------------
 

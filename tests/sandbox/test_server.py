@@ -206,3 +206,36 @@ def test_method_override_header(sandbox: Sandbox):
         )
         assert response.status_code == 200
         assert response.json()["result"]["short_description"] == "overridden"
+
+
+def test_processes_opening_one_new_database_at_once_all_start(tmp_path: Path) -> None:
+    """Two load notebooks on a fresh SNOWKIT_HOME: the second had failed with "duplicate
+    column name" while both laid out the same SQLite file (separate connections race as
+    separate processes do)."""
+    import threading
+
+    from snowkit.sandbox.store import Store
+
+    errors: list[BaseException] = []
+    for attempt in range(3):
+        path = tmp_path / f"shared-{attempt}.sqlite3"
+        barrier = threading.Barrier(4)
+
+        def open_store(path: Path = path, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            try:
+                Store(path).close()
+            except BaseException as exc:  # collected: the assertion names them
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_store) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == []
+    store = Store(tmp_path / "shared-0.sqlite3")
+    try:  # seeded once, not once per opener
+        assert len(store.list("sys_user", "user_name=admin", limit=-1)[0]) == 1
+    finally:
+        store.close()
