@@ -20,8 +20,10 @@ hardware id (serial number or MAC) is never identified by its name: the ``name``
 of the IRE payload (the rule then decides on serial number and MAC only) and set right after
 through the Table API (one batch per chunk) when the CI is new or its name changed. For items
 without a serial number the MAC is also sent as a ``lookup`` entry on
-``cmdb_ci_network_adapter``, the form the base Hardware rule's MAC entry takes on a real
-instance (the embedded one matches the CI's own ``mac_address``).
+``cmdb_ci_network_adapter`` with ``mac_address`` and ``name`` (the MAC again: UniFi names no
+interface), the two attributes the base Hardware rule's MAC entry matches on. A lookup with the
+MAC alone had left such items (every client) without a criterion: MISSING_MATCHING_ATTRIBUTES
+on a real instance, while the embedded one matched the CI's own ``mac_address``.
 """
 
 from __future__ import annotations
@@ -101,9 +103,10 @@ def build_payload(
             },
         }
         if body.get("mac_address") and not body.get("serial_number"):
-            item["lookup"] = [
-                {"className": NETWORK_ADAPTER, "values": {"mac_address": body["mac_address"]}}
-            ]
+            mac = body["mac_address"]
+            # the rule's MAC entry is name + mac_address of an adapter: the MAC names it
+            adapter = {"name": mac, "mac_address": mac}
+            item["lookup"] = [{"className": NETWORK_ADAPTER, "values": adapter}]
         items.append(item)
     relations = []
     for spec in relationships:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
+from snowkit.cmdb.classes import HARDWARE
 from snowkit.cmdb.fields import SOURCE_ID_FIELD, as_str
 from snowkit.cmdb.questions import any_row
 from snowkit.servicenow.query import Query
@@ -486,12 +487,16 @@ def _chunks(values: Sequence[str], size: int) -> Iterator[Sequence[str]]:
         yield values[start : start + size]
 
 
-def _in_query(fld: str, values: Iterable[str]) -> Query | None:
-    """``<fld>IN...^u_unifi_source_idISEMPTY``; values with ``,`` or ``^`` cannot be listed."""
+def _in_query(fld: str, values: Iterable[str], *, hardware: bool = False) -> Query | None:
+    """``<fld>IN...^u_unifi_source_idISEMPTY``; values with ``,`` or ``^`` cannot be listed.
+
+    ``hardware``: only hardware CIs, which the Hardware rule identifies; a network adapter
+    (a CI too, holding the device's MAC, left by Discovery or IRE) had been adoptable."""
     clean = [v for v in values if v and "," not in v and "^" not in v and "\n" not in v]
     if not clean:
         return None
-    return Query().in_(fld, clean).is_empty(SOURCE_ID_FIELD)
+    query = Query().instance_of(HARDWARE) if hardware else Query()
+    return query.in_(fld, clean).is_empty(SOURCE_ID_FIELD)
 
 
 def fields_by_table(records: Sequence[Any]) -> dict[str, set[str]]:
@@ -688,7 +693,7 @@ def read_candidates(
                 }
             )
             for chunk in _chunks(values, in_chunk):
-                query = _in_query(fld, chunk)
+                query = _in_query(fld, chunk, hardware=True)
                 if query is not None:
                     jobs.append((CI_TABLE, query, ci_fields))
     if loc_unmatched and without_source_id(LOCATION_TABLE):

@@ -18,8 +18,12 @@ Real CMDB loads go through IRE so duplicates are matched rather than re-inserted
   ``target_table`` and ``last_scan`` (set when the row is written; not refreshed on every
   scan here). The property ``glide.identification_engine.skip_sys_object_source_matching`` is
   not emulated (always off);
-* then the base-system Hardware identifier only (serial_number, then name, then mac_address,
-  searched on ``cmdb_ci_hardware`` and its subclasses);
+* then the base-system Hardware identifier only: serial_number, then name (searched on
+  ``cmdb_ci_hardware`` and its subclasses), then ``mac_address`` + ``name`` of a
+  ``cmdb_ci_network_adapter`` ``lookup`` entry (the adapter's ``cmdb_ci`` is the match; a
+  committed item leaves its adapter rows). The CI's own ``mac_address`` is no criterion, as on
+  a real instance: an item with only a MAC, or a lookup without the adapter's name, gets
+  ``MISSING_MATCHING_ATTRIBUTES``;
 * relationships by item index.
 
 Enough to test a loader that prefers IRE and falls back to the Table API. The caller
@@ -36,7 +40,9 @@ from snowkit.sandbox.store import Store
 HARDWARE = "cmdb_ci_hardware"
 RULE_NAME = "Hardware Rule"
 IDENTIFIER_ENTRY_SYS_ID = "556eb250c3400200d8d4bea192d3ae92"
-MATCH_ATTRIBUTES = ("serial_number", "name", "mac_address")
+MATCH_ATTRIBUTES = ("serial_number", "name")  # on the CI; then the adapter lookup
+NETWORK_ADAPTER = "cmdb_ci_network_adapter"
+ADAPTER_ATTRIBUTES = ("mac_address", "name")
 UNKNOWN = "Unknown"
 SOURCE_TABLE = "sys_object_source"
 SOURCE_IDENTIFIER = "sys_object_source"
@@ -118,16 +124,18 @@ def _reconcile_item(store: Store, item: Any, index: int, commit: bool, user: str
             "Hardware rule, for cmdb_ci_hardware and its subclasses)",
         )
     source = _source_info(item)
+    adapters = _adapters(item)
     match = _identify_by_source(store, source, result) if source is not None else None
     if match is None:
-        if not any(values.get(attr) for attr in MATCH_ATTRIBUTES):
+        if not any(values.get(attr) for attr in MATCH_ATTRIBUTES) and not adapters:
             return _fail(
                 result,
                 "MISSING_MATCHING_ATTRIBUTES",
                 "In the payload, the identification rule for class "
-                f"'{class_name}' needs one of {', '.join(MATCH_ATTRIBUTES)}",
+                f"'{class_name}' needs serial_number, name, or a {NETWORK_ADAPTER} lookup "
+                "with mac_address and name",
             )
-        match = _identify(store, values, result)
+        match = _identify(store, values, adapters, result)
         if match is not None:
             result["identifierEntrySysId"] = IDENTIFIER_ENTRY_SYS_ID
     values["sys_class_name"] = class_name
@@ -138,6 +146,7 @@ def _reconcile_item(store: Store, item: Any, index: int, commit: bool, user: str
             result["sysId"] = record["sys_id"]
             if source is not None:
                 _remember_source(store, source, record["sys_id"], class_name, user)
+            _keep_adapters(store, adapters, record["sys_id"], user)
         return result
     result["sysId"] = match["sys_id"]
     own_class = match.get("sys_class_name") or HARDWARE
@@ -150,7 +159,31 @@ def _reconcile_item(store: Store, item: Any, index: int, commit: bool, user: str
             store.update(own_class, match["sys_id"], changes, user=user)
         if source is not None:
             _remember_source(store, source, match["sys_id"], own_class, user)
+        _keep_adapters(store, adapters, match["sys_id"], user)
     return result
+
+
+def _adapters(item: dict[str, Any]) -> list[dict[str, str]]:
+    """The item's network-adapter lookup entries that can identify (both name and MAC)."""
+    found = []
+    for entry in item.get("lookup") or []:
+        if not isinstance(entry, dict) or entry.get("className") != NETWORK_ADAPTER:
+            continue
+        values = entry.get("values") if isinstance(entry.get("values"), dict) else {}
+        adapter = {attr: _as_text(values.get(attr)) for attr in ADAPTER_ATTRIBUTES}
+        if all(adapter.values()):
+            found.append(adapter)
+    return found
+
+
+def _keep_adapters(store: Store, adapters: list[dict[str, str]], ci: str, user: str) -> None:
+    """Leave (or re-point) an adapter row per lookup entry, as IRE commits lookup items."""
+    for adapter in adapters:
+        rows, _ = store.list(NETWORK_ADAPTER, "", limit=1, filters=adapter)
+        if not rows:
+            store.insert(NETWORK_ADAPTER, {**adapter, "cmdb_ci": ci}, user=user)
+        elif rows[0].get("cmdb_ci") != ci:
+            store.update(NETWORK_ADAPTER, rows[0]["sys_id"], {"cmdb_ci": ci}, user=user)
 
 
 def _source_info(item: dict[str, Any]) -> tuple[str, str] | None:
@@ -204,9 +237,9 @@ def _remember_source(
 
 
 def _identify(
-    store: Store, values: dict[str, str], result: dict[str, Any]
+    store: Store, values: dict[str, str], adapters: list[dict[str, str]], result: dict[str, Any]
 ) -> dict[str, str] | None:
-    """Try each Hardware-rule attribute in order; record the attempts like the real engine."""
+    """Try each Hardware-rule criterion in order; record the attempts like the real engine."""
     found: dict[str, str] | None = None
     for attr in MATCH_ATTRIBUTES:
         value = values.get(attr)
@@ -228,6 +261,26 @@ def _identify(
                 "hybridEntryCiAttributes": [],
             }
         )
+    outcome = "SKIPPED"
+    if found is None and adapters:
+        owners: list[dict[str, str]] = []
+        for adapter in adapters:
+            rows, _ = store.list(NETWORK_ADAPTER, "ORDERBYsys_created_on", limit=2, filters=adapter)
+            for row in rows:
+                ci = store.get(HARDWARE, row.get("cmdb_ci", "")) if row.get("cmdb_ci") else None
+                if ci is not None and ci["sys_id"] not in {o["sys_id"] for o in owners}:
+                    owners.append(ci)
+        outcome = "MULTI_MATCH" if len(owners) > 1 else "MATCHED" if owners else "NO_MATCH"
+        found = owners[0] if owners else None
+    result["identificationAttempts"].append(
+        {
+            "identifierName": RULE_NAME,
+            "attemptResult": outcome,
+            "attributes": list(ADAPTER_ATTRIBUTES),
+            "searchOnTable": NETWORK_ADAPTER,
+            "hybridEntryCiAttributes": [],
+        }
+    )
     return found
 
 

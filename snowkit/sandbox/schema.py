@@ -7,7 +7,8 @@ subclasses inherit at once, exactly as on a real instance.
 
 Hierarchies (table-per-hierarchy, as on the platform): ``task`` → ``incident`` / ``problem``;
 ``cmdb_ci`` → ``cmdb_ci_hardware`` → ``cmdb_ci_netgear`` → ``cmdb_ci_ip_router`` /
-``cmdb_ci_ip_switch`` / ``cmdb_ci_wap_network``, and ``cmdb_ci_hardware`` → ``cmdb_ci_computer``.
+``cmdb_ci_ip_switch`` / ``cmdb_ci_wap_network``, ``cmdb_ci_hardware`` → ``cmdb_ci_computer``,
+and ``cmdb_ci`` → ``cmdb_ci_network_adapter`` (an adapter is a CI too, holding a MAC).
 Every table of a hierarchy (a table with a parent or with children) carries ``sys_class_name``.
 
 Dictionary defaults use the platform's own notation where the value is computed at insert time:
@@ -371,6 +372,13 @@ def _base_tables() -> list[TableDef]:
             "Wireless Access Point",
             [_f("channel", "integer"), _f("radio_count", "integer")],
             parent="cmdb_ci_netgear",
+            display="name",
+        ),
+        _table(  # the Hardware rule's MAC entry searches it (name + mac_address, IRE lookup)
+            "cmdb_ci_network_adapter",
+            "Network Adapter",
+            [_ref("cmdb_ci", "cmdb_ci"), _f("netmask", max_length=40)],
+            parent="cmdb_ci",
             display="name",
         ),
         _table(

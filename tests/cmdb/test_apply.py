@@ -561,6 +561,20 @@ def test_a_ci_holding_the_serial_in_another_case_is_adopted(client: ServiceNowAP
     )
 
 
+def test_a_network_adapter_holding_the_mac_is_not_adopted(client: ServiceNowAPIClient) -> None:
+    """Candidates were any CI: Discovery's adapter for the device's MAC had become its CI."""
+    adapter = client.create(
+        "cmdb_ci_network_adapter", {"name": "eth0", "mac_address": "aa:bb:cc:00:00:07"}
+    )
+    record = CMDBRecord("cmdb_ci_hardware", "cl:7", {"name": "printer",
+                        "mac_address": "aa:bb:cc:00:00:07"}, "client")  # fmt: skip
+    _, plan, report = load(client, TransformResult(records=[record]))
+    assert report.status == "success", report.message
+    (item,) = plan.items
+    assert item.action == "create" and item.sys_id != adapter["sys_id"]
+    assert client.get("cmdb_ci_network_adapter", adapter["sys_id"])["name"] == "eth0"
+
+
 def test_ire_mode_loads_a_ci_whose_class_table_is_missing_and_retires_by_table_api(
     sandbox: Sandbox, client: ServiceNowAPIClient
 ) -> None:

@@ -44,20 +44,35 @@ def test_insert_then_no_change_then_update(sandbox: Sandbox, admin: requests.Ses
     assert record["ip_address"] == "10.0.0.2"
 
 
-def test_match_falls_back_to_name_then_mac(sandbox: Sandbox, admin: requests.Session):
+def test_match_falls_back_to_name_then_the_network_adapter(
+    sandbox: Sandbox, admin: requests.Session
+):
     name = "sw-" + uuid.uuid4().hex[:10]
     mac = "aa:bb:cc:" + ":".join(uuid.uuid4().hex[i : i + 2] for i in (0, 2, 4))
-    inserted = _ire(admin, sandbox, {"items": [_switch(name, mac_address=mac)]})["items"][0]
+    adapter = {"className": "cmdb_ci_network_adapter", "values": {"name": mac, "mac_address": mac}}
+    inserted = _ire(admin, sandbox, {"items": [{**_switch(name, mac_address=mac),
+                                                "lookup": [adapter]}]})["items"][0]  # fmt: skip
     by_name = _ire(admin, sandbox, {"items": [_switch(name, mac_address=mac)]})["items"][0]
     assert by_name["sysId"] == inserted["sysId"]
     attempts = [a["attemptResult"] for a in by_name["identificationAttempts"]]
     assert attempts == ["SKIPPED", "MATCHED", "SKIPPED"]
-    by_mac = _ire(
-        admin,
-        sandbox,
-        {"items": [{"className": "cmdb_ci_ip_switch", "values": {"mac_address": mac}}]},
-    )["items"][0]
-    assert by_mac["sysId"] == inserted["sysId"]
+    only_mac = {"className": "cmdb_ci_ip_switch", "values": {"mac_address": mac}}
+    by_adapter = _ire(admin, sandbox, {"items": [{**only_mac, "lookup": [adapter]}]})["items"][0]
+    assert by_adapter["sysId"] == inserted["sysId"]
+    assert by_adapter["identificationAttempts"][-1]["searchOnTable"] == "cmdb_ci_network_adapter"
+
+
+def test_a_mac_without_an_adapter_name_identifies_nothing(
+    sandbox: Sandbox, admin: requests.Session
+):
+    """As the real Hardware rule: its MAC entry is mac_address + name of a network adapter."""
+    mac = "aa:bb:cc:" + ":".join(uuid.uuid4().hex[i : i + 2] for i in (0, 2, 4))
+    only_mac = {"className": "cmdb_ci_ip_switch", "values": {"mac_address": mac}}
+    half = {"className": "cmdb_ci_network_adapter", "values": {"mac_address": mac}}
+    for item in (only_mac, {**only_mac, "lookup": [half]}):
+        (result,) = _ire(admin, sandbox, {"items": [item]})["items"]
+        assert result["sysId"] == "Unknown"
+        assert result["errors"][0]["error"] == "MISSING_MATCHING_ATTRIBUTES"
 
 
 def test_relations_by_index_create_cmdb_rel_ci(sandbox: Sandbox, admin: requests.Session):
