@@ -361,6 +361,7 @@ def transform(inventory: Inventory) -> TransformResult:
         result.records.append(record)
         valid_ids.add(record.source_id)
 
+    _unshare_serials(result)
     result.relationships = _relationships(devices, clients, valid_ids)
     # what the links would have been with every record valid: the rest lost an end to quarantine
     listed = {item.source_id for item in (*devices, *clients)}
@@ -369,6 +370,36 @@ def transform(inventory: Inventory) -> TransformResult:
         every = _relationships(devices, clients, listed)
         result.dropped_links = [spec for spec in every if spec not in kept]
     return result
+
+
+def _unshare_serials(result: TransformResult) -> None:
+    """Devices that report one serial number have no usable serial: it would identify them as
+    one CI (IRE's Hardware rule tries the serial first; Table-API adoption matches on it too),
+    and in IRE mode one of them was lost and the pair flipped on every run. Their
+    ``serial_number`` is left out, with a warning per record; the MAC still tells them apart."""
+    holders: dict[str, list[CMDBRecord]] = {}
+    for record in result.records:
+        serial = record.values.get("serial_number", "").strip().upper()
+        if serial:
+            holders.setdefault(serial, []).append(record)
+    for records in holders.values():
+        if len(records) < 2:
+            continue
+        for record in records:
+            shown = record.values.pop("serial_number")
+            others = [r.source_id for r in records if r is not record]
+            result.issues.append(
+                FieldIssue(
+                    record.source_id,
+                    record.kind,
+                    "serial_number",
+                    sanitize_value(shown),
+                    "duplicate_serial",
+                    f"serial number also reported by {len(others)} other device(s) "
+                    f"(e.g. {others[0]}); not written, so it cannot merge them",
+                    "warning",
+                )
+            )
 
 
 def _relationships(

@@ -165,6 +165,21 @@ def test_an_api_id_full_of_colons_is_not_taken_for_a_mac() -> None:
     assert held.source_id == odd.source_id and held.reasons[0].field == "mac_address"
 
 
+def test_devices_sharing_a_serial_keep_their_macs_and_lose_the_serial() -> None:
+    """In IRE mode the serial made them one CI: one was lost and the pair flipped each run."""
+    inv = _estate()
+    inv.switches[0].serial = "xxxyyyzzz"
+    inv.access_points[0].serial = "XXXYYYZZZ"
+    result = transform(inv)
+    held = {r.source_id: r.values for r in result.records}
+    for device in (inv.switches[0], inv.access_points[0]):
+        assert "serial_number" not in held[device.source_id]
+        assert held[device.source_id]["mac_address"] == device.mac
+    issues = [i for i in result.issues if i.rule == "duplicate_serial"]
+    assert len(issues) == 2 and all(i.severity == "warning" for i in issues)
+    assert not result.quarantined
+
+
 def test_duplicates_across_sources_resolved_to_richest_and_reported() -> None:
     a = Inventory(provenance=[SM])
     a.add_device(
