@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import tomllib
+from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
@@ -330,25 +331,89 @@ class ConfigurationManager:
         sections = file_data.pop("environments", None) or {}
         if not isinstance(sections, dict):
             raise _config_error(["environments: must be a table of per-environment sections"])
+        problems = _section_problems(sections) + _unknown_variables(os.environ)
+        if problems:  # a typo had been ignored silently: the setting never applied
+            raise _config_error(problems)
         file_data.pop("environment", None)  # the environment is chosen explicitly, not by file
         data = _deep_merge(ENVIRONMENT_DEFAULTS.get(env, {}), file_data)
         env_section = sections.get(env.value)
         if isinstance(env_section, dict):
             data = _deep_merge(data, env_section)
         legacy_instance = os.environ.get(LEGACY_INSTANCE_VARIABLE)
-        if legacy_instance and "instance" not in (data.get("servicenow") or {}):
+        from_legacy = bool(
+            legacy_instance
+            and "instance" not in (data.get("servicenow") or {})
+            and not os.environ.get(env_var_name(("servicenow", "instance")))
+        )
+        if from_legacy:
             # The original loader's variable; SNOWKIT_SERVICENOW__INSTANCE still wins.
             data = _deep_merge(data, {"servicenow": {"instance": legacy_instance}})
         try:
             config = OperationalConfig(**data)
         except ValidationError as exc:
-            raise _config_error(_problems_from(exc)) from None
+            problems = _problems_from(exc)
+            if from_legacy:  # name the variable the user set, not the one derived
+                derived = env_var_name(("servicenow", "instance"))
+                problems = [p.replace(derived, LEGACY_INSTANCE_VARIABLE) for p in problems]
+            raise _config_error(problems) from None
         except SettingsError as exc:
             # e.g. a nested variable that is not valid JSON; the message names only the field.
             raise _config_error([f"{_settings_field(exc)}: {exc}"]) from None
         config = config.model_copy(update={"environment": env})
         self.config = config
         return config
+
+
+#: ``SNOWKIT_*`` variables that are no setting: paths, the audit key, the runner's hand-offs
+OTHER_VARIABLES = frozenset({
+    "SNOWKIT_HOME", "SNOWKIT_REPORTS", "SNOWKIT_RUN_DIR", CONFIG_FILE_VARIABLE,
+    "SNOWKIT_AUDIT_KEY", "SNOWKIT_AUDIT_KEY_OP_REF", "SNOWKIT_AUDIT_ANCHOR",
+    "SNOWKIT_DRILL_FIGURES",
+})  # fmt: skip
+
+
+def _unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """``SNOWKIT_*`` variables that name no setting (e.g. ``SNOWKIT_RETRY_MAX_ATTEMPTS``, one
+    underscore short of ``SNOWKIT_RETRY__MAX_ATTEMPTS``): pydantic-settings skips them."""
+    problems = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name in OTHER_VARIABLES:
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split(ENV_NESTED_DELIMITER)
+        if not _names_a_setting(OperationalConfig, path):
+            problems.append(
+                f"{name}: no such setting (nesting takes two underscores, e.g. "
+                f"{env_var_name(('retry', 'max_attempts'))}; README, Configuration)"
+            )
+    return problems
+
+
+def _names_a_setting(model: type[BaseModel], path: list[str]) -> bool:
+    field = model.model_fields.get(path[0])
+    if field is None:
+        return False
+    rest = path[1:]
+    if not rest:
+        return True
+    nested = field.annotation
+    return (
+        isinstance(nested, type)
+        and issubclass(nested, BaseModel)
+        and _names_a_setting(nested, rest)
+    )
+
+
+def _section_problems(sections: Mapping[str, Any]) -> list[str]:
+    """``[environments.<name>]`` sections must name an environment and be tables: a section
+    for ``prod`` (not ``production``) had been ignored, its settings never applied."""
+    known = [e.value for e in Environment]
+    problems = []
+    for name, section in sections.items():
+        if name not in known:
+            problems.append(f"environments.{name}: unknown environment (one of {', '.join(known)})")
+        elif not isinstance(section, dict):
+            problems.append(f"environments.{name}: must be a table of settings")
+    return problems
 
 
 def _settings_field(exc: SettingsError) -> str:

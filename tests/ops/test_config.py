@@ -233,3 +233,44 @@ def test_cli_config_show_invalid_exits_78(capsys, monkeypatch, canary) -> None:
     assert canary not in captured.err + captured.out
     assert cli_main(["config", "show"]) == 78  # no environment given
     assert "BEAST_ENVIRONMENT" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("variable", "listed"),
+    [("SNOWKIT_RETRY_MAX_ATTEMPTS", "no such setting"),
+     ("SNOWKIT_RETRY__MAX_ATTEMPT", "no such setting"),
+     ("SNOWKIT_SERVICE_NOW__WORKERS", "no such setting")],
+)  # fmt: skip
+def test_a_misspelled_variable_stops_the_load(monkeypatch, variable: str, listed: str) -> None:
+    """One underscore short, the setting had been ignored and the default used (exit 0)."""
+    monkeypatch.setenv(variable, "9")
+    with pytest.raises(ConfigurationError) as info:
+        load(environment="testing")
+    assert variable in str(info.value) and listed in str(info.value)
+    assert "9" not in str(info.value).replace(variable, "")
+
+
+def test_variables_that_are_no_settings_are_left_alone(monkeypatch, tmp_path: Path) -> None:
+    for name in ("SNOWKIT_HOME", "SNOWKIT_REPORTS", "SNOWKIT_RUN_DIR", "SNOWKIT_AUDIT_KEY"):
+        monkeypatch.setenv(name, str(tmp_path))
+    monkeypatch.setenv("SNOWKIT_CIRCUIT_BREAKER__FAILURE_THRESHOLD", "4")
+    assert load(environment="testing").circuit_breaker.failure_threshold == 4
+
+
+def test_an_environment_section_must_name_an_environment(tmp_path: Path) -> None:
+    """[environments.prod] had been ignored: production ran on its defaults."""
+    path = tmp_path / "c.toml"
+    path.write_text('[environments.prod.retry]\nmax_attempts = 9\n[environments]\ntesting = "x"\n')
+    with pytest.raises(ConfigurationError) as info:
+        load(config_file=path, environment="production")
+    text = str(info.value)
+    assert "environments.prod: unknown environment" in text
+    assert "environments.testing: must be a table" in text
+
+
+def test_a_bad_servicenow_instance_names_the_variable_the_user_set(monkeypatch) -> None:
+    monkeypatch.setenv("SERVICENOW_INSTANCE", "http://acme.example.com")
+    with pytest.raises(ConfigurationError) as info:
+        load(environment="testing")
+    assert "(SERVICENOW_INSTANCE)" in str(info.value)
+    assert "SNOWKIT_SERVICENOW__INSTANCE" not in str(info.value)

@@ -15,7 +15,15 @@ import nbformat
 import pytest
 
 from snowkit.cli import main
-from snowkit.reports import EXIT_FAILED, EXIT_OK, EXIT_USAGE, RunResult, list_runs, run
+from snowkit.reports import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    RunResult,
+    RunUsageError,
+    list_runs,
+    run,
+)
 
 NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"
 # one worker runs this module's notebooks (under `-n 2 --dist loadgroup`), so each runs once
@@ -175,7 +183,6 @@ def test_dead_kernel_is_a_failure_with_its_own_message(tmp_path: Path) -> None:
         (["-p", "not-an-identifier", "1"], "identifier"),
         (["-y", "[1, 2]"], "YAML mapping"),
         (["--kernel", "no-such-kernel-xyz"], "no Jupyter kernel"),
-        (["--timeout", "0"], "timeout"),
     ],
 )
 def test_usage_errors_exit_two_before_anything_is_written(
@@ -396,3 +403,12 @@ def test_a_fractional_timeout_runs(tmp_path: Path) -> None:
     result = run(NOTEBOOKS / "passing.ipynb", reports_dir=tmp_path, timeout=30.5)
     assert result.status == "ok", result.error
     assert json.loads(result.run_json.read_text())["timeout_per_cell_s"] == 30.5
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf")])
+def test_a_timeout_that_is_no_positive_number_is_refused_before_anything_runs(
+    tmp_path: Path, timeout: float
+) -> None:
+    with pytest.raises(RunUsageError):
+        run(NOTEBOOKS / "passing.ipynb", reports_dir=tmp_path / "r", timeout=timeout)
+    assert not (tmp_path / "r").exists()
