@@ -530,15 +530,25 @@ class CredentialManager:
         order = getattr(getattr(self._operational, "servicenow", None), "auth_order", None)
         return tuple(order) if order else AUTH_ORDER
 
-    def _method_configured(self, method: str) -> bool:
+    def _method_configured(self, method: str, has: Callable[[str], bool] | None = None) -> bool:
+        """``has``: whether a credential is there (default: configured, read or not)."""
+        has = has or self._configured
         if method == "api_key":
-            return self._configured("api_key")
+            return has("api_key")
         if method == "oauth":  # a grant needs an instance too: the client's, or the configured
-            grant = self._configured("client_id") and self._configured("client_secret")
-            return self._configured("oauth_token") or grant
+            return has("oauth_token") or (has("client_id") and has("client_secret"))
         if method == "basic":
-            return self._configured("username") and self._configured("password")
+            return has("username") and has("password")
         return False
+
+    def _readable(self, name: str, op_usable: bool) -> bool:
+        """Configured, and readable now: a value only a 1Password reference holds needs `op`
+        installed and signed in (health had said "pass" for credentials it could not read)."""
+        if not self._configured(name):
+            return False
+        if self._static is not None or (name in NOT_SECRET and getattr(self._creds, name, None)):
+            return True
+        return bool(self.env.get(ENV_NAMES[name])) or op_usable
 
     def auth_methods(self, instance_url: str | None = None) -> list[AuthMethod]:
         """The configured auth methods in order (api_key → oauth → basic by default).
@@ -620,8 +630,9 @@ class CredentialManager:
             "client_secret",
         ):
             result[f"env_{name}"] = self._static is None and bool(self.env.get(ENV_NAMES[name]))
+        op_usable = result["op_signed_in"]
         for method in AUTH_ORDER:
-            result[method] = self._method_configured(method)
+            result[method] = self._method_configured(method, lambda n: self._readable(n, op_usable))
         result["any_auth_method"] = any(result[m] for m in AUTH_ORDER)
         return result
 

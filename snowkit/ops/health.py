@@ -321,7 +321,10 @@ class HealthMonitor:
                 "SERVICENOW_OAUTH_TOKEN or SERVICENOW_USERNAME/SERVICENOW_PASSWORD "
                 "(or their *_OP_REF 1Password references)"
             )
-            if availability.get("op_references") and not availability.get("op_signed_in"):
+            if availability.get("op_references") and not availability.get("op_installed"):
+                message += "; 1Password references are set but the 1Password CLI `op` is not "
+                message += "installed or not on PATH: install it, or set the values directly"
+            elif availability.get("op_references") and not availability.get("op_signed_in"):
                 message += "; 1Password references are set but `op` is not signed in: run "
                 message += "`op signin` or set OP_SERVICE_ACCOUNT_TOKEN"
             return HealthCheck(

@@ -6,6 +6,7 @@ import base64
 import os
 import stat
 import subprocess
+from pathlib import Path
 
 import pytest
 import requests
@@ -303,3 +304,21 @@ def test_repr_shows_no_secret(canary) -> None:
 
 def test_real_environment_is_not_required() -> None:
     assert CredentialManager(env={"PATH": os.environ.get("PATH", "")}).auth_methods() == []
+
+
+def test_a_method_only_a_reference_holds_is_unavailable_until_op_can_read_it(
+    fake_op, tmp_path: Path
+) -> None:
+    """Health had said "credentials pass" while the connection failed: `op` was missing."""
+    from snowkit.ops.health import HealthMonitor, HealthStatus
+
+    refs = {"SERVICENOW_USERNAME": "u", "SERVICENOW_PASSWORD_OP_REF": REF}
+    no_op = CredentialManager(env={**refs, "PATH": str(tmp_path)})  # no `op` on this PATH
+    assert not no_op.availability()["basic"]
+    check = HealthMonitor(credentials=no_op).check_credential_availability()
+    assert check.status == HealthStatus.UNHEALTHY and "not installed" in check.message
+    signed_out = CredentialManager(env={**fake_op.env, **refs, "FAKE_OP_SIGNED_IN": "0"})
+    assert not signed_out.availability()["basic"]
+    check = HealthMonitor(credentials=signed_out).check_credential_availability()
+    assert "not signed in" in check.message
+    assert CredentialManager(env={**fake_op.env, **refs}).availability()["basic"]
