@@ -373,6 +373,16 @@ def _execute(
     return None
 
 
+def _last_started_cell(executed: NotebookNode) -> int | None:
+    """The cell a timeout stopped: the last one papermill started (it names none itself)."""
+    started = [
+        n
+        for n, cell in enumerate(executed.cells)
+        if (cell.get("metadata", {}).get("papermill") or {}).get("start_time")
+    ]
+    return started[-1] if started else None
+
+
 def _source_cell_index(executed: NotebookNode, index: int) -> int:
     """The failed cell's position in the notebook the user wrote.
 
@@ -458,6 +468,8 @@ def run(
     kernel_env = kernel_environment(run_dir, base)
     error = _execute(source, output, params, kernel_name, timeout, kernel_env)
     executed = _load_executed(output, nb)
+    if error is not None and error.cell_index is None and error.ename == "CellTimeoutError":
+        error = replace(error, cell_index=_last_started_cell(executed))
     if error is not None and error.cell_index is not None:
         error = replace(error, cell_index=_source_cell_index(executed, error.cell_index))
     notice = None

@@ -412,3 +412,18 @@ def test_a_timeout_that_is_no_positive_number_is_refused_before_anything_runs(
     with pytest.raises(RunUsageError):
         run(NOTEBOOKS / "passing.ipynb", reports_dir=tmp_path / "r", timeout=timeout)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_timed_out_cell_is_named(tmp_path: Path) -> None:
+    """run.json had ``cell_index: null`` for a timeout, though docs/scheduling.md names it."""
+    source = tmp_path / "slow.ipynb"
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [
+        nbformat.v4.new_code_cell("x = 1"),
+        nbformat.v4.new_code_cell("import time\ntime.sleep(30)"),
+        nbformat.v4.new_code_cell("print(x)"),
+    ]
+    nbformat.write(notebook, source)
+    result = run(source, reports_dir=tmp_path / "reports", timeout=1)
+    assert result.status == "failed" and result.error is not None
+    assert (result.error.ename, result.error.cell_index) == ("CellTimeoutError", 1)
