@@ -80,7 +80,7 @@ def list_runs(
 def _started(entry: RunEntry) -> str:
     """When a run started, as a sortable UTC string: ``started_at``, else the timestamp its
     run id starts with (a run still going, or killed, has no run.json: it had sorted as the
-    oldest of its day), else its folder's date."""
+    oldest of its day), else when its folder was last written."""
     if entry.started_at:
         try:
             moment = datetime.fromisoformat(entry.started_at)
@@ -91,7 +91,12 @@ def _started(entry: RunEntry) -> str:
                 moment = moment.astimezone(UTC)
             return moment.strftime("%Y-%m-%dT%H:%M:%S")
     stamp = started_from_run_id(entry.run_id)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S") if stamp else f"{entry.date}T00:00:00"
+    if stamp is None:  # a custom --run-id: when its folder was made, not the day's start
+        try:
+            stamp = datetime.fromtimestamp(entry.path.stat().st_mtime, UTC)
+        except OSError:
+            return f"{entry.date}T00:00:00"
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def started_from_run_id(run_id: str) -> datetime | None:

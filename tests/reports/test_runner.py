@@ -389,6 +389,24 @@ def test_a_run_without_run_json_sorts_by_its_run_id_not_last(tmp_path: Path) -> 
     ]
 
 
+def test_a_killed_run_with_its_own_run_id_sorts_by_when_its_folder_was_made(
+    tmp_path: Path,
+) -> None:
+    """A custom --run-id carries no time: such a run had sorted as the oldest of its day."""
+    import os
+
+    day = tmp_path / "load" / "2026-03-01"
+    (day / "20260301T090000Z-aaaaaa").mkdir(parents=True)
+    (day / "20260301T090000Z-aaaaaa" / "run.json").write_text(json.dumps(
+        {"notebook": "load", "status": "ok", "started_at": "2026-03-01T09:00:00+00:00"}
+    ))  # fmt: skip
+    nightly = day / "nightly-reload"
+    nightly.mkdir()
+    at_ten = 1772359200  # 2026-03-01T10:00:00Z
+    os.utime(nightly, (at_ten, at_ten))
+    assert [e.run_id for e in list_runs(tmp_path)] == ["nightly-reload", "20260301T090000Z-aaaaaa"]
+
+
 def test_none_is_refused_for_a_parameter_whose_default_is_not_none(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
