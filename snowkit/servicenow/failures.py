@@ -17,12 +17,14 @@ Every error context is recorded with the error handler (``errors.jsonl``) and re
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urljoin
 
 import requests
 
 from snowkit.ops.classify import is_hibernation_page, request_was_sent
 from snowkit.ops.errors import (
     AmbiguousWriteError,
+    ConfigurationError,
     ErrorCategory,
     ErrorContext,
     ErrorHandler,
@@ -35,6 +37,7 @@ from snowkit.ops.errors import (
 from snowkit.ops.logging import StructuredLogger
 from snowkit.servicenow.batch import BatchResult
 from snowkit.servicenow.hibernation import GUIDANCE as HIBERNATION_GUIDANCE
+from snowkit.servicenow.transport import display_url
 
 if TYPE_CHECKING:
     from snowkit.servicenow.pipeline import RequestSpec
@@ -136,6 +139,37 @@ class FailureMapper:
                 self.logger.log_error(ctx)
             return exc
         raise AssertionError("raise_for returned")  # pragma: no cover
+
+    def redirect(self, spec: RequestSpec, response: requests.Response) -> ConfigurationError:
+        """A 3xx answer: never followed, so the request did not reach the REST API.
+
+        Following it would re-send ``x-sn-apikey`` (requests only strips ``Authorization``) to
+        whatever host the Location names, and turn a POST answered 302/303 into a GET that
+        "succeeds" with nothing written. Nothing ran at the instance, so for a write this is a
+        refusal, not an ambiguous outcome. The Location is shown without query or user info.
+        """
+        status = response.status_code
+        location = response.headers.get("Location")
+        target = display_url(urljoin(spec.url, location)) if location else "(no Location header)"
+        ctx = make_context(
+            f"{spec.target}: {self.instance_url} answered HTTP {status} redirecting to "
+            f"{target}; snowkit does not follow redirects, so nothing was sent there and "
+            "nothing was applied",
+            operation=spec.operation,
+            category=ErrorCategory.CONFIGURATION,
+            severity=ErrorSeverity.HIGH,
+            http_status=status,
+            details={"method": spec.method, "table": spec.table, "location": target},
+            guidance=(
+                "Configure the instance's final URL (SERVICENOW_INSTANCE or "
+                "servicenow.instance), e.g. the https:// host the redirect points to if you "
+                "trust it; a redirect away from the instance can also mean an SSO or proxy "
+                "page is in the way."
+            ),
+        )
+        self.error_handler.record(ctx)
+        self.logger.log_error(ctx)
+        return ConfigurationError(ctx)
 
     def html(self, spec: RequestSpec, response: requests.Response) -> OperationalError:
         """A 2xx HTML page where JSON was promised: hibernation, or something in between."""

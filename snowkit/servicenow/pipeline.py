@@ -170,12 +170,14 @@ class RequestPipeline:
         status = response.status_code
         self.metrics.record_request(spec.method, spec.operation, status, duration, spec.table)
         self.pacer.observe(response.headers)
-        ok = status < 400 or status in spec.ok_statuses
+        ok = status < 300 or status in spec.ok_statuses
         self._log_request(spec, attempt, status, duration, ok=ok)
         if status < 300:
             if is_unexpected_html(response):
                 raise self.failures.html(spec, response)
             return response
+        if status < 400:
+            raise self.failures.redirect(spec, response)
         if status in spec.ok_statuses:
             return response
         if status == 404 and spec.allow_404_on_retry and attempt > 1:
@@ -208,6 +210,7 @@ class RequestPipeline:
                     headers=headers,
                     auth=auth,
                     timeout=self.timeouts.for_attempt(attempt),
+                    allow_redirects=False,  # see FailureMapper.redirect
                 )
             except AuthenticationError as exc:  # e.g. a lazy OAuth token fetch was refused
                 if state is None:
@@ -215,7 +218,7 @@ class RequestPipeline:
                 self.logger.log_credential_access(state.name, False, exc.context.error_message)
                 response = None
             if response is not None and (response.status_code != 401 or state is None):
-                if state is not None and response.status_code < 400:
+                if state is not None and response.status_code < 300:
                     self.auth.confirm(state)
                 return response
             assert state is not None
