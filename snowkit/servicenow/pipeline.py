@@ -168,8 +168,13 @@ class RequestPipeline:
             raise self.failures.network(spec, exc, attempt) from exc
         duration = (time.perf_counter() - started) * 1000.0
         status = response.status_code
-        self.metrics.record_request(spec.method, spec.operation, status, duration, spec.table)
-        self.pacer.observe(response.headers)
+        self._observe(
+            "metrics",
+            lambda: self.metrics.record_request(
+                spec.method, spec.operation, status, duration, spec.table
+            ),
+        )
+        self._observe("rate_limit_pacer", lambda: self.pacer.observe(response.headers))
         ok = status < 300 or status in spec.ok_statuses
         self._log_request(spec, attempt, status, duration, ok=ok)
         if status < 300:
@@ -185,10 +190,23 @@ class RequestPipeline:
         error = self.failures.response(spec, response)
         if status == 429:
             retry_after = error.context.details.get("retry_after")
-            self.metrics.record_rate_limit(spec.operation, retry_after)
+            self._observe(
+                "metrics", lambda: self.metrics.record_rate_limit(spec.operation, retry_after)
+            )
             for listener in list(self.throttle_listeners):
-                listener(retry_after)
+                self._observe("throttle_listener", lambda: listener(retry_after))  # noqa: B023
         raise error
+
+    def _observe(self, observer: str, observe: Callable[[], object]) -> None:
+        """Run a bookkeeping step that must not change the outcome: the instance has already
+        answered (a write may have been applied), so an observer that fails is logged, and the
+        answer still reaches the caller."""
+        try:
+            observe()
+        except Exception as exc:
+            self.logger.event(
+                "observer_failed", level="WARNING", observer=observer, error=type(exc).__name__
+            )
 
     def _send_authenticated(self, spec: RequestSpec, attempt: int) -> requests.Response:
         """Send; on 401 refresh (OAuth, once) or fall back to the next method and re-send."""

@@ -52,3 +52,38 @@ def test_a_redirect_is_never_followed_and_names_where_it_pointed(status: int) ->
         assert "token=abc" not in message and "SECRET-API-KEY" not in message
         assert "final URL" in info.value.context.guidance
         assert info.value.context.http_status == status
+
+
+# ---------------------------------------------------------------------- rate-limit headers
+@pytest.mark.parametrize("reset", ["1e400", "inf", "-Infinity", "nan", "soon"])
+def test_strange_rate_limit_headers_never_fail_a_successful_write(reset: str) -> None:
+    headers = {
+        "Content-Type": "application/json",
+        "X-RateLimit-Limit": "1000",
+        "X-RateLimit-Reset": reset,
+        "X-RateLimit-Remaining": reset,
+    }
+    record = {"sys_id": "a" * 32, "name": "x"}
+    with canned_server() as srv:
+        srv.route(TABLE_PATH, CannedResponse(status=201, headers=headers, body={"result": record}))
+        with make_client(srv.url) as client:
+            assert client.create("cmdb_ci", {"name": "x"}, source_id="sw-1") == record
+            assert client.pacer.remaining == 999  # the valid Limit header still counts
+            assert client.pacer.delay() == 0.0
+            assert client.circuit_breaker.failure_count == 0
+    assert len(sent(srv, "POST")) == 1
+
+
+def test_a_failing_observer_does_not_turn_a_success_into_an_error() -> None:
+    record = {"sys_id": "a" * 32, "name": "x"}
+    with canned_server() as srv:
+        srv.route(TABLE_PATH, CannedResponse(status=201, body={"result": record}))
+        with make_client(srv.url) as client:
+
+            def broken(*args: object) -> None:
+                raise RuntimeError("observer bug")
+
+            client.pacer.observe = broken  # type: ignore[method-assign]
+            client.metrics.record_request = broken  # type: ignore[method-assign]
+            assert client.create("cmdb_ci", {"name": "x"}, source_id="sw-1") == record
+    assert len(sent(srv, "POST")) == 1
