@@ -78,6 +78,7 @@ from snowkit.servicenow.tables import (
     parse_result,
     read_params,
     table_path,
+    total_count,
 )
 from snowkit.servicenow.transport import (
     IDEMPOTENT_METHODS,
@@ -316,6 +317,7 @@ class ServiceNowAPIClient:
             order_by=order_field,
             descending=descending,
             limit=limit,
+            table=table,
         )
         wanted = fields_for(fields, query)
         post_filter = query.matches_exact if isinstance(query, Query) else None
@@ -339,13 +341,11 @@ class ServiceNowAPIClient:
             }
             if pager.mode is PagingMode.OFFSET:
                 params["sysparm_offset"] = request.offset
-            else:
-                params["sysparm_no_count"] = "true"
             response = self._execute_request(
                 "GET", table_path(table), params=params, table=table, operation="query"
             )
             rows = parse_result(response) or []
-            pager.advance(request, rows)
+            pager.advance(request, rows, total_count(response))
             for row in rows:
                 if post_filter is not None and not post_filter(row):
                     continue

@@ -99,3 +99,10 @@ def parse_result(response: requests.Response) -> Any:
             ),
         ) from exc
     return body.get("result") if isinstance(body, dict) else None
+
+
+def total_count(response: requests.Response) -> int | None:
+    """``X-Total-Count`` as a whole number; None when absent or not one (a proxy's garbage
+    must not decide where a scan ends, nor crash it)."""
+    text = (response.headers.get("X-Total-Count") or "").strip()
+    return int(text) if text.isascii() and text.isdigit() else None

@@ -3,7 +3,10 @@ headers, short or stuck pages, empty 2xx answers, and what each must never turn 
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -87,3 +90,73 @@ def test_a_failing_observer_does_not_turn_a_success_into_an_error() -> None:
             client.metrics.record_request = broken  # type: ignore[method-assign]
             assert client.create("cmdb_ci", {"name": "x"}, source_id="sw-1") == record
     assert len(sent(srv, "POST")) == 1
+
+
+# ------------------------------------------------------------------------------------ paging
+ROWS = [{"sys_id": f"{i:032x}", "name": f"ci{i}"} for i in range(1, 31)]
+
+
+def list_instance(
+    hidden: set[str] = frozenset(), *, count: bool = True, honour_cursor: bool = True
+) -> Callable[[dict[str, Any]], CannedResponse]:
+    """A Table API list endpoint like a real instance's: ``sysparm_limit`` cuts the window
+    before ACLs hide ``hidden`` rows; ``X-Total-Count`` counts every row the query matches."""
+
+    def answer(request: dict[str, Any]) -> CannedResponse:
+        params = parse_qs(urlsplit(request["path"]).query)
+        query = params.get("sysparm_query", [""])[0]
+        limit = int(params.get("sysparm_limit", ["10000"])[0])
+        offset = int(params.get("sysparm_offset", ["0"])[0])
+        after = next((p[7:] for p in query.split("^") if p.startswith("sys_id>")), "")
+        matched = [r for r in ROWS if not honour_cursor or r["sys_id"] > after]
+        window = matched[offset : offset + limit]
+        headers = {"Content-Type": "application/json"}
+        if count:
+            headers["X-Total-Count"] = str(len(matched))
+        visible = [r for r in window if r["sys_id"] not in hidden]
+        return CannedResponse(headers=headers, body={"result": visible})
+
+    return answer
+
+
+@pytest.mark.parametrize("paging", ["keyset", "offset"])
+def test_a_page_cut_short_by_an_acl_does_not_end_the_scan(paging: str) -> None:
+    hidden = {ROWS[4]["sys_id"], ROWS[29]["sys_id"]}
+    with canned_server() as srv:
+        srv.route(TABLE_PATH, list_instance(hidden))
+        with make_client(srv.url) as client:
+            got = list(client.query("cmdb_ci", fields=["name"], page_size=10, paging=paging))
+    assert [r["sys_id"] for r in got] == [r["sys_id"] for r in ROWS if r["sys_id"] not in hidden]
+    assert len(sent(srv)) <= 4  # three windows and, at most, one empty page
+
+
+def test_without_a_count_a_short_page_is_followed_by_an_empty_one() -> None:
+    hidden = {ROWS[4]["sys_id"]}
+    with canned_server() as srv:
+        srv.route(TABLE_PATH, list_instance(hidden, count=False))
+        with make_client(srv.url) as client:
+            got = list(client.query("cmdb_ci", fields=["name"], page_size=10))
+    assert len(got) == 29 and len(sent(srv)) == 4
+    assert all("sysparm_no_count" not in r["path"] for r in sent(srv))  # the count is asked for
+
+
+def test_the_count_ends_a_scan_without_an_extra_request() -> None:
+    with canned_server() as srv:
+        srv.route(TABLE_PATH, list_instance())
+        with make_client(srv.url) as client:
+            assert len(list(client.query("cmdb_ci", page_size=30))) == 30  # a full last page
+            assert len(list(client.query("cmdb_ci", page_size=50))) == 30  # a short one
+    assert len(sent(srv)) == 2
+
+
+@pytest.mark.parametrize("paging", ["keyset", "offset"])
+def test_a_server_that_ignores_the_cursor_stops_the_scan_at_the_second_request(
+    paging: str,
+) -> None:
+    with canned_server() as srv:
+        srv.route(TABLE_PATH, CannedResponse(body={"result": ROWS[:3]}))
+        with make_client(srv.url) as client, pytest.raises(OperationalError) as info:
+            list(itertools.islice(client.query("cmdb_ci", page_size=3, paging=paging), 100))
+    assert len(sent(srv)) == 2
+    assert "no progress" in str(info.value) and "cmdb_ci" in str(info.value)
+    assert info.value.context.guidance
