@@ -75,6 +75,7 @@ from snowkit.servicenow.tables import (
     WRITE_PARAMS,
     check_table,
     fields_for,
+    json_body,
     parse_result,
     read_params,
     table_path,
@@ -459,6 +460,7 @@ class ServiceNowAPIClient:
                     operation="delete",
                     source_id=source_id or sys_id,
                     allow_404_on_retry=True,
+                    expect=None,  # 204 No Content
                 )
             except OperationalError as exc:
                 self._writes.record("delete", table, sys_id, source_id, before, None, exc)
@@ -510,6 +512,7 @@ class ServiceNowAPIClient:
                     operation="batch_read" if batch_api.is_read_only(pending) else "batch",
                     idempotent=batch_api.is_idempotent(pending),
                     source_id=",".join(str(i.request.source_id or i.id) for i in pending[:20]),
+                    expect="serviced_requests",
                 )
             except OperationalError as exc:
                 ambiguous = isinstance(exc, AmbiguousWriteError)
@@ -518,7 +521,7 @@ class ServiceNowAPIClient:
                     for item in pending
                 ]
             try:
-                body = orjson.loads(response.content or b"{}")
+                body = json_body(response)
                 if not isinstance(body, dict):
                     raise ValueError("the batch answer is not a JSON object")
                 done, pending = batch_api.decode_response(body, pending)
@@ -631,11 +634,13 @@ class ServiceNowAPIClient:
         allow_404_on_retry: bool = False,
         ok_statuses: frozenset[int] = frozenset(),
         policy: RetryPolicy | None = None,
+        expect: str | None = "result",
     ) -> requests.Response:
         """The single path every request takes: retry → breaker → auth → HTTP → observe.
 
         ``idempotent`` defaults to the method's HTTP semantics; pass it for POST endpoints
-        that are safe to resend (IRE) or batches of reads.
+        that are safe to resend (IRE) or batches of reads. ``expect``: the JSON member a 2xx
+        answer must carry (a 202 or an empty body is not an empty result).
         """
         verb = method.upper()
         spec = RequestSpec(
@@ -649,6 +654,7 @@ class ServiceNowAPIClient:
             source_id=source_id,
             allow_404_on_retry=allow_404_on_retry,
             ok_statuses=ok_statuses,
+            expect=expect,
         )
         return self._pipeline.execute(spec, policy)
 

@@ -32,6 +32,7 @@ from snowkit.ops.errors import (
     HibernatingInstanceError,
     NetworkError,
     OperationalError,
+    TransientServerError,
     make_context,
 )
 from snowkit.ops.logging import StructuredLogger
@@ -170,6 +171,35 @@ class FailureMapper:
         self.error_handler.record(ctx)
         self.logger.log_error(ctx)
         return ConfigurationError(ctx)
+
+    def no_body(self, spec: RequestSpec, response: requests.Response) -> OperationalError:
+        """A 2xx without the JSON member the call expects (``spec.expect``).
+
+        A real instance answers HTTP 202 with no content when too many requests queue on one
+        session, and a proxy may send an empty 200: neither says what happened. A read is
+        retried; a write may or may not have been applied, so it is ambiguous, never an empty
+        success (a batch of writes comes back with every item ambiguous).
+        """
+        status = response.status_code
+        why = f"the instance answered HTTP {status} without a {spec.expect!r} in its body"
+        if not spec.idempotent:
+            return self.ambiguous(spec, why, status)
+        ctx = make_context(
+            f"{spec.target}: {why}; this is not an empty result",
+            operation=spec.operation,
+            category=ErrorCategory.SERVICENOW_API,
+            severity=ErrorSeverity.MEDIUM,
+            retryable=True,
+            http_status=status,
+            details={"method": spec.method, "table": spec.table},
+            guidance=(
+                "The instance queued the request and dropped it (HTTP 202: too many requests at "
+                "once) or something in between answered for it; snowkit retries reads. If it "
+                "keeps happening, lower servicenow.workers."
+            ),
+        )
+        self.error_handler.record(ctx)
+        return TransientServerError(ctx)
 
     def html(self, spec: RequestSpec, response: requests.Response) -> OperationalError:
         """A 2xx HTML page where JSON was promised: hibernation, or something in between."""

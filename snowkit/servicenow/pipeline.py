@@ -30,6 +30,7 @@ from snowkit.servicenow.auth import JSON_CONTENT, AuthChain
 from snowkit.servicenow.failures import FailureMapper
 from snowkit.servicenow.hibernation import HibernationWait, is_unexpected_html
 from snowkit.servicenow.limiter import RateLimitPacer
+from snowkit.servicenow.tables import carries
 from snowkit.servicenow.transport import Timeouts
 
 
@@ -40,7 +41,8 @@ class RequestSpec:
     ``idempotent`` decides whether a failure after sending may be retried; ``source_id`` is the
     caller's key for the record, named in an ambiguous-write error; ``ok_statuses`` are answers
     that are results, not errors (a 404 for ``get``); ``allow_404_on_retry``: a DELETE whose
-    first answer was lost may find the record already gone.
+    first answer was lost may find the record already gone; ``expect`` is the member a 2xx
+    JSON answer must carry to count as one (None: no body expected, e.g. a DELETE's 204).
     """
 
     method: str
@@ -53,6 +55,7 @@ class RequestSpec:
     source_id: str | None
     allow_404_on_retry: bool
     ok_statuses: frozenset[int]
+    expect: str | None = "result"
 
     @property
     def target(self) -> str:
@@ -180,6 +183,8 @@ class RequestPipeline:
         if status < 300:
             if is_unexpected_html(response):
                 raise self.failures.html(spec, response)
+            if spec.expect is not None and not carries(response, spec.expect):
+                raise self.failures.no_body(spec, response)
             return response
         if status < 400:
             raise self.failures.redirect(spec, response)

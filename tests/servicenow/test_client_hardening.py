@@ -12,7 +12,7 @@ import pytest
 
 from snowkit.credentials import CredentialManager
 from snowkit.ops.errors import AmbiguousWriteError, ErrorHandler, OperationalError
-from snowkit.servicenow import ServiceNowAPIClient
+from snowkit.servicenow import BatchRequest, ServiceNowAPIClient
 from tests.helpers.http import CannedResponse, canned_server
 
 from .conftest import FakeSleep
@@ -160,3 +160,63 @@ def test_a_server_that_ignores_the_cursor_stops_the_scan_at_the_second_request(
     assert len(sent(srv)) == 2
     assert "no progress" in str(info.value) and "cmdb_ci" in str(info.value)
     assert info.value.context.guidance
+
+
+# ------------------------------------------------------------------ sessions and empty 2xx
+def test_the_client_keeps_no_cookies() -> None:
+    cookie = {"Content-Type": "application/json", "Set-Cookie": "JSESSIONID=ABC123; Path=/"}
+    with canned_server() as srv:
+        srv.route(TABLE_PATH, CannedResponse(headers=cookie, body={"result": []}))
+        with make_client(srv.url) as client:
+            for _ in range(3):
+                assert list(client.query("cmdb_ci")) == []
+    assert [r["headers"].get("Cookie") for r in sent(srv)] == [None, None, None]
+
+
+def queued_then(answer: CannedResponse, *, queued: int = 1) -> Callable[..., CannedResponse]:
+    """HTTP 202 with no content for the first ``queued`` requests (a real instance's answer
+    when too many requests queue on one session), then ``answer``."""
+    calls: list[int] = []
+
+    def respond(request: dict[str, Any]) -> CannedResponse:
+        calls.append(1)
+        return CannedResponse(status=202, body=b"") if len(calls) <= queued else answer
+
+    return respond
+
+
+@pytest.mark.parametrize("empty", [b"", b"{}"])
+def test_a_2xx_without_a_result_is_retried_for_a_read_not_read_as_empty(empty: bytes) -> None:
+    headers = {"Content-Type": "application/json", "X-Total-Count": "2"}
+    answer = CannedResponse(headers=headers, body={"result": ROWS[:2]})
+    with canned_server() as srv:
+        calls: list[int] = []
+
+        def respond(request: dict[str, Any]) -> CannedResponse:
+            calls.append(1)
+            return CannedResponse(status=200, body=empty) if len(calls) == 1 else answer
+
+        srv.route(TABLE_PATH, respond)
+        with make_client(srv.url) as client:
+            assert len(list(client.query("cmdb_ci"))) == 2
+    assert len(sent(srv)) == 2
+
+
+def test_a_202_on_a_write_is_ambiguous_and_not_resent() -> None:
+    created = CannedResponse(status=201, body={"result": {"sys_id": "a" * 32}})
+    with canned_server() as srv:
+        srv.route(TABLE_PATH, queued_then(created))
+        with make_client(srv.url) as client, pytest.raises(AmbiguousWriteError) as info:
+            client.create("cmdb_ci", {"name": "x"}, source_id="sw-1")
+    assert len(sent(srv)) == 1 and "sw-1" in str(info.value)
+
+
+def test_a_202_on_a_batch_of_writes_makes_every_item_ambiguous() -> None:
+    with canned_server() as srv:
+        srv.route("/api/now/v1/batch", queued_then(CannedResponse(body={}), queued=9))
+        with make_client(srv.url) as client:
+            results = client.batch(
+                [BatchRequest("POST", TABLE_PATH, {"name": f"ci{i}"}) for i in range(3)]
+            )
+    assert len(sent(srv)) == 1
+    assert all(not r.ok and r.ambiguous for r in results)
