@@ -100,10 +100,27 @@ def test_rate_limit_waits_retry_after(fake_clock) -> None:
     assert fake_clock.sleeps == [7.0]
 
 
-def test_rate_limit_wait_is_capped(fake_clock) -> None:
+def test_a_retry_after_beyond_the_cap_fails_at_once_with_the_reset_time(
+    fake_clock, wall_clock
+) -> None:
     op = Flaky(RateLimitError("429", details={"retry_after": 3600}))
-    manager(fake_clock).execute_with_retry(op, RetryPolicy(max_retry_after_seconds=30))
-    assert fake_clock.sleeps == [30.0]
+    mgr = RetryManager(sleep=fake_clock.sleep, clock=fake_clock, wall_clock=wall_clock)
+    with pytest.raises(RateLimitError) as info:
+        mgr.execute_with_retry(op, RetryPolicy(max_retry_after_seconds=30), "query")
+    assert fake_clock.sleeps == [] and op.calls == 1  # no request into the closed window
+    assert info.value.retry_after == 3600 and not info.value.context.retryable
+    assert "2026-01-01T01:00:00+00:00" in str(info.value)  # when it resets: now + 3600 s
+    assert "max_retry_after_seconds" in info.value.context.guidance
+
+
+def test_a_retry_after_beyond_the_deadline_is_judged_uncapped(fake_clock, wall_clock) -> None:
+    op = Flaky(RateLimitError("429", details={"retry_after": 3600}))
+    policy = RetryPolicy(max_attempts=4, deadline_seconds=600)  # the cap (120 s) fits in 600
+    mgr = RetryManager(sleep=fake_clock.sleep, clock=fake_clock, wall_clock=wall_clock)
+    with pytest.raises(DeadlineExceededError) as info:
+        mgr.execute_with_retry(op, policy, "query")
+    assert fake_clock.sleeps == [] and op.calls == 1
+    assert "3600.0 s" in str(info.value)
 
 
 def test_retry_after_beyond_deadline_fails_at_once(fake_clock, wall_clock) -> None:
@@ -182,8 +199,10 @@ def test_handle_rate_limit(wall_clock) -> None:
     mgr = RetryManager(wall_clock=wall_clock)
     assert mgr.handle_rate_limit(SimpleNamespace(headers={"Retry-After": "12"})) == 12.0
     reset = str(int(wall_clock.now) + 300)
-    assert mgr.handle_rate_limit(SimpleNamespace(headers={"X-RateLimit-Reset": reset})) == 300.0
+    assert mgr.handle_rate_limit(SimpleNamespace(headers={"X-RateLimit-Reset": reset})) == 120.0
     assert mgr.handle_rate_limit(SimpleNamespace(headers={})) == 60.0
+    wider = RetryManager(RetryPolicy(max_retry_after_seconds=600), wall_clock=wall_clock)
+    assert wider.handle_rate_limit(SimpleNamespace(headers={"X-RateLimit-Reset": reset})) == 300.0
 
 
 def test_policy_from_config() -> None:
