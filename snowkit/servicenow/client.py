@@ -26,8 +26,10 @@ Decisions worth knowing (the "why" behind the behaviour):
   back in). The error names the table and the record's source key and tells the caller to look
   the record up by that key before trying again; the client never re-sends it blindly.
   The IRE endpoint is treated as idempotent: identification matches the same CI on a resend.
-- **DELETE retried after a lost answer** may find the record gone: a 404 on a retry attempt
-  of a DELETE counts as success.
+- **DELETE retried after a lost answer** may find the record gone: a 404 on a retry of a
+  DELETE counts as success when an earlier attempt may have run (sent without an answer, or
+  a 5xx), not after a 429 or a refused connection; the same holds for DELETE items of a
+  retried Batch API request.
 - **Authentication.** The methods from ``credentials.auth_methods()`` (API key → OAuth → basic,
   as configured) are tried in order; a 401 refreshes the method once (``refresh()``: a new
   OAuth token), then moves to the next method, logs which one is in use (never its value) and
@@ -69,7 +71,12 @@ from snowkit.servicenow.failures import FailureMapper
 from snowkit.servicenow.hibernation import HibernationWait
 from snowkit.servicenow.limiter import RateLimitPacer
 from snowkit.servicenow.paging import KEY_FIELD, Pager, PagingMode, choose_mode, order_of
-from snowkit.servicenow.pipeline import BackoffListener, RequestPipeline, RequestSpec
+from snowkit.servicenow.pipeline import (
+    Attempts,
+    BackoffListener,
+    RequestPipeline,
+    RequestSpec,
+)
 from snowkit.servicenow.query import Query, plain_value
 from snowkit.servicenow.tables import (
     WRITE_PARAMS,
@@ -504,6 +511,7 @@ class ServiceNowAPIClient:
         rounds = 0
         while pending and rounds < max_rounds:
             rounds += 1
+            attempts = Attempts()  # this round's sends (earlier rounds' items were answered)
             try:
                 response = self._execute_request(
                     "POST",
@@ -513,6 +521,7 @@ class ServiceNowAPIClient:
                     idempotent=batch_api.is_idempotent(pending),
                     source_id=",".join(str(i.request.source_id or i.id) for i in pending[:20]),
                     expect="serviced_requests",
+                    attempts=attempts,
                 )
             except OperationalError as exc:
                 ambiguous = isinstance(exc, AmbiguousWriteError)
@@ -527,6 +536,8 @@ class ServiceNowAPIClient:
                 done, pending = batch_api.decode_response(body, pending)
             except (ValueError, TypeError, AttributeError) as exc:
                 return done_all + self._unreadable_batch(pending, exc)
+            if attempts.may_have_run:
+                batch_api.accept_gone_deletes(done)
             for result in done:
                 if not result.ok:
                     result.error = self._pipeline.failures.batch_item(result)
@@ -635,6 +646,7 @@ class ServiceNowAPIClient:
         ok_statuses: frozenset[int] = frozenset(),
         policy: RetryPolicy | None = None,
         expect: str | None = "result",
+        attempts: Attempts | None = None,
     ) -> requests.Response:
         """The single path every request takes: retry → breaker → auth → HTTP → observe.
 
@@ -656,7 +668,7 @@ class ServiceNowAPIClient:
             ok_statuses=ok_statuses,
             expect=expect,
         )
-        return self._pipeline.execute(spec, policy)
+        return self._pipeline.execute(spec, policy, attempts)
 
 
 def _scope() -> contextlib.AbstractContextManager[Any]:

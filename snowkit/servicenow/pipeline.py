@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import requests
 
 from snowkit.ops.breaker import CircuitBreaker
+from snowkit.ops.classify import request_was_sent
 from snowkit.ops.errors import AuthenticationError, OperationalError
 from snowkit.ops.logging import StructuredLogger
 from snowkit.ops.metrics import MetricsCollector
@@ -61,6 +62,19 @@ class RequestSpec:
     def target(self) -> str:
         """``METHOD table`` (or the URL for calls outside the Table API), for messages."""
         return f"{self.method} {self.table or self.url}"
+
+
+@dataclass(slots=True)
+class Attempts:
+    """What the attempts of one logical request have done so far (one per execute call).
+
+    ``may_have_run``: an attempt may have reached the instance's database (sent without an
+    answer, or answered 5xx / without a body). Only then does a later 404 on a DELETE mean
+    "already deleted"; after a 429 or a refused connection it means the record was never there.
+    """
+
+    count: int = 0
+    may_have_run: bool = False
 
 
 class BackoffListener(Protocol):
@@ -112,10 +126,14 @@ class RequestPipeline:
         self._clock = clock
         retry_manager.add_hook(self._on_retry)
 
-    def execute(self, spec: RequestSpec, policy: RetryPolicy | None = None) -> requests.Response:
-        """The response to ``spec`` (2xx, or a status in ``ok_statuses``), else raise."""
+    def execute(
+        self, spec: RequestSpec, policy: RetryPolicy | None = None, attempts: Attempts | None = None
+    ) -> requests.Response:
+        """The response to ``spec`` (2xx, or a status in ``ok_statuses``), else raise.
+        ``attempts`` (optional) is filled in for a caller that needs to know (a batch)."""
+        tally = attempts if attempts is not None else Attempts()
         return self.hibernation.run(
-            lambda: self._with_retry(spec, policy),
+            lambda: self._with_retry(spec, policy, tally),
             clock=self._clock,
             sleep=self._sleep,
             on_wait=lambda seconds: self.logger.event(
@@ -126,15 +144,13 @@ class RequestPipeline:
             ),
         )
 
-    def _with_retry(self, spec: RequestSpec, policy: RetryPolicy | None) -> requests.Response:
-        attempt = 0
-
+    def _with_retry(
+        self, spec: RequestSpec, policy: RetryPolicy | None, attempts: Attempts
+    ) -> requests.Response:
         def one_attempt() -> requests.Response:
-            nonlocal attempt
-            attempt += 1
+            attempts.count += 1
             self._pace()
-            number = attempt
-            return self.circuit_breaker.call(lambda: self._attempt(spec, number), spec.operation)
+            return self.circuit_breaker.call(lambda: self._attempt(spec, attempts), spec.operation)
 
         return self.retry_manager.execute_with_retry(
             one_attempt, policy, spec.operation, sleep=self._backoff
@@ -159,12 +175,14 @@ class RequestPipeline:
             self.logger.event("rate_limit_pacing", delay_s=round(delay, 3))
             self._sleep(delay)
 
-    def _attempt(self, spec: RequestSpec, attempt: int) -> requests.Response:
+    def _attempt(self, spec: RequestSpec, attempts: Attempts) -> requests.Response:
         """One HTTP exchange (with auth fallback), observed and classified."""
+        attempt = attempts.count
         started = time.perf_counter()
         try:
             response = self._send_authenticated(spec, attempt)
         except requests.RequestException as exc:
+            attempts.may_have_run |= request_was_sent(exc)
             duration = (time.perf_counter() - started) * 1000.0
             self.metrics.record_error(spec.method, spec.operation, exc, spec.table, duration)
             self._log_request(spec, attempt, None, duration, error=type(exc).__name__)
@@ -184,14 +202,16 @@ class RequestPipeline:
             if is_unexpected_html(response):
                 raise self.failures.html(spec, response)
             if spec.expect is not None and not carries(response, spec.expect):
+                attempts.may_have_run = True  # queued (202) or answered for: unknown
                 raise self.failures.no_body(spec, response)
             return response
         if status < 400:
             raise self.failures.redirect(spec, response)
         if status in spec.ok_statuses:
             return response
-        if status == 404 and spec.allow_404_on_retry and attempt > 1:
+        if status == 404 and spec.allow_404_on_retry and attempts.may_have_run:
             return response  # an earlier attempt did the delete; its answer was lost
+        attempts.may_have_run |= status >= 500
         error = self.failures.response(spec, response)
         if status == 429:
             retry_after = error.context.details.get("retry_after")

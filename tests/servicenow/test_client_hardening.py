@@ -11,7 +11,12 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from snowkit.credentials import CredentialManager
-from snowkit.ops.errors import AmbiguousWriteError, ErrorHandler, OperationalError
+from snowkit.ops.errors import (
+    AmbiguousWriteError,
+    ErrorHandler,
+    OperationalError,
+    RecordNotFoundError,
+)
 from snowkit.servicenow import BatchRequest, ServiceNowAPIClient
 from tests.helpers.http import CannedResponse, canned_server
 
@@ -220,3 +225,41 @@ def test_a_202_on_a_batch_of_writes_makes_every_item_ambiguous() -> None:
             )
     assert len(sent(srv)) == 1
     assert all(not r.ok and r.ambiguous for r in results)
+
+
+# ------------------------------------------------------------------------ DELETE and 404s
+SYS_ID = "0" * 31 + "1"
+
+
+def first_then_404(first: CannedResponse) -> Callable[..., CannedResponse]:
+    calls: list[int] = []
+
+    def respond(request: dict[str, Any]) -> CannedResponse:
+        calls.append(1)
+        if len(calls) == 1:
+            return first
+        return CannedResponse(status=404, body={"error": {"message": "No Record found"}})
+
+    return respond
+
+
+def test_a_404_after_a_429_means_the_record_was_never_there() -> None:
+    throttled = CannedResponse(
+        status=429,
+        headers={"Content-Type": "application/json", "Retry-After": "0"},
+        body={"error": {"message": "Too many requests"}, "status": "failure"},
+    )
+    with canned_server() as srv:
+        srv.route(f"{TABLE_PATH}/{SYS_ID}", first_then_404(throttled))
+        with make_client(srv.url) as client, pytest.raises(RecordNotFoundError):
+            client.delete("cmdb_ci", SYS_ID)
+    assert len(sent(srv, "DELETE")) == 2
+
+
+def test_a_404_after_a_5xx_means_the_delete_was_done() -> None:
+    failed = CannedResponse(status=503, body={"error": {"message": "busy"}})
+    with canned_server() as srv:
+        srv.route(f"{TABLE_PATH}/{SYS_ID}", first_then_404(failed))
+        with make_client(srv.url) as client:
+            assert client.delete("cmdb_ci", SYS_ID) is None
+    assert len(sent(srv, "DELETE")) == 2
