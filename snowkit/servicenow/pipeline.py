@@ -27,7 +27,7 @@ from snowkit.ops.errors import AuthenticationError, OperationalError
 from snowkit.ops.logging import StructuredLogger
 from snowkit.ops.metrics import MetricsCollector
 from snowkit.ops.retry import RetryManager, RetryPolicy
-from snowkit.servicenow.auth import JSON_CONTENT, AuthChain
+from snowkit.servicenow.auth import JSON_CONTENT, AuthChain, is_invalid_value
 from snowkit.servicenow.failures import FailureMapper
 from snowkit.servicenow.hibernation import HibernationWait, is_unexpected_html
 from snowkit.servicenow.limiter import RateLimitPacer
@@ -256,8 +256,8 @@ class RequestPipeline:
                     allow_redirects=False,  # see FailureMapper.redirect
                 )
             except AuthenticationError as exc:  # e.g. a lazy OAuth token fetch was refused
-                if state is None:
-                    raise
+                if state is None or is_invalid_value(exc):
+                    raise  # a credential value that cannot be sent: the user fixes it
                 self.logger.log_credential_access(state.name, False, exc.context.error_message)
                 response = None
             if response is not None and (response.status_code != 401 or state is None):

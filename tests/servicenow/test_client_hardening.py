@@ -13,6 +13,7 @@ import pytest
 from snowkit.credentials import CredentialManager
 from snowkit.ops.errors import (
     AmbiguousWriteError,
+    AuthenticationError,
     ErrorHandler,
     OperationalError,
     RecordNotFoundError,
@@ -263,3 +264,27 @@ def test_a_404_after_a_5xx_means_the_delete_was_done() -> None:
         with make_client(srv.url) as client:
             assert client.delete("cmdb_ci", SYS_ID) is None
     assert len(sent(srv, "DELETE")) == 2
+
+
+# ------------------------------------------------------------------ credentials in headers
+@pytest.mark.parametrize(
+    ("credentials", "method"),
+    [
+        (CredentialManager.static(api_key="S3CRET-KEY-77\n"), "api_key"),
+        (CredentialManager.static(api_key="S3CRET-KEY-99\r"), "api_key"),
+        (CredentialManager.static(oauth="S3CRET-TOKEN\r\nX-Evil: 1"), "oauth"),
+    ],
+)
+def test_a_credential_with_a_line_break_is_refused_by_name_never_by_value(
+    credentials: CredentialManager, method: str
+) -> None:
+    handler = ErrorHandler(persist=False)
+    with canned_server() as srv:
+        srv.route(TABLE_PATH, CannedResponse(body={"result": []}))
+        with make_client(srv.url, credentials, error_handler=handler) as client:
+            with pytest.raises(AuthenticationError) as info:
+                list(client.query("cmdb_ci"))
+            assert client.circuit_breaker.failure_count == 0
+    assert sent(srv) == []
+    shown = str(info.value) + repr(info.value.context.to_dict())
+    assert method in str(info.value) and "S3CRET" not in shown
