@@ -358,7 +358,7 @@ class RetryManager:
         if policy.deadline_seconds is not None:
             remaining = policy.deadline_seconds - (self._clock() - started)
             if needed > remaining:
-                raise self._deadline_error(exc, needed, remaining, operation_name) from exc
+                raise self._deadline_error(exc, needed, remaining, operation_name, policy) from exc
         if asked is not None and asked > policy.max_retry_after_seconds:
             raise self._wait_too_long_error(exc, asked, policy, operation_name) from exc
         if self.budget is not None and not self.budget.try_acquire_retry():
@@ -413,24 +413,57 @@ class RetryManager:
         )
 
     def _deadline_error(
-        self, exc: BaseException, delay: float, remaining: float, operation_name: str
+        self,
+        exc: BaseException,
+        delay: float,
+        remaining: float,
+        operation_name: str,
+        policy: RetryPolicy,
     ) -> DeadlineExceededError:
+        deadline = policy.deadline_seconds or 0.0
+        last = f"last error: {type(exc).__name__}"
+        if remaining <= 0:
+            return deadline_spent_error(operation_name, deadline, last)
         reset_at = datetime.fromtimestamp(self._wall_clock() + delay, UTC)
         what = (
             "ServiceNow asks to wait" if isinstance(exc, RateLimitError) else "the next retry is in"
         )
         return DeadlineExceededError(
             f"Deadline exceeded for {operation_name}: {what} {delay:.1f} s (until "
-            f"{reset_at.isoformat(timespec='seconds')}), more than the {max(0.0, remaining):.1f} s "
-            "left. Stopping now instead of sleeping; run again after that time.",
+            f"{reset_at.isoformat(timespec='seconds')}), more than the {remaining:.1f} s left "
+            f"of its {deadline:g} s deadline ({last}). Stopping now instead of sleeping.",
             operation=operation_name,
             details={
                 "wait_seconds": round(delay, 3),
-                "remaining_seconds": round(max(0.0, remaining), 3),
+                "remaining_seconds": round(remaining, 3),
+                "deadline_seconds": deadline,
                 "reset_at": reset_at.isoformat(),
                 "last_error": type(exc).__name__,
             },
+            guidance=_deadline_guidance(deadline),
         )
+
+
+def deadline_spent_error(
+    operation_name: str, deadline_seconds: float, why: str
+) -> DeadlineExceededError:
+    """The error for an operation whose whole deadline is used up (no attempt is started)."""
+    return DeadlineExceededError(
+        f"Deadline exceeded for {operation_name}: its {deadline_seconds:g} s deadline is spent "
+        f"({why}); no further attempt was started.",
+        operation=operation_name,
+        details={"deadline_seconds": deadline_seconds, "reason": why},
+        guidance=_deadline_guidance(deadline_seconds),
+    )
+
+
+def _deadline_guidance(deadline_seconds: float) -> str:
+    """What to do about a spent deadline: it is our limit, not an instance error."""
+    return (
+        f"retry.deadline_seconds ({deadline_seconds:g} s) bounds each operation with all its "
+        "retries. The instance was slow or failing throughout: run again later, or raise "
+        "retry.deadline_seconds (or servicenow.read_timeout) if it is simply slow."
+    )
 
 
 def _message(exc: BaseException) -> str:
@@ -452,6 +485,7 @@ __all__ = [
     "RetryHook",
     "RetryManager",
     "RetryPolicy",
+    "deadline_spent_error",
     "parse_retry_after",
     "rate_limit_wait",
 ]

@@ -26,7 +26,7 @@ from snowkit.ops.classify import request_was_sent
 from snowkit.ops.errors import AuthenticationError, OperationalError
 from snowkit.ops.logging import StructuredLogger
 from snowkit.ops.metrics import MetricsCollector
-from snowkit.ops.retry import RetryManager, RetryPolicy
+from snowkit.ops.retry import RetryManager, RetryPolicy, deadline_spent_error
 from snowkit.servicenow.auth import JSON_CONTENT, AuthChain, is_invalid_value
 from snowkit.servicenow.failures import FailureMapper
 from snowkit.servicenow.hibernation import HibernationWait, is_unexpected_html
@@ -147,10 +147,16 @@ class RequestPipeline:
     def _with_retry(
         self, spec: RequestSpec, policy: RetryPolicy | None, attempts: Attempts
     ) -> requests.Response:
+        deadline = (policy or self.retry_manager.default_policy).deadline_seconds
+        ends_at = None if deadline is None else self._clock() + deadline
+
         def one_attempt() -> requests.Response:
             attempts.count += 1
             self._pace()
-            return self.circuit_breaker.call(lambda: self._attempt(spec, attempts), spec.operation)
+            timeout = self._attempt_timeout(spec, attempts.count, deadline, ends_at)
+            return self.circuit_breaker.call(
+                lambda: self._attempt(spec, attempts, timeout), spec.operation
+            )
 
         return self.retry_manager.execute_with_retry(
             one_attempt, policy, spec.operation, sleep=self._backoff
@@ -169,18 +175,34 @@ class RequestPipeline:
             for listener in reversed(stepped):
                 listener.step_in()
 
+    def _attempt_timeout(
+        self, spec: RequestSpec, attempt: int, deadline: float | None, ends_at: float | None
+    ) -> tuple[float, float]:
+        """This attempt's (connect, read) timeouts, cut to the time left of the deadline; an
+        attempt with no time left is not started (it could only overrun the deadline)."""
+        if deadline is None or ends_at is None:
+            return self.timeouts.for_attempt(attempt)
+        left = ends_at - self._clock()
+        if left <= 0:
+            raise deadline_spent_error(
+                spec.operation, deadline, f"{attempt - 1} attempt(s) used it up"
+            )
+        return self.timeouts.for_attempt(attempt, left)
+
     def _pace(self) -> None:
         delay = self.pacer.delay()
         if delay > 0:
             self.logger.event("rate_limit_pacing", delay_s=round(delay, 3))
             self._sleep(delay)
 
-    def _attempt(self, spec: RequestSpec, attempts: Attempts) -> requests.Response:
+    def _attempt(
+        self, spec: RequestSpec, attempts: Attempts, timeout: tuple[float, float]
+    ) -> requests.Response:
         """One HTTP exchange (with auth fallback), observed and classified."""
         attempt = attempts.count
         started = time.perf_counter()
         try:
-            response = self._send_authenticated(spec, attempt)
+            response = self._send_authenticated(spec, timeout)
         except requests.RequestException as exc:
             attempts.may_have_run |= request_was_sent(exc)
             duration = (time.perf_counter() - started) * 1000.0
@@ -233,7 +255,9 @@ class RequestPipeline:
                 "observer_failed", level="WARNING", observer=observer, error=type(exc).__name__
             )
 
-    def _send_authenticated(self, spec: RequestSpec, attempt: int) -> requests.Response:
+    def _send_authenticated(
+        self, spec: RequestSpec, timeout: tuple[float, float]
+    ) -> requests.Response:
         """Send; on 401 refresh (OAuth, once) or fall back to the next method and re-send."""
         state = self.auth.current
         refreshed: set[int] = set()
@@ -252,7 +276,7 @@ class RequestPipeline:
                     data=spec.body,
                     headers=headers,
                     auth=auth,
-                    timeout=self.timeouts.for_attempt(attempt),
+                    timeout=timeout,
                     allow_redirects=False,  # see FailureMapper.redirect
                 )
             except AuthenticationError as exc:  # e.g. a lazy OAuth token fetch was refused

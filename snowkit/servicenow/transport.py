@@ -137,9 +137,12 @@ class Timeouts:
     growth: float = 1.5
     cap: float = 180.0
 
-    def for_attempt(self, attempt: int) -> tuple[float, float]:
+    def for_attempt(self, attempt: int, left: float | None = None) -> tuple[float, float]:
+        """The timeouts of attempt ``attempt``, none longer than ``left`` (the seconds left of
+        the operation's deadline): a growing timeout must not carry an attempt past it."""
         factor = self.growth ** max(0, attempt - 1)
-        return (min(self.connect * factor, self.cap), min(self.read * factor, self.cap))
+        limit = self.cap if left is None else min(self.cap, left)
+        return (min(self.connect * factor, limit), min(self.read * factor, limit))
 
 
 def build_session(

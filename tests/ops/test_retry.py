@@ -307,3 +307,15 @@ def test_raw_requests_timeouts_follow_the_method(canned_server, fake_clock) -> N
         mgr.execute_with_retry(call("GET"), RetryPolicy(max_attempts=3))
     gets = [r for r in canned_server.received if r["method"] == "GET"]
     assert len(gets) == 3
+
+
+def test_a_spent_deadline_says_so_with_its_own_guidance(fake_clock) -> None:
+    def op() -> str:
+        fake_clock.advance(30)  # the attempt alone uses the whole deadline
+        raise NetworkError("ReadTimeout", retryable=True)
+
+    policy = RetryPolicy(max_attempts=3, base_delay_seconds=0, deadline_seconds=30)
+    with pytest.raises(DeadlineExceededError) as info:
+        manager(fake_clock).execute_with_retry(op, policy, "query")
+    assert "30 s deadline is spent" in str(info.value) and "0.0 s left" not in str(info.value)
+    assert "retry.deadline_seconds" in info.value.context.guidance

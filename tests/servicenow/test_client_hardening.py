@@ -4,7 +4,9 @@ headers, short or stuck pages, empty 2xx answers, and what each must never turn 
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -14,6 +16,7 @@ from snowkit.credentials import CredentialManager
 from snowkit.ops.errors import (
     AmbiguousWriteError,
     AuthenticationError,
+    DeadlineExceededError,
     ErrorHandler,
     OperationalError,
     RecordNotFoundError,
@@ -288,3 +291,24 @@ def test_a_credential_with_a_line_break_is_refused_by_name_never_by_value(
     assert sent(srv) == []
     shown = str(info.value) + repr(info.value.context.to_dict())
     assert method in str(info.value) and "S3CRET" not in shown
+
+
+# ------------------------------------------------------------------------------- deadlines
+def test_attempts_are_cut_to_the_time_left_of_the_deadline() -> None:
+    config = SimpleNamespace(
+        servicenow=SimpleNamespace(read_timeout=10.0, connect_timeout=10.0),
+        retry=SimpleNamespace(
+            max_attempts=5, base_delay_seconds=0.0, max_delay_seconds=0.0, deadline_seconds=0.4
+        ),
+    )
+    with canned_server() as srv:
+        srv.route(TABLE_PATH, CannedResponse(body={"result": []}, delay=3.0))
+        with make_client(srv.url, config=config) as client:
+            started = time.monotonic()
+            with pytest.raises(DeadlineExceededError) as info:
+                list(client.query("cmdb_ci"))
+            elapsed = time.monotonic() - started
+    assert elapsed < 2.0  # not the 10 s read timeout (nor 15 s on the retry)
+    assert "0.4 s deadline is spent" in str(info.value)
+    assert "deadline_seconds" in info.value.context.guidance
+    assert "server error" not in info.value.context.guidance
