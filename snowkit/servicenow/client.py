@@ -379,18 +379,21 @@ class ServiceNowAPIClient:
         response = self._execute_request(
             "GET", table_path(table), params=params, table=table, operation="count"
         )
-        total = response.headers.get("X-Total-Count")
+        total = total_count(response)
         if total is None:
+            sent = response.headers.get("X-Total-Count")
+            what = "no X-Total-Count" if sent is None else "an X-Total-Count that is not a count"
             raise OperationalError(
-                f"the instance sent no X-Total-Count for {table}; cannot count",
+                f"the instance sent {what} for {table}; cannot count",
                 operation="count",
+                details={"table": table, "x_total_count": None if sent is None else sent[:40]},
                 guidance=(
-                    "Something between snowkit and the instance strips response headers (a "
-                    "proxy or gateway): allow X-Total-Count through, or count with "
-                    "sum(1 for _ in client.query(table, query, fields=['sys_id']))."
+                    "Something between snowkit and the instance strips or rewrites response "
+                    "headers (a proxy or gateway): let X-Total-Count through unchanged, or count "
+                    "with sum(1 for _ in client.query(table, query, fields=['sys_id']))."
                 ),
             )
-        return int(total)
+        return total
 
     def create(
         self, table: str, values: Mapping[str, Any], *, source_id: str | None = None

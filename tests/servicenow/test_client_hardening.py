@@ -312,3 +312,14 @@ def test_attempts_are_cut_to_the_time_left_of_the_deadline() -> None:
     assert "0.4 s deadline is spent" in str(info.value)
     assert "deadline_seconds" in info.value.context.guidance
     assert "server error" not in info.value.context.guidance
+
+
+# ---------------------------------------------------------------------------------- count()
+@pytest.mark.parametrize("total", ["many", "1e3", "-4", "12.5", ""])
+def test_a_count_header_that_is_not_a_count_is_an_error_with_guidance(total: str) -> None:
+    headers = {"Content-Type": "application/json", "X-Total-Count": total}
+    with canned_server() as srv:
+        srv.route(TABLE_PATH, CannedResponse(headers=headers, body={"result": []}))
+        with make_client(srv.url) as client, pytest.raises(OperationalError) as info:
+            client.count("cmdb_ci")
+    assert "cmdb_ci" in str(info.value) and "X-Total-Count" in info.value.context.guidance
