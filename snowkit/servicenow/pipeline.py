@@ -238,7 +238,8 @@ class RequestPipeline:
         if status == 429:
             retry_after = error.context.details.get("retry_after")
             self._observe(
-                "metrics", lambda: self.metrics.record_rate_limit(spec.operation, retry_after)
+                "metrics",
+                lambda: self.metrics.record_rate_limit(spec.operation, retry_after, spec.table),
             )
             for listener in list(self.throttle_listeners):
                 self._observe("throttle_listener", lambda: listener(retry_after))  # noqa: B023
@@ -325,5 +326,10 @@ class RequestPipeline:
         self.logger.event("request", level="INFO" if ok else "WARNING", **fields)
 
     def _on_retry(self, attempt: int, delay: float, exc: BaseException, operation: str) -> None:
-        reason = exc.category.value if isinstance(exc, OperationalError) else type(exc).__name__
-        self.metrics.record_retry(operation, reason)
+        """Count a retry against the table of the request being retried: the hook is shared
+        by every request, and each error this pipeline raises names its table."""
+        if isinstance(exc, OperationalError):
+            reason, table = exc.category.value, exc.context.details.get("table")
+        else:
+            reason, table = type(exc).__name__, None
+        self.metrics.record_retry(operation, reason, table if isinstance(table, str) else None)

@@ -323,3 +323,30 @@ def test_a_count_header_that_is_not_a_count_is_an_error_with_guidance(total: str
         with make_client(srv.url) as client, pytest.raises(OperationalError) as info:
             client.count("cmdb_ci")
     assert "cmdb_ci" in str(info.value) and "X-Total-Count" in info.value.context.guidance
+
+
+# --------------------------------------------------------------------------------- metrics
+def test_retries_and_429s_are_credited_to_their_own_table() -> None:
+    throttled = CannedResponse(
+        status=429,
+        headers={"Content-Type": "application/json", "Retry-After": "0"},
+        body={"error": {"message": "Too Many Requests"}},
+    )
+    count = {"Content-Type": "application/json", "X-Total-Count": "1"}
+    zulu_calls: list[int] = []
+
+    def zulu(request: dict[str, Any]) -> CannedResponse:
+        zulu_calls.append(1)
+        ok = CannedResponse(headers=count, body={"result": [{"sys_id": "b" * 32}]})
+        return throttled if len(zulu_calls) <= 2 else ok
+
+    with canned_server() as srv:
+        alpha = CannedResponse(headers=count, body={"result": [{"sys_id": "a" * 32}]})
+        srv.route("/api/now/table/alpha_table", alpha)
+        srv.route("/api/now/table/zulu_table", zulu)
+        with make_client(srv.url) as client:
+            list(client.query("alpha_table"))
+            list(client.query("zulu_table"))
+            stats = {m.table: m for m in client.metrics.all_operation_metrics()}
+    assert (stats["alpha_table"].retries, stats["alpha_table"].rate_limited) == (0, 0)
+    assert (stats["zulu_table"].retries, stats["zulu_table"].rate_limited) == (2, 2)
