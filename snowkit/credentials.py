@@ -193,6 +193,7 @@ class OAuthAuth(AuthMethod):
                 headers={"Accept": "application/json"},
                 timeout=self.timeout,
                 verify=self.verify,
+                allow_redirects=False,  # a 307/308 would re-post the client secret elsewhere
             )
         except requests.RequestException as exc:
             raise AuthenticationError(

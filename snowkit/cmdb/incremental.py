@@ -411,8 +411,10 @@ def _listings_in_one_batch(
     """Every listing and count of the round as one Batch API request: one round trip and one
     connection instead of six (a no-change rerun spends most of its time in this round).
     None when the answer cannot be used as is (an item failed, a header is missing): the
-    caller then sends the reads one by one, with their own retries and errors. A listing that
-    fills a whole page is read again with paging."""
+    caller then sends the reads one by one, with their own retries and errors. A listing is
+    read again with paging unless its own ``X-Total-Count`` says it holds every matching row:
+    a real instance cuts the page before its ACLs hide rows, so a short page is no proof
+    (see :mod:`snowkit.servicenow.paging`)."""
     requests: list[BatchRequest] = []
     for read in reads:
         table = _KIND_TABLE[read.kind]
@@ -445,12 +447,21 @@ def _listings_in_one_batch(
             or not isinstance(rows, list)
         ):
             return None
-        if len(rows) >= LISTING_PAGE:
+        if not _whole_listing(rows_answer, rows):
             return None
         listing = _compare(read, rows, versions(read.kind), recent_before)
         listing.count = int(total)
         listings[read.kind] = listing
     return listings
+
+
+def _whole_listing(answer: Any, rows: list[Any]) -> bool:
+    """The listing page holds every row its query matches: its count says so (and it is
+    under the page size)."""
+    matched = (_header(answer, "X-Total-Count") or "").strip()
+    if not (matched.isascii() and matched.isdigit()):
+        return False
+    return len(rows) < LISTING_PAGE and int(matched) <= len(rows)
 
 
 def _header(answer: Any, name: str) -> str | None:

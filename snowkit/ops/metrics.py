@@ -319,6 +319,7 @@ class MetricsCollector:
         )
         self._per_key_cap = max_samples
         self._breakers: dict[str, str] = {}
+        self._watched: dict[str, Any] = {}  #: breakers whose state is read live (watch_breaker)
         self._health = "unknown"
         self._process = psutil.Process()
         self._process.cpu_percent(None)  # prime: the first reading is always 0.0
@@ -457,9 +458,21 @@ class MetricsCollector:
         self._breaker_gauge.labels(label).set(BREAKER_STATE_VALUES.get(value, -1))
 
     def watch_breaker(self, breaker: Any) -> None:
-        """Follow a ``CircuitBreaker``: publish its state now and on every transition."""
+        """Follow a ``CircuitBreaker``: publish its state now, on every transition, and again
+        whenever states are read (:meth:`refresh_breakers`)."""
+        with self._lock:
+            self._watched[_clean_label(breaker.name)] = breaker
         self.set_breaker_state(breaker.name, breaker.state)
         breaker.add_listener(lambda b, _old, new: self.set_breaker_state(b.name, new))
+
+    def refresh_breakers(self) -> None:
+        """Publish each watched breaker's state as it is now. An open breaker becomes half-open
+        when its recovery timeout passes, lazily, without a transition: listeners only hear of
+        it at the next call, so a quiet client had kept reporting "open" (and unhealthy)."""
+        with self._lock:
+            watched = list(self._watched.values())
+        for breaker in watched:
+            self.set_breaker_state(breaker.name, breaker.state)
 
     def set_health(self, status: object) -> None:
         """Publish the overall health (a ``HealthStatus`` or healthy/degraded/unhealthy)."""
@@ -470,6 +483,8 @@ class MetricsCollector:
 
     @property
     def breaker_states(self) -> dict[str, str]:
+        """Each breaker's state, read live from the watched breakers."""
+        self.refresh_breakers()
         with self._lock:
             return dict(self._breakers)
 
@@ -506,6 +521,7 @@ class MetricsCollector:
         """Memory (RSS), CPU since the last call, connections, breaker states, health, uptime."""
         proc = self._process
         connections = open_sockets(proc)
+        self.refresh_breakers()
         with self._lock:
             breakers = dict(self._breakers)
             health = self._health
@@ -552,12 +568,14 @@ class MetricsCollector:
 
     def exposition(self) -> bytes:
         """The Prometheus text exposition of this collector's registry."""
+        self.refresh_breakers()
         return generate_latest(self.registry)
 
     def write_textfile(self, path: str | os.PathLike[str]) -> Path:
         """Write ``*.prom`` for node_exporter's textfile collector (temp file + rename)."""
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
+        self.refresh_breakers()
         _prom_write_textfile(str(target), self.registry)
         return target
 

@@ -327,8 +327,11 @@ class RetryManager:
         return float(policy.backoff()(_AttemptNumber(max(1, attempt))))  # type: ignore[arg-type]
 
     def handle_rate_limit(self, response: Any) -> float:
-        """Seconds a 429 response asks for (Retry-After, X-RateLimit-Reset, else a default)."""
-        return rate_limit_wait(response, clock=self._wall_clock)
+        """Seconds a 429 response asks for (Retry-After, X-RateLimit-Reset, else a default),
+        capped at the default policy's ``max_retry_after_seconds``: a caller that sleeps on it
+        never sleeps longer than the retry loop itself would."""
+        wait = rate_limit_wait(response, clock=self._wall_clock)
+        return min(wait, self.default_policy.max_retry_after_seconds)
 
     # -- tenacity callbacks ------------------------------------------------------------------
     def _wait(self, retry_state: tenacity.RetryCallState, policy: RetryPolicy) -> float:
@@ -348,10 +351,16 @@ class RetryManager:
         assert exc is not None  # tenacity only sleeps after a failure
         delay = retry_state.upcoming_sleep
         attempt = retry_state.attempt_number
+        asked = exc.retry_after if isinstance(exc, RateLimitError) else None
+        # the wait the instance asks for, not the capped one: re-sending before it would only
+        # meet the same closed window
+        needed = delay if asked is None else max(delay, asked)
         if policy.deadline_seconds is not None:
             remaining = policy.deadline_seconds - (self._clock() - started)
-            if delay > remaining:
-                raise self._deadline_error(exc, delay, remaining, operation_name) from exc
+            if needed > remaining:
+                raise self._deadline_error(exc, needed, remaining, operation_name, policy) from exc
+        if asked is not None and asked > policy.max_retry_after_seconds:
+            raise self._wait_too_long_error(exc, asked, policy, operation_name) from exc
         if self.budget is not None and not self.budget.try_acquire_retry():
             raise RetryBudgetExhaustedError(
                 f"Retry budget exhausted: not retrying {operation_name} after attempt {attempt} "
@@ -378,25 +387,83 @@ class RetryManager:
             with contextlib.suppress(Exception):
                 hook(attempt, delay, exc, operation_name)
 
+    def _wait_too_long_error(
+        self, exc: BaseException, asked: float, policy: RetryPolicy, operation_name: str
+    ) -> RateLimitError:
+        """The instance's rate limit resets later than snowkit is allowed to wait: stop now
+        rather than send requests into a window that is still closed."""
+        reset_at = datetime.fromtimestamp(self._wall_clock() + asked, UTC)
+        return RateLimitError(
+            f"Rate limited on {operation_name}: ServiceNow asks to wait {asked:.1f} s (until "
+            f"{reset_at.isoformat(timespec='seconds')}), longer than max_retry_after_seconds "
+            f"({policy.max_retry_after_seconds:g} s). Stopping now instead of re-sending "
+            "into the closed window.",
+            operation=operation_name,
+            retryable=False,
+            details={
+                "retry_after": round(asked, 3),
+                "reset_at": reset_at.isoformat(),
+                "max_retry_after_seconds": policy.max_retry_after_seconds,
+                "last_error": type(exc).__name__,
+            },
+            guidance=(
+                "Run again after the reset time, or raise retry.max_retry_after_seconds to "
+                "let snowkit wait that long (an hourly rate-limit rule is spent)."
+            ),
+        )
+
     def _deadline_error(
-        self, exc: BaseException, delay: float, remaining: float, operation_name: str
+        self,
+        exc: BaseException,
+        delay: float,
+        remaining: float,
+        operation_name: str,
+        policy: RetryPolicy,
     ) -> DeadlineExceededError:
+        deadline = policy.deadline_seconds or 0.0
+        last = f"last error: {type(exc).__name__}"
+        if remaining <= 0:
+            return deadline_spent_error(operation_name, deadline, last)
         reset_at = datetime.fromtimestamp(self._wall_clock() + delay, UTC)
         what = (
             "ServiceNow asks to wait" if isinstance(exc, RateLimitError) else "the next retry is in"
         )
         return DeadlineExceededError(
             f"Deadline exceeded for {operation_name}: {what} {delay:.1f} s (until "
-            f"{reset_at.isoformat(timespec='seconds')}), more than the {max(0.0, remaining):.1f} s "
-            "left. Stopping now instead of sleeping; run again after that time.",
+            f"{reset_at.isoformat(timespec='seconds')}), more than the {remaining:.1f} s left "
+            f"of its {deadline:g} s deadline ({last}). Stopping now instead of sleeping.",
             operation=operation_name,
             details={
                 "wait_seconds": round(delay, 3),
-                "remaining_seconds": round(max(0.0, remaining), 3),
+                "remaining_seconds": round(remaining, 3),
+                "deadline_seconds": deadline,
                 "reset_at": reset_at.isoformat(),
                 "last_error": type(exc).__name__,
             },
+            guidance=_deadline_guidance(deadline),
         )
+
+
+def deadline_spent_error(
+    operation_name: str, deadline_seconds: float, why: str
+) -> DeadlineExceededError:
+    """The error for an operation whose whole deadline is used up (no attempt is started)."""
+    return DeadlineExceededError(
+        f"Deadline exceeded for {operation_name}: its {deadline_seconds:g} s deadline is spent "
+        f"({why}); no further attempt was started.",
+        operation=operation_name,
+        details={"deadline_seconds": deadline_seconds, "reason": why},
+        guidance=_deadline_guidance(deadline_seconds),
+    )
+
+
+def _deadline_guidance(deadline_seconds: float) -> str:
+    """What to do about a spent deadline: it is our limit, not an instance error."""
+    return (
+        f"retry.deadline_seconds ({deadline_seconds:g} s) bounds each operation with all its "
+        "retries. The instance was slow or failing throughout: run again later, or raise "
+        "retry.deadline_seconds (or servicenow.read_timeout) if it is simply slow."
+    )
 
 
 def _message(exc: BaseException) -> str:
@@ -418,6 +485,7 @@ __all__ = [
     "RetryHook",
     "RetryManager",
     "RetryPolicy",
+    "deadline_spent_error",
     "parse_retry_after",
     "rate_limit_wait",
 ]

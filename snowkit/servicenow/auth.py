@@ -25,6 +25,56 @@ from snowkit.ops.errors import AuthenticationError, ErrorHandler
 from snowkit.ops.logging import StructuredLogger
 
 JSON_CONTENT = {"Content-Type": "application/json"}
+#: Characters no HTTP header value may hold (http.client refuses them with the value in its
+#: message, which would carry the secret into errors and logs).
+_FORBIDDEN_IN_HEADERS = frozenset("\r\n\0")
+INVALID_VALUE = "invalid_header_value"
+
+
+def check_header_values(method: str, headers: Mapping[str, str]) -> None:
+    """Refuse a credential that cannot travel in a header (a pasted key with its newline):
+    an :class:`AuthenticationError` naming the method and header, never the value."""
+    for header, value in headers.items():
+        if isinstance(value, bytes):
+            value = value.decode("latin-1")
+        if _FORBIDDEN_IN_HEADERS.intersection(str(value)):
+            raise AuthenticationError(
+                f"the {method} credential contains a line break or NUL character, which cannot "
+                f"be sent in the {header} header; nothing was sent",
+                operation="prepare_auth",
+                details={"auth_method": method, "header": header, "reason": INVALID_VALUE},
+                guidance=(
+                    f"Remove the stray character from the value configured for {method} (it "
+                    "usually comes from pasting, or from a file read with its trailing "
+                    "newline), then run again."
+                ),
+            )
+
+
+def is_invalid_value(exc: BaseException) -> bool:
+    """``exc`` is :func:`check_header_values`' refusal (the user fixes the value; no fallback)."""
+    return (
+        isinstance(exc, AuthenticationError) and exc.context.details.get("reason") == INVALID_VALUE
+    )
+
+
+class _CheckedAuth(requests.auth.AuthBase):
+    """An auth method whose headers are checked as it sets them on each request (a method
+    like OAuth only knows its value then)."""
+
+    def __init__(self, inner: Any, name: str) -> None:
+        self._inner = inner
+        self._name = name
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        before = dict(request.headers)
+        request = self._inner(request)
+        changed = {k: v for k, v in request.headers.items() if before.get(k) != v}
+        check_header_values(self._name, changed)
+        return request
+
+    def __repr__(self) -> str:
+        return f"_CheckedAuth({self._name!r})"
 
 
 class AuthMethodLike(Protocol):
@@ -159,10 +209,12 @@ class AuthChain:
         scratch.headers.clear()
         method.apply(scratch, self._instance_url)
         headers = dict(scratch.headers)
+        name = method_name(method)
+        check_header_values(name, headers)
         return AuthState(
             index=index,
-            name=method_name(method),
-            auth=scratch.auth,
+            name=name,
+            auth=_CheckedAuth(scratch.auth, name) if scratch.auth is not None else None,
             headers=headers,
             json_headers={**JSON_CONTENT, **headers},
             session=scratch,
@@ -173,6 +225,8 @@ class AuthChain:
             try:
                 return self._prepare(index)
             except Exception as exc:  # e.g. an OAuth token fetch that failed
+                if is_invalid_value(exc):
+                    raise  # a value to fix, not a method to skip quietly
                 name = method_name(self._methods[index], index)
                 self._logger.log_credential_access(name, False, type(exc).__name__)
         return None

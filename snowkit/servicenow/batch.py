@@ -72,9 +72,13 @@ class BatchResult:
     error: Any = None  # the ErrorContext for failed items, when an ErrorHandler is configured
     execution_time_ms: int | None = None
     raw_body: bytes = b""
+    #: a DELETE answered 404 after an earlier send of its batch may have run: done, not failed
+    gone_on_retry: bool = False
 
     @property
     def ok(self) -> bool:
+        if self.gone_on_retry:
+            return self.serviced
         return self.serviced and self.status_code is not None and 200 <= self.status_code < 300
 
     @property
@@ -237,6 +241,16 @@ def _decode_item(sub: Mapping[str, Any], item: EncodedItem) -> BatchResult:
         else:
             result.error_message = sub.get("error_message") or sub.get("status_text")
     return result
+
+
+def accept_gone_deletes(results: Sequence[BatchResult]) -> None:
+    """Mark DELETE items answered 404 as done: called when an earlier send of the same batch
+    may have run (its answer was lost), so the record is gone because *we* deleted it, as
+    ``client.delete`` already treats a 404 on such a retry."""
+    for result in results:
+        if result.request.method.upper() == "DELETE" and result.status_code == 404:
+            result.gone_on_retry = True
+            result.error_message = result.error_detail = None
 
 
 def unserviced_result(item: EncodedItem, rounds: int) -> BatchResult:

@@ -26,8 +26,10 @@ Decisions worth knowing (the "why" behind the behaviour):
   back in). The error names the table and the record's source key and tells the caller to look
   the record up by that key before trying again; the client never re-sends it blindly.
   The IRE endpoint is treated as idempotent: identification matches the same CI on a resend.
-- **DELETE retried after a lost answer** may find the record gone: a 404 on a retry attempt
-  of a DELETE counts as success.
+- **DELETE retried after a lost answer** may find the record gone: a 404 on a retry of a
+  DELETE counts as success when an earlier attempt may have run (sent without an answer, or
+  a 5xx), not after a 429 or a refused connection; the same holds for DELETE items of a
+  retried Batch API request.
 - **Authentication.** The methods from ``credentials.auth_methods()`` (API key → OAuth → basic,
   as configured) are tried in order; a 401 refreshes the method once (``refresh()``: a new
   OAuth token), then moves to the next method, logs which one is in use (never its value) and
@@ -70,15 +72,22 @@ from snowkit.servicenow.failures import FailureMapper
 from snowkit.servicenow.hibernation import HibernationWait
 from snowkit.servicenow.limiter import RateLimitPacer
 from snowkit.servicenow.paging import KEY_FIELD, Pager, PagingMode, choose_mode, order_of
-from snowkit.servicenow.pipeline import BackoffListener, RequestPipeline, RequestSpec
+from snowkit.servicenow.pipeline import (
+    Attempts,
+    BackoffListener,
+    RequestPipeline,
+    RequestSpec,
+)
 from snowkit.servicenow.query import Query, plain_value
 from snowkit.servicenow.tables import (
     WRITE_PARAMS,
     check_table,
     fields_for,
+    json_body,
     parse_result,
     read_params,
     table_path,
+    total_count,
 )
 from snowkit.servicenow.transport import (
     IDEMPOTENT_METHODS,
@@ -317,6 +326,7 @@ class ServiceNowAPIClient:
             order_by=order_field,
             descending=descending,
             limit=limit,
+            table=table,
         )
         wanted = fields_for(fields, query)
         post_filter = query.matches_exact if isinstance(query, Query) else None
@@ -340,13 +350,11 @@ class ServiceNowAPIClient:
             }
             if pager.mode is PagingMode.OFFSET:
                 params["sysparm_offset"] = request.offset
-            else:
-                params["sysparm_no_count"] = "true"
             response = self._execute_request(
                 "GET", table_path(table), params=params, table=table, operation="query"
             )
             rows = parse_result(response) or []
-            pager.advance(request, rows)
+            pager.advance(request, rows, total_count(response))
             for row in rows:
                 if post_filter is not None and not post_filter(row):
                     continue
@@ -372,18 +380,21 @@ class ServiceNowAPIClient:
         response = self._execute_request(
             "GET", table_path(table), params=params, table=table, operation="count"
         )
-        total = response.headers.get("X-Total-Count")
+        total = total_count(response)
         if total is None:
+            sent = response.headers.get("X-Total-Count")
+            what = "no X-Total-Count" if sent is None else "an X-Total-Count that is not a count"
             raise OperationalError(
-                f"the instance sent no X-Total-Count for {table}; cannot count",
+                f"the instance sent {what} for {table}; cannot count",
                 operation="count",
+                details={"table": table, "x_total_count": None if sent is None else sent[:40]},
                 guidance=(
-                    "Something between snowkit and the instance strips response headers (a "
-                    "proxy or gateway): allow X-Total-Count through, or count with "
-                    "sum(1 for _ in client.query(table, query, fields=['sys_id']))."
+                    "Something between snowkit and the instance strips or rewrites response "
+                    "headers (a proxy or gateway): let X-Total-Count through unchanged, or count "
+                    "with sum(1 for _ in client.query(table, query, fields=['sys_id']))."
                 ),
             )
-        return int(total)
+        return total
 
     def create(
         self, table: str, values: Mapping[str, Any], *, source_id: str | None = None
@@ -460,6 +471,7 @@ class ServiceNowAPIClient:
                     operation="delete",
                     source_id=source_id or sys_id,
                     allow_404_on_retry=True,
+                    expect=None,  # 204 No Content
                 )
             except OperationalError as exc:
                 self._writes.record("delete", table, sys_id, source_id, before, None, exc)
@@ -503,6 +515,7 @@ class ServiceNowAPIClient:
         rounds = 0
         while pending and rounds < max_rounds:
             rounds += 1
+            attempts = Attempts()  # this round's sends (earlier rounds' items were answered)
             try:
                 response = self._execute_request(
                     "POST",
@@ -511,6 +524,8 @@ class ServiceNowAPIClient:
                     operation="batch_read" if batch_api.is_read_only(pending) else "batch",
                     idempotent=batch_api.is_idempotent(pending),
                     source_id=",".join(str(i.request.source_id or i.id) for i in pending[:20]),
+                    expect="serviced_requests",
+                    attempts=attempts,
                 )
             except OperationalError as exc:
                 ambiguous = isinstance(exc, AmbiguousWriteError)
@@ -519,12 +534,14 @@ class ServiceNowAPIClient:
                     for item in pending
                 ]
             try:
-                body = orjson.loads(response.content or b"{}")
+                body = json_body(response)
                 if not isinstance(body, dict):
                     raise ValueError("the batch answer is not a JSON object")
                 done, pending = batch_api.decode_response(body, pending)
             except (ValueError, TypeError, AttributeError) as exc:
                 return done_all + self._unreadable_batch(pending, exc)
+            if attempts.may_have_run:
+                batch_api.accept_gone_deletes(done)
             for result in done:
                 if not result.ok:
                     result.error = self._pipeline.failures.batch_item(result)
@@ -632,11 +649,14 @@ class ServiceNowAPIClient:
         allow_404_on_retry: bool = False,
         ok_statuses: frozenset[int] = frozenset(),
         policy: RetryPolicy | None = None,
+        expect: str | None = "result",
+        attempts: Attempts | None = None,
     ) -> requests.Response:
         """The single path every request takes: retry → breaker → auth → HTTP → observe.
 
         ``idempotent`` defaults to the method's HTTP semantics; pass it for POST endpoints
-        that are safe to resend (IRE) or batches of reads.
+        that are safe to resend (IRE) or batches of reads. ``expect``: the JSON member a 2xx
+        answer must carry (a 202 or an empty body is not an empty result).
         """
         verb = method.upper()
         spec = RequestSpec(
@@ -650,8 +670,9 @@ class ServiceNowAPIClient:
             source_id=source_id,
             allow_404_on_retry=allow_404_on_retry,
             ok_statuses=ok_statuses,
+            expect=expect,
         )
-        return self._pipeline.execute(spec, policy)
+        return self._pipeline.execute(spec, policy, attempts)
 
 
 def _scope() -> contextlib.AbstractContextManager[Any]:

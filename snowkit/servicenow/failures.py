@@ -17,12 +17,14 @@ Every error context is recorded with the error handler (``errors.jsonl``) and re
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urljoin
 
 import requests
 
 from snowkit.ops.classify import is_hibernation_page, request_was_sent
 from snowkit.ops.errors import (
     AmbiguousWriteError,
+    ConfigurationError,
     ErrorCategory,
     ErrorContext,
     ErrorHandler,
@@ -30,11 +32,13 @@ from snowkit.ops.errors import (
     HibernatingInstanceError,
     NetworkError,
     OperationalError,
+    TransientServerError,
     make_context,
 )
 from snowkit.ops.logging import StructuredLogger
 from snowkit.servicenow.batch import BatchResult
 from snowkit.servicenow.hibernation import GUIDANCE as HIBERNATION_GUIDANCE
+from snowkit.servicenow.transport import display_url
 
 if TYPE_CHECKING:
     from snowkit.servicenow.pipeline import RequestSpec
@@ -136,6 +140,66 @@ class FailureMapper:
                 self.logger.log_error(ctx)
             return exc
         raise AssertionError("raise_for returned")  # pragma: no cover
+
+    def redirect(self, spec: RequestSpec, response: requests.Response) -> ConfigurationError:
+        """A 3xx answer: never followed, so the request did not reach the REST API.
+
+        Following it would re-send ``x-sn-apikey`` (requests only strips ``Authorization``) to
+        whatever host the Location names, and turn a POST answered 302/303 into a GET that
+        "succeeds" with nothing written. Nothing ran at the instance, so for a write this is a
+        refusal, not an ambiguous outcome. The Location is shown without query or user info.
+        """
+        status = response.status_code
+        location = response.headers.get("Location")
+        target = display_url(urljoin(spec.url, location)) if location else "(no Location header)"
+        ctx = make_context(
+            f"{spec.target}: {self.instance_url} answered HTTP {status} redirecting to "
+            f"{target}; snowkit does not follow redirects, so nothing was sent there and "
+            "nothing was applied",
+            operation=spec.operation,
+            category=ErrorCategory.CONFIGURATION,
+            severity=ErrorSeverity.HIGH,
+            http_status=status,
+            details={"method": spec.method, "table": spec.table, "location": target},
+            guidance=(
+                "Configure the instance's final URL (SERVICENOW_INSTANCE or "
+                "servicenow.instance), e.g. the https:// host the redirect points to if you "
+                "trust it; a redirect away from the instance can also mean an SSO or proxy "
+                "page is in the way."
+            ),
+        )
+        self.error_handler.record(ctx)
+        self.logger.log_error(ctx)
+        return ConfigurationError(ctx)
+
+    def no_body(self, spec: RequestSpec, response: requests.Response) -> OperationalError:
+        """A 2xx without the JSON member the call expects (``spec.expect``).
+
+        A real instance answers HTTP 202 with no content when too many requests queue on one
+        session, and a proxy may send an empty 200: neither says what happened. A read is
+        retried; a write may or may not have been applied, so it is ambiguous, never an empty
+        success (a batch of writes comes back with every item ambiguous).
+        """
+        status = response.status_code
+        why = f"the instance answered HTTP {status} without a {spec.expect!r} in its body"
+        if not spec.idempotent:
+            return self.ambiguous(spec, why, status)
+        ctx = make_context(
+            f"{spec.target}: {why}; this is not an empty result",
+            operation=spec.operation,
+            category=ErrorCategory.SERVICENOW_API,
+            severity=ErrorSeverity.MEDIUM,
+            retryable=True,
+            http_status=status,
+            details={"method": spec.method, "table": spec.table},
+            guidance=(
+                "The instance queued the request and dropped it (HTTP 202: too many requests at "
+                "once) or something in between answered for it; snowkit retries reads. If it "
+                "keeps happening, lower servicenow.workers."
+            ),
+        )
+        self.error_handler.record(ctx)
+        return TransientServerError(ctx)
 
     def html(self, spec: RequestSpec, response: requests.Response) -> OperationalError:
         """A 2xx HTML page where JSON was promised: hibernation, or something in between."""

@@ -11,6 +11,7 @@ count ourselves, and use ``X-RateLimit-Remaining`` when a server adds it).
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -287,9 +288,12 @@ class RateLimitPacer:
 
 
 def _int(value: str | None) -> int | None:
+    """A header's whole number, or None for anything else (``1e400``, ``inf``, ``nan``, text):
+    these headers only tune pacing, so a strange one is ignored, never an error."""
     if value is None:
         return None
     try:
-        return int(float(str(value).strip()))
+        number = float(str(value).strip())
     except ValueError:
         return None
+    return int(number) if math.isfinite(number) else None

@@ -8,8 +8,23 @@ repeats them (an insert before the cursor shifts everything right), and without 
 Keyset paging orders by ``sys_id`` (unique, immutable) and asks each next page for
 ``sys_id > <last sys_id seen>``. Every record that exists for the whole scan is returned exactly
 once, whatever is inserted or deleted meanwhile; records inserted during the scan appear iff
-their sys_id sorts after the cursor. ``X-Total-Count`` is not trusted as a stop signal (it moves
-while others write): a page shorter than the page size ends the scan.
+their sys_id sorts after the cursor.
+
+When does a scan end? Not at a short page alone: a real instance applies ``sysparm_limit``
+*before* ACL filtering, so a page can come back short (rows hidden from this user) with more
+rows after it; ending there made the loader miss records and create duplicates. So each list
+request asks for the count (snowkit does not send ``sysparm_no_count``, which would drop
+``X-Total-Count``: the server's ``count(*)`` is cheaper than a round trip per scan) and a
+page ends the scan only when that count says nothing else matches (keyset: the count of rows
+after the cursor is no more than this page returned; offset: no more than all pages
+returned). An empty page always ends it (a keyset cursor cannot move past a page it never
+saw). Without the header (a proxy stripped it) a short page proves nothing, so the scan goes
+on to an empty page: one more request, never a missed row. On the embedded instance, whose
+count matches what it returns, the last page still ends the scan by itself.
+
+A server that ignores the cursor or the offset would make the scan loop forever: a page that
+does not move the cursor, or repeats the previous page, stops it with an error at the second
+request.
 
 Offset paging is kept for callers who need another sort order (``order_by`` other than
 ``sys_id``); its result is only stable on a quiet table, and it still appends ``ORDERBYsys_id``
@@ -22,6 +37,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from snowkit.ops.errors import OperationalError
 from snowkit.servicenow.query import plain_value
 
 KEY_FIELD = "sys_id"
@@ -119,8 +135,10 @@ class Pager:
         order_by: str = KEY_FIELD,
         descending: bool = False,
         limit: int | None = None,
+        table: str | None = None,
     ) -> None:
         self.encoded = encoded
+        self.table = table
         self.page_size = max(1, min(int(page_size), 10_000))
         self.mode = mode
         self.order_by = order_by
@@ -129,6 +147,8 @@ class Pager:
         self.returned = 0
         self._after: str | None = None
         self._offset = 0
+        self._seen = 0  #: rows the server returned so far (before client-side filters)
+        self._previous_keys: frozenset[str] = frozenset()
         self._done = limit is not None and limit <= 0
 
     @property
@@ -148,16 +168,55 @@ class Pager:
             offset_query(self.encoded, self.order_by, self.descending), size, self._offset
         )
 
-    def advance(self, request: PageRequest, rows: list[dict[str, Any]]) -> None:
-        """Record a page's rows (as returned by the server, before any client-side filter)."""
-        self._offset += len(rows)
-        if rows:
-            last = plain_value(rows[-1].get(KEY_FIELD))
-            if self.mode is PagingMode.KEYSET and not last:
-                raise ValueError("keyset paging needs sys_id in every row (add it to fields)")
-            self._after = last or self._after
-        if len(rows) < request.limit:
+    def advance(
+        self, request: PageRequest, rows: list[dict[str, Any]], total: int | None = None
+    ) -> None:
+        """Record a page's rows (as returned by the server, before any client-side filter) and
+        ``total``, the page's ``X-Total-Count`` (None when absent): see the module docstring.
+
+        Offset mode moves the offset by the page size asked for, not by the rows returned:
+        the instance cut the page before its ACLs hid rows, so the next window starts there.
+        """
+        if not rows:
             self._done = True
+            return
+        keys = [plain_value(row.get(KEY_FIELD)) for row in rows]
+        if self.mode is PagingMode.KEYSET and not keys[-1]:
+            raise ValueError("keyset paging needs sys_id in every row (add it to fields)")
+        self._check_progress(keys)
+        self._seen += len(rows)
+        self._after = keys[-1] or self._after
+        self._offset = request.offset + max(request.limit, len(rows))
+        if total is None:
+            return  # a short page proves nothing: go on to an empty page
+        matched_beyond = total > (len(rows) if self.mode is PagingMode.KEYSET else self._seen)
+        if not matched_beyond:
+            self._done = True
+
+    def _check_progress(self, keys: list[str]) -> None:
+        """Stop a scan the server does not move forward (it ignores the cursor or offset)."""
+        stuck = (
+            self.mode is PagingMode.KEYSET and self._after is not None and keys[-1] <= self._after
+        )
+        if all(keys) and self._previous_keys.issuperset(keys):
+            stuck = True
+        self._previous_keys = frozenset(k for k in keys if k)
+        if not stuck:
+            return
+        ignored = "sys_id cursor" if self.mode is PagingMode.KEYSET else "sysparm_offset"
+        raise OperationalError(
+            f"paging {self.table or 'the table'} made no progress: the instance answered the "
+            f"next page with rows already returned (it ignored the {ignored}); stopped instead "
+            "of looping",
+            operation="query",
+            details={"table": self.table, "paging": self.mode.value, "rows_seen": self._seen},
+            guidance=(
+                "Something between snowkit and the instance (a proxy or a scripted REST "
+                "override) rewrites list queries. Check the instance URL; meanwhile query "
+                "with paging='offset' (or 'keyset' if offset was in use), or a page_size "
+                "larger than the result."
+            ),
+        )
 
     def count_returned(self, n: int) -> None:
         """Count records handed to the caller (after client-side filters) against ``limit``."""

@@ -22,14 +22,16 @@ from typing import Any, Protocol
 import requests
 
 from snowkit.ops.breaker import CircuitBreaker
+from snowkit.ops.classify import request_was_sent
 from snowkit.ops.errors import AuthenticationError, OperationalError
 from snowkit.ops.logging import StructuredLogger
 from snowkit.ops.metrics import MetricsCollector
-from snowkit.ops.retry import RetryManager, RetryPolicy
-from snowkit.servicenow.auth import JSON_CONTENT, AuthChain
+from snowkit.ops.retry import RetryManager, RetryPolicy, deadline_spent_error
+from snowkit.servicenow.auth import JSON_CONTENT, AuthChain, is_invalid_value
 from snowkit.servicenow.failures import FailureMapper
 from snowkit.servicenow.hibernation import HibernationWait, is_unexpected_html
 from snowkit.servicenow.limiter import RateLimitPacer
+from snowkit.servicenow.tables import carries
 from snowkit.servicenow.transport import Timeouts
 
 
@@ -40,7 +42,8 @@ class RequestSpec:
     ``idempotent`` decides whether a failure after sending may be retried; ``source_id`` is the
     caller's key for the record, named in an ambiguous-write error; ``ok_statuses`` are answers
     that are results, not errors (a 404 for ``get``); ``allow_404_on_retry``: a DELETE whose
-    first answer was lost may find the record already gone.
+    first answer was lost may find the record already gone; ``expect`` is the member a 2xx
+    JSON answer must carry to count as one (None: no body expected, e.g. a DELETE's 204).
     """
 
     method: str
@@ -53,11 +56,25 @@ class RequestSpec:
     source_id: str | None
     allow_404_on_retry: bool
     ok_statuses: frozenset[int]
+    expect: str | None = "result"
 
     @property
     def target(self) -> str:
         """``METHOD table`` (or the URL for calls outside the Table API), for messages."""
         return f"{self.method} {self.table or self.url}"
+
+
+@dataclass(slots=True)
+class Attempts:
+    """What the attempts of one logical request have done so far (one per execute call).
+
+    ``may_have_run``: an attempt may have reached the instance's database (sent without an
+    answer, or answered 5xx / without a body). Only then does a later 404 on a DELETE mean
+    "already deleted"; after a 429 or a refused connection it means the record was never there.
+    """
+
+    count: int = 0
+    may_have_run: bool = False
 
 
 class BackoffListener(Protocol):
@@ -109,10 +126,14 @@ class RequestPipeline:
         self._clock = clock
         retry_manager.add_hook(self._on_retry)
 
-    def execute(self, spec: RequestSpec, policy: RetryPolicy | None = None) -> requests.Response:
-        """The response to ``spec`` (2xx, or a status in ``ok_statuses``), else raise."""
+    def execute(
+        self, spec: RequestSpec, policy: RetryPolicy | None = None, attempts: Attempts | None = None
+    ) -> requests.Response:
+        """The response to ``spec`` (2xx, or a status in ``ok_statuses``), else raise.
+        ``attempts`` (optional) is filled in for a caller that needs to know (a batch)."""
+        tally = attempts if attempts is not None else Attempts()
         return self.hibernation.run(
-            lambda: self._with_retry(spec, policy),
+            lambda: self._with_retry(spec, policy, tally),
             clock=self._clock,
             sleep=self._sleep,
             on_wait=lambda seconds: self.logger.event(
@@ -123,15 +144,19 @@ class RequestPipeline:
             ),
         )
 
-    def _with_retry(self, spec: RequestSpec, policy: RetryPolicy | None) -> requests.Response:
-        attempt = 0
+    def _with_retry(
+        self, spec: RequestSpec, policy: RetryPolicy | None, attempts: Attempts
+    ) -> requests.Response:
+        deadline = (policy or self.retry_manager.default_policy).deadline_seconds
+        ends_at = None if deadline is None else self._clock() + deadline
 
         def one_attempt() -> requests.Response:
-            nonlocal attempt
-            attempt += 1
+            attempts.count += 1
             self._pace()
-            number = attempt
-            return self.circuit_breaker.call(lambda: self._attempt(spec, number), spec.operation)
+            timeout = self._attempt_timeout(spec, attempts.count, deadline, ends_at)
+            return self.circuit_breaker.call(
+                lambda: self._attempt(spec, attempts, timeout), spec.operation
+            )
 
         return self.retry_manager.execute_with_retry(
             one_attempt, policy, spec.operation, sleep=self._backoff
@@ -150,45 +175,90 @@ class RequestPipeline:
             for listener in reversed(stepped):
                 listener.step_in()
 
+    def _attempt_timeout(
+        self, spec: RequestSpec, attempt: int, deadline: float | None, ends_at: float | None
+    ) -> tuple[float, float]:
+        """This attempt's (connect, read) timeouts, cut to the time left of the deadline; an
+        attempt with no time left is not started (it could only overrun the deadline)."""
+        if deadline is None or ends_at is None:
+            return self.timeouts.for_attempt(attempt)
+        left = ends_at - self._clock()
+        if left <= 0:
+            raise deadline_spent_error(
+                spec.operation, deadline, f"{attempt - 1} attempt(s) used it up"
+            )
+        return self.timeouts.for_attempt(attempt, left)
+
     def _pace(self) -> None:
         delay = self.pacer.delay()
         if delay > 0:
             self.logger.event("rate_limit_pacing", delay_s=round(delay, 3))
             self._sleep(delay)
 
-    def _attempt(self, spec: RequestSpec, attempt: int) -> requests.Response:
+    def _attempt(
+        self, spec: RequestSpec, attempts: Attempts, timeout: tuple[float, float]
+    ) -> requests.Response:
         """One HTTP exchange (with auth fallback), observed and classified."""
+        attempt = attempts.count
         started = time.perf_counter()
         try:
-            response = self._send_authenticated(spec, attempt)
+            response = self._send_authenticated(spec, timeout)
         except requests.RequestException as exc:
+            attempts.may_have_run |= request_was_sent(exc)
             duration = (time.perf_counter() - started) * 1000.0
             self.metrics.record_error(spec.method, spec.operation, exc, spec.table, duration)
             self._log_request(spec, attempt, None, duration, error=type(exc).__name__)
             raise self.failures.network(spec, exc, attempt) from exc
         duration = (time.perf_counter() - started) * 1000.0
         status = response.status_code
-        self.metrics.record_request(spec.method, spec.operation, status, duration, spec.table)
-        self.pacer.observe(response.headers)
-        ok = status < 400 or status in spec.ok_statuses
+        self._observe(
+            "metrics",
+            lambda: self.metrics.record_request(
+                spec.method, spec.operation, status, duration, spec.table
+            ),
+        )
+        self._observe("rate_limit_pacer", lambda: self.pacer.observe(response.headers))
+        ok = status < 300 or status in spec.ok_statuses
         self._log_request(spec, attempt, status, duration, ok=ok)
         if status < 300:
             if is_unexpected_html(response):
                 raise self.failures.html(spec, response)
+            if spec.expect is not None and not carries(response, spec.expect):
+                attempts.may_have_run = True  # queued (202) or answered for: unknown
+                raise self.failures.no_body(spec, response)
             return response
+        if status < 400:
+            raise self.failures.redirect(spec, response)
         if status in spec.ok_statuses:
             return response
-        if status == 404 and spec.allow_404_on_retry and attempt > 1:
+        if status == 404 and spec.allow_404_on_retry and attempts.may_have_run:
             return response  # an earlier attempt did the delete; its answer was lost
+        attempts.may_have_run |= status >= 500
         error = self.failures.response(spec, response)
         if status == 429:
             retry_after = error.context.details.get("retry_after")
-            self.metrics.record_rate_limit(spec.operation, retry_after)
+            self._observe(
+                "metrics",
+                lambda: self.metrics.record_rate_limit(spec.operation, retry_after, spec.table),
+            )
             for listener in list(self.throttle_listeners):
-                listener(retry_after)
+                self._observe("throttle_listener", lambda: listener(retry_after))  # noqa: B023
         raise error
 
-    def _send_authenticated(self, spec: RequestSpec, attempt: int) -> requests.Response:
+    def _observe(self, observer: str, observe: Callable[[], object]) -> None:
+        """Run a bookkeeping step that must not change the outcome: the instance has already
+        answered (a write may have been applied), so an observer that fails is logged, and the
+        answer still reaches the caller."""
+        try:
+            observe()
+        except Exception as exc:
+            self.logger.event(
+                "observer_failed", level="WARNING", observer=observer, error=type(exc).__name__
+            )
+
+    def _send_authenticated(
+        self, spec: RequestSpec, timeout: tuple[float, float]
+    ) -> requests.Response:
         """Send; on 401 refresh (OAuth, once) or fall back to the next method and re-send."""
         state = self.auth.current
         refreshed: set[int] = set()
@@ -207,15 +277,16 @@ class RequestPipeline:
                     data=spec.body,
                     headers=headers,
                     auth=auth,
-                    timeout=self.timeouts.for_attempt(attempt),
+                    timeout=timeout,
+                    allow_redirects=False,  # see FailureMapper.redirect
                 )
             except AuthenticationError as exc:  # e.g. a lazy OAuth token fetch was refused
-                if state is None:
-                    raise
+                if state is None or is_invalid_value(exc):
+                    raise  # a credential value that cannot be sent: the user fixes it
                 self.logger.log_credential_access(state.name, False, exc.context.error_message)
                 response = None
             if response is not None and (response.status_code != 401 or state is None):
-                if state is not None and response.status_code < 400:
+                if state is not None and response.status_code < 300:
                     self.auth.confirm(state)
                 return response
             assert state is not None
@@ -255,5 +326,10 @@ class RequestPipeline:
         self.logger.event("request", level="INFO" if ok else "WARNING", **fields)
 
     def _on_retry(self, attempt: int, delay: float, exc: BaseException, operation: str) -> None:
-        reason = exc.category.value if isinstance(exc, OperationalError) else type(exc).__name__
-        self.metrics.record_retry(operation, reason)
+        """Count a retry against the table of the request being retried: the hook is shared
+        by every request, and each error this pipeline raises names its table."""
+        if isinstance(exc, OperationalError):
+            reason, table = exc.category.value, exc.context.details.get("table")
+        else:
+            reason, table = type(exc).__name__, None
+        self.metrics.record_retry(operation, reason, table if isinstance(table, str) else None)

@@ -82,12 +82,37 @@ def fields_for(fields: Sequence[str] | None, query: str | Query) -> list[str] | 
     return wanted
 
 
+_PARSED = "_snowkit_json"  #: where a response keeps its parsed body (see json_body)
+
+
+def json_body(response: requests.Response) -> Any:
+    """The response's JSON body, parsed once: the pipeline checks it before any caller reads it,
+    and a page can be megabytes. Raises ``orjson.JSONDecodeError`` for a body that is not JSON."""
+    if _PARSED not in response.__dict__:
+        response.__dict__[_PARSED] = orjson.loads(response.content)
+    return response.__dict__[_PARSED]
+
+
+def carries(response: requests.Response, member: str) -> bool:
+    """The answer is a JSON object with ``member`` (``result``): a 2xx without it (HTTP 202 from
+    a queue, an empty body, ``{}``) says nothing about the request and must not read as an empty
+    result. A body that is not JSON counts as carrying it: :func:`parse_result` says what is
+    wrong with that one."""
+    if not response.content:
+        return False
+    try:
+        body = json_body(response)
+    except orjson.JSONDecodeError:
+        return True
+    return isinstance(body, dict) and member in body
+
+
 def parse_result(response: requests.Response) -> Any:
     """The ``result`` member of a JSON answer (None for 204 / an empty body)."""
     if response.status_code == 204 or not response.content:
         return None
     try:
-        body = orjson.loads(response.content)
+        body = json_body(response)
     except orjson.JSONDecodeError as exc:
         text = response.content[:200].decode("utf-8", "replace")
         raise OperationalError(
@@ -99,3 +124,10 @@ def parse_result(response: requests.Response) -> Any:
             ),
         ) from exc
     return body.get("result") if isinstance(body, dict) else None
+
+
+def total_count(response: requests.Response) -> int | None:
+    """``X-Total-Count`` as a whole number; None when absent or not one (a proxy's garbage
+    must not decide where a scan ends, nor crash it)."""
+    text = (response.headers.get("X-Total-Count") or "").strip()
+    return int(text) if text.isascii() and text.isdigit() else None

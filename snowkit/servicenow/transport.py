@@ -14,12 +14,18 @@ token endpoint, and stacked retry layers. So:
   never for loopback.
 - One ``HTTPAdapter`` with a pool as large as the worker count and ``max_retries=0``: our retry
   manager is the only retry layer (stacking urllib3's ``Retry`` multiplies attempts).
+- No cookies: the session's jar accepts none (:data:`NO_COOKIES`). A real instance binds
+  the requests of one session cookie (``JSESSIONID``) to one server-side session and runs
+  them one at a time; with the jar shared by every worker thread, the whole pool queued on
+  one session and the instance answered the overflow with HTTP 202 and no content. Every
+  request authenticates on its own (API key, token or basic), so a session buys nothing.
 - Connect and read timeouts always set, growing ×1.5 per retry attempt up to a cap, so a slow
   instance gets more patience on the retry instead of the same doomed deadline.
 """
 
 from __future__ import annotations
 
+import http.cookiejar
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,6 +40,8 @@ from snowkit.loopback import is_loopback
 #: Methods whose repeat has the same effect as one call: safe to resend after a lost answer.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 USER_AGENT = f"snowkit/{__version__} (+resilient ServiceNow client)"
+#: Accepts and returns no cookie at all (no domain is allowed): see the module docstring.
+NO_COOKIES = http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
 
 
 class InstanceURLError(ValueError):
@@ -129,9 +137,12 @@ class Timeouts:
     growth: float = 1.5
     cap: float = 180.0
 
-    def for_attempt(self, attempt: int) -> tuple[float, float]:
+    def for_attempt(self, attempt: int, left: float | None = None) -> tuple[float, float]:
+        """The timeouts of attempt ``attempt``, none longer than ``left`` (the seconds left of
+        the operation's deadline): a growing timeout must not carry an attempt past it."""
         factor = self.growth ** max(0, attempt - 1)
-        return (min(self.connect * factor, self.cap), min(self.read * factor, self.cap))
+        limit = self.cap if left is None else min(self.cap, left)
+        return (min(self.connect * factor, limit), min(self.read * factor, limit))
 
 
 def build_session(
@@ -144,6 +155,7 @@ def build_session(
     """A pooled session sized to ``workers`` with no transport-level retries."""
     session = requests.Session()
     session.trust_env = False
+    session.cookies.set_policy(NO_COOKIES)
     session.verify = verify
     session.proxies = dict(proxies or {})
     session.headers.update({"Accept": "application/json", "User-Agent": USER_AGENT})

@@ -329,3 +329,25 @@ def test_a_saturated_machine_degrades_the_system_check(monkeypatch) -> None:
     monkeypatch.setattr(psutil, "cpu_percent", lambda interval=None: 99.0)
     check = monitor.check_system_resources()
     assert check.details["measurements"]["cpuUtilization"]["status"] == "degraded"
+
+
+def test_a_breaker_past_its_recovery_timeout_is_reported_half_open_without_a_call() -> None:
+    from snowkit.ops.breaker import CircuitBreaker
+
+    now = [0.0]
+    breaker = CircuitBreaker(
+        failure_threshold=1,
+        recovery_timeout_seconds=60,
+        clock=lambda: now[0],
+        log_transitions=False,
+    )
+    metrics = MetricsCollector()
+    metrics.watch_breaker(breaker)
+    with pytest.raises(ConnectionError):
+        breaker.call(lambda: (_ for _ in ()).throw(ConnectionError("down")))
+    monitor = HealthMonitor(metrics=metrics)
+    assert monitor.check_circuit_breakers().status is HealthStatus.UNHEALTHY
+    now[0] = 3600.0  # an hour later: a trial call would be let through
+    check = monitor.check_circuit_breakers()
+    assert check.status is HealthStatus.DEGRADED and "half-open" in check.message
+    assert b'snowkit_circuit_breaker_state{breaker="servicenow"} 2.0' in metrics.exposition()

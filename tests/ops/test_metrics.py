@@ -168,6 +168,7 @@ def test_system_metrics_and_breaker_watch() -> None:
     m = MetricsCollector(clock=lambda: next(clock))
     breaker = FakeBreaker()
     m.watch_breaker(breaker)
+    breaker.state = "open"
     breaker.listeners[0](breaker, "closed", "open")
     system = m.system_metrics()
     assert isinstance(system, SystemMetrics)

@@ -100,10 +100,27 @@ def test_rate_limit_waits_retry_after(fake_clock) -> None:
     assert fake_clock.sleeps == [7.0]
 
 
-def test_rate_limit_wait_is_capped(fake_clock) -> None:
+def test_a_retry_after_beyond_the_cap_fails_at_once_with_the_reset_time(
+    fake_clock, wall_clock
+) -> None:
     op = Flaky(RateLimitError("429", details={"retry_after": 3600}))
-    manager(fake_clock).execute_with_retry(op, RetryPolicy(max_retry_after_seconds=30))
-    assert fake_clock.sleeps == [30.0]
+    mgr = RetryManager(sleep=fake_clock.sleep, clock=fake_clock, wall_clock=wall_clock)
+    with pytest.raises(RateLimitError) as info:
+        mgr.execute_with_retry(op, RetryPolicy(max_retry_after_seconds=30), "query")
+    assert fake_clock.sleeps == [] and op.calls == 1  # no request into the closed window
+    assert info.value.retry_after == 3600 and not info.value.context.retryable
+    assert "2026-01-01T01:00:00+00:00" in str(info.value)  # when it resets: now + 3600 s
+    assert "max_retry_after_seconds" in info.value.context.guidance
+
+
+def test_a_retry_after_beyond_the_deadline_is_judged_uncapped(fake_clock, wall_clock) -> None:
+    op = Flaky(RateLimitError("429", details={"retry_after": 3600}))
+    policy = RetryPolicy(max_attempts=4, deadline_seconds=600)  # the cap (120 s) fits in 600
+    mgr = RetryManager(sleep=fake_clock.sleep, clock=fake_clock, wall_clock=wall_clock)
+    with pytest.raises(DeadlineExceededError) as info:
+        mgr.execute_with_retry(op, policy, "query")
+    assert fake_clock.sleeps == [] and op.calls == 1
+    assert "3600.0 s" in str(info.value)
 
 
 def test_retry_after_beyond_deadline_fails_at_once(fake_clock, wall_clock) -> None:
@@ -182,8 +199,10 @@ def test_handle_rate_limit(wall_clock) -> None:
     mgr = RetryManager(wall_clock=wall_clock)
     assert mgr.handle_rate_limit(SimpleNamespace(headers={"Retry-After": "12"})) == 12.0
     reset = str(int(wall_clock.now) + 300)
-    assert mgr.handle_rate_limit(SimpleNamespace(headers={"X-RateLimit-Reset": reset})) == 300.0
+    assert mgr.handle_rate_limit(SimpleNamespace(headers={"X-RateLimit-Reset": reset})) == 120.0
     assert mgr.handle_rate_limit(SimpleNamespace(headers={})) == 60.0
+    wider = RetryManager(RetryPolicy(max_retry_after_seconds=600), wall_clock=wall_clock)
+    assert wider.handle_rate_limit(SimpleNamespace(headers={"X-RateLimit-Reset": reset})) == 300.0
 
 
 def test_policy_from_config() -> None:
@@ -288,3 +307,15 @@ def test_raw_requests_timeouts_follow_the_method(canned_server, fake_clock) -> N
         mgr.execute_with_retry(call("GET"), RetryPolicy(max_attempts=3))
     gets = [r for r in canned_server.received if r["method"] == "GET"]
     assert len(gets) == 3
+
+
+def test_a_spent_deadline_says_so_with_its_own_guidance(fake_clock) -> None:
+    def op() -> str:
+        fake_clock.advance(30)  # the attempt alone uses the whole deadline
+        raise NetworkError("ReadTimeout", retryable=True)
+
+    policy = RetryPolicy(max_attempts=3, base_delay_seconds=0, deadline_seconds=30)
+    with pytest.raises(DeadlineExceededError) as info:
+        manager(fake_clock).execute_with_retry(op, policy, "query")
+    assert "30 s deadline is spent" in str(info.value) and "0.0 s left" not in str(info.value)
+    assert "retry.deadline_seconds" in info.value.context.guidance

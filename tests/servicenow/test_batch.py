@@ -257,3 +257,19 @@ def test_encode_item_matches_the_reference(request_: BatchRequest) -> None:
     payload, size = _reference_encode(request_, request_.id or "7")
     assert orjson.dumps(item.payload) == orjson.dumps(payload)
     assert item.size == size == len(orjson.dumps(item.payload)) + 1
+
+
+def test_a_resent_batch_of_deletes_whose_first_send_ran_reports_them_done(
+    sb: Sandbox, make_client, fake_sleep
+) -> None:
+    with make_client(sleep=fake_sleep) as client:
+        ids = [client.create("cmdb_ci", {"name": f"gone-{i}"})["sys_id"] for i in range(3)]
+        sb.set_faults({"ambiguous_write_rate": 1.0})  # deleted, then the answer is lost
+        fake_sleep.hook = lambda n: sb.set_faults(None)
+        deletes = [BatchRequest("DELETE", f"/api/now/table/cmdb_ci/{s}") for s in ids]
+        results = client.batch(deletes)
+        assert [client.get("cmdb_ci", s) for s in ids] == [None, None, None]
+        assert all(r.ok and r.gone_on_retry and not r.error_message for r in results)
+        assert requests_sent(client, "POST", "batch") == 2
+        never = client.batch([BatchRequest("DELETE", f"/api/now/table/cmdb_ci/{ids[0]}")])
+    assert not never[0].ok and never[0].status_code == 404  # one send: really not there

@@ -13,6 +13,8 @@ from snowkit.sandbox import Sandbox
 from snowkit.servicenow import BatchRequest, PagingMode, Query, ServiceNowAPIClient
 from snowkit.servicenow.paging import Pager, keyset_query, offset_query
 
+from .conftest import requests_sent
+
 
 def test_keyset_query_adds_the_cursor_to_every_or_group_and_orders_by_sys_id() -> None:
     assert keyset_query("", None) == "ORDERBYsys_id"
@@ -175,3 +177,17 @@ def test_explicit_offset_mode_and_display_values(client: ServiceNowAPIClient) ->
     )
     assert len(rows) == 5
     assert all(set(r["priority"]) == {"value", "display_value"} for r in rows)
+
+
+@pytest.mark.parametrize("paging", [PagingMode.KEYSET, PagingMode.OFFSET])
+def test_the_embedded_instances_last_page_ends_the_scan_by_itself(
+    client: ServiceNowAPIClient, paging: PagingMode
+) -> None:
+    tag = f"last-{paging.value}"
+    _seed(client, "incident", 7, tag)
+    query = f"short_descriptionSTARTSWITH{tag}-"
+    before = requests_sent(client, "GET", "query")
+    assert len(list(client.query("incident", query, page_size=5, paging=paging))) == 7
+    assert requests_sent(client, "GET", "query") - before == 2  # a full page, then a short one
+    assert len(list(client.query("incident", query, page_size=7, paging=paging))) == 7
+    assert requests_sent(client, "GET", "query") - before == 3  # the count says nothing follows
