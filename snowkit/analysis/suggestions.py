@@ -157,6 +157,63 @@ def _quarantine_rule(report: Mapping[str, Any] | pd.DataFrame | None) -> list[Su
     ]
 
 
+def _report_dict(report: Mapping[str, Any] | pd.DataFrame | None) -> Mapping[str, Any]:
+    """The ``report.json`` dict behind ``report`` (a frame keeps it in ``attrs``), or {}."""
+    if isinstance(report, pd.DataFrame):
+        report = report.attrs.get("report")
+    return report if isinstance(report, Mapping) else {}
+
+
+def _linking_rule(report: Mapping[str, Any] | pd.DataFrame | None) -> list[Suggestion]:
+    """Links that were not made: an end missing from the CMDB, or lost to quarantine."""
+    links = _report_dict(report).get("relationships")
+    if not isinstance(links, Mapping):
+        return []
+    found = []
+    orphans = int(links.get("orphans") or 0)
+    if orphans:
+        example = next(iter(links.get("orphan_examples") or []), "")
+        found.append(
+            Suggestion(
+                "warning",
+                f"{orphans} relationship(s) orphaned: an end is not in the CMDB"
+                + (f" (e.g. {example})" if example else ""),
+                "load the source that reports the missing device, or check the quarantine and "
+                "not-seen lists; the next load links them once both ends exist",
+            )
+        )
+    dropped = int(links.get("dropped") or 0)
+    if dropped:
+        found.append(
+            Suggestion(
+                "warning",
+                f"{dropped} relationship(s) not made because an end was quarantined",
+                "fix the quarantined record at the source (the data-quality chart names the "
+                "rule); the next load makes its links",
+            )
+        )
+    return found
+
+
+def _verification_rule(report: Mapping[str, Any] | pd.DataFrame | None) -> list[Suggestion]:
+    """Fields that read back different from what was written."""
+    mismatches = _report_dict(report).get("mismatches") or []
+    if not isinstance(mismatches, list) or not mismatches:
+        return []
+    fields = sorted(
+        {f"{m.get('table')}.{m.get('field')}" for m in mismatches if isinstance(m, Mapping)}
+    )
+    return [
+        Suggestion(
+            "warning",
+            f"{len(mismatches)} field(s) read back different from what was written "
+            f"({', '.join(fields[:3])}{', ...' if len(fields) > 3 else ''})",
+            "a business rule, data policy or column length on the instance changes them; ask "
+            "the ServiceNow admin, or stop mapping that field (every load would rewrite it)",
+        )
+    ]
+
+
 def _credential_rule(logs: pd.DataFrame | None) -> list[Suggestion]:
     access = _events(logs, "credential_access")
     if access.empty or "success" not in access.columns:
@@ -196,6 +253,8 @@ def suggestions(
         *_error_rate_rule(metrics_frame, error_rate_percent),
         *_server_retry_rule(logs_frame, min_server_retries),
         *_quarantine_rule(report),
+        *_linking_rule(report),
+        *_verification_rule(report),
     ]
     return sorted(found, key=lambda s: _ORDER[s.severity])
 

@@ -48,7 +48,27 @@ def test_suggestions_from_a_troubled_run(state: dict[str, Path], b: Any) -> None
 
 def test_quarantine_from_a_run_report_frame(state: dict[str, Path]) -> None:
     items = suggestions(pd.DataFrame(), report=run_report_frame(state["report"]))
-    assert [s.finding for s in items] == ["2 record(s) were quarantined by validation"]
+    assert [s.finding for s in _by_keyword(items, "quarantined by")] == [
+        "2 record(s) were quarantined by validation"
+    ]
+
+
+def test_links_not_made_and_fields_read_back_different_are_named(b: Any) -> None:
+    """The report had said nothing about orphans, lost links or read-back mismatches."""
+    report = b.run_report()
+    report["relationships"].update(orphans=2, orphan_examples=["cl:1 -> dev:9 (Connects to)"],
+                                   dropped=3)  # fmt: skip
+    report["mismatches"] = [
+        {"source_id": "dev:1", "table": "cmdb_ci_ip_switch", "field": "name",
+         "expected": "a", "actual": "A"},
+    ]  # fmt: skip
+    items = suggestions(pd.DataFrame(), report=report)
+    (orphans,) = _by_keyword(items, "orphaned")
+    assert "2 relationship(s)" in orphans.finding and "cl:1 -> dev:9" in orphans.finding
+    (dropped,) = _by_keyword(items, "because an end was quarantined")
+    assert dropped.finding.startswith("3 relationship(s)")
+    (read_back,) = _by_keyword(items, "read back different")
+    assert "cmdb_ci_ip_switch.name" in read_back.finding and "business rule" in read_back.action
 
 
 def test_thresholds_are_tunable(state: dict[str, Path]) -> None:
