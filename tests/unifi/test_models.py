@@ -212,3 +212,6 @@ def test_integration_uplinks_resolve_device_uuid_to_mac() -> None:
     assert inv.clients[0].uplink_source_id == "unifi:device:aa:bb:cc:00:00:01"
     assert inv.clients[0].is_wired is False
     assert inv.access_points[0].site_source_id == "unifi:site:s1"
+    # a marketing name is no model code: described, not put in model_number
+    ap = inv.access_points[0]
+    assert (ap.model, ap.model_name) == (None, "U6 Pro")

@@ -276,7 +276,10 @@ def from_integration(
                     name=_text(device.name),
                     mac=mac or mac_or_raw(device.macAddress),
                     ip=_text(device.ipAddress),
-                    model=_text(device.model),
+                    # the Integration API names the model ("USW Flex Mini"), never its code
+                    # ("USMINI"): the name goes to the description, model_number stays for a
+                    # code (it had held the name, then flipped once another API gave the code)
+                    model=None,
                     model_name=_text(device.model),
                     firmware=_text(device.firmwareVersion),
                     site_source_id=site_source_id(site_id) if site_id else None,
