@@ -348,7 +348,7 @@ class ServiceNowAPIClient:
                 "sysparm_limit": request.limit,
                 "sysparm_suppress_pagination_header": "true",
             }
-            if pager.mode is PagingMode.OFFSET:
+            if pager.mode is PagingMode.OFFSET or request.offset:
                 params["sysparm_offset"] = request.offset
             response = self._execute_request(
                 "GET", table_path(table), params=params, table=table, operation="query"

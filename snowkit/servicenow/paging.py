@@ -17,9 +17,11 @@ request asks for the count (snowkit does not send ``sysparm_no_count``, which wo
 ``X-Total-Count``: the server's ``count(*)`` is cheaper than a round trip per scan) and a
 page ends the scan only when that count says nothing else matches (keyset: the count of rows
 after the cursor is no more than this page returned; offset: no more than all pages
-returned). An empty page always ends it (a keyset cursor cannot move past a page it never
-saw). Without the header (a proxy stripped it) a short page proves nothing, so the scan goes
-on to an empty page: one more request, never a missed row. On the embedded instance, whose
+returned). An empty page ends it unless the count says rows match beyond it: ACLs hid the
+whole window (a keyset cursor cannot move past rows it never saw), so the next request steps
+over it (``sysparm_offset``, with the same cursor in keyset mode), bounded by the
+count. Without the header (a proxy stripped it) a short page proves nothing, so the scan goes
+on to an empty page: one more request. On the embedded instance, whose
 count matches what it returns, the last page still ends the scan by itself.
 
 A server that ignores the cursor or the offset would make the scan loop forever: a page that
@@ -148,6 +150,7 @@ class Pager:
         self._after: str | None = None
         self._offset = 0
         self._seen = 0  #: rows the server returned so far (before client-side filters)
+        self._skip = 0  #: keyset: rows after the cursor stepped over (hidden by ACLs)
         self._previous_keys: frozenset[str] = frozenset()
         self._done = limit is not None and limit <= 0
 
@@ -162,8 +165,8 @@ class Pager:
         size = self.page_size
         if self.limit is not None:
             size = min(size, self.limit - self.returned)
-        if self.mode is PagingMode.KEYSET:
-            return PageRequest(keyset_query(self.encoded, self._after), size)
+        if self.mode is PagingMode.KEYSET:  # offset > 0 only to step over a hidden window
+            return PageRequest(keyset_query(self.encoded, self._after), size, self._skip)
         return PageRequest(
             offset_query(self.encoded, self.order_by, self.descending), size, self._offset
         )
@@ -178,8 +181,17 @@ class Pager:
         the instance cut the page before its ACLs hid rows, so the next window starts there.
         """
         if not rows:
-            self._done = True
+            # an empty page ends the scan unless the count says rows match beyond this window
+            # (ACLs hid a whole page): step over it, bounded by the count
+            window_end = request.offset + request.limit
+            if total is None or total <= window_end:
+                self._done = True
+            elif self.mode is PagingMode.KEYSET:
+                self._skip = window_end
+            else:
+                self._offset = window_end
             return
+        self._skip = 0
         keys = [plain_value(row.get(KEY_FIELD)) for row in rows]
         if self.mode is PagingMode.KEYSET and not keys[-1]:
             raise ValueError("keyset paging needs sys_id in every row (add it to fields)")
@@ -187,6 +199,8 @@ class Pager:
         self._seen += len(rows)
         self._after = keys[-1] or self._after
         self._offset = request.offset + max(request.limit, len(rows))
+        if self.mode is PagingMode.KEYSET:  # the count is of rows after the new cursor
+            total = None if total is None else max(0, total - request.offset)
         if total is None:
             return  # a short page proves nothing: go on to an empty page
         matched_beyond = total > (len(rows) if self.mode is PagingMode.KEYSET else self._seen)

@@ -139,6 +139,27 @@ def test_a_page_cut_short_by_an_acl_does_not_end_the_scan(paging: str) -> None:
     assert len(sent(srv)) <= 4  # three windows and, at most, one empty page
 
 
+@pytest.mark.parametrize("paging", ["keyset", "offset"])
+def test_a_whole_page_hidden_by_acls_is_stepped_over(paging: str) -> None:
+    """An empty page ended the scan although the count said 25 rows still matched."""
+    hidden = {r["sys_id"] for r in ROWS[4:14]}  # ten in a row: two whole windows of five
+    with canned_server() as srv:
+        srv.route(TABLE_PATH, list_instance(hidden))
+        with make_client(srv.url) as client:
+            got = list(client.query("cmdb_ci", fields=["name"], page_size=5, paging=paging))
+    assert [r["sys_id"] for r in got] == [r["sys_id"] for r in ROWS if r["sys_id"] not in hidden]
+    assert len(sent(srv)) <= 8  # six windows, and the two stepped over
+
+
+def test_an_empty_page_the_count_agrees_with_ends_the_scan() -> None:
+    hidden = {r["sys_id"] for r in ROWS[25:]}  # the last window: nothing visible after it
+    with canned_server() as srv:
+        srv.route(TABLE_PATH, list_instance(hidden))
+        with make_client(srv.url) as client:
+            got = list(client.query("cmdb_ci", fields=["name"], page_size=5))
+    assert len(got) == 25 and len(sent(srv)) == 6
+
+
 def test_without_a_count_a_short_page_is_followed_by_an_empty_one() -> None:
     hidden = {ROWS[4]["sys_id"]}
     with canned_server() as srv:
