@@ -166,9 +166,12 @@ def classify_response(
             guidance=authorization_guidance(role),
         )
     if status == 429:
-        from snowkit.ops.retry import rate_limit_wait
+        from snowkit.ops.retry import DEFAULT_RATE_LIMIT_WAIT_SECONDS, rate_limit_wait
 
-        details["retry_after"] = rate_limit_wait(response, clock=clock)
+        asked = rate_limit_wait(response, clock=clock, default=None)
+        details["retry_after"] = DEFAULT_RATE_LIMIT_WAIT_SECONDS if asked is None else asked
+        if asked is None:  # a bare 429: snowkit's own guess, not a limit the instance set
+            details["retry_after_default"] = True
         for name in ("X-RateLimit-Limit", "X-RateLimit-Reset", "X-RateLimit-Rule"):
             details[name.lower().replace("-", "_")] = _header(response, name)
         return build(ErrorCategory.RATE_LIMIT, ErrorSeverity.MEDIUM, True)

@@ -257,6 +257,14 @@ class RateLimitError(OperationalError):
         value = self.context.details.get("retry_after")
         return float(value) if value is not None else None
 
+    @property
+    def asked_wait(self) -> float | None:
+        """The wait the instance itself named (``Retry-After``, ``X-RateLimit-Reset``); None
+        when ``retry_after`` is snowkit's default for a bare 429 (nothing to hold it to)."""
+        if self.context.details.get("retry_after_default"):
+            return None
+        return self.retry_after
+
 
 class TransientServerError(OperationalError):
     default_category = ErrorCategory.SERVICENOW_API

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import requests
 import tenacity
@@ -148,11 +148,23 @@ def _parse_retry_after(value: str | float | None, now: float | datetime | None) 
     return max(0.0, target - reference)
 
 
+@overload
+def rate_limit_wait(
+    response: Any, clock: Callable[[], float] = ..., default: float = ...
+) -> float: ...
+
+
+@overload
+def rate_limit_wait(
+    response: Any, clock: Callable[[], float] = ..., *, default: None
+) -> float | None: ...
+
+
 def rate_limit_wait(
     response: Any,
     clock: Callable[[], float] = time.time,
-    default: float = DEFAULT_RATE_LIMIT_WAIT_SECONDS,
-) -> float:
+    default: float | None = DEFAULT_RATE_LIMIT_WAIT_SECONDS,
+) -> float | None:
     """Seconds a 429 asks to wait: Retry-After, else X-RateLimit-Reset − now, else ``default``."""
     headers = getattr(response, "headers", None) or {}
     now = clock()
@@ -351,7 +363,7 @@ class RetryManager:
         assert exc is not None  # tenacity only sleeps after a failure
         delay = retry_state.upcoming_sleep
         attempt = retry_state.attempt_number
-        asked = exc.retry_after if isinstance(exc, RateLimitError) else None
+        asked = exc.asked_wait if isinstance(exc, RateLimitError) else None
         # the wait the instance asks for, not the capped one: re-sending before it would only
         # meet the same closed window
         needed = delay if asked is None else max(delay, asked)

@@ -113,6 +113,30 @@ def test_a_retry_after_beyond_the_cap_fails_at_once_with_the_reset_time(
     assert "max_retry_after_seconds" in info.value.context.guidance
 
 
+def test_a_bare_429_waits_the_cap_not_a_default_taken_for_the_instances_word(
+    fake_clock, wall_clock
+) -> None:
+    """A 429 naming no wait got snowkit's own 60 s default judged as "ServiceNow asks 60 s",
+    beyond a 30 s cap: the call failed at once instead of waiting 30 s and succeeding."""
+    bare = RateLimitError("429", details={"retry_after": 60.0, "retry_after_default": True})
+    op = Flaky(bare)
+    mgr = RetryManager(sleep=fake_clock.sleep, clock=fake_clock, wall_clock=wall_clock)
+    assert mgr.execute_with_retry(op, RetryPolicy(max_retry_after_seconds=30), "get") == "ok"
+    assert fake_clock.sleeps == [30.0] and op.calls == 2
+
+
+def test_a_bare_429_from_the_instance_is_marked_as_naming_no_wait() -> None:
+    from types import SimpleNamespace
+
+    from snowkit.ops.classify import classify_response
+
+    bare = SimpleNamespace(status_code=429, headers={}, text="", content=b"")
+    named = SimpleNamespace(status_code=429, headers={"Retry-After": "7"}, text="", content=b"")
+    assert RateLimitError(classify_response(bare)).asked_wait is None
+    assert RateLimitError(classify_response(bare)).retry_after == 60.0  # when no cap is set
+    assert RateLimitError(classify_response(named)).asked_wait == 7.0
+
+
 def test_a_retry_after_beyond_the_deadline_is_judged_uncapped(fake_clock, wall_clock) -> None:
     op = Flaky(RateLimitError("429", details={"retry_after": 3600}))
     policy = RetryPolicy(max_attempts=4, deadline_seconds=600)  # the cap (120 s) fits in 600
