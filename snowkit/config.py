@@ -18,7 +18,7 @@ import tomllib
 from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -376,8 +376,8 @@ def _unknown_variables(environ: Mapping[str, str]) -> list[str]:
     """``SNOWKIT_*`` variables that name no setting (e.g. ``SNOWKIT_RETRY_MAX_ATTEMPTS``, one
     underscore short of ``SNOWKIT_RETRY__MAX_ATTEMPTS``): pydantic-settings skips them."""
     problems = []
-    for name in sorted(environ):
-        if not name.startswith(ENV_PREFIX) or name in OTHER_VARIABLES:
+    for name in sorted(environ):  # pydantic-settings matches names in any case
+        if not name.upper().startswith(ENV_PREFIX) or name.upper() in OTHER_VARIABLES:
             continue
         path = name[len(ENV_PREFIX) :].lower().split(ENV_NESTED_DELIMITER)
         if not _names_a_setting(OperationalConfig, path):
@@ -396,6 +396,8 @@ def _names_a_setting(model: type[BaseModel], path: list[str]) -> bool:
     if not rest:
         return True
     nested = field.annotation
+    if get_origin(nested) in (dict, Mapping):  # e.g. servicenow.proxies: any key is one
+        return True
     return (
         isinstance(nested, type)
         and issubclass(nested, BaseModel)

@@ -254,7 +254,16 @@ def test_variables_that_are_no_settings_are_left_alone(monkeypatch, tmp_path: Pa
     for name in ("SNOWKIT_HOME", "SNOWKIT_REPORTS", "SNOWKIT_RUN_DIR", "SNOWKIT_AUDIT_KEY"):
         monkeypatch.setenv(name, str(tmp_path))
     monkeypatch.setenv("SNOWKIT_CIRCUIT_BREAKER__FAILURE_THRESHOLD", "4")
-    assert load(environment="testing").circuit_breaker.failure_threshold == 4
+    monkeypatch.setenv("SNOWKIT_SERVICENOW__PROXIES__HTTPS", "http://proxy.corp:3128")
+    config = load(environment="testing")
+    assert config.circuit_breaker.failure_threshold == 4
+    assert config.servicenow.proxies == {"https": "http://proxy.corp:3128"}  # a dict's key
+
+
+def test_a_misspelled_variable_in_lower_case_stops_the_load_too(monkeypatch) -> None:
+    monkeypatch.setenv("snowkit_retry_max_attempts", "9")
+    with pytest.raises(ConfigurationError, match="snowkit_retry_max_attempts"):
+        load(environment="testing")
 
 
 def test_an_environment_section_must_name_an_environment(tmp_path: Path) -> None:
