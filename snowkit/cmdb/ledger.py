@@ -49,6 +49,7 @@ class Stats:
     rel_created: int = 0
     rel_failed: int = 0
     rel_queued: int = 0
+    rel_not_attempted: int = 0
     not_attempted: int = 0
 
 
@@ -171,9 +172,13 @@ class RunLedger:
         self.fail(op, message, 403)
 
     def skip(self, ops: list[WriteOp]) -> None:
-        """Writes left unsent because the account may not write (not failures, not queued)."""
+        """Writes left unsent because the account may not write (not failures, not queued).
+        Links are counted apart: the success rate is of record writes (a 403 on the first link
+        had halved the rate of a run whose every record landed)."""
+        links = sum(1 for op in ops if op.action == RELATE)
         with self.lock:
-            self.stats.not_attempted += len(ops)
+            self.stats.not_attempted += len(ops) - links
+            self.stats.rel_not_attempted += links
 
     def fall_back(self, op: WriteOp) -> None:
         """Address ``op`` to ``cmdb_ci`` (its class table is missing), keeping its class."""
@@ -446,7 +451,7 @@ class RunLedger:
             report.message = forbidden_message(
                 self.forbidden_write,
                 refused=s.failed + s.rel_failed,
-                not_attempted=s.not_attempted,
+                not_attempted=s.not_attempted + s.rel_not_attempted,
                 landed=s.created + s.updated + s.retired + s.rel_created,
             )
         elif self.unreachable:

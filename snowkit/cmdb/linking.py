@@ -147,6 +147,7 @@ def report_link_outcomes(report: RunReport, ledger: RunLedger) -> None:
     stats.created = ledger.stats.rel_created
     stats.failed += ledger.stats.rel_failed
     stats.queued = ledger.stats.rel_queued
+    stats.not_attempted = ledger.stats.rel_not_attempted
 
 
 def forget_links(state: incremental.SyncState) -> None:

@@ -49,6 +49,7 @@ class RelationshipStats:
     orphans: int = 0
     failed: int = 0
     queued: int = 0
+    not_attempted: int = 0  #: left unsent after a 403 stopped the run
     dropped: int = 0
     orphan_examples: list[str] = field(default_factory=list)
     dropped_examples: list[str] = field(default_factory=list)
