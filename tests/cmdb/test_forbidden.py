@@ -62,3 +62,25 @@ def test_writes_a_refusal_left_unsent_count_against_the_success_rate() -> None:
 
     report = RunReport(run_id="r", applied={"created": 500, "failed": 1, "not_attempted": 499})
     assert report.success_rate == 0.5
+
+
+def test_links_a_refusal_left_unsent_do_not_count_against_the_record_success_rate() -> None:
+    """An account that may write CIs but not cmdb_rel_ci: every record landed, yet the 99 link
+    writes left unsent after the first link's 403 had halved the success rate."""
+    from snowkit.cmdb.ledger import RunLedger
+    from snowkit.cmdb.linking import report_link_outcomes
+    from snowkit.cmdb.report import RunReport
+    from snowkit.cmdb.writes import RELATE, WriteOp
+
+    ledger = RunLedger(run_id="r")
+    ledger.add("created", 100)
+    links = [WriteOp(key=f"l{i}", action=RELATE, table="cmdb_rel_ci", values={})
+             for i in range(100)]  # fmt: skip
+    ledger.forbid(links[0], "HTTP 403 on cmdb_rel_ci")
+    ledger.skip(links[1:])
+    report = RunReport(run_id="r")
+    ledger.fill_report(report, ire=False, workers=1, batch_size=50)
+    report_link_outcomes(report, ledger)
+    assert report.success_rate == 1.0 and report.applied["not_attempted"] == 0
+    assert report.relationships.not_attempted == 99 and report.relationships.failed == 1
+    assert "1 write(s) refused, 99 not attempted" in report.message
