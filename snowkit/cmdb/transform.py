@@ -362,14 +362,49 @@ def transform(inventory: Inventory) -> TransformResult:
         valid_ids.add(record.source_id)
 
     _unshare_serials(result)
+    _loaded_elsewhere(result, valid_ids)
     result.relationships = _relationships(devices, clients, valid_ids)
-    # what the links would have been with every record valid: the rest lost an end to quarantine
-    listed = {item.source_id for item in (*devices, *clients)}
-    if not listed <= valid_ids:  # something was quarantined (else there is nothing to find)
-        kept = set(result.relationships)
-        every = _relationships(devices, clients, listed)
-        result.dropped_links = [spec for spec in every if spec not in kept]
+    result.dropped_links = _dropped_links(result, devices, clients, valid_ids)
     return result
+
+
+def _loaded_elsewhere(result: TransformResult, valid_ids: set[str]) -> None:
+    """An item one API's parser rejected but another API reported fine is loaded: keep its
+    issues as warnings, not as a quarantine (the report had called a written CI quarantined)."""
+    kept: list[QuarantinedRecord] = []
+    for held in result.quarantined:
+        if held.source_id not in valid_ids:
+            kept.append(held)
+            continue
+        for issue in held.reasons:
+            index = result.issues.index(issue)
+            result.issues[index] = replace(
+                issue, severity="warning", message=f"{issue.message} (loaded from another API)"
+            )
+    result.quarantined = kept
+
+
+def _dropped_links(
+    result: TransformResult,
+    devices: Sequence[InventoryDevice],
+    clients: Sequence[InventoryClient],
+    valid_ids: set[str],
+) -> list[RelationshipSpec]:
+    """The links the inventory implies that a quarantined end (parsed or rejected) cost.
+
+    A parent that has its link of a type anyway (a site's second gateway stood in for a
+    quarantined first) lost nothing."""
+    listed = {item.source_id for item in (*devices, *clients)}
+    listed |= {held.source_id for held in result.quarantined}
+    if listed <= valid_ids:  # nothing was quarantined: nothing to find
+        return []
+    kept = set(result.relationships)
+    linked = {(spec.parent_source_id, spec.type_name) for spec in kept}
+    return [
+        spec
+        for spec in _relationships(devices, clients, listed)
+        if spec not in kept and (spec.parent_source_id, spec.type_name) not in linked
+    ]
 
 
 def _unshare_serials(result: TransformResult) -> None:

@@ -180,6 +180,34 @@ def test_devices_sharing_a_serial_keep_their_macs_and_lose_the_serial() -> None:
     assert not result.quarantined
 
 
+def test_a_link_to_a_device_the_parser_rejected_is_counted_as_dropped() -> None:
+    inv = _estate()
+    inv.access_points.clear()
+    inv.rejected.append(RejectedItem("network", "device", "uplink: bad", {"mac": AP_MAC}))
+    result = transform(inv)
+    ap = f"unifi:device:{AP_MAC}"
+    assert [(s.parent_source_id, s.type_name) for s in result.dropped_links] == [
+        ("unifi:client:b8:ca:3a:00:00:01", CONNECTS_TO)
+    ] and result.dropped_links[0].child_source_id == ap
+
+
+def test_a_second_gateway_standing_in_for_a_quarantined_one_costs_no_link() -> None:
+    inv = _estate()
+    inv.gateways.insert(0, _dev("78:8a:20:33:44:00", "gateway", NET, name="bad\x00name"))
+    result = transform(inv)
+    assert len(result.quarantined) == 1 and result.dropped_links == []
+
+
+def test_a_device_one_api_rejected_and_another_parsed_is_loaded_not_quarantined() -> None:
+    inv = _estate()
+    inv.rejected.append(RejectedItem("sitemanager", "device", "isConsole: bad", {"mac": SW_MAC}))
+    result = transform(inv)
+    switch = f"unifi:device:{SW_MAC}"
+    assert switch in {r.source_id for r in result.records} and result.quarantined == []
+    (issue,) = [i for i in result.issues if i.source_id == switch and i.rule == "unparseable"]
+    assert issue.severity == "warning" and "loaded from another API" in issue.message
+
+
 def test_duplicates_across_sources_resolved_to_richest_and_reported() -> None:
     a = Inventory(provenance=[SM])
     a.add_device(
