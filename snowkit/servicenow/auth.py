@@ -211,10 +211,13 @@ class AuthChain:
         headers = dict(scratch.headers)
         name = method_name(method)
         check_header_values(name, headers)
+        auth = scratch.auth
+        if isinstance(auth, tuple):  # requests' shorthand for Basic: wrap the callable form
+            auth = requests.auth.HTTPBasicAuth(*auth)
         return AuthState(
             index=index,
             name=name,
-            auth=_CheckedAuth(scratch.auth, name) if scratch.auth is not None else None,
+            auth=_CheckedAuth(auth, name) if auth is not None else None,
             headers=headers,
             json_headers={**JSON_CONTENT, **headers},
             session=scratch,

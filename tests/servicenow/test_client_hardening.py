@@ -371,3 +371,26 @@ def test_retries_and_429s_are_credited_to_their_own_table() -> None:
             stats = {m.table: m for m in client.metrics.all_operation_metrics()}
     assert (stats["alpha_table"].retries, stats["alpha_table"].rate_limited) == (0, 0)
     assert (stats["zulu_table"].retries, stats["zulu_table"].rate_limited) == (2, 2)
+
+
+class TupleBasic:
+    """An auth method in requests' shorthand: ``session.auth = (user, password)``."""
+
+    name = "basic"
+
+    def __init__(self, password: str) -> None:
+        self.password = password
+
+    def apply(self, session: Any, instance_url: str | None = None) -> None:
+        session.auth = ("admin", self.password)
+
+
+def test_an_auth_method_may_set_a_user_and_password_pair() -> None:
+    """The header check wrapped the pair as if it were callable: a raw TypeError."""
+    from .conftest import StaticCredentials
+
+    with canned_server() as srv:
+        srv.route(TABLE_PATH, CannedResponse(body={"result": []}))
+        with make_client(srv.url, StaticCredentials([TupleBasic("s3cret")])) as client:
+            assert list(client.query("cmdb_ci")) == []
+    assert sent(srv)[0]["headers"]["Authorization"] == "Basic YWRtaW46czNjcmV0"
