@@ -72,17 +72,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+#: the SNOWKIT_HOME this process took from a configuration (a later command may change it)
+_configured_home: str | None = None
+
+
 def _apply_configured_home(args: argparse.Namespace) -> None:
     """A configuration's ``state_dir`` moves the state tree unless ``SNOWKIT_HOME`` already does.
 
     Set for the whole process (and the notebook kernels it starts) before the command runs, so
     every command, including ``audit`` and ``run``, finds the state the loads wrote. Only looked
-    at when a configuration is named; the command itself reports a configuration's problems.
+    at when a configuration is named; the command itself reports a configuration's problems. A
+    relative ``state_dir`` in a file is taken from the file's folder, as a scheduler running in
+    another folder must find the same state.
     """
+    global _configured_home
     from snowkit import paths
 
-    if os.environ.get(paths.HOME_ENV):
-        return
+    current = os.environ.get(paths.HOME_ENV)
+    if current and current != _configured_home:
+        return  # the user's own SNOWKIT_HOME
+    if _configured_home is not None and current == _configured_home:
+        del os.environ[paths.HOME_ENV]  # an earlier command's configuration: not this one's
+        _configured_home = None
     config_file = getattr(args, "config_file", None)
     environment = getattr(args, "environment", None)
     named = ("SNOWKIT_CONFIG", "BEAST_ENVIRONMENT")
@@ -95,8 +106,13 @@ def _apply_configured_home(args: argparse.Namespace) -> None:
         config = load_config(config_file, environment)
     except ConfigurationError:
         return
-    if config is not None and config.state_dir:
-        os.environ[paths.HOME_ENV] = str(Path(config.state_dir).expanduser().resolve())
+    if config is None or not config.state_dir:
+        return
+    home = Path(config.state_dir).expanduser()
+    source = config_file or os.environ.get("SNOWKIT_CONFIG")
+    if not home.is_absolute() and source and not os.environ.get("SNOWKIT_STATE_DIR"):
+        home = Path(source).expanduser().resolve().parent / home
+    _configured_home = os.environ[paths.HOME_ENV] = str(home.resolve())
 
 
 def positive_float(text: str) -> float:

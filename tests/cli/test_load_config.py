@@ -326,3 +326,21 @@ def test_snowkit_home_wins_over_the_configured_state_dir(
     assert main(["outbox", "replay"]) == 0
     assert paths.state_dir() == home and (home / "outbox.sqlite3").is_file()
     assert not (tmp_path / "configured-home").exists()
+
+
+def test_a_relative_state_dir_is_taken_from_the_files_folder_and_a_later_command_may_move_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scheduler running in another folder must find the same state; and an in-process
+    caller's second command, with another configuration, had kept the first one's home."""
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    first_dir.mkdir()
+    second_dir.mkdir()
+    first = write_config(first_dir, 'state_dir = "state"\n')
+    second = write_config(second_dir, 'state_dir = "state"\n')
+    monkeypatch.delenv("SNOWKIT_HOME")
+    monkeypatch.chdir(tmp_path)
+    for config, folder in ((first, first_dir), (second, second_dir)):
+        assert main(["outbox", "replay", "--config", str(config), "--environment", "testing"]) == 0
+        assert os.environ["SNOWKIT_HOME"] == str(folder / "state")
+        assert (folder / "state" / "outbox.sqlite3").is_file()
