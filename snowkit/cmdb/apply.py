@@ -69,6 +69,7 @@ from snowkit.cmdb.writes import (
     dependency_phases,
     write_rank,
 )
+from snowkit.ops.errors import OperationalError
 from snowkit.ops.logging import StructuredLogger
 from snowkit.servicenow.limiter import AdaptiveLimiter
 
@@ -740,10 +741,18 @@ class SyncEngine:
             sealing = self._seal_ahead()  # its round trip is out while the writes are checked
             try:
                 outcome = self.verify()
-            except BaseException:
+            except BaseException as exc:
                 if sealing is not None:
                     sealing.exception()  # not left using the client after this run ends
-                raise
+                if not isinstance(exc, OperationalError):
+                    raise
+                # the writes landed and are audited: a read-back the instance refused (a spent
+                # rate-limit window, an outage) must not turn the run into "failed, nothing
+                # applied"; the state is forgotten, so the next load reads and checks again
+                self._unverified(report, exc)
+                self._settle_state(None)
+                report.finish(clock_s=self._clock() - started)
+                return plan, report
             report.verification = outcome.to_dict()
             report.mismatches = outcome.mismatches
             if outcome.mismatches or outcome.missing:
@@ -764,6 +773,21 @@ class SyncEngine:
             self._settle_state(None, self._complete(plan, report))
         report.finish(clock_s=self._clock() - started)
         return plan, report
+
+    @staticmethod
+    def _unverified(report: RunReport, exc: OperationalError) -> None:
+        """Say that the writes landed but could not be read back, and what to do."""
+        report.warnings.append(
+            f"verification could not run ({type(exc).__name__}: {exc.context.error_message}); "
+            "the writes counted above landed and are audited"
+        )
+        if report.status == "success":
+            report.status = "partial"
+            report.message = (
+                "the writes landed but could not be read back "
+                f"({type(exc).__name__}); run the load again later: it reads what it needs, "
+                "checks, and writes only what still differs"
+            )
 
     def _mark_writing(self) -> None:
         """Before the first write: the remembered state is unsealed until this run saves it
@@ -846,7 +870,10 @@ class SyncEngine:
             assert sealing is not None  # wrote, and nothing in doubt: there is a seal
             # the rows' stored form is most of a save's CPU: made while the seal is out
             encoded = store.encode_rows(state) if state.dirty else None
-            why = sealing.result()
+            try:
+                why = sealing.result()
+            except OperationalError as exc:  # e.g. rate limited: nothing to trust, read all
+                why = f"the seal could not be read ({type(exc).__name__})"
         elif sealing is not None:
             sealing.exception()  # not used (the state is forgotten), but not left running
         if why is None:

@@ -457,7 +457,7 @@ class RunLedger:
         elif self.unreachable:
             report.status = "queued"
             report.message = (
-                f"the instance could not be reached ({self.unreachable_reason}); "
+                f"{_unavailable(self.unreachable_reason)} ({self.unreachable_reason}); "
                 f"{s.queued + s.rel_queued} write(s) are queued in the outbox "
                 f"({self.outbox.path if self.outbox else 'no outbox'}); they are sent by "
                 "`snowkit outbox replay` or at the start of the next load"
@@ -553,3 +553,10 @@ def _next_version(row: Mapping[str, Any], version: str) -> bool:
     if not planned.isdigit() or not written.isdigit():
         return True
     return int(written) == int(planned) + 1
+
+
+def _unavailable(reason: str) -> str:
+    """Why the instance took no more writes, in words: down, or its rate limit spent."""
+    if reason.startswith("RateLimitError"):
+        return "the instance's rate-limit window closed for longer than snowkit waits"
+    return "the instance could not be reached"

@@ -77,8 +77,17 @@ _UNREACHABLE_NAMES = frozenset(
 
 
 def is_unreachable_error(exc: BaseException) -> bool:
-    """True when the instance is down or shielded by the breaker: queue the write, don't fail."""
-    return any(cls.__name__ in _UNREACHABLE_NAMES for cls in type(exc).__mro__)
+    """True when the instance is down or shielded by the breaker: queue the write, don't fail.
+
+    A rate-limit window closed for longer than snowkit waits (the non-retryable
+    ``RateLimitError``) counts too: the instance takes no request until it resets, so the
+    writes wait in the outbox; a run that met it mid-way had failed, its landed writes
+    uncounted in the report."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if names & _UNREACHABLE_NAMES:
+        return True
+    context = getattr(exc, "context", None)
+    return "RateLimitError" in names and getattr(context, "retryable", True) is False
 
 
 #: Errors that concern every write, not the one entry: replay stops and keeps the rest (a

@@ -614,3 +614,22 @@ def test_ire_matching_another_ci_than_the_remembered_one_is_said(
     changed = CMDBRecord("cmdb_ci_ip_switch", "dev:x", {**values, "ip_address": "10.0.0.2"}, "sw")
     _, _, report = load(client, TransformResult(records=[changed]), ire=True)
     assert any("IRE matched 1 record(s) to another CI" in w for w in report.warnings)
+
+
+def test_a_read_back_the_instance_refuses_leaves_the_writes_counted(
+    client: ServiceNowAPIClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A verification the instance refused (a spent rate-limit window) had failed the run
+    as a whole: status failed, nothing counted, though every write had landed."""
+    from snowkit.ops.errors import RateLimitError
+
+    sync = engine(client)
+
+    def refused() -> None:
+        raise RateLimitError("rate limited until the next hour", operation="query")
+
+    monkeypatch.setattr(sync, "verify", refused)
+    _, report = sync.sync(estate(sites=1, devices=2, clients=2), progress=False)
+    assert report.status == "partial" and report.applied["created"] == 5
+    assert "could not be read back" in report.message and "run the load again" in report.message
+    assert any("verification could not run (RateLimitError" in w for w in report.warnings)

@@ -499,3 +499,34 @@ def test_a_lookup_takes_only_a_record_that_carries_the_source_id(tmp_path: Path)
         result = box.replay(client)
     assert result.created == 2 and result.updated == 0
     assert client.rows["cmdb_ci_ip_switch"][0] == {"sys_id": "theirs", "name": "someone's switch"}
+
+
+def test_a_rate_limit_window_closing_mid_load_queues_the_rest_and_keeps_the_count() -> None:
+    """A run that met a spent hourly rule mid-way had failed with ``applied: {}``, its landed
+    writes uncounted; now the rest waits in the outbox and the next load sends it."""
+    from snowkit.cmdb.job import run_load
+    from snowkit.sandbox import Sandbox
+
+    from .conftest import FAST, LAB
+
+    def load(sb: Sandbox) -> Any:
+        return run_load(sandbox=sb, lab=LAB, progress=False, batch_size=5, workers=2,
+                        client_options=FAST)  # fmt: skip
+
+    with Sandbox.start() as sb:
+        needed = load(sb).requests["total"]  # what a whole load of this lab asks
+    with Sandbox.start(
+        faults={"rate_limit": {"requests": needed - 4, "window_seconds": 3600}}
+    ) as sb:
+        first = load(sb)
+        assert first.status == "queued", first.message
+        assert "rate-limit window closed" in first.message and "until" in first.message
+        assert first.applied["created"] > 0 and first.outbox["pending"] > 0
+        sb.set_faults({})  # the window reopens
+        second = load(sb)
+        assert second.status == "success", second.message
+        sourced = sb.store.list("cmdb_ci", "u_unifi_source_idISNOTEMPTY", limit=-1)[0]
+        ids = [row["u_unifi_source_id"] for row in sourced]
+        assert len(ids) == len(set(ids)) > 0  # every CI once
+        with Outbox() as box:
+            assert box.count() == 0
