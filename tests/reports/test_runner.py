@@ -175,7 +175,6 @@ def test_dead_kernel_is_a_failure_with_its_own_message(tmp_path: Path) -> None:
         (["-p", "not-an-identifier", "1"], "identifier"),
         (["-y", "[1, 2]"], "YAML mapping"),
         (["--kernel", "no-such-kernel-xyz"], "no Jupyter kernel"),
-        (["--timeout", "0"], "timeout"),
     ],
 )
 def test_usage_errors_exit_two_before_anything_is_written(
