@@ -606,7 +606,7 @@ class SyncEngine:
             except Exception as exc:
                 if is_unreachable_error(exc):
                     raise
-                return set()  # unreadable: the cache stands (a full read rechecks it)
+                return set(found.cached)  # not confirmed: look them up again
         return companies.stale(found, held)
 
     def _adopt_state(self, state: incremental.SyncState) -> None:
@@ -847,6 +847,14 @@ class SyncEngine:
             self._settle_state(outcome, self._complete(plan, report), sealing)
         elif not self.unreachable:
             self._settle_state(None, self._complete(plan, report))
+        found = self.companies
+        if found is not None and found.transient and report.status == "success":
+            report.status = "partial"  # a request failed: the rerun may resolve them
+            report.message = (
+                f"manufacturer left out of {found.left_out} record(s): resolving "
+                f"{len(found.transient)} vendor name(s) to core_company failed (see the "
+                "warnings); rerun the load: it fills them in"
+            )
         report.finish(clock_s=self._clock() - started)
         return plan, report
 

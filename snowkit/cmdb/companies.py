@@ -110,6 +110,8 @@ class Resolution:
     created: dict[str, str] = field(default_factory=dict)  #: created this run
     would_create: list[str] = field(default_factory=list)  #: dry run: not found
     unresolved: dict[str, str] = field(default_factory=dict)  #: name → why
+    #: unresolved for a passing reason (a failed request): a rerun may well resolve them
+    transient: set[str] = field(default_factory=set)
     left_out: int = 0  #: records whose manufacturer was left out
     requests: int = 0  #: requests sent (lookups and the create batch)
 
@@ -195,6 +197,7 @@ def resolve(
             found = {}
             for name in askable:
                 out.unresolved[name] = f"lookup failed: {describe(exc)}"
+                out.transient.add(name)
         out.known.update(found)
         missing = [n for n in askable if n not in found and n not in out.unresolved]
         if missing and create:
@@ -315,9 +318,12 @@ def _create(client: Any, names: list[str], out: Resolution, audit: AuditFn | Non
     try:
         results = client.batch(requests, max_items=max(len(requests), 1))
     except Exception as exc:
-        why = "not allowed to create it (HTTP 403)" if forbidden_error(exc) else describe(exc)
+        refused = forbidden_error(exc)
+        why = "not allowed to create it (HTTP 403)" if refused else describe(exc)
         for name in names:
             out.unresolved[name] = f"create failed: {why}"
+            if not refused:
+                out.transient.add(name)
         return
     for name, res in zip(names, results, strict=True):
         body = bodies[name]
@@ -331,6 +337,7 @@ def _create(client: Any, names: list[str], out: Resolution, audit: AuditFn | Non
                 why = "not allowed to create it (HTTP 403)"
             else:
                 why = res.error_message or f"HTTP {res.status_code}"
+                out.transient.add(name)
             out.unresolved[name] = f"create failed: {why}"
             if not res.ambiguous:
                 continue  # nothing landed (the engine audits no refused write either)

@@ -285,3 +285,30 @@ def test_a_cache_from_another_instance_under_the_same_key_is_not_written(
     made = companies(client)
     held = manufacturers(client)
     assert held["dev:0"] == made[UBNT][0]["sys_id"] and held["dev:1"] == made[APPLE][0]["sys_id"]
+
+
+def test_a_failed_create_makes_the_run_partial_and_the_rerun_fills_the_field_in(
+    sandbox: Sandbox, client: ServiceNowAPIClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A passing failure (a 500 on every try), unlike a refusal: rerun, and it is resolved."""
+    from snowkit.sandbox.calls import error_reply
+
+    tables = sandbox.app._tables
+    real = tables._insert
+
+    def insert(call: Any, table: str) -> Any:
+        if table == "core_company":
+            return error_reply(500, "Operation Failed", "the database is busy")
+        return real(call, table)
+
+    monkeypatch.setattr(tables, "_insert", insert)
+    _e, _p, report = sync(client, estate())
+    assert report.status == "partial" and "rerun the load" in report.message
+    assert sum("manufacturer left out of 2 record(s)" in w for w in report.warnings) == 1
+    assert set(manufacturers(client).values()) == {""}
+    monkeypatch.setattr(tables, "_insert", real)
+    _e, plan, again = sync(client, estate())
+    assert again.status == "success", again.message
+    assert plan.counts()["update"] == 2
+    made = companies(client)
+    assert manufacturers(client)["dev:1"] == made[APPLE][0]["sys_id"]
