@@ -634,6 +634,8 @@ def _rollback(args: argparse.Namespace) -> int:
         for item in result.conflicts:
             fields = ", ".join(item["fields"])
             print(f"  changed since the run, left as it is: {_record_name(item)}: {fields}")
+        for note in result.notes:
+            print(f"  {note}")
     if result.conflicts:
         _err(
             f"{len(result.conflicts)} record(s) changed since run {result.run_id} were left as "

@@ -36,7 +36,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from snowkit.cmdb import incremental
+from snowkit.cmdb import companies, incremental
 from snowkit.cmdb import plan as planning
 from snowkit.cmdb.batches import BatchRunner
 from snowkit.cmdb.classes import ALL_CLASS_TABLES
@@ -139,6 +139,7 @@ class SyncEngine:
         instance_key: str | None = None,
         max_remembered: int = MAX_REMEMBERED,
         intents: IntentJournal | None = None,
+        company_cache: companies.CompanyCache | None = None,
     ) -> None:
         if batch_size < 1 or workers < 1:
             raise ValueError("batch_size and workers must be at least 1")
@@ -159,6 +160,11 @@ class SyncEngine:
         self.ire = ire
         self._clock = clock
         self.intents = intents
+        self.company_cache = company_cache
+        #: the plan's vendor names resolved to core_company sys_ids (``snowkit.cmdb.companies``)
+        self.companies: companies.Resolution | None = None
+        #: the cached companies as the first round read them (sys_id → name), if it did
+        self._companies_held: dict[str, str] | None = None
         self.ledger = RunLedger(run_id=self.run_id, audit=audit, outbox=outbox, intents=intents)
         self.runner = BatchRunner(
             client,
@@ -218,19 +224,23 @@ class SyncEngine:
         *,
         not_seen_since: dict[str, str] | None = None,
         preflight: Callable[[], Any] | None = None,
+        create_companies: bool = True,
     ) -> Plan:
-        """Read what the CMDB holds for these records and diff (nothing is written).
+        """Read what the CMDB holds for these records and diff (no record is written).
 
         ``preflight`` (e.g. the schema check) runs alongside the first reads and must pass
-        before any of them is used."""
+        before any of them is used. The records' vendor names become ``core_company`` sys_ids
+        first (``snowkit.cmdb.companies``; the read-ahead round is on the wire meanwhile):
+        companies not found are created unless ``create_companies`` is False (a dry run)."""
         if preflight is not None:
             self._preflight = Once(preflight)
-        records = list(getattr(result, "records", result))
+        raw = list(getattr(result, "records", result))
+        resolving = self._resolve_companies(raw, create_companies)
         relationships = list(getattr(result, "relationships", ()) or ())
         if self._prefetched is None:  # a first round asked from here reads the types along
             self._rel_type_names = tuple(sorted({s.type_name for s in relationships}))
-        if self.state_store is not None and len(records) + len(relationships) > self.max_remembered:
-            self.logger.event("incremental_state_off", records=len(records),
+        if self.state_store is not None and len(raw) + len(relationships) > self.max_remembered:
+            self.logger.event("incremental_state_off", records=len(raw),
                               links=len(relationships), limit=self.max_remembered)  # fmt: skip
             self.state_store.forget(self.instance_key)
             self.state_store, self._prefetched = None, None
@@ -240,8 +250,8 @@ class SyncEngine:
         # a rejected device or client that names no CI: any missing CI may be that one
         unidentified = len(getattr(result, "unidentified", ()) or ())
 
-        def diff(snapshot: planning.CMDBSnapshot) -> Plan:
-            return planning.build_plan(
+        def diff_of(records: list[Any]) -> Callable[[planning.CMDBSnapshot], Plan]:
+            return lambda snapshot: planning.build_plan(
                 records,
                 snapshot,
                 relationships=relationships,
@@ -251,16 +261,43 @@ class SyncEngine:
                 unidentified=unidentified,
             )
 
-        # the state remembers the last complete run's input: the same one again against an
-        # unchanged CMDB plans no change without a field compared or a link decided
-        self._input_digest = (
-            incremental.input_digest(records, relationships) if self.state_store else ""
-        )
-        self._input_matched = False
         with responsive_threads():  # the read-ahead round may still be on the wire
+            # a first run asking the instance for companies plans for an empty CMDB meanwhile,
+            # with the names, which are swapped for sys_ids after (every item is a create)
+            early = None if resolving.done() else self._plan_for_an_empty_cmdb(diff_of(raw))
+            self.companies = resolving.result()
+            records = self.companies.records
+            diff = diff_of(records)
+            # the state remembers the last complete run's input: the same one again against an
+            # unchanged CMDB plans no change without a field compared or a link decided
+            self._input_digest = (
+                incremental.input_digest(records, relationships) if self.state_store else ""
+            )
+            self._input_matched = False
             ahead = self._plan_ahead(records, relationships, diff)
-            blank = self._plan_for_an_empty_cmdb(diff) if ahead is None else None
+            blank = None
+            if ahead is None and early is not None:
+                blank = companies.swap_in_plan(early, self.companies)
+            elif ahead is None:
+                blank = self._plan_for_an_empty_cmdb(diff)
         missing, snapshot = self._read_cmdb(records, ahead[0] if ahead is not None else None)
+        if gone := self._stale_companies():
+            # a cached company is gone or renamed: resolve again, and diff what was read
+            self.logger.event("companies_cache_stale", names=sorted(gone))
+            assert self.company_cache is not None
+            self.company_cache.forget(gone)
+            self.companies = companies.resolve(self.client, raw, cache=self.company_cache,
+                                               create=create_companies,
+                                               audit=self.ledger.record_audit)  # fmt: skip
+            records = self.companies.records
+            diff = diff_of(records)
+            if self.state_store is not None:
+                self._input_digest = incremental.input_digest(records, relationships)
+            self._input_matched, blank, ahead = False, None, None
+            if snapshot is None:  # planned ahead on the remembered rows: read them as usual
+                assert self.ledger.state is not None
+                snapshot = incremental.snapshot_of(self.ledger.state, records, missing)
+                planning.read_candidates(self.client, snapshot, records, workers=self.workers)
         for table in missing:
             self.ledger.fallbacks[table] = CI_TABLE
         if blank is not None and snapshot is not None and planning.is_empty(snapshot):
@@ -285,6 +322,24 @@ class SyncEngine:
             self.ledger.state.class_tables = _class_tables(r.table for r in records)
             self.ledger.state.rel_type_names = sorted({s.type_name for s in relationships})
         return plan
+
+    def _resolve_companies(self, records: list[Any], create: bool) -> Future[Any]:
+        """The records' vendor names as ``core_company`` sys_ids (``snowkit.cmdb.companies``):
+        at once when the cache knows them all, else in the background (a lookup, creates)."""
+
+        def resolve() -> companies.Resolution:
+            return companies.resolve(self.client, records, cache=self.company_cache,
+                                     create=create, audit=self.ledger.record_audit)  # fmt: skip
+
+        if companies.known_locally(records, self.company_cache):
+            done: Future[Any] = Future()
+            done.set_result(resolve())
+            return done
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snowkit-companies")
+        try:
+            return pool.submit(resolve)
+        finally:
+            pool.shutdown(wait=False)
 
     def prefetch(
         self, preflight: Callable[[], Any] | None = None, rel_type_names: Iterable[str] = ()
@@ -488,7 +543,7 @@ class SyncEngine:
         width = max(self.workers, 8) - 1
         # the relationship types go along: read later, they would hold slots the writes want
         rider = self.rel_types.rider(self._rel_type_names)
-        riders = [rider] if rider else []
+        riders = [r for r in (rider, self._company_rider()) if r]
         if self.state_store is not None:  # the links before any write: the seal's baseline
             riders.append(incremental.count_rider("rel", self._note_links_before))
         # a check run before this round (before an outbox replay, say) made its fields before
@@ -525,9 +580,35 @@ class SyncEngine:
         rider = self.rel_types.rider(state.rel_type_names)
         listings, _ = incremental.list_changes(
             self.client, state, workers=self.workers, extra=[self._preflight],
-            riders=[rider] if rider else [], load_rows=load_rows, sending=sending,
+            riders=[r for r in (rider, self._company_rider()) if r], load_rows=load_rows,
+            sending=sending,
         )  # fmt: skip
         return listings
+
+    def _company_rider(self) -> Any:
+        """The cached companies' check, to ride in the first round (``companies.check_rider``)."""
+        self._companies_held = None
+
+        def take(held: dict[str, str]) -> None:
+            self._companies_held = held
+
+        return companies.check_rider(self.company_cache, take)
+
+    def _stale_companies(self) -> set[str]:
+        """Names whose cached sys_id the instance does not hold under that name: read in the
+        first round, or now when that answer never came (an unusable batch)."""
+        found = self.companies
+        if found is None or not found.cached:
+            return set()
+        held = self._companies_held
+        if held is None:
+            try:
+                held = companies.read_held(self.client, found)
+            except Exception as exc:
+                if is_unreachable_error(exc):
+                    raise
+                return set(found.cached)  # not confirmed: look them up again
+        return companies.stale(found, held)
 
     def _adopt_state(self, state: incremental.SyncState) -> None:
         self.ledger.state = state
@@ -711,14 +792,17 @@ class SyncEngine:
             report.timings["outbox_replay"] = round(self._clock() - t0, 3)
         t0 = self._clock()
         try:
-            plan = self.plan(result, not_seen_since=not_seen_since)
+            plan = self.plan(result, not_seen_since=not_seen_since, create_companies=not dry_run)
         except Exception as exc:
             if not is_unreachable_error(exc) or dry_run:
                 raise
             # cannot read the CMDB: every record becomes an upsert-by-source-id in the outbox
             self.ledger.mark_unreachable(exc)
+            if self.companies is None:  # never without a manufacturer's name (a reference)
+                self.companies = companies.resolve(self.client, list(
+                    getattr(result, "records", result)), create=False)  # fmt: skip
             plan = planning.build_plan(
-                list(getattr(result, "records", result)),
+                self.companies.records,
                 planning.CMDBSnapshot(),
                 relationships=list(getattr(result, "relationships", ()) or ()),
             )
@@ -726,6 +810,7 @@ class SyncEngine:
                 "the CMDB could not be read; every record is queued as an upsert by source id"
             )
         report.timings["plan"] = round(self._clock() - t0, 3)
+        self._report_companies(report)
         if dry_run:
             report.counts = plan.counts_by_table()
             report.notes.extend(plan.notes)
@@ -771,6 +856,14 @@ class SyncEngine:
             self._settle_state(outcome, self._complete(plan, report), sealing)
         elif not self.unreachable:
             self._settle_state(None, self._complete(plan, report))
+        found = self.companies
+        if found is not None and found.transient and report.status == "success":
+            report.status = "partial"  # a request failed: the rerun may resolve them
+            report.message = (
+                f"manufacturer left out of {found.left_out} record(s): resolving "
+                f"{len(found.transient)} vendor name(s) to core_company failed (see the "
+                "warnings); rerun the load: it fills them in"
+            )
         report.finish(clock_s=self._clock() - started)
         return plan, report
 
@@ -787,6 +880,25 @@ class SyncEngine:
                 "the writes landed but could not be read back "
                 f"({type(exc).__name__}); run the load again later: it reads what it needs, "
                 "checks, and writes only what still differs"
+            )
+
+    def _report_companies(self, report: RunReport) -> None:
+        """The vendor names left unresolved (one warning), or a dry run's creations (a note)."""
+        found = self.companies
+        if found is None:
+            return
+        if found.created or found.unresolved or found.would_create:
+            self.logger.event("companies_resolved", known=len(found.known),
+                              created=len(found.created), unresolved=sorted(found.unresolved),
+                              would_create=found.would_create)  # fmt: skip
+        if warning := found.warning():
+            report.warnings.append(warning)
+        if note := found.note():
+            report.notes.append(note)
+        if found.created:
+            report.notes.append(
+                f"{len(found.created)} {companies.COMPANY_TABLE} record(s) created as "
+                f"manufacturers: {', '.join(sorted(found.created))}"
             )
 
     def _mark_writing(self) -> None:

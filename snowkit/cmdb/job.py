@@ -23,6 +23,7 @@ from pydantic import SecretStr
 
 from snowkit import paths
 from snowkit.cmdb.apply import DEFAULT_MAX_ATTEMPTS, SyncEngine
+from snowkit.cmdb.companies import CompanyCache
 from snowkit.cmdb.intents import IntentJournal
 from snowkit.cmdb.outbox import Outbox, is_unreachable_error
 from snowkit.cmdb.quiet_gc import quiet_gc
@@ -377,6 +378,8 @@ def run_load(
                 ire=ire,
                 state_store=state,
                 instance_key=key,
+                # vendor name -> core_company sys_id; --full-read looks every name up again
+                company_cache=CompanyCache(key, trusted=incremental),
                 # batches vary in cost: back off on 429s and big slowdowns, not on jitter
                 limiter=AdaptiveLimiter(
                     initial=workers, minimum=1, maximum=workers, latency_factor=5.0

@@ -22,6 +22,11 @@ What it will not do silently:
   restored: listed as *unrestorable*, the rest of the record is restored.
 
 Either makes the result not ``ok``: the CMDB is not exactly as before the run.
+
+What it leaves on purpose: the ``core_company`` records a load created for vendor names
+(``snowkit.cmdb.companies``). Records outside the run (other loads, other sources, people) may
+point at them by then, and a company is harmless where nothing does; they are listed in
+``kept`` and said so in ``notes``.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from snowkit.cmdb.companies import COMPANY_TABLE
 from snowkit.cmdb.fields import as_str
 from snowkit.cmdb.outbox import is_unreachable_error
 from snowkit.ops.audit import read_audit
@@ -59,6 +65,9 @@ class RollbackResult:
     conflicts: list[dict[str, Any]] = field(default_factory=list)
     #: what the audit trail does not hold well enough to put back: table, sys_id, why
     unrestorable: list[dict[str, Any]] = field(default_factory=list)
+    #: records the run created that are left in place on purpose (companies): table, sys_id
+    kept: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -75,6 +84,8 @@ class RollbackResult:
             "failed": list(self.failed),
             "conflicts": list(self.conflicts),
             "unrestorable": list(self.unrestorable),
+            "kept": list(self.kept),
+            "notes": list(self.notes),
             "ok": self.ok,
         }
 
@@ -115,7 +126,9 @@ def rollback(
             f"the audit trail has no writes for run {run_id}; check the id with "
             "`snowkit audit` or look under .snowkit/runs/"
         )
-    undo = _Undo(client, RollbackResult(run_id=run_id, entries=len(todo)), audit, todo)
+    result = RollbackResult(run_id=run_id, entries=len(todo))
+    todo = _leave_companies(todo, result)
+    undo = _Undo(client, result, audit, todo)
     newest_first = sorted(todo, key=lambda e: e.get("seq", 0), reverse=True)
     if not force and undo.find_conflicts(newest_first, chunk_size):
         return undo.result  # nothing undone: see the module docstring
@@ -128,6 +141,25 @@ def rollback(
             for entry in chunk:
                 _failed(undo.result, entry, f"{type(exc).__name__}: {exc}")
     return undo.result
+
+
+def _leave_companies(entries: list[dict[str, Any]], result: RollbackResult) -> list[dict[str, Any]]:
+    """The entries to undo: all but the companies created for vendor names (kept, noted)."""
+    rest = []
+    for entry in entries:
+        if entry.get("table") == COMPANY_TABLE and entry.get("action") == "create":
+            result.kept.append({"table": COMPANY_TABLE, "sys_id": entry.get("sys_id"),
+                                "name": (entry.get("after") or {}).get("name")})  # fmt: skip
+        else:
+            rest.append(entry)
+    if result.kept:
+        names = ", ".join(sorted(str(k["name"]) for k in result.kept))
+        result.notes.append(
+            f"{len(result.kept)} {COMPANY_TABLE} record(s) the run created as manufacturers are "
+            f"left in place ({names}): other records may point at them; delete them by hand "
+            "if nothing does"
+        )
+    return rest
 
 
 def _chunks(entries: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:

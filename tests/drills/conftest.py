@@ -130,13 +130,22 @@ def compare_state(store: Any, result: Any) -> StateDiff:
     for sid, rows in held.items():
         for row in rows:
             sys_to_sid[row["sys_id"]] = sid
+    # manufacturer references core_company: the record's vendor name is that company's name
+    makers = {
+        row["sys_id"]: row.get("name", "")
+        for row in _all_rows(store, "core_company", "")
+        if row.get("manufacturer") == "true"
+    }
     for sid, record in wanted.items():
         rows = held.get(sid)
         if not rows:
             continue
         row = rows[0]
         for name, value in record.values.items():
-            if row.get(name, "") != value:
+            have = row.get(name, "")
+            if name == "manufacturer":
+                have = makers.get(have, "?" + have)
+            if have != value:
                 diff.field_mismatches.append(f"{sid}.{name}")
         if record.table != LOCATION_TABLE and row.get("sys_class_name") != record.table:
             diff.field_mismatches.append(f"{sid}.sys_class_name")

@@ -79,7 +79,7 @@ def assert_nothing_half_written(drill: Any, sb: Sandbox, result: Any) -> dict[st
         assert check.ok, check.message
         held = {
             row["sys_id"]
-            for table in ("cmdb_ci", "cmn_location", "cmdb_rel_ci")
+            for table in ("cmdb_ci", "cmn_location", "cmdb_rel_ci", "core_company")
             for row in sb.store.list(table, "", limit=-1)[0]
         }
         for entry in read_audit():

@@ -146,7 +146,7 @@ def crash_trial(drill: Any, home: Path, rng: random.Random, kills: int) -> dict[
         assert diff.exact, diff.summary()
         held = {
             row["sys_id"]
-            for table in ("cmdb_ci", "cmn_location", "cmdb_rel_ci")
+            for table in ("cmdb_ci", "cmn_location", "cmdb_rel_ci", "core_company")
             for row in sb.store.list(table, "", limit=-1)[0]
         }
 
