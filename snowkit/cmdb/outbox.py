@@ -72,22 +72,24 @@ CREATE INDEX IF NOT EXISTS outbox_status ON outbox(status, seq);
 
 #: Errors that mean "the instance cannot be reached now": replay stops and keeps the rest.
 _UNREACHABLE_NAMES = frozenset(
-    {"NetworkError", "CircuitOpenError", "HibernatingInstanceError", "DeadlineExceededError"}
+    {
+        "NetworkError",
+        "CircuitOpenError",
+        "HibernatingInstanceError",
+        "DeadlineExceededError",
+        "RateLimitError",
+    }
 )
 
 
 def is_unreachable_error(exc: BaseException) -> bool:
     """True when the instance is down or shielded by the breaker: queue the write, don't fail.
 
-    A rate-limit window closed for longer than snowkit waits (the non-retryable
-    ``RateLimitError``) counts too: the instance takes no request until it resets, so the
+    A ``RateLimitError`` that reaches the engine counts too: the client has waited out what it
+    may (or the window closes for longer than it waits) and the instance still refuses, so the
     writes wait in the outbox; a run that met it mid-way had failed, its landed writes
     uncounted in the report."""
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    if names & _UNREACHABLE_NAMES:
-        return True
-    context = getattr(exc, "context", None)
-    return "RateLimitError" in names and getattr(context, "retryable", True) is False
+    return any(cls.__name__ in _UNREACHABLE_NAMES for cls in type(exc).__mro__)
 
 
 #: Errors that concern every write, not the one entry: replay stops and keeps the rest (a

@@ -501,26 +501,34 @@ def test_a_lookup_takes_only_a_record_that_carries_the_source_id(tmp_path: Path)
     assert client.rows["cmdb_ci_ip_switch"][0] == {"sys_id": "theirs", "name": "someone's switch"}
 
 
-def test_a_rate_limit_window_closing_mid_load_queues_the_rest_and_keeps_the_count() -> None:
-    """A run that met a spent hourly rule mid-way had failed with ``applied: {}``, its landed
-    writes uncounted; now the rest waits in the outbox and the next load sends it."""
+@pytest.mark.parametrize(("window_s", "wait_cap_s"), [(3600, 1), (60, 120)])
+def test_a_rate_limit_window_closing_mid_load_queues_the_rest_and_keeps_the_count(
+    window_s: int, wait_cap_s: int
+) -> None:
+    """A run that met a spent rule mid-way had failed with ``applied: {}``, its landed writes
+    uncounted; now the rest waits in the outbox and the next load sends it. Both ways a 429
+    reaches the engine: a window closed beyond the wait cap, and retries used up within it
+    (the no-op sleep here retries at once)."""
     from snowkit.cmdb.job import run_load
+    from snowkit.config import OperationalConfig
     from snowkit.sandbox import Sandbox
 
     from .conftest import FAST, LAB
 
+    # a 1 s cap under an hourly window: the window outlasts any wait (but in its last second)
+    config = OperationalConfig(retry={"max_retry_after_seconds": wait_cap_s})
+
     def load(sb: Sandbox) -> Any:
         return run_load(sandbox=sb, lab=LAB, progress=False, batch_size=5, workers=2,
-                        client_options=FAST)  # fmt: skip
+                        client_options=FAST, config=config)  # fmt: skip
 
     with Sandbox.start() as sb:
         needed = load(sb).requests["total"]  # what a whole load of this lab asks
-    with Sandbox.start(
-        faults={"rate_limit": {"requests": needed - 4, "window_seconds": 3600}}
-    ) as sb:
+    rule = {"requests": needed - 4, "window_seconds": window_s}
+    with Sandbox.start(faults={"rate_limit": rule}) as sb:
         first = load(sb)
         assert first.status == "queued", first.message
-        assert "rate-limit window closed" in first.message and "until" in first.message
+        assert "rate-limit window closed" in first.message and "RateLimitError" in first.message
         assert first.applied["created"] > 0 and first.outbox["pending"] > 0
         sb.set_faults({})  # the window reopens
         second = load(sb)
