@@ -165,6 +165,8 @@ class SyncEngine:
         self.companies: companies.Resolution | None = None
         #: the cached companies as the first round read them (sys_id → name), if it did
         self._companies_held: dict[str, str] | None = None
+        #: the vendor names looked up as soon as the inventory was in (``look_up_companies``)
+        self._companies_ahead: Future[companies.LookedUp] | None = None
         self.ledger = RunLedger(run_id=self.run_id, audit=audit, outbox=outbox, intents=intents)
         self.runner = BatchRunner(
             client,
@@ -326,18 +328,35 @@ class SyncEngine:
     def _resolve_companies(self, records: list[Any], create: bool) -> Future[Any]:
         """The records' vendor names as ``core_company`` sys_ids (``snowkit.cmdb.companies``):
         at once when the cache knows them all, else in the background (a lookup, creates)."""
+        ahead, self._companies_ahead = self._companies_ahead, None
 
         def resolve() -> companies.Resolution:
+            looked_up = ahead.result() if ahead is not None else None
             return companies.resolve(self.client, records, cache=self.company_cache,
-                                     create=create, audit=self.ledger.record_audit)  # fmt: skip
+                                     create=create, audit=self.ledger.record_audit,
+                                     looked_up=looked_up)  # fmt: skip
 
         if companies.known_locally(records, self.company_cache):
+            ahead = None  # nothing to ask: no waiting on a lookup of names no record kept
             done: Future[Any] = Future()
             done.set_result(resolve())
             return done
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snowkit-companies")
         try:
             return pool.submit(resolve)
+        finally:
+            pool.shutdown(wait=False)
+
+    def look_up_companies(self, names: Iterable[str]) -> None:
+        """Start looking up the vendor names the cache does not know (the inventory is in, the
+        transform is still to run): :meth:`plan` then waits for no lookup of its own."""
+        if companies.known_locally_names(set(names), self.company_cache):
+            return
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snowkit-companies")
+        try:
+            self._companies_ahead = pool.submit(
+                companies.look_up_ahead, self.client, list(names), self.company_cache
+            )
         finally:
             pool.shutdown(wait=False)
 

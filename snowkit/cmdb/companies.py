@@ -149,7 +149,10 @@ def names_of(records: Iterable[Any]) -> set[str]:
 def known_locally(records: Iterable[Any], cache: CompanyCache | None) -> bool:
     """Every vendor name is in the cache (or there is none): resolving asks the instance
     nothing."""
-    wanted = names_of(records)
+    return known_locally_names(names_of(records), cache)
+
+
+def known_locally_names(wanted: set[str], cache: CompanyCache | None) -> bool:
     return not wanted or (cache is not None and wanted <= cache.load().keys())
 
 
@@ -173,9 +176,11 @@ def resolve(
     cache: CompanyCache | None = None,
     create: bool = True,
     audit: AuditFn | None = None,
+    looked_up: LookedUp | None = None,
 ) -> Resolution:
     """Resolve every record's ``manufacturer`` name to a ``core_company`` sys_id (see the module
-    docstring). Never raises for the instance's sake: what fails stays unresolved."""
+    docstring). Never raises for the instance's sake: what fails stays unresolved.
+    ``looked_up``: :func:`look_up_ahead`'s answer; the names it asked are not asked again."""
     wanted = names_of(records)
     if not wanted:
         return Resolution(list(records))
@@ -190,9 +195,13 @@ def resolve(
             out.unresolved[name] = why
         else:
             askable.append(name)
+    ahead = looked_up or LookedUp(frozenset(), {})
+    found_ahead = {n: ahead.found[n] for n in askable if n in ahead.found}
+    out.requests += ahead.requests
+    askable_now = [n for n in askable if n not in ahead.asked]
     if askable:
         try:
-            found = _lookup(client, askable, out)
+            found = {**found_ahead, **(_lookup(client, askable_now, out) if askable_now else {})}
         except Exception as exc:
             found = {}
             for name in askable:
@@ -209,6 +218,40 @@ def resolve(
             cache.save(out.known)
     out.records, out.left_out = _swap(records, out.known)
     return out
+
+
+@dataclass(frozen=True)
+class LookedUp:
+    """The answer of :func:`look_up_ahead`: the names asked, and the sys_ids of those found."""
+
+    asked: frozenset[str]
+    found: Mapping[str, str]
+    requests: int = 0
+
+
+def vendor_names(inventory: Any) -> set[str]:
+    """The names the transform will put in ``manufacturer`` (a device's manufacturer, a
+    client's vendor), read off the inventory before the transform runs."""
+    devices = inventory.devices() if hasattr(inventory, "devices") else ()
+    names = {getattr(d, "manufacturer", None) for d in devices}
+    names |= {getattr(c, "vendor", None) for c in getattr(inventory, "clients", ())}
+    return {n for n in names if isinstance(n, str) and n.strip()}
+
+
+def look_up_ahead(client: Any, names: Iterable[str], cache: CompanyCache | None) -> LookedUp:
+    """Look up the names the cache does not know as soon as the inventory is in, beside the
+    transform and the plan's first round: the plan then waits for no lookup of its own (a
+    first load had paid it, and the creates, one after the other before its plan)."""
+    cached = cache.load() if cache is not None else {}
+    askable = sorted(n for n in set(names) - cached.keys() if not _unaskable(n))
+    if not askable:
+        return LookedUp(frozenset(), {})
+    probe = Resolution([])
+    try:
+        found = _lookup(client, askable, probe)
+    except Exception:  # the plan's own resolution asks again, and says what failed
+        return LookedUp(frozenset(), {})
+    return LookedUp(frozenset(askable), found, probe.requests)
 
 
 def check_rider(cache: CompanyCache | None, take: Callable[[dict[str, str]], None]) -> Rider | None:

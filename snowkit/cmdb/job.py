@@ -404,6 +404,10 @@ def run_load(
             if inventory is None:
                 inventory = collect_inventory(source, lab=lab, connection=connection)
             report.timings["collect"] = round(clock() - t0, 3)
+            if read_ahead:  # beside the transform, not in the plan's way
+                from snowkit.cmdb.companies import vendor_names
+
+                engine.look_up_companies(vendor_names(inventory))
             t0 = clock()
             from snowkit.cmdb.quality import quality_summary
             from snowkit.cmdb.transform import transform

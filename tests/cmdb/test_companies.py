@@ -312,3 +312,30 @@ def test_a_failed_create_makes_the_run_partial_and_the_rerun_fills_the_field_in(
     assert plan.counts()["update"] == 2
     made = companies(client)
     assert manufacturers(client)["dev:1"] == made[APPLE][0]["sys_id"]
+
+
+def test_names_looked_up_as_the_inventory_came_in_are_not_asked_again(
+    client: ServiceNowAPIClient,
+) -> None:
+    """The plan of a first load had waited for a lookup and then the creates, one after the
+    other; the lookup now runs beside the transform and the plan's first round."""
+    from snowkit.cmdb import companies as resolution
+
+    ubnt = client.create("core_company", {"name": UBNT, "manufacturer": "true"})["sys_id"]
+    ahead = resolution.look_up_ahead(client, {UBNT, APPLE, "Odd^Name"}, None)
+    assert ahead.asked == {UBNT, APPLE} and dict(ahead.found) == {UBNT: ubnt}
+    with recorded_queries(client) as reads:
+        out = resolution.resolve(client, estate().records, looked_up=ahead)
+    assert company_requests(reads) == []  # no lookup of its own: only the create batch
+    assert out.known[UBNT] == ubnt and APPLE in out.created
+    assert manufacturers(client) == {}  # resolving writes companies, never CIs
+
+
+def test_a_lab_load_looks_its_vendors_up_once(sandbox: Sandbox, load_lab: Any) -> None:
+    report = load_lab(sandbox)
+    assert report.status == "success", report.message
+    samples = json.loads(Path(report.paths["metrics"]).read_text())["samples"]
+    lookups = [
+        s for s in samples if s.get("table") == "core_company" and s.get("operation") == "query"
+    ]
+    assert len(lookups) == 1
