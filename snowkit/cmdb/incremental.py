@@ -321,8 +321,7 @@ def count_rider(kind: str, take_count: Callable[[int | None], None]) -> Rider:
     })  # fmt: skip
 
     def take(answer: Any) -> None:
-        total = _header(answer, "X-Total-Count") if answer.ok else None
-        take_count(int(total) if total is not None and total.isdigit() else None)
+        take_count(answer.total if answer.ok else None)
 
     return Rider(BatchRequest("GET", url), take)
 
@@ -438,19 +437,14 @@ def _listings_in_one_batch(
     answers = answers[: len(answers) - len(riders)]
     listings: dict[str, Listing] = {}
     for read, rows_answer, count_answer in zip(reads, answers[::2], answers[1::2], strict=True):
-        total = _header(count_answer, "X-Total-Count")
+        total = count_answer.total
         rows = rows_answer.result if rows_answer.ok else None
-        if (
-            not count_answer.ok
-            or total is None
-            or not total.isdigit()
-            or not isinstance(rows, list)
-        ):
+        if not count_answer.ok or total is None or not isinstance(rows, list):
             return None
         if not _whole_listing(rows_answer, rows):
             return None
         listing = _compare(read, rows, versions(read.kind), recent_before)
-        listing.count = int(total)
+        listing.count = total
         listings[read.kind] = listing
     return listings
 
@@ -458,18 +452,8 @@ def _listings_in_one_batch(
 def _whole_listing(answer: Any, rows: list[Any]) -> bool:
     """The listing page holds every row its query matches: its count says so (and it is
     under the page size)."""
-    matched = (_header(answer, "X-Total-Count") or "").strip()
-    if not (matched.isascii() and matched.isdigit()):
-        return False
-    return len(rows) < LISTING_PAGE and int(matched) <= len(rows)
-
-
-def _header(answer: Any, name: str) -> str | None:
-    wanted = name.lower()
-    for key, value in (getattr(answer, "headers", None) or {}).items():
-        if key.lower() == wanted:
-            return str(value)
-    return None
+    matched = answer.total
+    return matched is not None and len(rows) < LISTING_PAGE and matched <= len(rows)
 
 
 def choose_canaries(state: SyncState) -> None:

@@ -76,7 +76,9 @@ def ask_together(
     for answer in answers:
         rows = answer.result if answer.ok else None
         if isinstance(rows, list):
-            out.append(bool(rows))
+            # the count too: a real instance cuts the page before its ACLs, so the one row
+            # asked for may be hidden while others match (an answer "none" skipped adoption)
+            out.append(bool(rows) or bool(answer.total))
         elif _invalid_table(answer):
             out.append(MISSING)
         else:
@@ -93,7 +95,18 @@ def _invalid_table(answer: Any) -> bool:
 
 
 def any_row(client: Any, table: str, query: str = "") -> bool:
-    """One cheap request: does ``table`` hold any row matching ``query``?"""
+    """One cheap request: does ``table`` hold any row matching ``query``? Asked as a count,
+    which ACLs hiding the first row do not turn into "no" (a one-row page would, and paging
+    past hidden rows one at a time is unbounded); a row read when the instance sends no
+    count."""
+    count = getattr(client, "count", None)
+    if callable(count):
+        try:
+            return count(table, query) > 0
+        except Exception as exc:
+            details = getattr(getattr(exc, "context", None), "details", None) or {}
+            if "x_total_count" not in details:  # any other failure is the caller's
+                raise
     rows = client.query(table, query, fields=["sys_id"], page_size=1)
     return any(True for _ in itertools.islice(rows, 1))
 

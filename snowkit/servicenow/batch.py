@@ -86,6 +86,20 @@ class BatchResult:
         """The ``result`` member of a successful body (a record or a list of records)."""
         return self.body.get("result") if isinstance(self.body, dict) else None
 
+    def header(self, name: str) -> str | None:
+        """A header of the item's answer, whatever its case."""
+        wanted = name.lower()
+        for key, value in self.headers.items():
+            if key.lower() == wanted:
+                return str(value)
+        return None
+
+    @property
+    def total(self) -> int | None:
+        """``X-Total-Count``: the rows the item's query matched (None: absent or not a count)."""
+        matched = (self.header("X-Total-Count") or "").strip()
+        return int(matched) if matched.isascii() and matched.isdigit() else None
+
 
 @dataclass(frozen=True, slots=True)
 class EncodedItem:

@@ -104,3 +104,35 @@ def test_riders_go_unanswered_when_the_questions_are_asked_one_by_one() -> None:
     client = _Answers(None)
     assert ask(client, [Question("cmdb_ci")], width=2, riders=[rider]) == [True]
     assert taken == []
+
+
+def test_a_row_hidden_by_acls_does_not_answer_no() -> None:
+    """A real instance cuts the one-row page before its ACLs: an empty page with rows matching
+    had answered "none", and the plan skipped adoption (a duplicate CI)."""
+    hidden = BatchResult("1", BatchRequest("GET", "/api/now/table/cmdb_ci"), 200,
+                         body={"result": []}, headers={"X-Total-Count": "3"})  # fmt: skip
+    none = BatchResult("2", BatchRequest("GET", "/api/now/table/cmdb_ci"), 200,
+                       body={"result": []}, headers={"x-total-count": "0"})  # fmt: skip
+
+    class Client:
+        def batch(self, requests: Any, **kw: Any) -> list[BatchResult]:
+            return [hidden, none]
+
+    assert ask_together(Client(), [Question("cmdb_ci"), Question("cmn_location")]) == [True, False]
+
+
+def test_one_question_alone_is_asked_as_a_count(client: ServiceNowAPIClient) -> None:
+    from snowkit.cmdb.questions import any_row
+
+    client.create("cmdb_ci_ip_switch", {"name": "bare"})
+    counted: list[str] = []
+    real = client.count
+
+    def counting(table: str, query: Any = "") -> int:
+        counted.append(table)
+        return real(table, query)
+
+    client.count = counting  # type: ignore[method-assign]
+    assert any_row(client, "cmdb_ci", f"{SID}ISEMPTY") is True
+    assert any_row(client, "cmn_location") is False
+    assert counted == ["cmdb_ci", "cmn_location"]
