@@ -67,9 +67,10 @@ from snowkit.cmdb.writes import (
     RETRYABLE_STATUSES,
     WriteOp,
     dependency_phases,
+    describe,
     write_rank,
 )
-from snowkit.ops.errors import OperationalError
+from snowkit.ops.errors import AuthenticationError, OperationalError
 from snowkit.ops.logging import StructuredLogger
 from snowkit.servicenow.limiter import AdaptiveLimiter
 
@@ -650,16 +651,22 @@ class SyncEngine:
         writes = plan.writes
         context = {"run_id": self.run_id, "writes": len(writes), "ire": self.ire}
         self.logger.log_operation_start("cmdb_apply", context)
-        if self.ire:
-            self._apply_in_phases(plan, report, progress)
-        else:
-            stream = WriteStream(self.runner, self.ledger, self.linker, clock=self._clock)
-            # no local name for the ops: the stream lets each go once it is sent
-            took = stream.run([self._op_for(i) for i in sorted(writes, key=write_rank)],
-                              plan.relationships, report, progress,
-                              links_settled=plan.links_settled)  # fmt: skip
-            report.timings["apply_records"] = round(took.records_s, 3)
-            report.timings["relationships"] = round(took.total_s - took.records_s, 3)
+        stopped: OperationalError | None = None
+        try:
+            if self.ire:
+                self._apply_in_phases(plan, report, progress)
+            else:
+                stream = WriteStream(self.runner, self.ledger, self.linker, clock=self._clock)
+                # no local name for the ops: the stream lets each go once it is sent
+                took = stream.run([self._op_for(i) for i in sorted(writes, key=write_rank)],
+                                  plan.relationships, report, progress,
+                                  links_settled=plan.links_settled)  # fmt: skip
+                report.timings["apply_records"] = round(took.records_s, 3)
+                report.timings["relationships"] = round(took.total_s - took.records_s, 3)
+        except OperationalError as exc:
+            # a read the writes needed failed for good (e.g. 429s beyond every retry): what
+            # landed is counted and audited; it had been lost with the run ("failed", no count)
+            stopped = exc
         report.timings["apply_total"] = round(self._clock() - started, 3)
         self.ledger.fill_report(
             report,
@@ -668,6 +675,8 @@ class SyncEngine:
             batch_size=self.batch_size,
             max_attempts=self.max_attempts,
         )
+        if stopped is not None:
+            self._stopped_early(report, stopped)
         self.logger.log_operation_complete(
             "cmdb_apply",
             report.timings["apply_total"] * 1000,
@@ -885,6 +894,20 @@ class SyncEngine:
             )
         report.finish(clock_s=self._clock() - started)
         return plan, report
+
+    def _stopped_early(self, report: RunReport, exc: OperationalError) -> None:
+        """The writes stopped on an error: say so with the error's own guidance; what landed
+        stays counted. Credentials that stopped working fail the run (they need fixing first);
+        anything else leaves it partial (a rerun writes only what is missing)."""
+        self.ledger.state_doubt = self.ledger.state_doubt or "the writes were interrupted"
+        report.warnings.append(f"the writes stopped early: {describe(exc)}")
+        if report.status not in ("success", "partial"):
+            return  # queued or failed already says more
+        report.status = "failed" if isinstance(exc, AuthenticationError) else "partial"
+        report.message = (
+            f"the writes stopped early ({type(exc).__name__}: {exc}); what landed is counted "
+            "and audited; then run the load again: it writes only what is missing"
+        )
 
     @staticmethod
     def _unverified(report: RunReport, exc: OperationalError) -> None:

@@ -557,6 +557,6 @@ def _next_version(row: Mapping[str, Any], version: str) -> bool:
 
 def _unavailable(reason: str) -> str:
     """Why the instance took no more writes, in words: down, or its rate limit spent."""
-    if reason.startswith("RateLimitError"):
+    if "RateLimitError" in reason:  # itself, or the breaker it opened until the reset
         return "the instance's rate-limit window closed for longer than snowkit waits"
     return "the instance could not be reached"

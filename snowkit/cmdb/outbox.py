@@ -77,7 +77,6 @@ _UNREACHABLE_NAMES = frozenset(
         "CircuitOpenError",
         "HibernatingInstanceError",
         "DeadlineExceededError",
-        "RateLimitError",
     }
 )
 
@@ -85,11 +84,17 @@ _UNREACHABLE_NAMES = frozenset(
 def is_unreachable_error(exc: BaseException) -> bool:
     """True when the instance is down or shielded by the breaker: queue the write, don't fail.
 
-    A ``RateLimitError`` that reaches the engine counts too: the client has waited out what it
-    may (or the window closes for longer than it waits) and the instance still refuses, so the
+    A rate-limit window closed for longer than snowkit waits (the non-retryable
+    ``RateLimitError``) counts too: the instance takes no request until it resets, so the
     writes wait in the outbox; a run that met it mid-way had failed, its landed writes
-    uncounted in the report."""
-    return any(cls.__name__ in _UNREACHABLE_NAMES for cls in type(exc).__mro__)
+    uncounted in the report. A 429 whose retries were used up within the cap is not: the
+    window reopens soon, and queueing the rest of the run had stopped loads (the chaos drill)
+    that a rerun finishes."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if names & _UNREACHABLE_NAMES:
+        return True
+    context = getattr(exc, "context", None)
+    return "RateLimitError" in names and getattr(context, "retryable", True) is False
 
 
 #: Errors that concern every write, not the one entry: replay stops and keeps the rest (a

@@ -141,10 +141,13 @@ class CircuitBreaker:
             self._window.clear()
         self._notify(old, CircuitState.CLOSED)
 
-    def force_open(self, seconds: float | None = None) -> None:
-        """Open now for ``seconds`` (default the recovery timeout), e.g. for a long Retry-After."""
+    def force_open(self, seconds: float | None = None, reason: str | None = None) -> None:
+        """Open now for ``seconds`` (default the recovery timeout), e.g. for a long Retry-After;
+        ``reason`` is named by the calls it refuses (as a last failure is)."""
         with self._lock:
             old = self._state
+            if reason:
+                self._last_failure = reason
             self._open(seconds)
         self._notify(old, CircuitState.OPEN)
 

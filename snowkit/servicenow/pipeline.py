@@ -23,7 +23,7 @@ import requests
 
 from snowkit.ops.breaker import CircuitBreaker
 from snowkit.ops.classify import request_was_sent
-from snowkit.ops.errors import AuthenticationError, OperationalError
+from snowkit.ops.errors import AuthenticationError, OperationalError, RateLimitError
 from snowkit.ops.logging import StructuredLogger
 from snowkit.ops.metrics import MetricsCollector
 from snowkit.ops.retry import RetryManager, RetryPolicy, deadline_spent_error
@@ -158,9 +158,24 @@ class RequestPipeline:
                 lambda: self._attempt(spec, attempts, timeout), spec.operation
             )
 
-        return self.retry_manager.execute_with_retry(
-            one_attempt, policy, spec.operation, sleep=self._backoff
-        )
+        try:
+            return self.retry_manager.execute_with_retry(
+                one_attempt, policy, spec.operation, sleep=self._backoff
+            )
+        except RateLimitError as exc:
+            self._close_the_window(exc)
+            raise
+
+    def _close_the_window(self, exc: RateLimitError) -> None:
+        """A rate-limit window closed for longer than snowkit waits: open the breaker until it
+        resets, so the other workers stop at once (CircuitOpenError, their writes queued)
+        instead of each sending a request certain to get the same 429."""
+        wait = exc.asked_wait
+        if exc.context.retryable or wait is None or wait <= 0:
+            return
+        self.circuit_breaker.force_open(wait, reason=f"RateLimitError: {exc.context.error_message}")
+        self.logger.event("breaker_opened_for_rate_limit", level="WARNING",
+                          operation=exc.context.operation, seconds=round(wait, 1))  # fmt: skip
 
     def _backoff(self, seconds: float) -> None:
         """The wait before a retry (the retry manager's sleep); listeners that stepped out

@@ -394,3 +394,21 @@ def test_an_auth_method_may_set_a_user_and_password_pair() -> None:
         with make_client(srv.url, StaticCredentials([TupleBasic("s3cret")])) as client:
             assert list(client.query("cmdb_ci")) == []
     assert sent(srv)[0]["headers"]["Authorization"] == "Basic YWRtaW46czNjcmV0"
+
+
+def test_a_window_closed_beyond_the_wait_cap_opens_the_breaker_until_it_resets() -> None:
+    """Every worker had sent its own request into the closed window, each met by a 429."""
+    from snowkit.ops.breaker import CircuitOpenError
+    from snowkit.ops.errors import RateLimitError
+
+    closed = CannedResponse(status=429, headers={"Retry-After": "3600"},
+                            body={"error": {"message": "Rate limit exceeded"}})  # fmt: skip
+    with canned_server() as srv:
+        srv.route(TABLE_PATH, closed)
+        with make_client(srv.url) as client:
+            with pytest.raises(RateLimitError):
+                list(client.query("cmdb_ci"))
+            with pytest.raises(CircuitOpenError):  # the next request is not sent
+                list(client.query("cmdb_ci"))
+            assert 3500 < client.circuit_breaker.seconds_until_trial() <= 3600
+    assert len(sent(srv)) == 1
