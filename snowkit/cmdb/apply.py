@@ -335,7 +335,8 @@ class SyncEngine:
             looked_up = ahead.result() if ahead is not None else None
             return companies.resolve(self.client, records, cache=self.company_cache,
                                      create=create, audit=self.ledger.record_audit,
-                                     looked_up=looked_up)  # fmt: skip
+                                     looked_up=looked_up,
+                                     before_create=self._preflight)  # fmt: skip
 
         if companies.known_locally(records, self.company_cache):
             ahead = None  # nothing to ask: no waiting on a lookup of names no record kept

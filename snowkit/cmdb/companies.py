@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import os
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, is_dataclass, replace
 from pathlib import Path
@@ -51,9 +51,13 @@ COMPANY_TABLE = "core_company"
 FIELD = "manufacturer"
 #: ``core_company.name``'s length: a longer name would be stored cut, and never found again
 NAME_MAX = 80
+#: names the cache keeps per instance (its check rides in the first round below 1,000 ids)
+CACHE_LIMIT = 500
 #: above this many characters of encoded query, the lookup is split (URLs stay well under 8 KB)
 QUERY_CHARS = 4000
 _FIELDS = ["sys_id", "name", FIELD]
+#: the namespace of :func:`company_sys_id` (fixed: the ids must not change between releases)
+_COMPANY_IDS = uuid.UUID("6f1c2d7e-4b1a-5e8f-9c3d-2a7b5e0f4c61")
 _CREATE_URL = f"/api/now/table/{COMPANY_TABLE}?sysparm_fields=sys_id,name,{FIELD}"
 
 #: audit(action, table, sys_id, source_id, before, after, outcome), as ``RunLedger.record_audit``
@@ -90,9 +94,16 @@ class CompanyCache:
             write_atomic(self.path, json.dumps(everything, sort_keys=True).encode())
 
     def save(self, names: Mapping[str, str]) -> None:
+        """Remember ``names`` (this run's), with as many older ones as fit under
+        :data:`CACHE_LIMIT`: a cache past the first round's check (1,000 ids) had cost every
+        rerun a request of its own."""
         everything = self._all()
         mine = everything.get(self.instance) if self.trusted else None
-        merged = {**(mine if isinstance(mine, dict) else {}), **names}
+        older = {
+            k: v for k, v in (mine if isinstance(mine, dict) else {}).items() if k not in names
+        }
+        room = max(0, CACHE_LIMIT - len(names))
+        merged = {**dict(sorted(older.items())[:room]), **names}
         if merged == mine:
             return  # nothing new: no write
         everything[self.instance] = merged
@@ -122,11 +133,17 @@ class Resolution:
         names = sorted(self.unresolved)
         shown = "; ".join(f"{n!r} ({self.unresolved[n]})" for n in names[:5])
         more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+        if set(names) <= self.transient:  # the instance failed to answer: nothing to grant
+            advice = "The instance did not answer (see why); run the load again"
+        else:
+            advice = (
+                f"Give the integration account create rights on {COMPANY_TABLE} (or create "
+                "these companies with manufacturer=true)"
+            )
         return (
             f"manufacturer left out of {self.left_out} record(s): {len(names)} vendor name(s) "
-            f"could not be resolved to a {COMPANY_TABLE} record: {shown}{more}. Give the "
-            f"integration account create rights on {COMPANY_TABLE} (or create these companies "
-            "with manufacturer=true); the next load fills the field in"
+            f"could not be resolved to a {COMPANY_TABLE} record: {shown}{more}. {advice}; the "
+            "next load fills the field in"
         )
 
     def note(self) -> str | None:
@@ -143,7 +160,37 @@ class Resolution:
 
 
 def names_of(records: Iterable[Any]) -> set[str]:
-    return {name for r in records if (name := r.values.get(FIELD))}
+    return {name for r in records if (name := r.values.get(FIELD)) and name.strip()}
+
+
+def _folded(name: str) -> str:
+    """One vendor whatever its case and spacing: the instance compares names without case,
+    and "Ubiquiti Inc. " had been created beside "Ubiquiti Inc." and "UBIQUITI INC."."""
+    return " ".join(name.split()).casefold()
+
+
+def _spellings(names: Iterable[str]) -> list[list[str]]:
+    """``names`` grouped by vendor (:func:`_folded`), each group and the groups sorted."""
+    groups: dict[str, list[str]] = {}
+    for name in sorted(names):
+        groups.setdefault(_folded(name), []).append(name)
+    return [groups[key] for key in sorted(groups)]
+
+
+def _spread(found: dict[str, str], names: Iterable[str], known: Mapping[str, str]) -> None:
+    """Give every spelling of a vendor the sys_id another spelling of it resolved to."""
+    by_vendor: dict[str, str] = {}
+    for name, sys_id in (*known.items(), *found.items()):
+        by_vendor.setdefault(_folded(name), sys_id)
+    for name in names:
+        if name not in found and name not in known and _folded(name) in by_vendor:
+            found[name] = by_vendor[_folded(name)]
+
+
+def company_sys_id(name: str) -> str:
+    """The sys_id a vendor's company is created under: the same for every run and spelling,
+    so two runs at once cannot make it twice (the second create is refused as existing)."""
+    return uuid.uuid5(_COMPANY_IDS, _folded(name)).hex
 
 
 def known_locally(records: Iterable[Any], cache: CompanyCache | None) -> bool:
@@ -177,10 +224,13 @@ def resolve(
     create: bool = True,
     audit: AuditFn | None = None,
     looked_up: LookedUp | None = None,
+    before_create: Callable[[], Any] | None = None,
 ) -> Resolution:
     """Resolve every record's ``manufacturer`` name to a ``core_company`` sys_id (see the module
     docstring). Never raises for the instance's sake: what fails stays unresolved.
-    ``looked_up``: :func:`look_up_ahead`'s answer; the names it asked are not asked again."""
+    ``looked_up``: :func:`look_up_ahead`'s answer; the names it asked are not asked again.
+    ``before_create``: what must pass before anything is written (the schema check: a run it
+    stops had already created and audited companies); what it raises, this raises."""
     wanted = names_of(records)
     if not wanted:
         return Resolution(list(records))
@@ -200,22 +250,25 @@ def resolve(
     out.requests += ahead.requests
     askable_now = [n for n in askable if n not in ahead.asked]
     if askable:
+        found = dict(found_ahead)
         try:
-            found = {**found_ahead, **(_lookup(client, askable_now, out) if askable_now else {})}
-        except Exception as exc:
-            found = {}
-            for name in askable:
+            found.update(_lookup(client, askable_now, out) if askable_now else {})
+        except Exception as exc:  # what the look-ahead found stands
+            for name in askable_now:
                 out.unresolved[name] = f"lookup failed: {describe(exc)}"
                 out.transient.add(name)
+        _spread(found, [*out.known, *askable], out.known)
         out.known.update(found)
-        missing = [n for n in askable if n not in found and n not in out.unresolved]
+        missing = [n for n in askable if n not in out.known and n not in out.unresolved]
         if missing and create:
-            _create(client, missing, out, audit)
+            if before_create is not None:
+                before_create()
+            _create(client, _spellings(missing), out, audit)
         elif missing:
             out.would_create = missing
-    if cache is not None and (out.known.keys() - cached.keys() or not cache.trusted):
+    if create and cache is not None and (out.known.keys() - cached.keys() or not cache.trusted):
         with contextlib.suppress(OSError):  # a cache: the next run looks the names up again
-            cache.save(out.known)
+            cache.save(out.known)  # (not a dry run's: it created nothing it could vouch for)
     out.records, out.left_out = _swap(records, out.known)
     return out
 
@@ -337,25 +390,25 @@ def _choose(names: list[str], rows: list[dict[str, Any]]) -> dict[str, str]:
     folded: dict[str, str] = {}
     for _not_maker, sys_id, name in ranked:
         exact.setdefault(name, sys_id)
-        folded.setdefault(name.casefold(), sys_id)
+        folded.setdefault(_folded(name), sys_id)
     found = {}
     for name in names:
-        sys_id = exact.get(name) or folded.get(name.casefold())
+        sys_id = exact.get(name) or folded.get(_folded(name))
         if sys_id:
             found[name] = sys_id
     return found
 
 
-def _create(client: Any, names: list[str], out: Resolution, audit: AuditFn | None) -> None:
-    """One Batch API request creating ``names`` (each under a chosen sys_id), audited."""
-    chosen = os.urandom(16 * len(names)).hex()
-    bodies = {
-        name: {"sys_id": chosen[32 * n : 32 * n + 32], "name": name, FIELD: "true"}
-        for n, name in enumerate(names)
-    }
+def _create(client: Any, vendors: list[list[str]], out: Resolution, audit: AuditFn | None) -> None:
+    """One Batch API request creating a company per vendor (its spellings: ``vendors``), each
+    under :func:`company_sys_id`, audited. One another run made meanwhile is refused as
+    existing under that id: it is this vendor's, and used."""
+    bodies = [
+        {"sys_id": company_sys_id(group[0]), "name": " ".join(group[0].split()), FIELD: "true"}
+        for group in vendors
+    ]
     requests = [
-        BatchRequest("POST", _CREATE_URL, body=body, table=COMPANY_TABLE)
-        for body in bodies.values()
+        BatchRequest("POST", _CREATE_URL, body=body, table=COMPANY_TABLE) for body in bodies
     ]
     out.requests += 1
     try:
@@ -363,29 +416,35 @@ def _create(client: Any, names: list[str], out: Resolution, audit: AuditFn | Non
     except Exception as exc:
         refused = forbidden_error(exc)
         why = "not allowed to create it (HTTP 403)" if refused else describe(exc)
-        for name in names:
+        for name in (n for group in vendors for n in group):
             out.unresolved[name] = f"create failed: {why}"
             if not refused:
                 out.transient.add(name)
         return
-    for name, res in zip(names, results, strict=True):
-        body = bodies[name]
+    for group, body, res in zip(vendors, bodies, results, strict=True):
         stored = res.result if res.ok and isinstance(res.result, dict) else None
         sys_id = as_str(stored.get("sys_id")) if stored else ""
         if sys_id:
-            out.known[name] = out.created[name] = sys_id
+            out.created[group[0]] = sys_id
             outcome, after = "success", {**body, **{k: as_str(v) for k, v in stored.items()}}
+        elif "already exists" in (res.error_message or "").lower():
+            for name in group:  # made by another run under the same id: not ours to audit
+                out.known[name] = body["sys_id"]
+            continue
         else:
             if forbidden_result(res):
                 why = "not allowed to create it (HTTP 403)"
             else:
                 why = res.error_message or f"HTTP {res.status_code}"
-                out.transient.add(name)
-            out.unresolved[name] = f"create failed: {why}"
+                out.transient.update(group)
+            for name in group:
+                out.unresolved[name] = f"create failed: {why}"
             if not res.ambiguous:
                 continue  # nothing landed (the engine audits no refused write either)
             # an answer lost may hide a landed create: the next run's lookup finds it
             outcome, after = "ambiguous", body
+        for name in group if sys_id else ():
+            out.known[name] = sys_id
         if audit is not None:
             audit("create", COMPANY_TABLE, sys_id or body["sys_id"], None, None, after, outcome)
 

@@ -263,10 +263,10 @@ def test_a_cached_company_deleted_since_is_found_in_the_first_round_and_made_aga
     _e, plan, again = sync(client, estate(), company_cache=cache)
     assert again.status == "success", again.message
     made = companies(client)
-    assert [r["sys_id"] for r in made[UBNT]] != [gone] and len(made[UBNT]) == 1
-    assert plan.counts()["update"] == 1
-    assert manufacturers(client)["dev:0"] == made[UBNT][0]["sys_id"]
-    assert cache.load()[UBNT] == made[UBNT][0]["sys_id"]
+    # made again under the same id (each vendor's is fixed), so the CIs' references hold again
+    assert [r["sys_id"] for r in made[UBNT]] == [gone]
+    assert plan.counts()["update"] == 0
+    assert manufacturers(client)["dev:0"] == gone and cache.load()[UBNT] == gone
 
 
 def test_a_cache_from_another_instance_under_the_same_key_is_not_written(
@@ -339,3 +339,70 @@ def test_a_lab_load_looks_its_vendors_up_once(sandbox: Sandbox, load_lab: Any) -
         s for s in samples if s.get("table") == "core_company" and s.get("operation") == "query"
     ]
     assert len(lookups) == 1
+
+
+def test_spellings_of_one_vendor_make_one_company(client: ServiceNowAPIClient) -> None:
+    """Each case or spacing variant had become a company of its own."""
+    variants = ("Ubiquiti Inc.", "UBIQUITI INC.", "Ubiquiti Inc. ", " Ubiquiti  Inc.")
+    _e, _p, report = sync(client, estate(variants))
+    assert report.status == "success", report.message
+    made = companies(client)
+    assert list(made) == [UBNT] and len(made[UBNT]) == 1
+    held = {sid: m for sid, m in manufacturers(client).items() if sid.startswith("dev:")}
+    assert set(held.values()) == {made[UBNT][0]["sys_id"]} and len(held) == 4
+
+
+def test_two_runs_at_once_make_each_company_once(sandbox: Sandbox) -> None:
+    """Chosen at random, each run's ids had made every new vendor twice."""
+    import threading
+
+    sandbox.set_faults({"latency_ms": 30})
+    reports: list[Any] = []
+
+    def run() -> None:
+        with make_client(sandbox) as client:
+            reports.append(sync(client, estate())[2])
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    sandbox.set_faults(None)
+    with make_client(sandbox) as client:
+        made = companies(client)
+    assert sorted(made) == sorted([UBNT, APPLE])
+    assert all(len(rows) == 1 for rows in made.values()), made
+
+
+def test_a_dry_run_leaves_the_cache_alone(client: ServiceNowAPIClient) -> None:
+    client.create("core_company", {"name": UBNT, "manufacturer": "true"})  # a name it finds
+    cache = CompanyCache("test-instance")
+    _e, _p, report = sync(client, estate(), company_cache=cache, dry_run=True)
+    assert report.status == "dry_run" and not cache.path.exists()
+
+
+def test_a_run_the_schema_check_stops_creates_no_company(sandbox: Sandbox) -> None:
+    """The companies had been created and audited before the check stopped the run."""
+    from snowkit.cmdb.job import run_load
+
+    from .conftest import FAST, LAB
+
+    report = run_load(sandbox=sandbox, lab=LAB, progress=False, batch_size=7,
+                      client_options=FAST, setup_schema=False)  # fmt: skip
+    assert report.status == "failed" and "SchemaNotReadyError" in report.message
+    with make_client(sandbox) as client:
+        assert companies(client) == {}
+    assert list(read_audit(run_id=report.run_id)) == []
+
+
+def test_the_cache_keeps_this_runs_names_and_stays_under_its_limit(tmp_path: Path) -> None:
+    """It had only grown: past 1,000 ids its check no longer rode in the first round."""
+    from snowkit.cmdb.companies import CACHE_LIMIT
+
+    cache = CompanyCache("i", tmp_path / "companies.json")
+    cache.save({f"old {n:04d}": f"{n:032x}" for n in range(CACHE_LIMIT + 300)})
+    assert len(cache.load()) == CACHE_LIMIT + 300  # one run's own names are all kept
+    cache.save({UBNT: "a" * 32})
+    held = cache.load()
+    assert len(held) == CACHE_LIMIT and held[UBNT] == "a" * 32

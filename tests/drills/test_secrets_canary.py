@@ -179,7 +179,11 @@ def exercise_cli(
     ):
         runs[" ".join(args)] = snowkit_here(env, monkeypatch, *args)
     assert runs["setup"][0] == 0, runs["setup"][1][-2000:]
-    assert runs["health --json, OAuth grant"][0] == 0, runs["health --json, OAuth grant"][1]
+    code, out = runs["health --json, OAuth grant"]
+    # a busy test machine may push the CPU reading to "warn" (exit 1): only "system" may warn
+    checks = json.loads(out)["checks"]
+    unwell = {name for name, entries in checks.items() for e in entries if e["status"] != "pass"}
+    assert code in (0, 1) and all(name.startswith("system") for name in unwell), out
     assert runs["load --json"][0] == 0, runs["load --json"][1][-2000:]
     assert runs["load, wrong credentials"][0] != 0
     assert b"User Not Authenticated" in runs["load, wrong credentials"][1] or (
