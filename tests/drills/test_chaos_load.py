@@ -16,8 +16,9 @@ Claims checked, per seed:
 - ``rollback`` of the load's runs, under the same faults, leaves none of the load's rows, and
   the trail (now holding the rollback too) still verifies.
 
-Back-offs cost no time: the client gets a no-op ``sleep`` and a retry policy sized for a 17 %
-failure rate (8 attempts), as an operator would configure for such an instance.
+Back-offs cost no time: the client gets a no-op ``sleep``, a retry policy and a breaker sized
+for a 17 % failure rate (8 attempts; open on 10 failures in a row), as an operator would
+configure them for such an instance.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import pytest
 from snowkit import paths
 from snowkit.cmdb.job import run_load
 from snowkit.cmdb.rollback import NothingToRollBackError, rollback
-from snowkit.config import OperationalConfig, RetryConfig
+from snowkit.config import CircuitBreakerConfig, OperationalConfig, RetryConfig
 from snowkit.ops.audit import AuditTrail, read_audit, verify_audit
 from snowkit.sandbox import Sandbox
 from snowkit.unifi import LabConfig
@@ -56,7 +57,13 @@ def counting_clock() -> Any:
 
 def chaos_run(drill: Any, seed: int, lab_size: dict[str, int], batch_size: int) -> dict[str, Any]:
     """Load one lab under the fault profile with ``seed``; returns the figures of the drill."""
-    config = OperationalConfig(retry=RetryConfig(max_attempts=8))
+    # sized for a 17 % failure rate, as an operator would: 8 attempts, and a breaker that
+    # opens on 10 failures in a row (at 5, the four workers' and the plan's concurrent reads
+    # met a streak often enough to park whole runs in the outbox)
+    config = OperationalConfig(
+        retry=RetryConfig(max_attempts=8),
+        circuit_breaker=CircuitBreakerConfig(failure_threshold=10),
+    )
     options = {"sleep": drill.no_sleep, "config": config}
     with Sandbox.start(clock=counting_clock()) as sb:
         drill.setup_schema(sb)
