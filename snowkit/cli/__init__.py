@@ -13,7 +13,7 @@ import importlib
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from snowkit import __version__
@@ -118,13 +118,7 @@ def _apply_configured_home(args: argparse.Namespace) -> None:
 def positive_float(text: str) -> float:
     """An argparse type: a finite number above 0 (a timeout of 0, -5 or nan had failed every
     health check of a healthy instance)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a number above 0, not {text}")
-    return value
+    return _float(text, lambda v: math.isfinite(v) and v > 0, "a number above 0")
 
 
 def positive_int(text: str) -> int:
@@ -139,13 +133,18 @@ def positive_int(text: str) -> int:
 
 
 def non_negative_float(text: str) -> float:
-    """An argparse type: a number of at least 0."""
+    """An argparse type: a number of at least 0 (nan refused)."""
+    return _float(text, lambda v: v >= 0, "0 or more")
+
+
+def _float(text: str, accept: Callable[[float], bool], need: str) -> float:
+    """``text`` as a number ``accept`` takes, else the argparse error saying what is needed."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    if not accept(value):
+        raise argparse.ArgumentTypeError(f"must be {need}, not {text}")
     return value
 
 

@@ -330,6 +330,9 @@ class SyncEngine:
         """The records' vendor names as ``core_company`` sys_ids (``snowkit.cmdb.companies``):
         at once when the cache knows them all, else in the background (a lookup, creates)."""
         ahead, self._companies_ahead = self._companies_ahead, None
+        local = companies.known_locally(records, self.company_cache)
+        if local:
+            ahead = None  # nothing to ask: no waiting on a lookup of names no record kept
 
         def resolve() -> companies.Resolution:
             looked_up = ahead.result() if ahead is not None else None
@@ -338,8 +341,7 @@ class SyncEngine:
                                      looked_up=looked_up,
                                      before_create=self._preflight)  # fmt: skip
 
-        if companies.known_locally(records, self.company_cache):
-            ahead = None  # nothing to ask: no waiting on a lookup of names no record kept
+        if local:
             done: Future[Any] = Future()
             done.set_result(resolve())
             return done

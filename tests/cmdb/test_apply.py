@@ -464,17 +464,27 @@ def missing_for_a_month(full: TransformResult, gone: str) -> tuple[TransformResu
     return without, {gone: (datetime.now(UTC) - timedelta(days=30)).isoformat()}
 
 
+def missing_a_month_later(
+    client: ServiceNowAPIClient, gone: str, *, unidentified: tuple[str, ...] = ()
+) -> tuple[TransformResult, Any, Any]:
+    """A small estate loaded, then ``gone`` missing from the input for a month, with
+    retirement after 7 days: the estate, and that sync's plan and report."""
+    full = estate(sites=1, devices=3, clients=0)
+    load(client, full)
+    without, long_ago = missing_for_a_month(full, gone)
+    without.unidentified.extend(unidentified)
+    plan, report = engine(client, retire_after_days=7).sync(
+        without, progress=False, not_seen_since=long_ago
+    )
+    return full, plan, report
+
+
 def test_a_retired_ci_the_source_lists_again_is_back_in_service(
     client: ServiceNowAPIClient,
 ) -> None:
     """It had stayed Retired for good: nothing the transform writes names the status."""
-    full = estate(sites=1, devices=3, clients=0)
-    load(client, full)
     gone = "dev:0:2"
-    without, long_ago = missing_for_a_month(full, gone)
-    _, report = engine(client, retire_after_days=7).sync(
-        without, progress=False, not_seen_since=long_ago
-    )
+    full, _, report = missing_a_month_later(client, gone)
     assert report.applied["retired"] == 1
     assert by_source(client)[gone][0]["install_status"] == "7"
     _, plan, report = load(client, full)
@@ -488,14 +498,9 @@ def test_a_retired_ci_the_source_lists_again_is_back_in_service(
 def test_nothing_is_retired_while_a_rejected_item_may_be_the_missing_ci(
     client: ServiceNowAPIClient,
 ) -> None:
-    full = estate(sites=1, devices=3, clients=0)
-    load(client, full)
     gone = "dev:0:2"
-    without, long_ago = missing_for_a_month(full, gone)
-    without.unidentified.append("unifi:device:network:d9")  # parsed no MAC: could be dev:0:2
-    plan, report = engine(client, retire_after_days=7).sync(
-        without, progress=False, not_seen_since=long_ago
-    )
+    # a rejected item whose MAC could not be read: it could be dev:0:2
+    _, plan, report = missing_a_month_later(client, gone, unidentified=("unifi:device:network:d9",))
     assert report.applied["retired"] == 0
     assert [i.action for i in plan.items if i.source_id == gone] == ["not_seen"]
     assert any("retirement held this run: 1" in note for note in plan.notes)

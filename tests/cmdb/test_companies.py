@@ -4,6 +4,7 @@ the vendor name (``snowkit.cmdb.companies``), against the embedded instance over
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -140,17 +141,25 @@ def test_old_raw_names_are_corrected_once(client: ServiceNowAPIClient) -> None:
     assert plan.counts()["update"] == 0 and again.applied["batches"] == 0
 
 
-def test_a_refused_create_leaves_the_field_out_with_one_warning(
-    sandbox: Sandbox, client: ServiceNowAPIClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """No right to create core_company (an ACL's 403), and a name no query can carry."""
+def answer_company_inserts(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, reply: Callable[[], Any]
+) -> Callable[[], None]:
+    """The sandbox answers every core_company insert with ``reply()``; returns the undo."""
     tables = sandbox.app._tables
     real = tables._insert
 
     def insert(call: Any, table: str) -> Any:
-        return acl_denied("Insert") if table == "core_company" else real(call, table)
+        return reply() if table == "core_company" else real(call, table)
 
     monkeypatch.setattr(tables, "_insert", insert)
+    return lambda: monkeypatch.setattr(tables, "_insert", real)
+
+
+def test_a_refused_create_leaves_the_field_out_with_one_warning(
+    sandbox: Sandbox, client: ServiceNowAPIClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No right to create core_company (an ACL's 403), and a name no query can carry."""
+    answer_company_inserts(sandbox, monkeypatch, lambda: acl_denied("Insert"))
     _e, _p, report = sync(client, estate((UBNT, "Odd^Vendor", UBNT)))
     assert report.status == "success", report.message
     assert companies(client) == {}
@@ -293,20 +302,13 @@ def test_a_failed_create_makes_the_run_partial_and_the_rerun_fills_the_field_in(
     """A passing failure (a 500 on every try), unlike a refusal: rerun, and it is resolved."""
     from snowkit.sandbox.calls import error_reply
 
-    tables = sandbox.app._tables
-    real = tables._insert
-
-    def insert(call: Any, table: str) -> Any:
-        if table == "core_company":
-            return error_reply(500, "Operation Failed", "the database is busy")
-        return real(call, table)
-
-    monkeypatch.setattr(tables, "_insert", insert)
+    busy = lambda: error_reply(500, "Operation Failed", "the database is busy")  # noqa: E731
+    heal = answer_company_inserts(sandbox, monkeypatch, busy)
     _e, _p, report = sync(client, estate())
     assert report.status == "partial" and "rerun the load" in report.message
     assert sum("manufacturer left out of 2 record(s)" in w for w in report.warnings) == 1
     assert set(manufacturers(client).values()) == {""}
-    monkeypatch.setattr(tables, "_insert", real)
+    heal()
     _e, plan, again = sync(client, estate())
     assert again.status == "success", again.message
     assert plan.counts()["update"] == 2
